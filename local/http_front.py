@@ -62,6 +62,7 @@ import socket
 import struct
 import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 import httptools
@@ -655,6 +656,8 @@ class _LoopServer(Server):
     about 5 of 8 loops, some loops holding 3 while others held none."""
 
     ticked = 0.0
+    clock: Callable[[], float] = time.monotonic
+    """What ``ticked`` is read from (``InProcessFront``'s clock: a test's fake one)."""
     heartbeat: Callable[[], None] | None = None
     """On the worker's first loop: called at every turn of it, to tell the arbiter the worker is
     alive. (uvicorn's own ``callback_notify`` is asked every tenth turn only: a loop whose turns
@@ -700,7 +703,7 @@ class _LoopServer(Server):
         return len(self.idle) - (self.evictions_asked - self.evictions_done)
 
     async def on_tick(self, counter: int) -> bool:
-        self.ticked = time.monotonic()
+        self.ticked = self.clock()
         if self.heartbeat is not None:
             self.heartbeat()
         if self.should_exit:  # SIGTERM / SIGINT reach the main thread's server only
@@ -843,7 +846,8 @@ class _LoopThread(threading.Thread):
         config = copy.copy(worker.config)
         config.callback_notify = None  # the worker's first loop tells the arbiter it is alive
         self.server = _LoopServer(config=config)
-        self.server.ticked = time.monotonic()
+        self.server.clock = getattr(worker, "clock", time.monotonic)
+        self.server.ticked = self.server.clock()
         self.worker = worker
 
     def run(self) -> None:
@@ -852,6 +856,28 @@ class _LoopThread(threading.Thread):
                 runner.run(self.server.serve(sockets=[]))
         finally:  # a loop that died takes its worker down: the arbiter starts a new one
             self.worker.stop_serving()
+
+
+TOKEN_IN_PATH = re.compile(r"(/token/)[^/]+")
+
+
+def shown_path(path: str) -> str:
+    """``path`` as it may be logged: a token in it (``/api/v3/token/<t>``) left out."""
+    return TOKEN_IN_PATH.sub(r"\1<token>", path)
+
+
+@dataclass(frozen=True)
+class StuckLoop:
+    """A loop of ``InProcessFront`` that has not turned for its timeout, and the request it is in
+    (empty when in none)."""
+
+    loop: str
+    silent_seconds: float
+    method: str
+    path: str
+
+
+watchdog_logger = logging.getLogger("vmpool.http_front.watchdog")
 
 
 UVICORN_CONFIG: dict[str, Any] = {
@@ -876,17 +902,28 @@ class InProcessFront:
     scheduler). One app serves every loop: the service's app keeps the request being served per
     thread (``RequestLocalChalice``), and ``AsgiApp`` gives any other app one loop.
 
-    What the arbiter did and nothing here does: restart a worker that died or whose loops are
-    stuck (a loop that ends ends this front: ``is_alive``; ``local.run`` starts another), and
-    spread requests over the cores (one interpreter, one lock: HTTP and the scheduler share a
-    core's worth of Python). It answers to no signal itself: ``stop`` from the thread that got one."""
+    What the arbiter did and nothing here does as it did: restart a worker that died or whose
+    loops are stuck (a loop that ends ends this front: ``is_alive``; ``local.run`` starts another;
+    a loop that has not turned for ``loop_timeout``, stuck in a request, is said once by
+    ``stuck_loop``: a thread cannot be killed, so ``local.run`` then exits for its supervisor to
+    start the stack again), and spread requests over the cores (one interpreter, one lock: HTTP
+    and the scheduler share a core's worth of Python). It answers to no signal itself: ``stop``
+    from the thread that got one."""
 
     def __init__(self, load_app: Callable[[], Callable[..., Any]], host: str, port: int,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+                 max_connections: int = MAX_CONNECTIONS, loop_timeout: float = WORKER_TIMEOUT_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         from uvicorn.config import Config
 
         app = load_app()
-        self.config = Config(app=app, log_config=None, access_log=False, timeout_keep_alive=5, backlog=512,
+        self.clock = clock
+        self.loop_timeout = loop_timeout
+        self._requests: dict[int, tuple[str, str]] = {}
+        """The request each loop's thread is serving (method, path with no token), by thread."""
+        self._checked = self._grace_from = clock()
+        self._reported = False
+        self.config = Config(app=self._tracked(app), log_config=None, access_log=False, timeout_keep_alive=5,
+                             backlog=512,
                              **UVICORN_CONFIG)
         self.config.limit_concurrency = max_connections + 1  # as OneAppWorker: _LoopServer bounds below it
         error_log = logging.getLogger("uvicorn.error")
@@ -894,6 +931,9 @@ class InProcessFront:
             error_log.addHandler(json_stderr_handler())
         error_log.setLevel(logging.WARNING)  # as the workers' ("loglevel": "warning")
         error_log.propagate = False
+        if not watchdog_logger.handlers:  # JSON on stderr, as uvicorn's lines here
+            watchdog_logger.addHandler(json_stderr_handler())
+            watchdog_logger.propagate = False
         self.config.load()
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn's: TIME_WAIT, the stack's hold
@@ -905,6 +945,8 @@ class InProcessFront:
             raise
         self._listener = listener
         self._server = _LoopServer(config=self.config)
+        self._server.clock = clock
+        self._server.ticked = clock()
         self._server.max_connections = connection_bound(max_connections)
         self._asked_to_stop = False
         loops = max(int(getattr(app, "threads", 1)), 1)
@@ -913,6 +955,48 @@ class InProcessFront:
         for loop in self._loops:
             loop.server.accepting = self._server
         self._thread = threading.Thread(target=self._run, name="vmpool-http-loop-0", daemon=True)
+
+    def _tracked(self, app: Callable[..., Any]) -> Callable[..., Any]:
+        """``app``, noting which request each loop's thread is in (for ``stuck_loop``)."""
+        requests = self._requests
+
+        async def tracked(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            thread = threading.get_ident()
+            requests[thread] = (str(scope.get("method", "")), shown_path(str(scope.get("path", ""))))
+            try:
+                await app(scope, receive, send)
+            finally:
+                requests.pop(thread, None)
+
+        return tracked
+
+    def stuck_loop(self) -> StuckLoop | None:
+        """The first loop that has not turned for ``loop_timeout`` seconds (stuck in a request:
+        while it is, every connection on it waits), said once as a CRITICAL JSON log line with
+        the request's method and path (a token in the path left out); then None for good. Called
+        often (``local.run``'s main loop, every 0.5 s): a gap of more than PAUSE_SECONDS between
+        two calls means this process did not run (Ctrl-Z of the stack, then ``fg``), and the
+        loops' silence over it is not theirs, as the default's arbiter counts it
+        (``ARBITER_PAUSE_SECONDS``)."""
+        now = self.clock()
+        if now - self._checked > ARBITER_PAUSE_SECONDS:
+            self._grace_from = now
+        self._checked = now
+        if self._reported:
+            return None
+        for thread, server in ((self._thread, self._server), *((loop, loop.server) for loop in self._loops)):
+            silent = now - max(server.ticked, self._grace_from)
+            if silent <= self.loop_timeout or not thread.is_alive():
+                continue
+            self._reported = True
+            method, path = self._requests.get(thread.ident or 0, ("", ""))
+            stuck = StuckLoop(thread.name, round(silent, 1), method, path)
+            watchdog_logger.critical(
+                "HTTP loop %s stuck for %.0f s%s", stuck.loop, stuck.silent_seconds,
+                f" in {method} {path}" if method else "",
+                extra={"loop": stuck.loop, "silent_seconds": stuck.silent_seconds, "method": method, "path": path})
+            return stuck
+        return None
 
     def start(self, timeout: float = STARTUP_SECONDS) -> bool:
         """Start the loops; whether they serve within ``timeout`` seconds."""

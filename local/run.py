@@ -738,6 +738,15 @@ def main(argv: list[str] | None = None) -> int:
                 front_here = _serve_http_here(args.port, args.threads)
                 if front_here is None:
                     return 1
+            stuck = front_here.stuck_loop() if front_here is not None else None
+            if stuck is not None:
+                # Said (a JSON line) by stuck_loop. A thread cannot be killed and every connection
+                # on that loop waits: as the default's arbiter ends a silent worker, the process
+                # ends, for its supervisor (systemd's Restart=, a container's restart policy) to
+                # start the stack again; the pools' state is in Redis (docs/reliability.md).
+                print(f"vmpool: the HTTP loop {stuck.loop} has not turned for {stuck.silent_seconds:.0f} s; "
+                      "stopping (exit 3) to be started again", file=sys.stderr, flush=True)
+                return 3
             if front is not None and front_watch is not None:
                 front_watch.note_workers()
                 if not front.is_alive():
