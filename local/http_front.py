@@ -962,11 +962,21 @@ class InProcessFront:
 
         async def tracked(scope: dict[str, Any], receive: Any, send: Any) -> None:
             thread = threading.get_ident()
-            requests[thread] = (str(scope.get("method", "")), shown_path(str(scope.get("path", ""))))
+            request = (str(scope.get("method", "")), shown_path(str(scope.get("path", ""))))
+            requests[thread] = request
+
+            async def received() -> Any:
+                # Another request of this loop may have run while this one waited for its body:
+                # this one is the loop's again (the app's blocking work comes after its body).
+                message = await receive()
+                requests[thread] = request
+                return message
+
             try:
-                await app(scope, receive, send)
+                await app(scope, received, send)
             finally:
-                requests.pop(thread, None)
+                if requests.get(thread) is request:
+                    del requests[thread]
 
         return tracked
 

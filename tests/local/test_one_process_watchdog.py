@@ -31,13 +31,14 @@ class HangingApp:
     """Two loops; ``/hang...`` holds its loop's thread until released, as a handler stuck in a
     blocking call does (the app is called inline on its loop)."""
 
-    threads = 2
-
-    def __init__(self) -> None:
+    def __init__(self, threads: int = 2) -> None:
+        self.threads = threads
         self.entered = threading.Event()
         self.release = threading.Event()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body"):  # the whole body first, as the gateway reads it
+            pass
         if scope["path"].startswith("/hang"):
             self.entered.set()
             self.release.wait(60)
@@ -93,4 +94,34 @@ def test_a_loop_stuck_in_a_request_is_said_once_with_its_request_and_no_token(
         app.release.set()
         if hung is not None:
             hung.close()
+        front.stop(timeout=10)
+
+
+def test_the_request_said_is_the_one_stuck_when_another_ran_on_its_loop_while_it_waited_for_its_body() -> None:
+    """One loop, two connections: the request that hangs waited for its body while another
+    request was served on the same loop; the one named is the one stuck, not none."""
+    app = HangingApp(threads=1)
+    clock = FakeClock()
+    port = free_port()
+    front = InProcessFront(lambda: app, "127.0.0.1", port, clock=clock)
+    slow: socket.socket | None = None
+    try:
+        assert front.start(timeout=30)
+        slow = socket.create_connection(("127.0.0.1", port), timeout=10)
+        slow.sendall(b"POST /hang/vm HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as other:
+            other.sendall(b"GET /api/v3/status HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_answer(other).startswith(b"HTTP/1.1 200")
+        slow.sendall(b"cd")
+        assert app.entered.wait(20)
+        stuck = None
+        for _ in range(int(WORKER_TIMEOUT_SECONDS) + 1):
+            clock.now += 1
+            stuck = front.stuck_loop() or stuck
+        assert stuck is not None
+        assert (stuck.method, stuck.path) == ("POST", "/hang/vm")
+    finally:
+        app.release.set()
+        if slow is not None:
+            slow.close()
         front.stop(timeout=10)
