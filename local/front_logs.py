@@ -4,7 +4,7 @@ many there are.
 gunicorn writes its error log (its arbiter's lines and its workers', and uvicorn's, which
 uvicorn-worker sends through the same handlers) as plain text, ``[<time>] [<pid>] [WARNING]
 <message>``, beside the app's JSON lines: a Logs Insights or ``jq`` query on the JSON fields
-misses them, and ``jq`` stops at the first. ``JsonLogger`` writes them as JSON with the app's
+misses them, and ``jq`` stops at the first. ``gunicorn_front.JsonLogger`` writes them as JSON with the app's
 keys (``level``, ``location``, ``message``, ``timestamp``, ``service``) and the logger's name.
 
 A malformed request was logged once per request (uvicorn's ``Invalid HTTP request received.``):
@@ -24,7 +24,6 @@ import time
 from typing import Any, Callable
 
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
-from gunicorn.glogging import Logger as GunicornLogger
 
 from chalicelib.logs import SERVICE
 from chalicelib.observability import json_log_line
@@ -107,43 +106,3 @@ def json_stderr_handler() -> logging.Handler:
     handler.setFormatter(json_formatter())
     handler.addFilter(_LoggerName())
     return handler
-
-
-class JsonLogger(GunicornLogger):
-    """gunicorn's logger, its error log written as JSON lines (``json_formatter``) instead of
-    ``[<time>] [<pid>] [LEVEL] message``. Set as gunicorn's ``logger_class``.
-
-    Its ``location`` is the caller's (``reap_workers:672``, where the arbiter said a worker
-    died): gunicorn's methods pass each line on to ``logging`` from a method of their own, and
-    every line of the arbiter was located at that method (``warning:286``, ``critical:280``)."""
-
-    def critical(self, msg: object, *args: Any, **kwargs: Any) -> None:
-        self.error_log.critical(msg, *args, **_from_caller(kwargs))
-
-    def error(self, msg: object, *args: Any, **kwargs: Any) -> None:
-        self.error_log.error(msg, *args, **_from_caller(kwargs))
-
-    def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
-        self.error_log.warning(msg, *args, **_from_caller(kwargs))
-
-    def info(self, msg: object, *args: Any, **kwargs: Any) -> None:
-        self.error_log.info(msg, *args, **_from_caller(kwargs))
-
-    def debug(self, msg: object, *args: Any, **kwargs: Any) -> None:
-        self.error_log.debug(msg, *args, **_from_caller(kwargs))
-
-    def exception(self, msg: object, *args: Any, **kwargs: Any) -> None:
-        self.error_log.exception(msg, *args, **_from_caller(kwargs))
-
-    def log(self, lvl: int | str, msg: object, *args: Any, **kwargs: Any) -> None:
-        if isinstance(lvl, str):
-            lvl = self.LOG_LEVELS.get(lvl.lower(), logging.INFO)
-        self.error_log.log(lvl, msg, *args, **_from_caller(kwargs))
-
-    def setup(self, cfg: Any) -> None:
-        super().setup(cfg)
-        for handler in self.error_log.handlers:
-            if getattr(handler, "_gunicorn", False):
-                handler.setFormatter(json_formatter())
-                if not any(isinstance(existing, _LoggerName) for existing in handler.filters):
-                    handler.addFilter(_LoggerName())

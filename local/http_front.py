@@ -41,6 +41,10 @@ What we add to uvicorn:
   stack) against its workers;
 - the same loops without gunicorn, in the calling process (``InProcessFront``: `make run
   WORKERS=0`, one process for HTTP and the scheduler).
+
+The gunicorn parts (the worker ``OneAppWorker``, the arbiter ``_Arbiter``, ``HttpFront``,
+``JsonLogger``) are in ``local.gunicorn_front``: the one-process layout imports this module
+only, and so never loads gunicorn (1.9 MB, 32 modules it would not use).
 """
 
 from __future__ import annotations
@@ -51,29 +55,26 @@ import copy
 import errno
 import http
 import logging
-import mmap
 import os
 import re
 import resource
-import signal
 import socket
 import struct
-import sys
 import threading
 import time
-from typing import Any, Callable, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
 import httptools
-from gunicorn.app.base import BaseApplication
-from gunicorn.arbiter import Arbiter
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import Server
-from uvicorn_worker import UvicornWorker
 
 from chalicelib.api.http import MAX_BODY_BYTES as API_MAX_BODY_BYTES
 from chalicelib.api.http import json_text
-from local.front_logs import BoundedWarning, JsonLogger, json_stderr_handler
-from local.processes import die_with_parent
+from local.front_logs import BoundedWarning, json_stderr_handler
+
+if TYPE_CHECKING:  # gunicorn's layout only (``local.gunicorn_front``): not imported for WORKERS=0
+    from local.gunicorn_front import OneAppWorker
 
 CLIENT_TIMEOUT_SECONDS = float(os.environ.get("VMPOOL_HTTP_CLIENT_TIMEOUT", "10"))
 """How long a request's line and headers, and then its body, may take to arrive; then 408 and
@@ -655,6 +656,8 @@ class _LoopServer(Server):
     about 5 of 8 loops, some loops holding 3 while others held none."""
 
     ticked = 0.0
+    clock: Callable[[], float] = time.monotonic
+    """What ``ticked`` is read from (``InProcessFront``'s clock: a test's fake one)."""
     heartbeat: Callable[[], None] | None = None
     """On the worker's first loop: called at every turn of it, to tell the arbiter the worker is
     alive. (uvicorn's own ``callback_notify`` is asked every tenth turn only: a loop whose turns
@@ -700,7 +703,7 @@ class _LoopServer(Server):
         return len(self.idle) - (self.evictions_asked - self.evictions_done)
 
     async def on_tick(self, counter: int) -> bool:
-        self.ticked = time.monotonic()
+        self.ticked = self.clock()
         if self.heartbeat is not None:
             self.heartbeat()
         if self.should_exit:  # SIGTERM / SIGINT reach the main thread's server only
@@ -843,7 +846,8 @@ class _LoopThread(threading.Thread):
         config = copy.copy(worker.config)
         config.callback_notify = None  # the worker's first loop tells the arbiter it is alive
         self.server = _LoopServer(config=config)
-        self.server.ticked = time.monotonic()
+        self.server.clock = getattr(worker, "clock", time.monotonic)
+        self.server.ticked = self.server.clock()
         self.worker = worker
 
     def run(self) -> None:
@@ -854,216 +858,39 @@ class _LoopThread(threading.Thread):
             self.worker.stop_serving()
 
 
-class OneAppWorker(UvicornWorker):
-    """A gunicorn worker running uvicorn: as many event loops as the app allows threads
-    (``AsgiApp.threads``), each on its own thread, each calling the app inline, one request at a
-    time per loop, the first one accepting the worker's connections for all (``_LoopServer``);
-    bounded as ``BoundedHttpProtocol`` says; dies with the arbiter.
-
-    Why loops and not one loop handing requests to a pool of threads: a hand-off costs two
-    thread wake-ups per request (the pool thread, then the loop for the answer), each a wait in
-    the run queue of a busy machine; a loop per thread wakes once per request, as a thread per
-    connection does, while a slow client still costs only a coroutine."""
-
-    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
-        # uvloop measured no better (docs/performance.md, "Then: connections spread over loops").
-        "loop": "asyncio",
-        "http": BoundedHttpProtocol,
-        "lifespan": "off",
-        "ws": "none",  # no WebSocket upgrade, whatever is installed: the app serves HTTP only
-        "proxy_headers": False,  # the client's address is the socket's: no X-Forwarded-For
-        "server_header": False,
-        "timeout_graceful_shutdown": 5,
-    }
-
-    _loops: list[_LoopThread]
-    _server: Server | None = None
-    _last_heartbeat = 0.0
-    process_beat: "ProcessBeat"
-    """When this worker's process last ran, shared with the arbiter (``_Arbiter``)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)  # in the arbiter, before the fork
-        # The accepting loop bounds the worker's connections (_LoopServer._hand); uvicorn's own
-        # check, per loop at each request, stays above it.
-        self.config.limit_concurrency = self.cfg.worker_connections + 1
-        self._loops = []
-        self.process_beat = ProcessBeat()
-
-    def init_signals(self) -> None:
-        super().init_signals()
-        # Ctrl-C reaches every process of the terminal's group, the workers too: a stop asked of
-        # them, ended with exit 0 as gunicorn's own workers do. uvicorn-worker leaves SIGINT at
-        # its default, and uvicorn, once it has stopped gracefully, raises the signal again for
-        # the old handler: the worker died of SIGINT, and the arbiter logged a warning per worker
-        # ("Worker (pid:...) was sent SIGINT!") on every clean Ctrl-C of `make run`. With this
-        # handler as the old one, that second SIGINT (or one during start-up) exits 0.
-        signal.signal(signal.SIGINT, self._interrupted)
-
-    def _interrupted(self, signum: int, frame: Any) -> None:
-        self.alive = False
-        sys.exit(0)
-
-    def init_process(self) -> None:
-        # SIGKILL, not SIGTERM: a worker stopped (SIGSTOP) when its arbiter dies acts on no other
-        # signal, and stayed stopped for good, re-parented, holding its listening socket on the
-        # port: a share of the next front's new connections queued on it, unanswered forever.
-        die_with_parent(self.ppid, signal.SIGKILL)
-        threading.Thread(target=self._beat_while_running, name="vmpool-process-beat", daemon=True).start()
-        super().init_process()
-
-    def _beat_while_running(self) -> None:
-        """Say that this process runs, for as long as it does (a thread of its own: its event
-        loops may each be busy with one request for many seconds)."""
-        while True:
-            self.process_beat.beat()
-            time.sleep(PROCESS_BEAT_SECONDS)
-
-    async def _serve(self) -> None:
-        self.config.app = self.wsgi
-        self.config.load()
-        loops = max(int(getattr(self.wsgi, "threads", 1)), 1)
-        self.config.callback_notify = None  # the first loop's heartbeat instead, at every turn
-        self._server = _LoopServer(config=self.config)
-        self._server.heartbeat = self._heartbeat
-        self._server.max_connections = connection_bound(self.cfg.worker_connections)
-        self._loops = [_LoopThread(self, number) for number in range(1, loops)]
-        self._server.followers = tuple(loop.server for loop in self._loops)
-        for loop in self._loops:
-            loop.server.accepting = self._server
-        for loop in self._loops:
-            loop.start()
-        self._install_sigquit_handler()
-        try:
-            await self._server.serve(sockets=self.sockets)
-        finally:
-            for loop in self._loops:
-                loop.server.should_exit = True
-            for loop in self._loops:
-                loop.join(timeout=self.config.timeout_graceful_shutdown or 5)
-        if not self._server.started:
-            raise SystemExit(Arbiter.WORKER_BOOT_ERROR)
-
-    def stop_serving(self) -> None:
-        """Ask every loop of this worker to finish (the arbiter then starts a new worker)."""
-        if self._server is not None:
-            self._server.should_exit = True
-
-    def _heartbeat(self) -> None:
-        """Tell the arbiter this worker is alive (at most once a second), while every loop turns:
-        the arbiter restarts a worker that stops telling it."""
-        now = time.monotonic()
-        if now - self._last_heartbeat < HEARTBEAT_SECONDS:
-            return
-        stalled = now - self.timeout
-        if all(loop.server.ticked > stalled for loop in self._loops):
-            self._last_heartbeat = now
-            self.notify()
+TOKEN_IN_PATH = re.compile(r"(/token/)[^/]+")
 
 
-class ProcessBeat:
-    """When a worker's process last ran (``time.monotonic()``, which every process of the
-    machine shares), in memory the arbiter makes before it forks the worker and reads after:
-    an anonymous shared mapping, so no descriptor to close or to leak into later workers."""
-
-    def __init__(self) -> None:
-        self._memory = mmap.mmap(-1, 8)  # MAP_SHARED | MAP_ANONYMOUS: the fork shares it
-        self.beat()  # a worker stopped before its first beat is not spared
-
-    def beat(self) -> None:
-        """Record that the process runs now."""
-        self._memory[:8] = struct.pack("d", time.monotonic())
-
-    def last(self) -> float:
-        """When the process last said it runs."""
-        return float(struct.unpack("d", self._memory[:8])[0])
+def shown_path(path: str) -> str:
+    """``path`` as it may be logged: a token in it (``/api/v3/token/<t>``) left out."""
+    return TOKEN_IN_PATH.sub(r"\1<token>", path)
 
 
-class _Arbiter(Arbiter):
-    """gunicorn's arbiter, which also kills a worker whose process has not run for
-    ``HttpFront.process_timeout`` (SIGKILL at once: a process that does not run acts on no other
-    signal), and counts no worker's silence over a pause of its own.
+@dataclass(frozen=True)
+class StuckLoop:
+    """A loop of ``InProcessFront`` that has not turned for its timeout, and the request it is in
+    (empty when in none)."""
 
-    gunicorn alone waits for its ``timeout`` (30 s) whatever the reason a worker is silent: a
-    SIGSTOPped worker held every request on it, and the new connections the kernel kept giving
-    its listening socket (one in as many as there are workers), for 31 s, then reset them. The
-    timeout cannot be shorter for every silence: a worker whose loops each wait for a slow LDAP
-    server is serving. And after the whole stack was stopped (Ctrl-Z) for longer than the timeout,
-    the arbiter, resuming with its workers, found them all silent and killed them, resetting
-    every connection in the moment the stack came back."""
-
-    def __init__(self, app: BaseApplication) -> None:
-        super().__init__(app)
-        # From its start: a pause before its first check (a second after it forks the workers,
-        # which may be serving by then) counts too.
-        self._checked = time.monotonic()
-
-    def murder_workers(self) -> None:
-        now = time.monotonic()
-        if now - self._checked > ARBITER_PAUSE_SECONDS:
-            for worker in self.WORKERS.values():  # each gets its whole timeout again from now
-                worker.tmp.notify()
-                if isinstance(worker, OneAppWorker):
-                    worker.process_beat.beat()
-        self._checked = now
-        process_timeout = getattr(self.app, "process_timeout", None)
-        for pid, worker in list(self.WORKERS.items()):
-            if not isinstance(worker, OneAppWorker) or process_timeout is None or worker.aborted:
-                continue
-            silent = now - worker.process_beat.last()
-            if silent > process_timeout:
-                self.log.critical("WORKER NOT RUNNING for %.0f s (pid:%s): killed", silent, pid)
-                worker.aborted = True
-                self.kill_worker(pid, signal.SIGKILL)
-        super().murder_workers()
+    loop: str
+    silent_seconds: float
+    method: str
+    path: str
 
 
-class HttpFront(BaseApplication):
-    """gunicorn, configured in code, serving the ASGI app that ``load_app`` builds in each worker."""
+watchdog_logger = logging.getLogger("vmpool.http_front.watchdog")
 
-    def __init__(self, load_app: Callable[[], Callable[..., Any]], host: str, port: int, workers: int,
-                 on_worker_ready: Callable[[], None] = lambda: None, max_connections: int = MAX_CONNECTIONS,
-                 worker_timeout: float = WORKER_TIMEOUT_SECONDS,
-                 process_timeout: float = PROCESS_TIMEOUT_SECONDS) -> None:
-        self._load_app = load_app
-        self.process_timeout = process_timeout
-        self._options: dict[str, Any] = {
-            "bind": f"{host}:{port}",
-            # A listening socket per worker (SO_REUSEPORT): the kernel spreads new connections
-            # over the workers. One shared socket lets whichever worker wakes first accept every
-            # connection waiting, and a few long kept-alive clients then load one worker (one core).
-            "reuse_port": True,
-            "workers": max(workers, 1),
-            "worker_class": f"{__name__}.{OneAppWorker.__name__}",
-            "worker_connections": max_connections,
-            "keepalive": 5,
-            "timeout": worker_timeout,
-            "graceful_timeout": 5,  # Ctrl-C / SIGTERM: in-flight requests get this long
-            "backlog": 512,
-            "loglevel": "warning",  # the app logs what matters, as JSON
-            "accesslog": None,
-            "errorlog": "-",
-            "logger_class": JsonLogger,  # JSON lines, as the app's
-            "control_socket_disable": True,  # no $HOME/.gunicorn/gunicorn.ctl shared between stacks
-            "post_worker_init": lambda worker: on_worker_ready(),
-            "proc_name": "vmpool-http",
-        }
-        super().__init__()
 
-    def load_config(self) -> None:
-        for name, value in self._options.items():
-            self.cfg.set(name, value)
-
-    def load(self) -> Callable[..., Any]:
-        return self._load_app()
-
-    def run(self) -> None:
-        """gunicorn's ``BaseApplication.run``, with ``_Arbiter``."""
-        try:
-            _Arbiter(self).run()
-        except RuntimeError as error:
-            print(f"\nError: {error}\n", file=sys.stderr, flush=True)
-            sys.exit(1)
+UVICORN_CONFIG: dict[str, Any] = {
+    # uvloop measured no better (docs/performance.md, "Then: connections spread over loops").
+    "loop": "asyncio",
+    "http": BoundedHttpProtocol,
+    "lifespan": "off",
+    "ws": "none",  # no WebSocket upgrade, whatever is installed: the app serves HTTP only
+    "proxy_headers": False,  # the client's address is the socket's: no X-Forwarded-For
+    "server_header": False,
+    "timeout_graceful_shutdown": 5,
+}
+"""uvicorn's settings for every loop, a worker's (``gunicorn_front.OneAppWorker``) or ``InProcessFront``'s."""
 
 
 class InProcessFront:
@@ -1075,24 +902,38 @@ class InProcessFront:
     scheduler). One app serves every loop: the service's app keeps the request being served per
     thread (``RequestLocalChalice``), and ``AsgiApp`` gives any other app one loop.
 
-    What the arbiter did and nothing here does: restart a worker that died or whose loops are
-    stuck (a loop that ends ends this front: ``is_alive``; ``local.run`` starts another), and
-    spread requests over the cores (one interpreter, one lock: HTTP and the scheduler share a
-    core's worth of Python). It answers to no signal itself: ``stop`` from the thread that got one."""
+    What the arbiter did and nothing here does as it did: restart a worker that died or whose
+    loops are stuck (a loop that ends ends this front: ``is_alive``; ``local.run`` starts another;
+    a loop that has not turned for ``loop_timeout``, stuck in a request, is said once by
+    ``stuck_loop``: a thread cannot be killed, so ``local.run`` then exits for its supervisor to
+    start the stack again), and spread requests over the cores (one interpreter, one lock: HTTP
+    and the scheduler share a core's worth of Python). It answers to no signal itself: ``stop``
+    from the thread that got one."""
 
     def __init__(self, load_app: Callable[[], Callable[..., Any]], host: str, port: int,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+                 max_connections: int = MAX_CONNECTIONS, loop_timeout: float = WORKER_TIMEOUT_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         from uvicorn.config import Config
 
         app = load_app()
-        self.config = Config(app=app, log_config=None, access_log=False, timeout_keep_alive=5, backlog=512,
-                             **OneAppWorker.CONFIG_KWARGS)
+        self.clock = clock
+        self.loop_timeout = loop_timeout
+        self._requests: dict[int, tuple[str, str]] = {}
+        """The request each loop's thread is serving (method, path with no token), by thread."""
+        self._checked = self._grace_from = clock()
+        self._reported = False
+        self.config = Config(app=self._tracked(app), log_config=None, access_log=False, timeout_keep_alive=5,
+                             backlog=512,
+                             **UVICORN_CONFIG)
         self.config.limit_concurrency = max_connections + 1  # as OneAppWorker: _LoopServer bounds below it
         error_log = logging.getLogger("uvicorn.error")
         if not error_log.handlers:
             error_log.addHandler(json_stderr_handler())
         error_log.setLevel(logging.WARNING)  # as the workers' ("loglevel": "warning")
         error_log.propagate = False
+        if not watchdog_logger.handlers:  # JSON on stderr, as uvicorn's lines here
+            watchdog_logger.addHandler(json_stderr_handler())
+            watchdog_logger.propagate = False
         self.config.load()
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn's: TIME_WAIT, the stack's hold
@@ -1104,6 +945,8 @@ class InProcessFront:
             raise
         self._listener = listener
         self._server = _LoopServer(config=self.config)
+        self._server.clock = clock
+        self._server.ticked = clock()
         self._server.max_connections = connection_bound(max_connections)
         self._asked_to_stop = False
         loops = max(int(getattr(app, "threads", 1)), 1)
@@ -1112,6 +955,58 @@ class InProcessFront:
         for loop in self._loops:
             loop.server.accepting = self._server
         self._thread = threading.Thread(target=self._run, name="vmpool-http-loop-0", daemon=True)
+
+    def _tracked(self, app: Callable[..., Any]) -> Callable[..., Any]:
+        """``app``, noting which request each loop's thread is in (for ``stuck_loop``)."""
+        requests = self._requests
+
+        async def tracked(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            thread = threading.get_ident()
+            request = (str(scope.get("method", "")), shown_path(str(scope.get("path", ""))))
+            requests[thread] = request
+
+            async def received() -> Any:
+                # Another request of this loop may have run while this one waited for its body:
+                # this one is the loop's again (the app's blocking work comes after its body).
+                message = await receive()
+                requests[thread] = request
+                return message
+
+            try:
+                await app(scope, received, send)
+            finally:
+                if requests.get(thread) is request:
+                    del requests[thread]
+
+        return tracked
+
+    def stuck_loop(self) -> StuckLoop | None:
+        """The first loop that has not turned for ``loop_timeout`` seconds (stuck in a request:
+        while it is, every connection on it waits), said once as a CRITICAL JSON log line with
+        the request's method and path (a token in the path left out); then None for good. Called
+        often (``local.run``'s main loop, every 0.5 s): a gap of more than PAUSE_SECONDS between
+        two calls means this process did not run (Ctrl-Z of the stack, then ``fg``), and the
+        loops' silence over it is not theirs, as the default's arbiter counts it
+        (``ARBITER_PAUSE_SECONDS``)."""
+        now = self.clock()
+        if now - self._checked > ARBITER_PAUSE_SECONDS:
+            self._grace_from = now
+        self._checked = now
+        if self._reported:
+            return None
+        for thread, server in ((self._thread, self._server), *((loop, loop.server) for loop in self._loops)):
+            silent = now - max(server.ticked, self._grace_from)
+            if silent <= self.loop_timeout or not thread.is_alive():
+                continue
+            self._reported = True
+            method, path = self._requests.get(thread.ident or 0, ("", ""))
+            stuck = StuckLoop(thread.name, round(silent, 1), method, path)
+            watchdog_logger.critical(
+                "HTTP loop %s stuck for %.0f s%s", stuck.loop, stuck.silent_seconds,
+                f" in {method} {path}" if method else "",
+                extra={"loop": stuck.loop, "silent_seconds": stuck.silent_seconds, "method": method, "path": path})
+            return stuck
+        return None
 
     def start(self, timeout: float = STARTUP_SECONDS) -> bool:
         """Start the loops; whether they serve within ``timeout`` seconds."""

@@ -100,7 +100,8 @@ def _serve_http(port: int, workers: int, threads: int, parent: int,
     die_with_parent(parent, signal.SIGKILL)
     import app as chalice_app
     from local.gateway import AsgiApp
-    from local.http_front import CLIENT_TIMEOUT_SECONDS, HttpFront
+    from local.gunicorn_front import HttpFront
+    from local.http_front import CLIENT_TIMEOUT_SECONDS
 
     def asgi_app() -> AsgiApp:
         return AsgiApp(chalice_app.app, body_timeout=CLIENT_TIMEOUT_SECONDS, threads=threads)
@@ -737,6 +738,15 @@ def main(argv: list[str] | None = None) -> int:
                 front_here = _serve_http_here(args.port, args.threads)
                 if front_here is None:
                     return 1
+            stuck = front_here.stuck_loop() if front_here is not None else None
+            if stuck is not None:
+                # Said (a JSON line) by stuck_loop. A thread cannot be killed and every connection
+                # on that loop waits: as the default's arbiter ends a silent worker, the process
+                # ends, for its supervisor (systemd's Restart=, a container's restart policy) to
+                # start the stack again; the pools' state is in Redis (docs/reliability.md).
+                print(f"vmpool: the HTTP loop {stuck.loop} has not turned for {stuck.silent_seconds:.0f} s; "
+                      "stopping (exit 3) to be started again", file=sys.stderr, flush=True)
+                return 3
             if front is not None and front_watch is not None:
                 front_watch.note_workers()
                 if not front.is_alive():

@@ -201,7 +201,7 @@ def http_front(load_app: Callable[[], Any], open_files: int | None = None, **opt
     descriptors (soft and hard), as ``ulimit -n`` would set it. Its log (gunicorn's, on stderr)
     is read to see whether it refused a port taken meanwhile, and is copied to the test's
     stderr at the end."""
-    from local.http_front import HttpFront
+    from local.gunicorn_front import HttpFront
 
     context = multiprocessing.get_context("fork")
     with tempfile.TemporaryDirectory(prefix="vmpool-front-") as workdir:

@@ -14,7 +14,8 @@ from typing import Any, Callable
 import pytest
 from gunicorn.config import Config
 
-from local.front_logs import BoundedWarning, JsonLogger
+from local.front_logs import BoundedWarning
+from local.gunicorn_front import JsonLogger
 from tests.local.stack import call, local_stack, wait_for
 
 

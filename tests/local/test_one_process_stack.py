@@ -77,6 +77,19 @@ def test_one_process_serves_checkout_delete_and_status_and_is_the_stacks_only_py
     assert "Traceback" not in stack.log(), stack.log()[-3000:]
 
 
+def test_the_one_process_stack_never_imports_gunicorn(tmp_path: Path) -> None:
+    """WORKERS=0 has no arbiter and no worker process: gunicorn (about 1.9 MB, 32 modules) is
+    not loaded into it, from its start through serving requests (``-X importtime`` lists every
+    module the process imports, on its log)."""
+    with local_stack(tmp_path, CONFIG, workers=0, interval=1, env={"PYTHONPROFILEIMPORTTIME": "1"}) as stack:
+        assert call("GET", f"{stack.api}/status")[0] == 200
+        assert call("POST", f"{stack.api}/vm/{POOL}")[0] in (200, 503)
+        imported = [line for line in stack.log().splitlines() if line.startswith("import time:")]
+        assert any(line.endswith("| local.http_front") for line in imported), stack.log()[-2000:]
+    gunicorn = [line for line in imported if "gunicorn" in line]
+    assert not gunicorn, gunicorn[:5]
+
+
 def test_sigterm_stops_the_one_process_stack_cleanly(tmp_path: Path) -> None:
     with local_stack(tmp_path, CONFIG, workers=0, interval=1) as stack:
         assert call("GET", f"{stack.api}/status")[0] == 200

@@ -67,16 +67,21 @@ def processes_carrying(mark: str) -> dict[int, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("module", "signum", "linger"), [
-    ("yaml", signal.SIGKILL, 60),  # the config's files listed (for the watch), in a fresh interpreter
-    ("pydantic", signal.SIGTERM, 60),  # the config's check, in its child, while the stack waits for it
-    ("pydantic", signal.SIGKILL, 60),
-    ("chalicelib.store", signal.SIGTERM, 0),  # its redis-server answers
-    ("gunicorn", signal.SIGTERM, 0),  # the HTTP front forked, its workers not serving yet
-    ("gunicorn", signal.SIGKILL, 0),
-], ids=["listing-kill", "check-term", "check-kill", "redis-term", "front-term", "front-kill"])
+@pytest.mark.parametrize(("module", "signum", "linger", "workers"), [
+    ("yaml", signal.SIGKILL, 60, 1),  # the config's files listed (for the watch), in a fresh interpreter
+    ("pydantic", signal.SIGTERM, 60, 1),  # the config's check, in its child, while the stack waits for it
+    ("pydantic", signal.SIGKILL, 60, 1),
+    ("chalicelib.store", signal.SIGTERM, 0, 1),  # its redis-server answers
+    ("gunicorn", signal.SIGTERM, 0, 1),  # the HTTP front forked, its workers not serving yet
+    ("gunicorn", signal.SIGKILL, 0, 1),
+    # WORKERS=0: the in-process front's loops starting on their threads (each imports its event
+    # loop's factory), the main thread waiting for them to serve.
+    ("uvicorn.loops.asyncio", signal.SIGTERM, 0, 0),
+    ("uvicorn.loops.asyncio", signal.SIGKILL, 0, 0),
+], ids=["listing-kill", "check-term", "check-kill", "redis-term", "front-term", "front-kill",
+        "one-process-front-term", "one-process-front-kill"])
 def test_a_stack_stopped_while_it_starts_leaves_nothing_and_the_next_starts(
-        tmp_path: Path, module: str, signum: int, linger: float) -> None:
+        tmp_path: Path, module: str, signum: int, linger: float, workers: int) -> None:
     """Before: a SIGTERM while the config was checked ended `make run` at once (no line, status
     -15), and a SIGTERM or SIGKILL left the check running orphaned (ppid 1) until it ended, writing
     into the state directory; a SIGTERM while the workers forked was heeded only once they served,
@@ -95,7 +100,7 @@ def test_a_stack_stopped_while_it_starts_leaves_nothing_and_the_next_starts(
     env.pop("MAKELEVEL")  # the signal goes to local.run alone, not to make's group
     log_path = tmp_path / "stack.log"
     with log_path.open("wb") as log:
-        stack = subprocess.Popen(stack_command(port, 1, 30) + ["--redis-port", str(redis_port)], cwd=REPO_ROOT,
+        stack = subprocess.Popen(stack_command(port, workers, 30) + ["--redis-port", str(redis_port)], cwd=REPO_ROOT,
                                  env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         status = stack.wait(timeout=60)
@@ -116,6 +121,6 @@ def test_a_stack_stopped_while_it_starts_leaves_nothing_and_the_next_starts(
             os.kill(pid, signal.SIGKILL)
 
     # The next `make run` on the same state directory and ports starts and serves.
-    with local_stack(tmp_path, CONFIG, workers=1, name="next", state_dir=state_dir,
+    with local_stack(tmp_path, CONFIG, workers=workers, name="next", state_dir=state_dir,
                      extra_args=["--redis-port", str(redis_port)]) as after:
         assert call("GET", f"{after.api}/status")[0] == 200
