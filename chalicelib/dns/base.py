@@ -3,7 +3,7 @@
 import abc
 import ipaddress
 from dataclasses import dataclass
-from typing import Annotated, ClassVar, Iterable, Mapping, Optional, Sequence
+from typing import Annotated, Any, Callable, ClassVar, Iterable, Mapping, Optional, Sequence, TypeVar
 
 from chalicelib.config_fields import Bool, Check, DnsName, SettingsModel, Str, number
 
@@ -164,6 +164,32 @@ def record_changes(what: str, addresses: str | Sequence[str],
     return changed, [rdtype for rdtype in ADDRESS_TYPES if rdtype in before and rdtype not in wanted]
 
 
+NameCall = TypeVar("NameCall", bound=tuple[Any, ...])  # a name's call: its hostname first
+
+
+def one_name_a_call(items: Sequence[NameCall], send: Callable[[NameCall], None],
+                    max_refusals: int | None) -> dict[str, DnsError | None]:
+    """``send`` each item (its first field the hostname), one call a name: each name sent maps
+    to None when done, or to the DnsError the service refused that name alone with; after
+    ``max_refusals`` such refusals the rest is not sent (absent from the answer). A failure of
+    the service or of the entry as a whole (DnsUnavailable, DnsEntryRejected) is raised."""
+    outcome: dict[str, DnsError | None] = {}
+    refusals = 0
+    for item in items:
+        if max_refusals is not None and refusals >= max_refusals:
+            break
+        try:
+            send(item)
+        except (DnsUnavailable, DnsEntryRejected):
+            raise
+        except DnsError as error:
+            outcome[item[0]] = error
+            refusals += 1
+            continue
+        outcome[item[0]] = None
+    return outcome
+
+
 class DnsPlugin(abc.ABC):
     """Manages the address records (A and AAAA) of the pools whose ``dns_plugin`` names this
     ``:dns_configs:`` entry."""
@@ -202,25 +228,18 @@ class DnsPlugin(abc.ABC):
         anything is sent, and is no refusal of the service's. This default sends one create a
         name."""
         outcome: dict[str, DnsError | None] = {}
-        refusals = 0
+        sendable = []
         for hostname, addresses, published in records:
-            if max_refusals is not None and refusals >= max_refusals:
-                break
             try:
                 record_changes(f"dns create {self.fqdn(hostname)}", addresses, published)
             except DnsRejected as error:
                 outcome[hostname] = error
                 continue
-            try:
-                self.create_or_replace(hostname, addresses, published)
-            except (DnsUnavailable, DnsEntryRejected):
-                raise
-            except DnsError as error:
-                outcome[hostname] = error
-                refusals += 1
-                continue
-            outcome[hostname] = None
-        return outcome
+            sendable.append((hostname, addresses, published))
+        # A refused address is no refusal of the service's: it does not count towards max_refusals.
+        sent = one_name_a_call(sendable, lambda record: self.create_or_replace(*record), max_refusals)
+        return {hostname: outcome.get(hostname, sent[hostname]) for hostname, _, _ in records
+                if hostname in outcome or hostname in sent}
 
     @abc.abstractmethod
     def delete(self, hostname: str, fqdn: str | None = None) -> None:
@@ -237,21 +256,7 @@ class DnsPlugin(abc.ABC):
         pass). A failure of the service or of the entry as a whole (DnsUnavailable,
         DnsEntryRejected) is raised: then no name is known deleted (a delete sent again is no
         error). This default sends one delete a name."""
-        outcome: dict[str, DnsError | None] = {}
-        refusals = 0
-        for hostname, fqdn in names:
-            if max_refusals is not None and refusals >= max_refusals:
-                break
-            try:
-                self.delete(hostname, fqdn)
-            except (DnsUnavailable, DnsEntryRejected):
-                raise
-            except DnsError as error:
-                outcome[hostname] = error
-                refusals += 1
-                continue
-            outcome[hostname] = None
-        return outcome
+        return one_name_a_call(names, lambda name: self.delete(*name), max_refusals)
 
     @abc.abstractmethod
     def addresses(self, hostname: str) -> list[str]:
