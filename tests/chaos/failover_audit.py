@@ -22,9 +22,9 @@ opens an on-demand request and polls it. Meanwhile the faults, in order:
   ``kill``: the same without the lag.
 
 A fault that cannot apply is skipped and listed (not a problem): after a kill no replica is left
-for ``swap``, ``failover``, ``kill``, ``lagkill`` or ``cutkill``; ``failover`` and the kills
-first wait up to 30 s for the replica to be online and caught up (right after a swap
-it is still syncing: killing the primary then loses every write since, as documented).
+for ``swap``, ``failover``, ``stoppromote``, ``kill``, ``lagkill`` or ``cutkill``; each of these
+promotes the replica, so first waits up to 30 s for it to be online and caught up (right after a
+swap it is still syncing: promoting it then loses every write since, as documented).
 
 Then it checks, as an outsider (redis-py on the new primary, the hypervisor's folders): no VM
 handed to two callers; no caller read another's tags; every VM a caller kept is running, its
@@ -33,7 +33,9 @@ matches the hypervisor; every error answer was a JSON 503 (never a 500, never pa
 10 s timeout); a fresh request after the faults answers at once. Exit status 1 on any problem.
 A pool that does not converge has its pending VMs' records printed (what holds each: its clone
 mark, task, request). Knobs for investigations: ``AUDIT_SETTLE`` (seconds the pools may take to
-converge, 40), ``AUDIT_DEMOTE_AFTER`` (seconds ``stoppromote`` leaves the old primary a primary, 1).
+converge, 40), ``AUDIT_DEMOTE_AFTER`` (seconds ``stoppromote`` leaves the old primary a primary, 1),
+``AUDIT_GAP`` (seconds between faults, 5), ``AUDIT_WATCH=1`` (log both nodes' role, replication id,
+offset, link and ``replicas:seen`` mark whenever one changes).
 """
 
 from __future__ import annotations
@@ -122,12 +124,18 @@ class Audit:
         self.handed: dict[str, list[str]] = collections.defaultdict(list)
         self.kept: dict[str, str] = {}
         self.lock = threading.Lock()
+        self.log_lock = threading.Lock()
         self.stop = threading.Event()
         self.scheduler = self.spawn("scheduler")[0]
         self.workers = [self.spawn("http") for _ in range(2)]
+        self.nodes = [self.pair.primary, self.pair.replica]
+        """Both redis-servers, in a fixed order whatever their roles (``watch_nodes``)."""
+        threading.Thread(target=self.watch_nodes, daemon=True).start()
 
     def log(self, *words: object) -> None:
-        print(f"{time.monotonic() - self.started:7.2f}", *words, flush=True)
+        line = " ".join(map(str, (f"{time.monotonic() - self.started:7.2f}", *words)))
+        with self.log_lock:  # the node watcher logs from its own thread
+            print(line, flush=True)
 
     def spawn(self, mode: str) -> tuple[subprocess.Popen[bytes], int]:
         """A process of the service, its output in a file (a pipe nobody reads would block it)."""
@@ -162,6 +170,50 @@ class Audit:
                 return counts
             time.sleep(0.3)
 
+    def node_states(self) -> list[str]:
+        """Each node's replication as seen from outside: role, replication id, offset, link,
+        and the service's ``replicas:seen`` mark (``Store._replica_wait``); "down" if it does
+        not answer within 0.2 s (stopped or killed)."""
+        from chalicelib.store.keys import Keys
+
+        mark_key = Keys().replicas_seen
+        states = []
+        for node in self.nodes:
+            client = redis.Redis(port=node.port, decode_responses=True, socket_timeout=0.2,
+                                 socket_connect_timeout=0.2)
+            try:
+                pipe = client.pipeline(transaction=False)
+                pipe.info("replication")
+                pipe.get(mark_key)
+                info, mark = pipe.execute()
+            except redis.RedisError:
+                states.append(f"{node.port}:down")
+                continue
+            finally:
+                client.close()
+            online = sum(1 for name, value in info.items()
+                         if name.startswith("slave") and isinstance(value, dict) and value.get("state") == "online")
+            link = (f" link={info.get('master_link_status')} sync={info.get('master_sync_in_progress')}"
+                    if info.get("role") == "slave" else f" online={online}")
+            states.append(f"{node.port}:{info.get('role')} id={str(info.get('master_replid'))[:6]}"
+                          f" id2={str(info.get('master_replid2'))[:6]} off={info.get('master_repl_offset')}"
+                          f"{link} mark={str(mark)[:6]}")
+        return states
+
+    def watch_nodes(self) -> None:
+        """Log the nodes' states (``node_states``) whenever one changes other than by its offset
+        (``AUDIT_WATCH=1``): when a node was promoted, synced, demoted, relative to the faults."""
+        if os.environ.get("AUDIT_WATCH") != "1":
+            return
+        last: list[str] = []
+        while not self.stop.is_set():
+            states = self.node_states()
+            shape = [" ".join(word for word in state.split() if not word.startswith("off=")) for state in states]
+            if shape != last:
+                self.log("nodes", " | ".join(states))
+                last = shape
+            time.sleep(0.1)
+
     # --- faults -------------------------------------------------------------------------------
 
     def replica_alive(self) -> bool:
@@ -172,22 +224,25 @@ class Audit:
 
     def cannot_apply(self, name: str) -> str:
         """Why fault ``name`` cannot apply now ("" when it can): the tool's limits, not the
-        service's, so a seeded run skips the fault rather than crash. ``failover`` waits for the
-        replica to be online first (right after a ``swap`` it is still syncing, and Redis refuses
-        FAILOVER to it)."""
+        service's, so a seeded run skips the fault rather than crash. A fault that promotes the
+        replica waits for it to be online and caught up first (right after a swap it is still
+        syncing: Redis refuses FAILOVER to it, and the others would promote a node without the
+        writes since)."""
         if name not in REPLICA_FAULTS:
             return ""
         if not self.replica_alive():
             return "no replica left (a kill before)"
-        if name in ("failover", "lagkill", "cutkill", "kill"):
-            # A kill's promoted replica must have what the primary had first: one still syncing
-            # (a full sync after a swap waits Redis's repl-diskless-sync-delay, 5 s) has nothing
-            # a checkout waited for (none is, while it is not online), and promoted it loses
-            # every write since the swap: the two faults docs/reliability.md does not guarantee.
-            try:
-                self.pair.wait_synced(30)
-            except AssertionError:
-                return "the replica did not come online in 30 s"
+        # Every one of these promotes the replica, which must have what the primary had first:
+        # one still syncing (a full sync after a swap waits Redis's repl-diskless-sync-delay, 5 s,
+        # as long as the pause after a fault) has nothing a checkout waited for (none is, while
+        # it is not online), and promoted it loses every write since the swap: the two faults
+        # docs/reliability.md does not guarantee. ``swap`` and ``stoppromote`` once waited for
+        # nothing: a ``swap`` 5 s after a ``stoppromote`` promoted the node it had demoted, mid
+        # full sync, and lost the 13 s of writes answered in between.
+        try:
+            self.pair.wait_synced(30)
+        except AssertionError:
+            return "the replica did not come online in 30 s"
         return ""
 
     def fault(self, name: str) -> None:
@@ -239,7 +294,7 @@ class Audit:
             pair.kill_primary_and_promote()
         else:
             raise SystemExit(f"unknown fault {name}")
-        time.sleep(5)
+        time.sleep(float(os.environ.get("AUDIT_GAP", "5")))
 
     # --- callers ------------------------------------------------------------------------------
 
