@@ -79,7 +79,7 @@ class BoundedWarning:
             self._log.warning(self._message, extra={"count": unsaid, "seconds": seconds})
 
 
-class _LoggerName(logging.Filter):
+class LoggerName(logging.Filter):
     """Puts the record's logger name under ``logger``, as the app's lines of a library have it
     (``observability._ServiceHandler``)."""
 
@@ -88,7 +88,7 @@ class _LoggerName(logging.Filter):
         return True
 
 
-def _from_caller(kwargs: dict[str, Any]) -> dict[str, Any]:
+def from_caller(kwargs: dict[str, Any]) -> dict[str, Any]:
     """``kwargs`` for ``logging``, its ``stacklevel`` one frame further out: the line is located
     where our logger's method was called, not in the method."""
     return {**kwargs, "stacklevel": kwargs.get("stacklevel", 1) + 1}
@@ -104,5 +104,5 @@ def json_stderr_handler() -> logging.Handler:
     writes, for uvicorn's log where no gunicorn logger is set (``http_front.InProcessFront``)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(json_formatter())
-    handler.addFilter(_LoggerName())
+    handler.addFilter(LoggerName())
     return handler

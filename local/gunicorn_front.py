@@ -22,7 +22,7 @@ from gunicorn.glogging import Logger as GunicornLogger
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
-from local.front_logs import _from_caller, _LoggerName, json_formatter
+from local.front_logs import LoggerName, from_caller, json_formatter
 from local.http_front import (
     ARBITER_PAUSE_SECONDS,
     HEARTBEAT_SECONDS,
@@ -47,35 +47,35 @@ class JsonLogger(GunicornLogger):
     every line of the arbiter was located at that method (``warning:286``, ``critical:280``)."""
 
     def critical(self, msg: object, *args: Any, **kwargs: Any) -> None:
-        self.error_log.critical(msg, *args, **_from_caller(kwargs))
+        self.error_log.critical(msg, *args, **from_caller(kwargs))
 
     def error(self, msg: object, *args: Any, **kwargs: Any) -> None:
-        self.error_log.error(msg, *args, **_from_caller(kwargs))
+        self.error_log.error(msg, *args, **from_caller(kwargs))
 
     def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
-        self.error_log.warning(msg, *args, **_from_caller(kwargs))
+        self.error_log.warning(msg, *args, **from_caller(kwargs))
 
     def info(self, msg: object, *args: Any, **kwargs: Any) -> None:
-        self.error_log.info(msg, *args, **_from_caller(kwargs))
+        self.error_log.info(msg, *args, **from_caller(kwargs))
 
     def debug(self, msg: object, *args: Any, **kwargs: Any) -> None:
-        self.error_log.debug(msg, *args, **_from_caller(kwargs))
+        self.error_log.debug(msg, *args, **from_caller(kwargs))
 
     def exception(self, msg: object, *args: Any, **kwargs: Any) -> None:
-        self.error_log.exception(msg, *args, **_from_caller(kwargs))
+        self.error_log.exception(msg, *args, **from_caller(kwargs))
 
     def log(self, lvl: int | str, msg: object, *args: Any, **kwargs: Any) -> None:
         if isinstance(lvl, str):
             lvl = self.LOG_LEVELS.get(lvl.lower(), logging.INFO)
-        self.error_log.log(lvl, msg, *args, **_from_caller(kwargs))
+        self.error_log.log(lvl, msg, *args, **from_caller(kwargs))
 
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)
         for handler in self.error_log.handlers:
             if getattr(handler, "_gunicorn", False):
                 handler.setFormatter(json_formatter())
-                if not any(isinstance(existing, _LoggerName) for existing in handler.filters):
-                    handler.addFilter(_LoggerName())
+                if not any(isinstance(existing, LoggerName) for existing in handler.filters):
+                    handler.addFilter(LoggerName())
 
 
 class OneAppWorker(UvicornWorker):
