@@ -63,7 +63,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -72,9 +72,6 @@ from uvicorn.server import Server
 from chalicelib.api.http import MAX_BODY_BYTES as API_MAX_BODY_BYTES
 from chalicelib.api.http import json_text
 from local.front_logs import BoundedWarning, json_stderr_handler
-
-if TYPE_CHECKING:  # gunicorn's layout only (``local.gunicorn_front``): not imported for WORKERS=0
-    from local.gunicorn_front import OneAppWorker
 
 CLIENT_TIMEOUT_SECONDS = float(os.environ.get("VMPOOL_HTTP_CLIENT_TIMEOUT", "10"))
 """How long a request's line and headers, and then its body, may take to arrive; then 408 and
@@ -837,11 +834,21 @@ class _LoopServer(Server):
         return protocol_class(config=self.config, server_state=self.server_state, app_state=self.lifespan.state)
 
 
+class LoopOwner(Protocol):
+    """What a loop thread needs of the front it serves for: a worker of gunicorn's layout
+    (``gunicorn_front.OneAppWorker``, which imports this module) or ``InProcessFront``."""
+
+    config: Any
+
+    def stop_serving(self) -> None:
+        """Stop the front's serving (a loop of it died)."""
+
+
 class _LoopThread(threading.Thread):
     """One more event loop of a worker: its own thread and uvicorn server calling the app inline,
     serving the connections the worker's first loop hands it."""
 
-    def __init__(self, worker: "OneAppWorker | InProcessFront", number: int) -> None:
+    def __init__(self, worker: LoopOwner, number: int) -> None:
         super().__init__(name=f"vmpool-http-loop-{number}", daemon=True)
         config = copy.copy(worker.config)
         config.callback_notify = None  # the worker's first loop tells the arbiter it is alive
