@@ -99,10 +99,24 @@ def json_formatter() -> logging.Formatter:
     return LambdaPowertoolsFormatter(json_serializer=json_log_line, service=SERVICE, process="%(process)d")
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A stream handler writing to whatever ``sys.stderr`` is when a line is written, not the one
+    it was made with (as logging's last-resort handler): a handler made once for the process
+    must not keep writing to a stream since replaced (a test's captured stderr, long closed)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
+
+
 def json_stderr_handler() -> logging.Handler:
     """stderr in the app's JSON lines, the logger's name under ``logger``: what ``JsonLogger``
     writes, for uvicorn's log where no gunicorn logger is set (``http_front.InProcessFront``)."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderr()
     handler.setFormatter(json_formatter())
     handler.addFilter(LoggerName())
     return handler
