@@ -17,12 +17,15 @@ from chalicelib.api.identity import Caller, optional_caller
 from chalicelib.api.limits import quota, quota_error
 from chalicelib.api.pool_choice import live_pools, preference, preferences
 from chalicelib.api.vm_lookup import named_domain
+from chalicelib.config import REQUEST_NAME_PATTERN
 from chalicelib.observability import emit, logger
 from chalicelib.services import Services
 from chalicelib.store import CheckoutRequest, QuotaExceeded
 from chalicelib.store.ondemand import OnDemandEntry, OnDemandStore
 
 MAX_COUNT = 100
+MAX_NAME_LENGTH = 100
+"""vmpooler's ``MAX_POOL_NAME_LENGTH``, the length ``config.REQUEST_NAME_PATTERN`` allows."""
 PATH_NAMES_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,100}+(?:\+[A-Za-z0-9_.-]{1,100}+)*+\Z")
 """``config.REQUEST_NAME_PATTERN`` names joined by ``+``, matched in one pass (possessive: no backtracking)."""
 
@@ -35,6 +38,18 @@ def names_in_path(segment: str) -> dict[str, int]:
     if not PATH_NAMES_PATTERN.match(segment):
         raise bad_request("Invalid pool name format")
     return dict(Counter(segment.split("+")))
+
+
+def check_requested_name(name: str) -> None:
+    """400 unless ``name`` can be a pool or alias a body asks for (``config.REQUEST_NAME_PATTERN``),
+    with vmpooler's message for what is wrong: none given, longer than 100 characters, or a
+    character no name has."""
+    if not name:
+        raise bad_request("Pool name is required")
+    if len(name) > MAX_NAME_LENGTH:
+        raise bad_request("Pool name too long")
+    if not REQUEST_NAME_PATTERN.match(name):
+        raise bad_request("Invalid pool name format")
 
 
 def parse_count(count: Any, most: int | None = MAX_COUNT) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from chalicelib.api.checkout import hostnames_by_name, names_in_path, open_request, parse_count
+from chalicelib.api.checkout import check_requested_name, hostnames_by_name, names_in_path, open_request, parse_count
 from chalicelib.api.http import (
     ApiError,
     ApiRequest,
@@ -25,7 +25,6 @@ from chalicelib.api.http import (
 )
 from chalicelib.api.identity import Caller, required_caller, same_owner, sends_token
 from chalicelib.api.vm_lookup import shown_domain
-from chalicelib.config import REQUEST_NAME_PATTERN
 from chalicelib.services import Services
 from chalicelib.store import StoreUnavailable
 from chalicelib.store.ondemand import DELETED, FAILED, READY, OnDemandRequest, OnDemandStore
@@ -50,8 +49,7 @@ def create_from_body(services: Services, request: ApiRequest) -> ApiResponse:
                           "starting with a letter or digit")
     wanted: dict[str, int] = {}
     for name, count in body.items():
-        if not REQUEST_NAME_PATTERN.match(name):
-            raise bad_request("Invalid pool name format")
+        check_requested_name(name)
         wanted[name] = parse_count(count, most=None)  # bounded by max_ondemand_instances_per_request
     return _create(services, request, wanted, request_id, caller)
 

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from chalicelib import observability as metric
-from chalicelib.api.checkout import MAX_COUNT, checkout, names_in_path, parse_count
+from chalicelib.api.checkout import MAX_COUNT, check_requested_name, checkout, names_in_path, parse_count
 from chalicelib.api.http import (
     TOO_LARGE,
     ApiError,
@@ -27,7 +27,6 @@ from chalicelib.api.http import (
 from chalicelib.api.identity import caller_for_change, may_change, optional_caller, refuse_a_dead_token
 from chalicelib.api.vm_lookup import find_vm, shown_domain
 from chalicelib.api.vm_tasks import disk_size, refuse_unless_queued
-from chalicelib.config import REQUEST_NAME_PATTERN
 from chalicelib.observability import emit, logger
 from chalicelib.services import Services
 from chalicelib.store import ModifyResult, VMRecord
@@ -74,8 +73,7 @@ def checkout_from_body(services: Services, request: ApiRequest) -> ApiResponse:
         raise not_found(error="no pool requested")
     wanted: dict[str, int] = {}
     for name, count in body.items():
-        if not REQUEST_NAME_PATTERN.match(name):
-            raise bad_request("Invalid pool name format")
+        check_requested_name(name)
         wanted[name] = parse_count(count)
     return checkout(services, request, wanted)
 
