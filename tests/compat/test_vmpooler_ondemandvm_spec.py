@@ -37,7 +37,13 @@ DELETE /ondemandvm/:requestid
   tests/ondemand/test_ondemand_requests.py::test_full_life_built_ready_checked_out_and_deleted
 
 Not in the spec, vmpooler's code: a body naming no pool (none, or ``null``) is a 404
-(test_a_body_naming_no_pool_is_vmpoolers_no_payload_404_and_changes_nothing below).
+(test_a_body_naming_no_pool_is_vmpoolers_no_payload_404_and_changes_nothing below). How long a
+request id answers (its pool_manager's ``request_expired?`` and ``check_ondemand_request_ready``):
+a request not ready ``ondemand_request_ttl`` minutes after it was made answers 200 ``ready:
+false`` naming that setting, for ``data_ttl`` hours, as there; then it is the 404 of an unknown
+id and its id may be used again (test_a_request_past_its_ttl_fails_and_is_forgotten_data_ttl_later
+below). A ready request answers until ``data_ttl`` after it was made (vmpooler: 30 days after it became
+ready; docs/compatibility.md).
 
 vmpooler's Redis layout, checked as what a client sees of it (its spec mocks Redis calls):
 'creates a provisioning request in redis' (its zadd: the request waits, then is built),
@@ -171,3 +177,30 @@ def test_a_request_is_queued_named_by_its_alias_emptied_by_delete_and_kept_as_de
     pooler.client.delete(pooler.store.keys.ondemand(request_id))  # what the expiry does
     unknown = {"ok": False, "message": f"no request found for request_id '{request_id}'"}
     assert pooler.answer("GET", path) == (404, unknown)
+
+
+def test_a_request_past_its_ttl_fails_and_is_forgotten_data_ttl_later(make_harness: HarnessFactory) -> None:
+    pooler = vmpooler_stack(make_harness, [{"name": "pool1", "size": 0, "vmready_fail_percent": 100}])
+    request_id = pooler.post("/api/v3/ondemandvm", {"pool1": "1"}).json["request_id"]
+    path = f"/api/v3/ondemandvm/{request_id}"
+    pooler.reconcile("pool1")
+    assert pooler.answer("GET", path) == (
+        202, {"ok": True, "request_id": request_id, "ready": False, "pool1": {"ready": "0", "pending": "1"}})
+    ttl_minutes = pooler.config.service.ondemand_request_ttl
+    assert ttl_minutes == 5  # vmpooler's default
+    pooler.clock.advance(ttl_minutes * 60 + 1)
+    pooler.reconcile("pool1")
+    message = "The request failed to provision instances within the configured ondemand_request_ttl '5'"
+    failed = (200, {"ok": True, "request_id": request_id, "ready": False, "message": message})
+    assert pooler.answer("GET", path) == failed
+    # Kept data_ttl hours, as vmpooler's request_expired? keeps it; the id is still taken meanwhile.
+    data_ttl = pooler.store.data_ttl_seconds
+    assert data_ttl - 60 < pooler.client.ttl(pooler.store.keys.ondemand(request_id)) <= data_ttl
+    assert pooler.answer("POST", "/api/v3/ondemandvm", {"pool1": "1", "request_id": request_id})[0] == 409
+    assert pooler.answer("GET", path) == failed
+    pooler.client.delete(pooler.store.keys.ondemand(request_id))  # what the expiry does
+    unknown = {"ok": False, "message": f"no request found for request_id '{request_id}'"}
+    assert pooler.answer("GET", path) == (404, unknown)
+    assert pooler.answer("DELETE", path)[0] == 404
+    assert pooler.answer("POST", "/api/v3/ondemandvm", {"pool1": "1", "request_id": request_id}) == (
+        201, {"ok": True, "request_id": request_id})
