@@ -14,7 +14,9 @@ difference, kept: vmpooler answers a bad date with the bare text ``Invalid date 
 ``halt 400, "..."``, under ``Content-Type: application/json``, so a client parsing JSON fails on
 it); ours is that text as ``{"ok": false, "error": ...}``. And ``2015-01-01`` itself, from today,
 is more than the 366 days a range may span here (docs/api.md, "/summary ranges"): the check uses
-a date of this year's.
+a date of this year's. An empty value (``?from=&to=``) is today here, as no value is; vmpooler
+answers ``?from=`` 400 (``Invalid date format ''``) and ``?from`` today, which API Gateway cannot
+tell apart (docs/compatibility.md, "Deliberately different", as ``?view=``).
 
 '#mean' ('returns 2.5 for [1, 2, 3, 4]', 'returns 1 for [1]', 'returns 0 for [nil]', 'returns 0
 for []') and '#get_task_times' ('returns [1.0, 2.0, 3.0, 4.0] for task "task1"@"2014-01-01"',
@@ -119,6 +121,10 @@ def test_summary_dates_must_be_yyyy_mm_dd(make_harness: HarnessFactory) -> None:
     first_of_year = _today(pooler).replace(month=1, day=1).isoformat()
     assert pooler.get(f"/api/v3/summary?from={first_of_year}").status == 200
     assert pooler.get("/api/v3/summary").status == 200  # nil: today
+    # Deliberately different: an empty value is today's, as no value (vmpooler: 400 for ``''``).
+    # API Gateway gives a Lambda ``?from`` and ``?from=`` alike, and Rack reads ``?from`` as nil.
+    days = [day["date"] for day in pooler.get("/api/v3/summary?from=&to=").json["daily"]]
+    assert days == [_today(pooler).isoformat()]
     for bad in ("false", "true", "01-01-2015", "1/1/2015"):
         for query in (f"from={bad}", f"to={bad}"):
             assert pooler.answer("GET", f"/api/v3/summary?{query}") == (
