@@ -107,6 +107,9 @@ def test_pool_names_in_a_checkout_body(pooler: Harness) -> None:
     assert pooler.answer("POST", "/api/v3/vm", {"centos-7-x86_64": "1", "a" * 101: "1"}) == (
         400, {"ok": False, "error": "Pool name too long"})
     assert pooler.answer("POST", "/api/v3/vm", {"": "1"}) == (400, {"ok": False, "error": "Pool name is required"})
+    # An on-demand request's names are read alike (vmpooler checks none there: a 404 bad_templates).
+    assert pooler.answer("POST", "/api/v3/ondemandvm", {"a" * 150: "1"}) == (
+        400, {"ok": False, "error": "Pool name too long"})
     assert pooler.redis_state() == before
     # 100 characters is a name: looked up, and no pool has it.
     status, answer = pooler.answer("POST", "/api/v3/vm", {"a" * 100: "1"})
