@@ -15,7 +15,9 @@ from chalicelib.config import build
 from chalicelib.dns import route53 as route53_module
 from chalicelib.dns.base import DnsEntryRejected, DnsRejected
 from chalicelib.dns.registry import build_dns_plugin
+from tests.dns.test_dns_records import dns_of, make_dns_world
 from tests.dns.test_dns_route53_denied import DeniedNames
+from tests.harness import HarnessFactory
 
 DOMAIN = "vms.example.test"
 ACCOUNT = "123456789012"
@@ -135,3 +137,21 @@ def test_access_denied_names_its_code_and_action_not_the_roles_arn(route53: tupl
     for shown in (str(refused), str(entry_refusal.value)):
         assert ACCOUNT not in shown and "arn:" not in shown and "assumed-role" not in shown
         assert "AccessDenied" in shown and "route53:ChangeResourceRecordSets" in shown
+
+
+def test_a_vm_whose_record_iam_denies_shows_no_arn_in_get_vm_nor_in_the_logs(
+        make_harness: HarnessFactory, route53: tuple[Any, str], caplog: pytest.LogCaptureFixture) -> None:
+    _, zone = route53
+    world = make_dns_world(make_harness, {"dns_class": "route53", "domain": DOMAIN, "hosted_zone_id": zone}, size=2)
+    world.passes("dns", 1)  # the clones
+    pending = sorted(world.hosts("dns", "pending"))
+    DeniedNames(dns_of(world).client, set(pending))  # the role may change none of them
+    caplog.clear()
+    world.passes("dns", 1)
+    logged = " ".join(str(record.__dict__) for record in caplog.records)  # messages and their fields
+    for host in pending:
+        shown = world.describe(host)["not_ready_reason"]
+        assert shown.startswith("DNS record not created: route53 create ") and "AccessDenied" in shown, shown
+        assert "route53:ChangeResourceRecordSets" in shown
+        assert ACCOUNT not in shown and "arn:" not in shown
+    assert "AccessDenied" in logged and ACCOUNT not in logged
