@@ -155,3 +155,20 @@ def test_a_vm_whose_record_iam_denies_shows_no_arn_in_get_vm_nor_in_the_logs(
         assert "route53:ChangeResourceRecordSets" in shown
         assert ACCOUNT not in shown and "arn:" not in shown
     assert "AccessDenied" in logged and ACCOUNT not in logged
+
+
+def test_any_arn_in_a_route53_refusal_is_withheld(route53: tuple[Any, str]) -> None:
+    from botocore.awsrequest import AWSResponse
+
+    plugin, _ = plugin_for(route53)
+
+    def refused(**_: Any) -> Any:
+        return AWSResponse("https://route53.amazonaws.com", 400, {}, None), {
+            "Error": {"Code": "InvalidInput", "Message": f"Role arn:aws:iam::{ACCOUNT}:role/vmpool-reconcile "
+                      "may not list this zone"}, "ResponseMetadata": {"HTTPStatusCode": 400}}
+
+    plugin.client.meta.events.register("before-call.route53.ListResourceRecordSets", refused)
+    found = plugin.addresses_many(["one", "two"])
+    for error in found.values():
+        assert isinstance(error, DnsRejected)
+        assert str(error) == "route53 look up 2 names: InvalidInput: Role (ARN withheld) may not list this zone"
