@@ -8,10 +8,12 @@ Config (a ``:dns_configs:`` entry with ``dns_class: route53``)::
     timeout: 5                        # seconds per API call (connect and read), at most 10
 
 Each change is one ChangeResourceRecordSets call (UPSERT / DELETE; a pass's creates and deletes
-go 50 VMs to one: ``create_many``, ``delete_many``); a lookup is one
-ListResourceRecordSets call starting at the name. A create UPSERTs the families whose address
-changed; one that drops vmpool's address of a family (a VM that lost its IPv6 address, or went
-from IPv4 to IPv6) reads the name's record sets first, to delete that one.
+go 50 VMs to one: ``create_many``, ``delete_many``); names are read (a pass's new names, the
+names it withdraws) by listing the zone's record sets from the first name not read yet, 300 a
+ListResourceRecordSets call (``_record_sets``): a few calls for 50 names, not 50. A create
+UPSERTs the families whose address changed; one that drops vmpool's address of a family (a VM
+that lost its IPv6 address, or went from IPv4 to IPv6) reads the name's record sets first, to
+delete that one.
 Credentials are the Lambda role's.
 
 A call that gets no answer is not tried again: the pass stops calling DNS after it, so a silent
@@ -94,6 +96,17 @@ class _Denied(DnsEntryRejected):
     """AccessDenied to a change: the role's, or (IAM conditions on record names, types or actions)
     the change's names'. ``_one_by_one`` tells which for a batch."""
 
+_DENIED_ACTION = re.compile(r"perform:? +([A-Za-z0-9-]+:[A-Za-z0-9]+)")
+"""The action IAM's AccessDenied message names (``... is not authorized to perform: route53:X``)."""
+_ARN = re.compile(r"arn:aws[A-Za-z0-9-]*:[^\s,;]*")
+"""An ARN in an AWS message (a role's names the account's ID)."""
+
+LIST_PAGE_RECORDS = 300
+"""Record sets a ListResourceRecordSets call lists at most when it reads several names (Route
+53's most a page)."""
+ONE_NAME_RECORDS = 20
+"""... when it reads one name: its A, AAAA and CNAME record sets, weighted or latency sets too."""
+
 _LEADING_TYPES = frozenset({"A", "AAAA", "CNAME"})
 """Record types that make a name lead somewhere (a new VM's name must hold none of them)."""
 
@@ -155,20 +168,73 @@ class Route53Dns(DnsPlugin):
         # Throttling, PriorRequestNotComplete, a 5xx: aws_clients' classes, not "refused".
         if failure.metric_key != "refused":
             raise DnsUnavailable(str(failure)) from None
+        reason = self._shown(failure, method)
         # A new name's lookup is never the entry's refusal (``entry_wide``): as dynamic-dns's, it
         # stops no change of the pass (a role may lack ListResourceRecordSets alone).
         if entry_wide and failure.code in DENIALS:
-            raise _Denied(str(failure)) from None
+            raise _Denied(reason) from None
         entry_refused = entry_wide and failure.code in ENTRY_REFUSALS
-        raise (DnsEntryRejected if entry_refused else DnsRejected)(str(failure)) from None
+        raise (DnsEntryRejected if entry_refused else DnsRejected)(reason) from None
 
-    def _current(self, fqdn: str) -> list[dict[str, Any]]:
-        """The name's A and AAAA record sets as Route 53 holds them (sorted by type: A first)."""
-        found = self._call(f"look up {fqdn}", "list_resource_record_sets", "ResourceRecordSets",
-                           HostedZoneId=self.zone_id, StartRecordName=fqdn, StartRecordType="A",
-                           MaxItems=str(len(ADDRESS_TYPES)))
-        return [dict(record) for record in found.get("ResourceRecordSets", [])
-                if record["Name"].rstrip(".").lower() == fqdn.lower() and record["Type"] in ADDRESS_TYPES]
+    def _shown(self, failure: aws_clients.AwsCallFailed, method: str) -> str:
+        """The refusal as a VM's reason, GET /vm and the logs show it: IAM's AccessDenied names the
+        role's ARN (``User: arn:aws:sts::<account id>:assumed-role/<role>/<function> is not
+        authorized to perform: route53:ChangeResourceRecordSets on resource: ...``), which every
+        API user reading a VM's ``not_ready_reason`` or ``dns_error`` saw; it is told as its code
+        and the action denied. Any other ARN in AWS's message is withheld too."""
+        if failure.code in DENIALS:
+            action = _DENIED_ACTION.search(failure.detail)
+            operation = self.client.meta.method_to_api_mapping.get(method, method)
+            denied = action.group(1) if action else f"route53:{operation}"
+            return f"{failure.what}: {failure.code}: {denied} denied to the role"
+        return _ARN.sub("(ARN withheld)", str(failure))
+
+    def _record_sets(self, what: str, fqdns: Sequence[str], entry_wide: bool = True) -> dict[str, list[dict[str, Any]]]:
+        """The record sets (every type) at each of ``fqdns`` (keyed ``_key``), in as few
+        ListResourceRecordSets calls as the zone's order allows: a call lists up to
+        ``LIST_PAGE_RECORDS`` record sets from the first name not read yet, and so reads every
+        name it passes over, held or not. 50 names spread over a zone of 1,000 VMs take a few
+        calls (the zone's pages they span), not 50; never more calls than names. Raises as
+        ``_call``."""
+        held: dict[str, dict[tuple[str, str], dict[str, Any]]] = {_key(fqdn): {} for fqdn in fqdns}
+        unread = sorted(held, key=_orders)
+        while unread:
+            start = unread[0]
+            page = self._call(what, "list_resource_record_sets", "ResourceRecordSets", entry_wide=entry_wide,
+                              HostedZoneId=self.zone_id, StartRecordName=start,
+                              MaxItems=str(LIST_PAGE_RECORDS if len(unread) > 1 else ONE_NAME_RECORDS))
+            listed = page.get("ResourceRecordSets", [])
+            for record in listed:
+                name = _key(record["Name"])
+                if name in held:  # a name at a page's end is listed again from its start: kept once
+                    held[name][(record["Type"], str(record.get("SetIdentifier", "")))] = dict(record)
+            # Read: every name from the start on, up to the page's last (not that one: its other
+            # record sets may be on the next page), or to the zone's end.
+            last = _key(listed[-1]["Name"]) if listed and page.get("IsTruncated") else None
+            unread = [name for name in unread[1:] if not (_sorts_before(start, name, or_equal=True)
+                                                          and (last is None or _sorts_before(name, last)))]
+        return {name: list(records.values()) for name, records in held.items()}
+
+    def _current(self, fqdn: str, held: dict[str, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+        """The name's A and AAAA record sets as Route 53 holds them (sorted by type: A first), from
+        ``held`` (``_record_sets``) when it read the name, else read now."""
+        if held is None or _key(fqdn) not in held:
+            held = self._record_sets(f"look up {fqdn}", [fqdn])
+        return sorted((record for record in held[_key(fqdn)] if record["Type"] in ADDRESS_TYPES),
+                      key=lambda record: ADDRESS_TYPES.index(record["Type"]))
+
+    def _read_together(self, fqdns: Sequence[str]) -> dict[str, list[dict[str, Any]]] | None:
+        """The record sets of several names (``_record_sets``), or None for fewer than two, or when
+        Route 53 refused the listing (not the entry's refusal): each is then read alone
+        (``_current``), so a name Route 53 will not read fails alone, as before."""
+        if len(fqdns) < 2:
+            return None
+        try:
+            return self._record_sets(f"look up {len(fqdns)} names", fqdns)
+        except (DnsUnavailable, DnsEntryRejected):
+            raise
+        except DnsRejected:
+            return None
 
     def _change(self, what: str, changes: list[tuple[str, dict[str, Any]]]) -> None:
         self._call(what, "change_resource_record_sets", "ChangeInfo", HostedZoneId=self.zone_id, ChangeBatch={
@@ -211,11 +277,21 @@ class Route53Dns(DnsPlugin):
         changes: list[tuple[str, dict[str, Any]]] = []
         batched: list[tuple[str, str | Sequence[str], str | None]] = []
         alone: dict[str, Callable[[], None]] = {}  # each VM's change on its own (an AccessDenied batch)
+        planned: dict[str, tuple[dict[str, str], list[str]]] = {}
         for hostname, addresses, published in records:
-            fqdn = self.fqdn(hostname)
             try:
-                replaced, deleted = record_changes(f"route53 create {fqdn}", addresses, published)
-                others = [("DELETE", record) for record in self._current(fqdn) if record["Type"] in deleted] \
+                planned[hostname] = record_changes(f"route53 create {self.fqdn(hostname)}", addresses, published)
+            except DnsRejected as error:
+                outcome[hostname] = error
+        # The names that drop a family vmpool published are read together (a few calls, not one a name).
+        held = self._read_together([self.fqdn(hostname) for hostname, (_, deleted) in planned.items() if deleted])
+        for hostname, addresses, published in records:
+            if hostname not in planned:
+                continue
+            fqdn = self.fqdn(hostname)
+            replaced, deleted = planned[hostname]
+            try:
+                others = [("DELETE", record) for record in self._current(fqdn, held) if record["Type"] in deleted] \
                     if deleted else []
             except (DnsUnavailable, DnsEntryRejected):
                 raise
@@ -263,18 +339,21 @@ class Route53Dns(DnsPlugin):
 
     def delete_many(self, names: Sequence[tuple[str, str | None]],
                     max_refusals: int | None = None) -> dict[str, DnsError | None]:
-        """Each name's record sets are read (one call a name, as ``delete``), then all deleted in
-        one ChangeResourceRecordSets call (it takes up to 1,000 changes; 50 names are at most 100):
-        n + 1 calls of the account's 5 a second, not 2n. A batch Route 53 refuses (one record
-        changed in between: InvalidChangeBatch) is sent again one name a call (``delete``)."""
+        """The names' record sets are read together (``_record_sets``: the few pages of the zone
+        they span, never more calls than names), then all deleted in one ChangeResourceRecordSets
+        call (it takes up to 1,000 changes; 50 names are at most 100): 50 VMs leaving a pool of
+        1,000 are a few calls of the account's 5 a second, not 51 (one read a name before). A batch
+        Route 53 refuses (one record changed in between: InvalidChangeBatch) is sent again one name
+        a call (``delete``)."""
         outcome: dict[str, DnsError | None] = {}
         changes: list[tuple[str, dict[str, Any]]] = []
         batched: list[tuple[str, str]] = []
         alone: dict[str, Callable[[], None]] = {}  # each name's delete on its own (an AccessDenied batch)
+        held = self._read_together([fqdn or self.fqdn(hostname) for hostname, fqdn in names])
         for hostname, fqdn in names:
             fqdn = fqdn or self.fqdn(hostname)
             try:
-                current = self._current(fqdn)
+                current = self._current(fqdn, held)
             except (DnsUnavailable, DnsEntryRejected):
                 raise
             except DnsError as error:
@@ -344,19 +423,55 @@ class Route53Dns(DnsPlugin):
         return outcome
 
     def addresses(self, hostname: str) -> list[str]:
-        # One call lists the record sets at the name (sorted by name, then type): A, AAAA and
-        # CNAME each lead users somewhere. 20 covers weighted or latency sets of one name.
-        fqdn = self.fqdn(hostname)
-        listed = self._call(f"look up {fqdn}", "list_resource_record_sets", "ResourceRecordSets", entry_wide=False,
-                            HostedZoneId=self.zone_id, StartRecordName=fqdn, MaxItems="20")
+        return self._leading(self.fqdn(hostname), self._record_sets(f"look up {self.fqdn(hostname)}",
+                                                                    [self.fqdn(hostname)], entry_wide=False))
+
+    def addresses_many(self, hostnames: Sequence[str]) -> dict[str, list[str] | DnsError]:
+        """The names' record sets read together (``_record_sets``: a clone pass's 50 new names in a
+        few calls, not 50). A refusal (a role without ListResourceRecordSets) is each name's."""
+        if len(hostnames) == 1:
+            return super().addresses_many(hostnames)
+        try:
+            held = self._record_sets(f"look up {len(hostnames)} names", [self.fqdn(name) for name in hostnames],
+                                     entry_wide=False)
+        except DnsUnavailable:
+            raise
+        except DnsError as error:
+            return dict.fromkeys(hostnames, error)
+        return {hostname: self._leading(self.fqdn(hostname), held) for hostname in hostnames}
+
+    @staticmethod
+    def _leading(fqdn: str, held: dict[str, list[dict[str, Any]]]) -> list[str]:
+        """Where the name leads (``addresses``): its A, AAAA and CNAME record sets' values (an alias
+        record set as ``(alias)``), in Route 53's order."""
         found: list[str] = []
-        for record in listed.get("ResourceRecordSets", []):
-            if record["Name"].rstrip(".").lower() != fqdn.lower() or record["Type"] not in _LEADING_TYPES:
+        for record in held[_key(fqdn)]:
+            if record["Type"] not in _LEADING_TYPES:
                 continue
             values = [value["Value"] for value in record.get("ResourceRecords", [])] or ["(alias)"]
             suffix = " (CNAME)" if record["Type"] == "CNAME" else ""
             found.extend(value.rstrip(".") + suffix for value in values)
         return found
+
+
+def _key(fqdn: str) -> str:
+    """A name as ``_record_sets`` keys it: lower case, no final dot (Route 53 answers with one)."""
+    return fqdn.rstrip(".").lower()
+
+
+def _orders(name: str) -> tuple[str, str]:
+    """Where a name sorts in a ListResourceRecordSets answer: by its labels reversed
+    (``test.example.vms.host``), as text. Route 53 compares them with a final dot, moto without:
+    the two differ for a label holding a character before ``.`` (``-``: ``host-x`` and ``host``)."""
+    reversed_labels = ".".join(reversed(name.split(".")))
+    return reversed_labels + ".", reversed_labels
+
+
+def _sorts_before(first: str, second: str, or_equal: bool = False) -> bool:
+    """Whether ``first`` is listed before ``second`` in both orders (``_orders``): a page read a
+    name only when either way it did."""
+    pairs = zip(_orders(first), _orders(second), strict=True)
+    return all(a <= b if or_equal else a < b for a, b in pairs)
 
 
 __all__ = ["Route53Dns", "Route53Settings", "DnsError"]

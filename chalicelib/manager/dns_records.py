@@ -43,6 +43,7 @@ from typing import Sequence
 
 from chalicelib.dns.base import (
     ADDRESS_TYPES,
+    DnsEntryRejected,
     DnsError,
     DnsPlugin,
     DnsRejected,
@@ -97,36 +98,89 @@ wait for the next pass): a key an ``update-policy`` grants no name costs a call 
 batch, the check of the entry and 5 refused updates, not 50."""
 
 
+REFUSED_NAME_BACKOFF_SECONDS = 60.0
+"""How long a pending VM whose name the DNS service refused alone (an ``update-policy`` denying
+the key that name, a CNAME someone else holds there, IAM denying it) waits before its records are
+sent again; it doubles with each refusal in a row, up to ``REFUSED_NAME_BACKOFF_MAX_SECONDS``."""
+REFUSED_NAME_BACKOFF_MAX_SECONDS = 300.0
+
+REFUSED_NOTE = "dns_refused"
+"""The VM record's note of its name's refusals in a row: ``<count> <time> <addresses>`` (the
+addresses refused: a VM reporting others is sent again at once). Bounded: one field a VM, gone
+with its record, cleared when its records are published."""
+
+
 def publish_pending(context: PassContext, pending: Sequence[tuple[VMRecord, VMInfo]]) -> dict[str, str]:
     """Publish the address records of the pending VMs ``pending`` (each record with what the
     provider shows of it) whose addresses are not published yet, when the pool's plugin manages
     records: claimed in one Redis round trip, sent ``RECORDS_PER_CALL`` to a call
-    (``_publish_many``). Returns, per VM that is not published, why (its readiness reason)."""
+    (``_publish_many``). A VM whose name the service refused is sent again only after its
+    back-off (``REFUSED_NAME_BACKOFF_SECONDS``, doubling), and then after the VMs never refused,
+    longest waiting first: before, the same refused names led every pass's update, and once
+    ``REFUSALS_PER_CALL`` of them were refused again the VMs behind them were never sent. Returns,
+    per VM that is not published, why (its readiness reason)."""
     plugin = context.dns
     if plugin is None or not plugin.manages_records:
         return {}
     wanted: dict[str, tuple[str, str]] = {}
     addresses: dict[str, tuple[str, ...]] = {}
+    reasons: dict[str, str] = {}
+    refusals: dict[str, tuple[int, float]] = {}
+    noted_refused: set[str] = set()
     for record, vm in pending:
         sent, noted = _wanted(vm)
         fqdn = plugin.fqdn(record.name)
         if not noted or _published_there(record, plugin, fqdn, noted):
             continue
+        if record.raw.get(REFUSED_NOTE):
+            noted_refused.add(record.name)
+        refused = _refusals(record, noted)
+        if refused is not None:
+            count, at = refused
+            if context.now < at + min(REFUSED_NAME_BACKOFF_SECONDS * 2 ** (count - 1),
+                                      REFUSED_NAME_BACKOFF_MAX_SECONDS):
+                reasons[record.name] = record.not_ready_reason or "DNS record not created: the DNS service refused it"
+                continue
+            refusals[record.name] = refused
         if _published_elsewhere(record, plugin, fqdn):
             # Published under a name or by an entry the config no longer gives the pool: that
             # record goes first (by its entry, under its name), then the pool's own is published.
             context.withdraw_dns(record)
         wanted[record.name], addresses[record.name] = (fqdn, noted), sent
     if not wanted:
-        return {}
+        return reasons
     claims = context.store.claim_dns(context.now, plugin.name, wanted, plugin.domain)
-    reasons = {hostname: "DNS record not created: a later look at the VM claimed it, "
-                         "or its former record is still to be deleted"
-               for hostname, claim in claims.items() if claim.version < 0}
-    reasons.update(_publish_many(context, plugin, {
-        hostname: (addresses[hostname], wanted[hostname][1], claim)
-        for hostname, claim in claims.items() if claim.version > 0}))
+    reasons.update({hostname: "DNS record not created: a later look at the VM claimed it, "
+                              "or its former record is still to be deleted"
+                    for hostname, claim in claims.items() if claim.version < 0})
+    # The VMs never refused first, then the refused ones whose back-off is over, the longest
+    # waiting first: a service refusing some names alone never keeps the others unsent.
+    order = sorted((hostname for hostname, claim in claims.items() if claim.version > 0),
+                   key=lambda hostname: (hostname in refusals, refusals.get(hostname, (0, 0.0))[1]))
+    refused_now: set[str] = set()
+    unpublished = _publish_many(context, plugin, {
+        hostname: (addresses[hostname], wanted[hostname][1], claims[hostname]) for hostname in order}, refused_now)
+    notes: dict[str, dict[str, str | None]] = {
+        hostname: {REFUSED_NOTE: f"{refusals.get(hostname, (0, 0.0))[0] + 1} {context.now!r} {wanted[hostname][1]}"}
+        for hostname in refused_now}
+    notes.update({hostname: {REFUSED_NOTE: None} for hostname in order  # published
+                  if hostname in noted_refused and hostname not in unpublished})
+    if notes:
+        context.store.update_vms(notes)
+    reasons.update(unpublished)
     return reasons
+
+
+def _refusals(record: VMRecord, noted: str) -> tuple[int, float] | None:
+    """The refusals in a row of the VM's name (their count, the time of the last) noted on its
+    record (``REFUSED_NOTE``) for the addresses ``noted``; None when none (or for other addresses)."""
+    parts = str(record.raw.get(REFUSED_NOTE) or "").split(" ", 2)
+    if len(parts) != 3 or parts[2] != noted:
+        return None
+    try:
+        return max(1, int(parts[0])), float(parts[1])
+    except ValueError:
+        return None
 
 
 def check_ready(context: PassContext, record: VMRecord, vm: VMInfo, unpublished: str = "") -> Readiness:
@@ -169,11 +223,13 @@ def _published_elsewhere(record: VMRecord, plugin: DnsPlugin, fqdn: str) -> bool
 
 
 def _publish_many(context: PassContext, plugin: DnsPlugin,
-                  publications: dict[str, tuple[Sequence[str], str, DnsClaim]]) -> dict[str, str]:
+                  publications: dict[str, tuple[Sequence[str], str, DnsClaim]],
+                  refused_names: set[str] | None = None) -> dict[str, str]:
     """Send the address records of VMs (hostname -> the addresses, their note, the claim the pass
-    holds on their publication), ``RECORDS_PER_CALL`` to a call of the plugin, then note them
-    published unless another pass claimed since (then the next pass sends what it sees again).
-    Each VM's failure is counted and logged as its own. Returns, per VM not published, why."""
+    holds on their publication), ``RECORDS_PER_CALL`` to a call of the plugin, in that order, then
+    note them published unless another pass claimed since (then the next pass sends what it sees
+    again). Each VM's failure is counted and logged as its own; the VMs whose name the service
+    refused alone are added to ``refused_names``. Returns, per VM not published, why."""
     reasons: dict[str, str] = {}
     sent: dict[str, tuple[int, str]] = {}
     hostnames = list(publications)
@@ -193,6 +249,10 @@ def _publish_many(context: PassContext, plugin: DnsPlugin,
                 continue
             failure = outcome[hostname]
             if failure is not None:
+                if refused_names is not None and isinstance(failure, DnsRejected) \
+                        and not isinstance(failure, DnsEntryRejected) \
+                        and all(_publishable(address) for address in publications[hostname][0]):
+                    refused_names.add(hostname)  # by the service (not an address no record can hold)
                 context.dns_failed(hostname, "record creation", failure)
                 reasons[hostname] = f"DNS record not created: {failure}"
                 continue

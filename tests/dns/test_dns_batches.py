@@ -13,6 +13,7 @@ import yaml
 from chalicelib.config import build, parse
 from chalicelib.dns.base import DnsEntryRejected, DnsRejected
 from chalicelib.dns.registry import build_dns_plugin
+from chalicelib.manager.dns_records import REFUSED_NAME_BACKOFF_SECONDS
 from tests.dns.bind import BindServer
 from tests.dns.test_dns_connections import soa_serial
 from tests.dns.test_dns_refusals import count_refusals
@@ -117,10 +118,11 @@ def test_a_pass_publishes_the_vms_the_policy_allows_and_keeps_the_denied_ones_pe
     counted = [document["DnsFailures"] for document in failures]  # a number, or the values of several
     assert sum(sum(value) if isinstance(value, list) else value for value in counted) == len(denied)
     assert {document["reason"] for document in failures} == {"rejected"}
-    # The operator lifts the policy: the next pass publishes the 4 (one update).
+    # The operator lifts the policy: the first pass after the names' back-off (a refused name waits
+    # REFUSED_NAME_BACKOFF_SECONDS before it is sent again) publishes the 4 (one update).
     policy_bind.refuse_updates_of([])
     serial = soa_serial(policy_bind)
-    world.passes("dns", 1)
+    world.passes("dns", 1, seconds=REFUSED_NAME_BACKOFF_SECONDS)
     assert world.hosts("dns", "ready") == set(pending)
     assert soa_serial(policy_bind) == serial + 1
 
