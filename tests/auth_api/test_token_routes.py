@@ -443,7 +443,12 @@ def test_a_token_is_used_when_it_authenticates_a_request_whatever_the_answer(lda
     for method, path, body in (("DELETE", "/api/v3/vm/nosuchvm", None),
                                ("PUT", "/api/v3/vm/nosuchvm", {"lifetime": 2}),
                                ("POST", "/api/v3/vm/nosuchvm/disk/8", None),
-                               ("POST", "/api/v3/vm/nosuchvm/snapshot", None)):
+                               ("POST", "/api/v3/vm/nosuchvm/snapshot", None),
+                               # Nor an on-demand request for nothing, or one that is not there.
+                               ("POST", "/api/v3/ondemandvm/nosuchpool", None),
+                               ("POST", "/api/v3/ondemandvm", {"nosuchpool": 1}),
+                               ("GET", "/api/v3/ondemandvm/nosuchrequest", None),
+                               ("DELETE", "/api/v3/ondemandvm/nosuchrequest", None)):
         ldap_api.clock.advance(60)
         answer = ldap_api.call(method, path, headers={"X-AUTH-TOKEN": alice}, body=body)
         assert answer.status == 404 and last() == created, (method, path, answer.status)
