@@ -158,7 +158,7 @@ def modify(services: Services, request: ApiRequest) -> ApiResponse:
     # Tags need no token (vmpooler's contract), but a token sent must be a live one (401), as on
     # every route that reads one: checked before the VM is looked up, so an invalid token is a
     # 401 whatever the VM (before, a VM not running answered 404 first). Its use is recorded once
-    # the VM is found: a PUT to a VM not running is no use of the token, as in vmpooler.
+    # the VM is found: a PUT to a VM that is not there is no use of the token, as in vmpooler.
     refuse_a_dead_token(services, request)
     record = find_vm(services, request, running=True)
     caller = optional_caller(services, request)
