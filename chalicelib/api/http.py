@@ -197,8 +197,17 @@ def shown(value: Any, limit: int = 40) -> str:
     an escape sequence ran in the terminal; so are the invisible characters that reorder or hide
     text (``\u202e``: the rest of the message, the API's words too, printed right to left)."""
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    text = CONTROL_CHARACTERS.sub(lambda found: repr(found.group())[1:-1], text)
-    return text if len(text) <= limit else text[:limit] + "..."
+    # Cut after whole escapes only (a cut inside one showed "\x1" for an ESC), and escaping no
+    # more of the value than is shown.
+    pieces: list[str] = []
+    used = 0
+    for character in text[:limit + 1]:
+        piece = repr(character)[1:-1] if CONTROL_CHARACTERS.match(character) else character
+        used += len(piece)
+        if used > limit:
+            return "".join(pieces) + "..."
+        pieces.append(piece)
+    return "".join(pieces)
 
 
 MAX_FAILURES_LISTED = 20

@@ -357,6 +357,15 @@ def test_invisible_characters_sent_are_shown_as_escapes_in_the_message(busy: Har
     assert "\\u20" in message or "\\ufeff" in message, ascii(message)
 
 
+def test_a_value_cut_short_is_cut_between_escapes(busy: Harness) -> None:
+    """A message quotes 40 characters of a value, its control characters written as escapes: the
+    cut fell inside an escape (``...\\x1b\\x1...``), an escape sequence no reader can make out."""
+    reply = busy.request("PUT", f"/api/v3/vm/{busy.running}", {"disk": "a" + "\x1b" * 20})  # type: ignore[attr-defined]
+    assert reply.status == 400
+    (message,) = reply.json["failure"]
+    assert "(a" + "\\x1b" * 9 + "...)" in message, message
+
+
 def test_a_method_of_60_kb_is_not_echoed_back(busy: Harness) -> None:
     """A server that takes any token as a method (the in-process one: http.server reads up to
     64 KiB of request line) handed the gateway a 60 KB method, which its 405 echoed whole."""
