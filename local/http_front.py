@@ -125,6 +125,16 @@ DESCRIPTORS_FOR_THE_APP = 100
 """Descriptors a worker keeps for everything but its connections (its listening socket, Redis
 connections, the files and logs a request may open); its connections get the rest."""
 
+LINE_END_ERROR = re.compile(r"\bCR\b|\bLF\b|\bCRLF\b")
+"""llhttp's reasons for a line not ended by CRLF ("Expected CRLF after version", "Missing expected
+CR after header value"). A bare LF (or CR) line end stays refused, though RFC 9112 (2.2) lets a
+recipient accept one: no client we serve sends one (curl, Python's requests and http.client,
+Ruby's Net::HTTP, Go's net/http all write CRLF), and a proxy in front that reads a bare LF as part
+of a header's value while we read it as a line end would pass a header it never saw (a
+``Transfer-Encoding`` smuggled after ``X-A: a\n``). The answer says so: a request typed into
+``nc`` without ``-C`` was told only that it was malformed."""
+LINE_END_REFUSAL = "malformed HTTP request: lines must end in CRLF (a bare LF or CR is refused)"
+
 HOST_VALUE = re.compile(rb"(\[[0-9A-Za-z:.~!$&'()*+,;=_-]*\]|[0-9A-Za-z.~%!$&'()*+,;=_-]*)(:[0-9]*)?\Z")
 """A Host field value as RFC 9110 (7.2) has it, ``uri-host [":" port]``, empty included (a
 request for a URI without an authority); anything else is a 400 (RFC 9112, 3.2)."""
@@ -379,6 +389,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             except httptools.HttpParserError as error:
                 client = self.client[0] if self.client else None
                 INVALID_REQUESTS.note(self.loop.call_later, client=client, reason=str(error))
+                if self._refusal is None and LINE_END_ERROR.search(str(error)):
+                    self._refusal = Refused(400, LINE_END_REFUSAL)
                 self.send_400_response("Invalid HTTP request received.")
             return
 

@@ -180,7 +180,12 @@ def whole_number(value: Any) -> int | None:
     return int(value) if len(value) <= MAX_NUMBER_DIGITS else TOO_LARGE
 
 
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff"
+                                r"\ufff9-\ufffb\U000e0000-\U000e007f]")
+"""Characters an error message shows as escapes: C0 and C1 controls, and the invisible ones that
+change how a terminal lays out what follows them (bidirectional overrides and isolates, which
+reorder the rest of the line, "Trojan Source"; zero-width characters; line and paragraph
+separators; the tag characters, invisible letters)."""
 
 
 def shown(value: Any, limit: int = 40) -> str:
@@ -189,10 +194,20 @@ def shown(value: Any, limit: int = 40) -> str:
     ``["a"]``), not as Python prints it (``True``, ``None``, ``['a']``): vmfloaty prints the
     message to its user, who wrote JSON. Control characters are written as their escapes (``\n``,
     ``\x1b``): printed, a CR/LF sent in a value began a line the API seemed to have written, and
-    an escape sequence ran in the terminal."""
+    an escape sequence ran in the terminal; so are the invisible characters that reorder or hide
+    text (``\u202e``: the rest of the message, the API's words too, printed right to left)."""
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    text = CONTROL_CHARACTERS.sub(lambda found: repr(found.group())[1:-1], text)
-    return text if len(text) <= limit else text[:limit] + "..."
+    # Cut after whole escapes only (a cut inside one showed "\x1" for an ESC), and escaping no
+    # more of the value than is shown.
+    pieces: list[str] = []
+    used = 0
+    for character in text[:limit + 1]:
+        piece = repr(character)[1:-1] if CONTROL_CHARACTERS.match(character) else character
+        used += len(piece)
+        if used > limit:
+            return "".join(pieces) + "..."
+        pieces.append(piece)
+    return "".join(pieces)
 
 
 MAX_FAILURES_LISTED = 20

@@ -126,6 +126,18 @@ def refuse_a_dead_token(services: Services, request: ApiRequest) -> None:
         valid_record(check)
 
 
+def refuse_without_a_live_token(services: Services, request: ApiRequest) -> None:
+    """``required_caller``'s 401s (no token, a dead one, its user gone), without recording a use
+    of the token: a route that names a VM checks the token first, whatever the VM, and records
+    its use only once the VM is found (``required_caller`` then)."""
+    if services.config.auth is None:
+        return
+    check = token_check(services, request)
+    if check is None:
+        raise unauthorized("a token is required (X-AUTH-TOKEN)")
+    valid_record(check)
+
+
 def optional_caller(services: Services, request: ApiRequest) -> Caller | None:
     """The caller when a valid token is given; None without one. An invalid token, or one whose
     user has left the directory, is a 401. The token's use is recorded once per request."""

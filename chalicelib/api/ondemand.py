@@ -23,7 +23,7 @@ from chalicelib.api.http import (
     shown,
     vmpooler_json_body,
 )
-from chalicelib.api.identity import Caller, required_caller, same_owner, sends_token
+from chalicelib.api.identity import Caller, refuse_without_a_live_token, required_caller, same_owner, sends_token
 from chalicelib.api.vm_lookup import shown_domain
 from chalicelib.services import Services
 from chalicelib.store import StoreUnavailable
@@ -37,7 +37,7 @@ DELETION_NOT_REPLICATED = ("the request was deleted, but the deletion could not 
 
 def create_from_body(services: Services, request: ApiRequest) -> ApiResponse:
     """POST /ondemandvm with ``{"pool-or-alias": count, ..., "request_id": "optional"}``."""
-    caller = required_caller(services, request)
+    refuse_without_a_live_token(services, request)
     body = vmpooler_json_body(request)
     if body is None:
         raise ApiError(404, {"message": "no pool requested"})
@@ -51,13 +51,13 @@ def create_from_body(services: Services, request: ApiRequest) -> ApiResponse:
     for name, count in body.items():
         check_requested_name(name)
         wanted[name] = parse_count(count, most=None)  # bounded by max_ondemand_instances_per_request
-    return _create(services, request, wanted, request_id, caller)
+    return _create(services, request, wanted, request_id)
 
 
 def create_from_path(services: Services, request: ApiRequest) -> ApiResponse:
     """POST /ondemandvm/<pool1>+<pool1>+<pool2>: one VM per mention."""
-    caller = required_caller(services, request)
-    return _create(services, request, names_in_path(request.params["name"]), None, caller)
+    refuse_without_a_live_token(services, request)
+    return _create(services, request, names_in_path(request.params["name"]), None)
 
 
 def _check_wanted(services: Services, wanted: Mapping[str, int]) -> None:
@@ -73,9 +73,12 @@ def _check_wanted(services: Services, wanted: Mapping[str, int]) -> None:
 
 
 def _create(
-    services: Services, request: ApiRequest, wanted: Mapping[str, int], request_id: str | None, caller: Caller | None
+    services: Services, request: ApiRequest, wanted: Mapping[str, int], request_id: str | None
 ) -> ApiResponse:
+    """The request opened for ``wanted``, once it names known pools: the token was checked first
+    (401), its use is recorded only for a request that names what exists (docs/auth.md)."""
     _check_wanted(services, wanted)
+    caller = required_caller(services, request)
     request_id = open_request(services, request, wanted, request_id, caller)
     answer: dict[str, Any] = {"ok": True, "request_id": request_id}
     if request.version == 1:
@@ -92,7 +95,7 @@ def show(services: Services, request: ApiRequest) -> ApiResponse:
     look (403 with another user's); so may a caller with no token when the service drew the id
     (vmfloaty polls without its token, as vmpooler lets anyone: a UUID 4 only the creator was
     told is the request's secret). An id the client chose needs the owner's token (401)."""
-    ondemand = _by_drawn_id(services, request) or _owned(services, request, required_caller(services, request))
+    ondemand = _by_drawn_id(services, request) or _owned(services, request)[0]
     answer: dict[str, Any] = {"ok": True, "request_id": ondemand.id, "ready": False}
     if ondemand.state == READY and delivery_replicated(services):
         answer["ready"] = True
@@ -131,8 +134,7 @@ def delivery_replicated(services: Services) -> bool:
 
 def delete(services: Services, request: ApiRequest) -> ApiResponse:
     """DELETE /ondemandvm/<id>: the request ends and its VMs go to completed."""
-    caller = required_caller(services, request)
-    ondemand = _owned(services, request, caller)
+    ondemand, caller = _owned(services, request)
     ending = OnDemandStore(services.store).end(
         ondemand.id, DELETED, DELETED_MESSAGE, f"on-demand request {ondemand.id} was deleted", services.clock.now(),
         caller.token_key if caller else "", seen=ondemand)
@@ -147,12 +149,16 @@ def delete(services: Services, request: ApiRequest) -> ApiResponse:
     return ok()
 
 
-def _owned(services: Services, request: ApiRequest, caller: Caller | None) -> OnDemandRequest:
-    """The request named in the path, for its owner (``caller``) only when auth is configured."""
+def _owned(services: Services, request: ApiRequest) -> tuple[OnDemandRequest, Caller | None]:
+    """The request named in the path and its caller, its owner only when auth is configured. The
+    token is checked first (401 whatever the id); its use is recorded once the request is found
+    (an unknown id is no use of it, as an unknown VM is not: docs/auth.md)."""
+    refuse_without_a_live_token(services, request)
     ondemand = _find(services, request.params["name"])
+    caller = required_caller(services, request)
     if caller and ondemand.token_user and not same_owner(caller, ondemand.token_user, ondemand.token_entry):
         raise ApiError(403, {"error": "the request belongs to another user"})
-    return ondemand
+    return ondemand, caller
 
 
 def _by_drawn_id(services: Services, request: ApiRequest) -> OnDemandRequest | None:

@@ -10,7 +10,7 @@ import secrets
 from typing import Any
 
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, not_found, ok, shown, whole_number
-from chalicelib.api.identity import may_change, required_caller
+from chalicelib.api.identity import may_change, refuse_without_a_live_token, required_caller
 from chalicelib.api.vm_lookup import find_vm
 from chalicelib.services import Services
 from chalicelib.store import VMRecord
@@ -50,8 +50,9 @@ what was done and when to send it again."""
 def _running_vm(services: Services, request: ApiRequest) -> tuple[VMRecord, str]:
     """The checked-out VM named in the path, its caller allowed to change it, and the record of
     the caller's token ("" without ``:auth:``)."""
-    caller = required_caller(services, request)
+    refuse_without_a_live_token(services, request)
     record = find_vm(services, request, running=True)
+    caller = required_caller(services, request)  # the token's use, once the VM is found
     may_change(services, caller, record)
     return record, caller.token_key if caller else ""
 
@@ -93,7 +94,7 @@ def add_disk(services: Services, request: ApiRequest) -> ApiResponse:
     """POST /vm/<host>/disk/<gb> (1..2048): 202 ``{"<host>": {"disk": "+8gb"}}``. The token first
     (401: a caller without one learns nothing), then the size (400, whatever the VM: a size no VM
     takes is the request's own fault, as a malformed host name is), then the VM (404/403)."""
-    required_caller(services, request)  # kept on the request: _running_vm reads it again for free
+    refuse_without_a_live_token(services, request)  # kept on the request: _running_vm reads it again for free
     size = disk_size(request.params["size"])
     if size is None:
         raise bad_request(f"disk size must be a whole number of GB from 1 to {MAX_DISK_GB}")

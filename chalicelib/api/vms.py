@@ -155,9 +155,11 @@ def modify(services: Services, request: ApiRequest) -> ApiResponse:
     request killed half way leaves all of it done or none."""
     # Tags need no token (vmpooler's contract), but a token sent must be a live one (401), as on
     # every route that reads one: checked before the VM is looked up, so an invalid token is a
-    # 401 whatever the VM (before, a VM not running answered 404 first).
-    caller = optional_caller(services, request)
+    # 401 whatever the VM (before, a VM not running answered 404 first). Its use is recorded once
+    # the VM is found: a PUT to a VM that is not there is no use of the token, as in vmpooler.
+    refuse_a_dead_token(services, request)
     record = find_vm(services, request, running=True)
+    caller = optional_caller(services, request)
     body = json_object(request, empty={})
     failures: list[str] = []
     changes: dict[str, str] = {}
@@ -323,8 +325,11 @@ def give_back(services: Services, request: ApiRequest) -> ApiResponse:
         return _returned(services, pool, hostname)
     # A token sent is checked before the VM is looked up: an invalid one is a 401 whatever the VM
     # (unknown, ready or gone), as on every route that reads one. The same round trips as after.
-    caller = optional_caller(services, request)
+    # Its use is recorded once the VM is found: a DELETE of an unknown VM is no use of the token,
+    # as in vmpooler (whose need_token! runs only for a VM it has a record of).
+    refuse_a_dead_token(services, request)
     record = find_vm(services, request)
+    caller = optional_caller(services, request)
     if record.state != "running":
         return _returned_before(services, request, record)
     may_change(services, caller, record)

@@ -336,6 +336,36 @@ def test_control_characters_sent_are_shown_as_escapes_in_the_message(busy: Harne
     assert "\\n" in message, message
 
 
+@pytest.mark.parametrize("case", [
+    ("PUT", "/api/v3/vm/{running}", {"disk": "\u202e8 GB\u2066"}, 400, "disk size"),
+    ("PUT", "/api/v3/vm/{running}", {"lifetime": "x\u200b\u2028\ufeff\U000e0041"}, 400, "Lifetime"),
+    ("GET", "/api/v3/ondemandvm/a%E2%80%AEdi", None, 404, "no request found"),
+], ids=["disk", "lifetime", "on-demand id"])
+def test_invisible_characters_sent_are_shown_as_escapes_in_the_message(busy: Harness, case: Case) -> None:
+    """A right-to-left override in a value (``floaty modify --disk``'s argument) was echoed as
+    sent: printed by vmfloaty, the rest of the message, the API's own words too, read backwards
+    ("Trojan Source"), and zero-width or tag characters hid what was sent. They are shown as
+    escapes, as control characters are."""
+    method, target, body, status, text = case
+    before = busy.redis_state()
+    reply = busy.request(method, target.format(running=busy.running), body)  # type: ignore[attr-defined]
+    assert (reply.status, reply.json["ok"]) == (status, False) and busy.redis_state() == before
+    answer = reply.json
+    (message,) = [found for found in (answer.get("error"), answer.get("message"), *answer.get("failure", []))
+                  if found and text in found]
+    assert all(character.isprintable() for character in message), ascii(message)
+    assert "\\u20" in message or "\\ufeff" in message, ascii(message)
+
+
+def test_a_value_cut_short_is_cut_between_escapes(busy: Harness) -> None:
+    """A message quotes 40 characters of a value, its control characters written as escapes: the
+    cut fell inside an escape (``...\\x1b\\x1...``), an escape sequence no reader can make out."""
+    reply = busy.request("PUT", f"/api/v3/vm/{busy.running}", {"disk": "a" + "\x1b" * 20})  # type: ignore[attr-defined]
+    assert reply.status == 400
+    (message,) = reply.json["failure"]
+    assert "(a" + "\\x1b" * 9 + "...)" in message, message
+
+
 def test_a_method_of_60_kb_is_not_echoed_back(busy: Harness) -> None:
     """A server that takes any token as a method (the in-process one: http.server reads up to
     64 KiB of request line) handed the gateway a 60 KB method, which its 405 echoed whole."""

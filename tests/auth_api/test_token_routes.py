@@ -425,8 +425,8 @@ def test_a_token_is_used_when_it_authenticates_a_request_whatever_the_answer(lda
     sets it: a request the token authenticates moves it whether it then succeeds or is refused
     (another user's VM, 403): whoever holds a leaked token shows up in its owner's ``last``, and a
     script whose pool is empty (503) still uses its token. A request refused for its input before
-    the token is needed (a checkout of an unknown pool), or one that reads no token (GET /vm/<host>,
-    GET /token/<t>), does not. docs/auth.md, "Tokens"."""
+    the token is needed (a checkout of an unknown pool, a change of a VM that is not there), or
+    one that reads no token (GET /vm/<host>, GET /token/<t>), does not. docs/auth.md, "Tokens"."""
     alice = ldap_api.new_token("alice", slapd.password("alice"))
     created = ruby_time(ldap_api.clock.now())
     bobs_vm = ldap_api.checkout(POOL, ldap_api.new_token("bob", slapd.password("bob")))
@@ -438,6 +438,20 @@ def test_a_token_is_used_when_it_authenticates_a_request_whatever_the_answer(lda
         ldap_api.clock.advance(60)
         assert ldap_api.call(method, path, headers={"X-AUTH-TOKEN": alice}).status in (200, 404)
         assert last() == created, (method, path)
+    # A VM that is not there: vmpooler's need_token! runs only for a VM it has a record of.
+    # These moved `last` (a script deleting VMs already gone kept an idle token looking used).
+    for method, path, body in (("DELETE", "/api/v3/vm/nosuchvm", None),
+                               ("PUT", "/api/v3/vm/nosuchvm", {"lifetime": 2}),
+                               ("POST", "/api/v3/vm/nosuchvm/disk/8", None),
+                               ("POST", "/api/v3/vm/nosuchvm/snapshot", None),
+                               # Nor an on-demand request for nothing, or one that is not there.
+                               ("POST", "/api/v3/ondemandvm/nosuchpool", None),
+                               ("POST", "/api/v3/ondemandvm", {"nosuchpool": 1}),
+                               ("GET", "/api/v3/ondemandvm/nosuchrequest", None),
+                               ("DELETE", "/api/v3/ondemandvm/nosuchrequest", None)):
+        ldap_api.clock.advance(60)
+        answer = ldap_api.call(method, path, headers={"X-AUTH-TOKEN": alice}, body=body)
+        assert answer.status == 404 and last() == created, (method, path, answer.status)
     ldap_api.clock.advance(60)
     refused = ldap_api.call("DELETE", f"/api/v3/vm/{bobs_vm}", headers={"X-AUTH-TOKEN": alice})
     assert refused.status == 403 and last() == ruby_time(ldap_api.clock.now())

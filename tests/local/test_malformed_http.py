@@ -137,6 +137,28 @@ def test_malformed_request_gets_a_json_4xx_or_a_clean_close(stack: RunningStack,
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(("name", "raw"), [
+    ("typed into nc without -C", f"POST /api/v3/vm/{POOL} HTTP/1.1\nHost: x\nContent-Length: 0\n\n".encode()),
+    ("a bare LF after a header", f"POST /api/v3/vm/{POOL} HTTP/1.1\r\nHost: x\nContent-Length: 0\r\n\r\n".encode()),
+    ("a bare CR line end", f"POST /api/v3/vm/{POOL} HTTP/1.1\rHost: x\r\nContent-Length: 0\r\n\r\n".encode()),
+    # Read as one header by a proxy that keeps a bare LF in a value, as two by a lenient server.
+    ("a Transfer-Encoding after a bare LF",
+     request(POST + "X-A: a").rstrip(b"\r\n") + b"\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n"),
+])
+def test_a_line_not_ended_by_crlf_is_refused_and_the_answer_says_why(stack: RunningStack, name: str,
+                                                                      raw: bytes) -> None:
+    """RFC 9112 (2.2) lets a server read a bare LF as a line end; ours refuses it (no client we
+    serve sends one, and a proxy reading it otherwise would pass a header it never saw: docs/api.md,
+    "The local HTTP front"). The 400 said only "malformed HTTP request", which told someone
+    typing a request into nc nothing about what to change."""
+    running = call("GET", f"{stack.api}/status?view=pools")[1]["pools"][POOL]["running"]
+    answer = exchange(stack.port, raw)
+    assert assert_refused(answer, 400) == 400
+    assert "lines must end in CRLF" in json.loads(answer.partition(b"\r\n\r\n")[2])["error"], answer
+    assert call("GET", f"{stack.api}/status?view=pools")[1]["pools"][POOL]["running"] == running  # no VM taken
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(("version", "expect", "continued"), [
     ("1.0", "100-continue", False),
     ("1.1", "100-continue", True),
