@@ -234,6 +234,11 @@ class RedisConfig(SettingsModel):
     """Replicas that must have a checkout before it is answered (WAIT); None: 1 in AWS Lambda, 0
     elsewhere. VMPOOL_REDIS_MIN_REPLICA_ACKS overrides it."""
     replica_ack_timeout: Annotated[int, bounded(1, 10000)] = 500
+    replica_loss_grace: Annotated[int, bounded(0, 3600)] = 60
+    """Seconds after a primary was last seen with its replicas during which writes there still
+    wait for them once they are gone (a partition may be followed by their promotion): 503s for
+    that long when a replica is lost for good. 0: never (a partition's writes may be lost).
+    docs/reliability.md, "A checkout on a primary cut off from its replica"."""
     connection_pool_size: Ignored = None
     connection_pool_timeout: Ignored = None
     reconnect_attempts: Ignored = None

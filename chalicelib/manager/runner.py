@@ -24,6 +24,7 @@ the run's passes take carry the run's token, and that retry releases them too
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, cast
 
@@ -50,6 +51,62 @@ SLOW_CALL_SECONDS = 1.0
 """A provider call that took this long ends with the lease checked (``FencedProvider``)."""
 RETRY_SECONDS = 2.0
 """How soon to look again after Redis or the provider failed a pass."""
+
+
+UNACKNOWLEDGED_RELEASES_LOG_SECONDS = 60.0
+"""While no replica acknowledges lease releases, how often the count of runs skipped so far is
+logged again (``ReleaseWaits``)."""
+
+
+class ReleaseWaits:
+    """The runs this process skipped because no replica acknowledged the release of a lease, one
+    episode at a time (from the first skip to the next release acknowledged). Each pool's retry
+    skips every ``RETRY_SECONDS`` meanwhile: logged each time, a failover's grace
+    (``REPLICA_LOSS_GRACE_SECONDS``) wrote one line per pool every 2 s (1,000 pools: 30,000
+    lines in a minute). Now the first skip is logged, then a line with the count so far at most
+    every ``UNACKNOWLEDGED_RELEASES_LOG_SECONDS``, and one when a release is acknowledged again.
+    Shared by the process's pass threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._began: float | None = None
+        self._logged_at = 0.0
+        self._skipped = 0
+        self._pools: set[str] = set()
+
+    def skipped(self, pool: str, now: float) -> None:
+        """A run of ``pool`` skipped at ``now`` (monotonic)."""
+        with self._lock:
+            first = self._began is None
+            if first:
+                self._began, self._logged_at, self._skipped, self._pools = now, now, 0, set()
+            self._skipped += 1
+            self._pools.add(pool)
+            due = first or now - self._logged_at >= UNACKNOWLEDGED_RELEASES_LOG_SECONDS
+            if due:
+                self._logged_at = now
+            skipped, pools, began = self._skipped, len(self._pools), self._began
+        if first:
+            logger.warning(RELEASE_NOT_ACKNOWLEDGED, extra={
+                "pool": pool, "note": "the runs skipped for it are counted until a release is acknowledged"})
+        elif due:
+            logger.warning(RELEASE_NOT_ACKNOWLEDGED, extra={
+                "pool": pool, "runs_skipped": skipped, "pools": pools, "seconds": round(now - (began or now), 1)})
+
+    def acknowledged(self, now: float) -> None:
+        """A release acknowledged at ``now``: the episode, if any, is over."""
+        with self._lock:
+            if self._began is None:
+                return
+            skipped, pools, began = self._skipped, len(self._pools), self._began
+            self._began = None
+        logger.warning("reconcile resumed: a replica acknowledged the release of a lease again",
+                       extra={"runs_skipped": skipped, "pools": pools, "seconds": round(now - began, 1)})
+
+
+RELEASE_NOT_ACKNOWLEDGED = "reconcile skipped: no replica acknowledged the release of a lease"
+RELEASE_WAITS = ReleaseWaits()
+"""This process's episodes of unacknowledged lease releases."""
 
 
 class LeaseLost(Exception):
@@ -106,10 +163,10 @@ def run_pool(
             if stale_pool is not None and getattr(services.config.service, "create_template_delta_disks", False):
                 templates.release_stale(store, stale_pool, stale_lease)
             if not store.writes_replicated():
-                logger.warning("reconcile skipped: no replica acknowledged the release of a lease",
-                               extra={"pool": pool_name})
+                RELEASE_WAITS.skipped(pool_name, clock.monotonic())
                 return RunReport(pool_name, leased=False, failures=["lease release not replicated"],
                                  look_again_in=RETRY_SECONDS, unreleased_lease=stale_lease)
+            RELEASE_WAITS.acknowledged(clock.monotonic())
             stale_lease = None
         held = store.acquire_lease(pool_name, LEASE_SECONDS, token=token)
         if held is None:
@@ -186,7 +243,9 @@ def run_pool(
             released = store.writes_replicated()
         except StoreUnavailable:
             released = False
-        if not released:
+        if released:
+            RELEASE_WAITS.acknowledged(clock.monotonic())
+        else:
             report.unreleased_lease = token
             report.look_again_in = RETRY_SECONDS
     return report

@@ -16,7 +16,10 @@ What it adds to redis-py's defaults, and why:
   opened before it is closed before its next command (so it reconnects through the endpoint's
   name), and the refused command is retried once on a fresh connection. A primary found to have
   lost its replicas marks one too (``reconnect_pooled_connections``, from ``Store``): it may be
-  an old primary resumed after its replica was promoted, which refuses nothing.
+  an old primary resumed after its replica was promoted, which refuses nothing. While the name
+  still leads to the demoted node (a connection opened after the failover was marked refused
+  too), the client reconnects at most once per ``FAILOVER_RECONNECT_SECONDS``: meanwhile a
+  refused command is not retried and its connection is kept (``StillReadOnly``).
 - A timeout before the command was sent (a connect never answered, the handshake or the health
   check's PING unanswered) is a ``NeverSentTimeoutError``: ``never_sent`` tells a caller that
   must know whether a failed command may have run (the dummy provider's clone write).
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Callable, Iterator, Sequence, TypeVar, cast
@@ -90,6 +94,16 @@ class ReadOnlyExecAbort(ExecAbortError, ReadOnlyError):
     writes and its ``EXEC``, which ran none of them: retried as any ``READONLY``."""
 
 
+class StillReadOnly(ReadOnlyError):
+    """``READONLY`` from a connection opened since the client last reconnected for one, less
+    than ``FAILOVER_RECONNECT_SECONDS`` ago: the endpoint still leads to the demoted node. Not
+    retried, and the connection kept (reconnecting now would reach that node again)."""
+
+
+class StillReadOnlyExecAbort(ReadOnlyExecAbort, StillReadOnly):
+    """``EXECABORT ... READONLY`` on such a connection."""
+
+
 class NeverSentTimeoutError(redis.TimeoutError):
     """A timeout before the command was sent: opening the connection (the TCP connect, a SYN
     never answered; the handshake) or the health check's PING before the command. The command
@@ -112,22 +126,46 @@ def never_sent(error: BaseException | None) -> bool:
         isinstance(error, redis.ConnectionError) and not isinstance(error, ReplyLost))
 
 
+FAILOVER_RECONNECT_SECONDS = 2.0
+"""The least time between two reconnections of a client's connections for ``READONLY``
+answers. A connection opened after the last one that is refused too means the endpoint's name
+still leads to the demoted node (DNS not yet updated): reconnecting again at once reaches the
+same node. Each refused write reconnected twice (the retry, then the next command) and every
+other pooled connection once: 14,600 connections a minute from one process answering 503s in a
+loop, each a TLS handshake on ElastiCache. Now at most one reconnection of the pool this often
+(a 503 meanwhile, from the node the connection reaches); the cost, up to this long of 503s
+after the name moves."""
+
+
 class FailoverEpoch:
     """Counts the failovers a client has seen (``READONLY`` answers); shared by its connections."""
 
-    def __init__(self) -> None:
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._value = 0
         self._lock = threading.Lock()
+        self.monotonic = monotonic
+        self._began = -float("inf")
+        """When (``monotonic``) the current epoch began: never for the first, so the first
+        failover reconnects at once."""
 
     @property
     def value(self) -> int:
         return self._value
 
-    def advance(self, seen: int) -> None:
-        """Record a failover noticed by a connection opened in epoch ``seen`` (once per epoch)."""
+    def advance(self, seen: int, at_most_every: float = 0.0) -> bool:
+        """Record a failover noticed by a connection opened in epoch ``seen`` (once per epoch),
+        unless the current epoch is ``seen`` and began less than ``at_most_every`` seconds ago.
+        Returns whether the connection's epoch is over (it is to reconnect: a retry on a fresh
+        connection may reach another node), False when reconnecting again so soon is held."""
         with self._lock:
-            if self._value == seen:
-                self._value += 1
+            if self._value != seen:
+                return True
+            now = self.monotonic()
+            if now - self._began < at_most_every:
+                return False
+            self._value += 1
+            self._began = now
+            return True
 
 
 def reconnect_pooled_connections(client: redis.Redis) -> None:
@@ -236,9 +274,11 @@ class _RetryWhenNotRun(Retry):
                     raise error
 
 
-_NEVER_RETRIED = (ReplyLost, CredentialsUnavailable, redis.AuthenticationError, redis.exceptions.AuthorizationError)
-"""Connection errors ``_RetryWhenNotRun`` never retries: a reply lost (the command may have
-run), a password not had, or refused by the server."""
+_NEVER_RETRIED = (ReplyLost, CredentialsUnavailable, redis.AuthenticationError, redis.exceptions.AuthorizationError,
+                  StillReadOnly)
+"""Errors ``_RetryWhenNotRun`` never retries (nor closes the connection for): a reply lost (the
+command may have run), a password not had, refused by the server, or by a node the endpoint
+still leads to (``StillReadOnly``)."""
 
 
 class _FailoverAware:
@@ -306,14 +346,16 @@ class _FailoverAware:
             if follow_up is None or follow_up.written:
                 return super().read_response(*args, **kwargs)  # type: ignore[misc]
             return self._read_and_follow_up(follow_up, *args, **kwargs)
-        except ReadOnlyError:
-            self._failover_epoch.advance(self._opened_in_epoch)
-            raise
+        except ReadOnlyError as error:
+            if self._failover_epoch.advance(self._opened_in_epoch, FAILOVER_RECONNECT_SECONDS):
+                raise
+            raise StillReadOnly(*error.args) from error
         except ExecAbortError as error:
             if "READONLY" not in str(error):
                 raise
-            self._failover_epoch.advance(self._opened_in_epoch)
-            raise ReadOnlyExecAbort(*error.args) from error
+            if self._failover_epoch.advance(self._opened_in_epoch, FAILOVER_RECONNECT_SECONDS):
+                raise ReadOnlyExecAbort(*error.args) from error
+            raise StillReadOnlyExecAbort(*error.args) from error
         except (ReplyLost, redis.AuthenticationError, redis.exceptions.AuthorizationError):
             # The last two are the server's answers (a wrong password, a user without the
             # right): a reply that arrived, reported as what it says.
@@ -375,7 +417,7 @@ class _Pipeline(Pipeline):
         stack, scripts = list(self.command_stack), set(self.scripts)
         replies = super().execute(raise_on_error=False)
         refused = [index for index, reply in enumerate(replies) if isinstance(reply, ReadOnlyError)]
-        if refused:
+        if refused and not isinstance(replies[refused[0]], StillReadOnly):  # else the same node again
             again = [index for index in range(refused[0], len(stack))
                      if index in refused or _name(stack[index][0]) == "WAIT"]
             resend = Pipeline(self.connection_pool, self.response_callbacks, False, self.shard_hint)

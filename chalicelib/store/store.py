@@ -48,8 +48,9 @@ REPLICAS_RECHECK_SECONDS = 5.0
 many as it waits for (``Store._replicas_to_wait_for``; fewer: at each write that waits)."""
 
 REPLICA_LOSS_GRACE_SECONDS = 60.0
-"""How long after a primary was last seen with the replicas a write waits for (``keys.
-replicas_seen``) a write there still waits for them though they are gone, answered 503 for want
+"""The default of ``redis.replica_loss_grace`` (``ReplicaAcks.loss_grace_seconds``): how long
+after a primary was last seen with the replicas a write waits for (``keys.replicas_seen``) a
+write there still waits for them though they are gone, answered 503 for want
 of them: a primary cut off from its replica (a partition) and still named by the endpoint may be
 replaced by that replica when the failover's detection ends, and the writes it took alone are
 lost then. Past it, a primary short of replicas is taken for one left alone (its replica lost
@@ -170,6 +171,8 @@ class ReplicaAcks:
 
     replicas: int = 0
     timeout_ms: int = 500
+    loss_grace_seconds: float = REPLICA_LOSS_GRACE_SECONDS
+    """``redis.replica_loss_grace`` (``REPLICA_LOSS_GRACE_SECONDS`` unless configured)."""
 
     @classmethod
     def from_config(cls, config: RedisConfig, environ: Mapping[str, str]) -> "ReplicaAcks":
@@ -180,7 +183,7 @@ class ReplicaAcks:
             replicas = int(environ[MIN_REPLICA_ACKS_ENV])
         if replicas is None:
             replicas = 1 if environ.get(LAMBDA_ENV) else 0
-        return cls(replicas, config.replica_ack_timeout_ms)
+        return cls(replicas, config.replica_ack_timeout_ms, float(config.replica_loss_grace))
 
 
 SLOT_CHOICES_SENT = 10
@@ -545,7 +548,7 @@ class Store:
         failover) below it, so they would look unchanged since the pass's older inventory read
         (gone, in use as they are). A pass without a mark drops no VM as gone. WAIT in the same
         round trip: it counts the writes of its own connection, the INCR among them."""
-        replicas, timeout_ms = self._replicas_to_wait_for(), self.replica_acks.timeout_ms
+        replicas = self._replicas_to_wait_for()
         with _translate_errors():
             pipe = self.client.pipeline(transaction=False)
             pipe.incr(self.keys.changes)
@@ -553,7 +556,7 @@ class Store:
             pipe.get(self.keys.names_known(provider))
             pipe.info("replication")
             if replicas:
-                pipe.execute_command("WAIT", replicas, timeout_ms)
+                pipe.execute_command("WAIT", *self._wait_arguments(replicas))
             mark, checked, names_mark, replication, *acks = pipe.execute()
             # The names mark holds the replication id of the primary that set it (lua/names_hold.lua).
             # Another one here: a replica was promoted since, and a failover may have lost the
@@ -864,7 +867,7 @@ class Store:
             pipe.execute_command("EVALSHA", self.scripts.confirm.sha, len(vms),
                                  *(self.keys.vm(vm.hostname) for vm in vms), checkout_id)
             if replicas:
-                pipe.execute_command("WAIT", replicas, timeout_ms)
+                pipe.execute_command("WAIT", *self._wait_arguments(replicas))
             return pipe.execute()
 
         # Behind WAIT the release written on the confirmation's connection may be dropped: it is
@@ -897,7 +900,7 @@ class Store:
         without those moves would put a destroyed VM back in ready, to be handed out. ``undo``:
         commands Redis is to run should the answer be lost (StoreUnavailable), written on a spare
         connection (``written_on_a_spare_connection_too``): the caller answers 503 then."""
-        (replicas, moved), timeout_ms = self._replica_wait(), self.replica_acks.timeout_ms
+        replicas, moved = self._replica_wait()
         if moved:
             # Reconnected (a failover, perhaps): the writes before went to the node left behind.
             return False
@@ -910,7 +913,7 @@ class Store:
             # replication stream, so its acknowledgement covers them all.
             pipe = self.client.pipeline(transaction=False)
             pipe.incr(self.keys.changes)
-            pipe.execute_command("WAIT", replicas, timeout_ms)
+            pipe.execute_command("WAIT", *self._wait_arguments(replicas))
             _, acknowledged = pipe.execute()
         if int(acknowledged) < replicas:
             self._count_replicas_again()
@@ -991,20 +994,35 @@ class Store:
             return wanted, moved
         return min(wanted, self._online_replicas), moved
 
+    def _wait_arguments(self, replicas: int) -> tuple[int, int]:
+        """``WAIT``'s arguments for a write given ``replicas`` (``_replicas_to_wait_for``, just
+        called): ``replicas`` and ``replica_ack_timeout``; but ``0 0`` while this process waits
+        for replicas its primary lost (within ``loss_grace_seconds``) and fewer are online than
+        it waits for, as the look-up made for this very write found (while short, each write
+        looks). None of them can acknowledge before it is back and synced; ``WAIT 0`` answers at
+        once how many replicas have the write (none here), and the write counts unacknowledged:
+        the 503 at once. Before, with a replica lost for good, every write of the grace was held
+        the whole timeout first (measured: 600 ms a checkout with the default 500, Redis's
+        timer adding up to 100 ms; a Lambda busy that long per 503)."""
+        if self._waiting_for_lost and self._online_replicas < replicas:
+            return 0, 0
+        return replicas, self.replica_acks.timeout_ms
+
     def _mark_replicas_seen(self, history: str, seen: str) -> None:
-        """Note on the primary (``keys.replicas_seen``, for REPLICA_LOSS_GRACE_SECONDS) that it had
-        the replicas a write waits for: every process, one started later too, then waits for
-        them that long after they are lost. Written once a quarter of that per process, and
-        whenever the mark read (``seen``) names another primary or none; a failed write only
-        shortens the grace (the look-up answered already)."""
+        """Note on the primary (``keys.replicas_seen``, for ``replica_acks.loss_grace_seconds``;
+        no note when it is 0) that it had the replicas a write waits for: every process, one
+        started later too, then waits for them that long after they are lost. Written once a
+        quarter of that per process, and whenever the mark read (``seen``) names another
+        primary or none; a failed write only shortens the grace (the look-up answered already)."""
         marked, until = self._replicas_seen_mark
-        if not history or (seen == marked == history and time.monotonic() < until):
+        grace = self.replica_acks.loss_grace_seconds
+        if not history or grace <= 0 or (seen == marked == history and time.monotonic() < until):
             return
         try:
-            self.client.set(self.keys.replicas_seen, history, px=int(REPLICA_LOSS_GRACE_SECONDS * 1000))
+            self.client.set(self.keys.replicas_seen, history, px=int(grace * 1000))
         except redis.RedisError:
             return
-        self._replicas_seen_mark = (history, time.monotonic() + REPLICA_LOSS_GRACE_SECONDS / 4)
+        self._replicas_seen_mark = (history, time.monotonic() + grace / 4)
 
     def _online_replicas_and_history(self) -> tuple[int, str, str]:
         """The replicas online at the primary a pooled connection reaches, that primary's
