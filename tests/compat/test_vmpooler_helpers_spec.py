@@ -182,7 +182,7 @@ def test_status_queue_adds_up_pools(make_harness: HarnessFactory) -> None:
 
 
 def test_status_booting_is_0_while_more_clones_run_than_vms_pend(make_harness: HarnessFactory) -> None:
-    slow = {**DUMMY_PROVIDER, "createvm_max_time": 600, "boot_time": 600}
+    slow = {**DUMMY_PROVIDER, "createvm_min_time": 600, "createvm_max_time": 600, "boot_time": 600}
     pooler = vmpooler_stack(make_harness, [{"name": "p1", "size": 3}], {"experimental_features": True},
                             providers={"dummy": slow})
     pooler.reconcile("p1")
