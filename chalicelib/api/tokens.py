@@ -34,7 +34,7 @@ from chalicelib.api.identity import (
     valid_record,
 )
 from chalicelib.api.ondemand import delivery_replicated
-from chalicelib.auth.base import AuthConfigError, acceptable_credentials, canonical_user, same_user
+from chalicelib.auth.base import AuthConfigError, acceptable_credentials, canonical_user, other_entry, same_user
 from chalicelib.auth.basic import LoginOutcome, LoginService
 from chalicelib.auth.tokens import (
     DeleteResult,
@@ -189,11 +189,14 @@ def describe_token(services: Services, request: ApiRequest) -> ApiResponse:
     if request.header("Authorization"):
         # Checked even beside a live X-AUTH-TOKEN: before, a wrong password sent with one was a
         # 200, so credentials a client believed checked were not.
-        user = _basic_user(services, request)
+        user, entry_id = _basic_login(services, request)
         record = services.tokens.lookup(token, touch=False)
         if record is None:
             raise not_found(error="unknown or expired token")
-        if not same_user(record.user, user):
+        # The same name and, when both are known, the same directory entry: a newcomer given a
+        # departed person's name read that person's token (its times, its running VMs) with
+        # their own password.
+        if not same_user(record.user, user) or other_entry(entry_id, record.entry_id):
             raise ApiError(403, {"error": "the token belongs to another user"})
     else:
         # A read, not a use: ``last`` says when the token last did something (as in vmpooler).

@@ -274,6 +274,14 @@ class LdapAuthenticator:
         # answering each of the task's 6-10 operations just in time made one login take a minute
         # (the API Lambda is killed at 29 s: 504, the attempt left in flight in the limiter).
         deadline = time.monotonic() + self.settings.login_timeout
+        if not self._server.candidate_addresses():
+            # ldap3 marks an address it failed to connect to unavailable, shared by every
+            # connection of the process, and tries no such address for the next 5 s (wall
+            # clock): the directory back after an outage (or after one refused connection),
+            # every login and check of the process was a 503 for those seconds without a packet
+            # sent, the client's retry after Retry-After: 5 too. With every address so marked,
+            # each is tried again; a dead one beside a live one is still skipped.
+            self._server.reset_availability()
         connection.open(read_server_info=False)
         connection.socket = _DeadlineSocket(connection.socket, deadline, connection.receive_timeout)
         if self.settings.encryption == "start_tls":
