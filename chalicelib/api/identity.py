@@ -14,10 +14,18 @@ With ``:auth:`` (vmpooler's FIX notes):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from chalicelib.api.http import ApiError, ApiRequest
-from chalicelib.auth.base import AuthConfigError, AuthUnavailable, canonical_user, other_entry, same_user
+from chalicelib.auth.base import (
+    AuthConfigError,
+    AuthUnavailable,
+    canonical_user,
+    listed_entry_id,
+    other_entry,
+    same_user,
+)
 from chalicelib.auth.basic import WWW_AUTHENTICATE
 from chalicelib.auth.directory_check import Standing
 from chalicelib.auth.tokens import TokenRecord
@@ -203,26 +211,49 @@ def required_admin(services: Services, request: ApiRequest) -> Caller | None:
     caller = required_caller(services, request)
     if caller is None:
         return None
-    if is_admin(services, caller.user):
+    if is_admin(services, caller.user, caller.entry_id):
         return caller
     logger.warning("runtime pool change refused: not an administrator", extra={"user": caller.user})
     raise ApiError(403, {"error": "only administrators may change pools at runtime"})
 
 
-def is_admin(services: Services, user: str) -> bool:
-    """Whether ``user`` is an administrator: listed in ``auth.admins`` (canonical names) or a
-    member of one of ``auth.admin_groups`` (asked of the directory now: 503 when it cannot say).
-    Without ``:auth:``, or with neither list set, nobody is."""
+def is_admin(services: Services, user: str, entry_id: str | None = None) -> bool:
+    """Whether ``user``, logged in as the directory entry ``entry_id`` (None: unknown), is an
+    administrator: that entry listed in ``auth.admins`` by its stable id (``entryUUID:<uuid>``...:
+    the person, whatever name they hold now), the name listed there (canonical names: whoever
+    holds the name), or a member of one of ``auth.admin_groups`` (asked of the directory now: 503
+    when it cannot say). Without ``:auth:``, or with neither list set, nobody is."""
     auth = services.config.auth
     if auth is None:
         return False
-    if canonical_user(user) in {canonical_user(name) for name in auth.admins}:
+    names, entries = _admins(auth.admins)
+    if entry_id is not None and entry_id in entries:
+        return True
+    if canonical_user(user) in names:
         return True
     groups = auth.admin_groups
     if groups:
         try:
             member_of_any = getattr(services.authenticator, "member_of_any", None)
-            return bool(member_of_any is not None and member_of_any(user, groups))
+            return bool(member_of_any is not None and member_of_any(user, groups, entry=entry_id))
         except (AuthUnavailable, AuthConfigError) as error:
             raise auth_unavailable(error) from None
     return False
+
+
+@functools.lru_cache(maxsize=8)
+def _admins(listed: tuple[str, ...]) -> tuple[frozenset[str], frozenset[str]]:
+    """``auth.admins`` as (canonical user names, entry ids): checked at load, so an item that
+    names neither (``listed_entry_id`` raising) is skipped here."""
+    names: set[str] = set()
+    entries: set[str] = set()
+    for item in listed:
+        try:
+            entry = listed_entry_id(item)
+        except ValueError:
+            continue
+        if entry is None:
+            names.add(canonical_user(item))
+        else:
+            entries.add(entry)
+    return frozenset(names), frozenset(entries)

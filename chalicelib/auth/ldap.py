@@ -44,7 +44,8 @@ from ldap3.utils.dn import escape_rdn
 
 from chalicelib.logs import module_logger
 
-from .base import AuthConfigError, AuthUnavailable, acceptable_credentials, canonical_user
+from .base import ENTRY_ID_ATTRIBUTES as _ENTRY_ID_ATTRIBUTES
+from .base import AuthConfigError, AuthUnavailable, acceptable_credentials, canonical_user, other_entry
 from .ldap_settings import LdapSettings, parse_ldap_settings
 from .secrets import SecretConfigError, SecretUnavailable
 
@@ -68,7 +69,7 @@ _CASE_IGNORE_IA5_MATCH = "1.3.6.1.4.1.1466.109.114.2"
 # The name of the entry the service-account mode binds as when a user name finds no entry.
 _ABSENT_ENTRY = "vmpool-no-such-user"
 
-ENTRY_ID_ATTRIBUTES = ("entryUUID", "objectGUID", "nsUniqueId", "ipaUniqueID")
+ENTRY_ID_ATTRIBUTES = _ENTRY_ID_ATTRIBUTES
 """The attributes naming an entry for its whole life, the first one an entry shows used
 (OpenLDAP and RFC 4530's entryUUID, Active Directory's objectGUID; where neither is shown, 389
 Directory Server's nsUniqueId and FreeIPA's ipaUniqueID), asked for by name with the
@@ -180,7 +181,7 @@ class LdapAuthenticator:
                 return False
             return entry_id(next(iter(found.values()))) or True
 
-    def member_of_any(self, username: str, groups: Sequence[str]) -> bool:
+    def member_of_any(self, username: str, groups: Sequence[str], entry: str | None = None) -> bool:
         """Whether the user is a member of one of ``groups`` (group DNs): the user's entry holds
         one of them in ``memberOf``, or a group lists the name in ``memberUid`` (in any case:
         vmpool's names are lower-cased, the directory's may have capitals). Needs the service
@@ -193,7 +194,11 @@ class LdapAuthenticator:
         entry itself (OpenLDAP's memberof overlay, 389's and FreeIPA's memberOf plugin, Active
         Directory's back link), when the entry is put in the group: a new entry at an old DN has
         none. ``memberUid`` names a user by name only (RFC 2307): whoever holds the name is the
-        member, as on every host reading the group (docs/auth.md)."""
+        member, as on every host reading the group (docs/auth.md).
+
+        ``entry``: the stable id of the entry the caller's login bound as (None: unknown). When
+        the name finds another entry now (the name given to someone else), that entry's groups
+        are not the caller's: not a member."""
         if not self.settings.uses_service_account or not acceptable_credentials(username, "-"):
             return False
         with self._session("group check") as connection:
@@ -202,7 +207,11 @@ class LdapAuthenticator:
             # One search of the entry for all groups; memberOf's equality rule is distinguishedName
             # match, so the directory compares the DNs (case, spaces, escapes) as it wrote them.
             wanted = "".join(f"(memberOf={escape_filter_chars(group)})" for group in groups)
-            for dn in self._find_user(connection, username):
+            found = self._find_entries(connection, username)
+            if any(other_entry(entry, entry_id(attributes)) for attributes in found.values()):
+                logger.warning("the name %s is another directory entry's now: not in its groups", _identity(username))
+                return False
+            for dn in found:
                 connection.search(dn, f"(|{wanted})", search_scope=BASE, attributes=[], size_limit=1,
                                   time_limit=limit)
                 code = (connection.result or {}).get("result")
@@ -384,10 +393,6 @@ class LdapAuthenticator:
         if not self._bind(connection, service_dn, self._service_password()):
             logger.error("%s refused the service account %s: check service_account_hash", self._where, service_dn)
             raise AuthUnavailable(f"{self._where} refused the service account")
-
-    def _find_user(self, connection: Connection, username: str) -> list[str]:
-        """The DN of the one entry named ``username`` (``_find_entries``)."""
-        return list(self._find_entries(connection, username))
 
     def _find_entries(self, connection: Connection, username: str) -> dict[str, dict[str, Any]]:
         """The one entry named ``username`` under every base and user_object (as the service

@@ -326,6 +326,13 @@ class SlapdServer:
             connection.search(dn, "(objectClass=*)", search_scope="BASE", attributes=["entryUUID"])
             return str(connection.response[0]["raw_attributes"]["entryUUID"][0].decode())
 
+    def rename(self, dn: str, uid: str) -> str:
+        """Give the entry at ``dn`` the uid ``uid`` (a modrdn: the same entry, its entryUUID kept,
+        the old uid value gone), as an operator renaming a user does; its new DN."""
+        with self._as_administrator() as connection:
+            connection.modify_dn(dn, f"uid={uid}", delete_old_dn=True)
+        return f"uid={uid},{dn.split(',', 1)[1]}"
+
     def set_password(self, dn: str, password: str) -> None:
         """Replace an entry's password, as an operator disabling an account without removing it does."""
         from ldap3 import MODIFY_REPLACE

@@ -5,15 +5,18 @@ through local/gateway.py; minutes pass on the fake clock."""
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
 import pytest
 
+from chalicelib.api.tokens import OTHERS_TOKENS_REFUSED
+from chalicelib.config import ConfigError, build
 from tests.auth.slapd import SlapdServer
 from tests.auth_api.documents import POOL, document
-from tests.harness import HarnessFactory, basic
+from tests.harness import Harness, HarnessFactory, basic
 
 
 @pytest.fixture
@@ -91,3 +94,124 @@ def test_the_directory_back_after_a_crash_is_every_user_back_at_the_first_retry(
         assert list(pool.map(log_in, newcomers)) == [(200, None)] * 8
         api.clock.advance(5)
         assert list(pool.map(status, holders)) == [(200, None)] * 8
+
+
+EXPERIMENTAL = {"experimental_features": True}
+
+
+def _resize(api: Harness, token: str, size: str = "4") -> int:
+    reply = api.call("POST", "/api/v3/config/poolsize", headers={"X-AUTH-TOKEN": token}, body={POOL: size})
+    return reply.status
+
+
+def test_an_admin_listed_by_entry_id_stays_one_through_a_rename_and_their_old_name_is_nobodys_admin(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """``auth.admins`` listed names only: the admin renamed (a modrdn, the same entry) lost the
+    rights, and whoever was given the old name next had them. Listed by the entry's entryUUID (as
+    the operator copies it, any case), the person is the admin under any name, and a newcomer
+    given the old name is not, on the pool routes and on another user's tokens."""
+    name, password = leaver
+    dn = f"uid={name},{slapd.users_base}"
+    listed = f"ENTRYUUID:{slapd.entry_uuid(dn).upper()}"
+    api = make_api(document(ldap_auth(admins=[listed], directory_check_minutes=10), config=EXPERIMENTAL))
+    assert _resize(api, api.new_token(name, password)) == 201
+    assert _resize(api, api.new_token("bob", slapd.password("bob"))) == 403
+
+    renamed = f"{name}r"
+    new_dn = slapd.rename(dn, renamed)
+    newcomer_password = secrets.token_urlsafe(12)
+    newcomer_dn = slapd.add_user(name, newcomer_password)
+    try:
+        newcomer = api.new_token(name, newcomer_password)
+        assert _resize(api, newcomer, "5") == 403
+        bobs = api.call("GET", "/api/v3/token?user=bob", headers=basic(name, newcomer_password))
+        assert (bobs.status, bobs.body["error"]) == (403, OTHERS_TOKENS_REFUSED)
+        assert _resize(api, api.new_token(renamed, password), "5") == 201
+        assert api.call("GET", "/api/v3/token?user=bob", headers=basic(renamed, password)).status == 200
+        assert api.services.pool(POOL).size == 5
+    finally:
+        slapd.remove(newcomer_dn)
+        slapd.remove(new_dn)
+
+
+def test_an_admin_listed_by_name_keeps_a_token_made_before_entry_ids_were_saved(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """Upgrading changes nothing for admins listed by name: a token written the old way (no entry
+    id in its record) still changes pools. Listed by entry id, such a token is not matched (its
+    entry is unknown): the admin logs in again for one that is."""
+    name, password = leaver
+    listed = f"entryUUID:{slapd.entry_uuid(f'uid={name},{slapd.users_base}')}"
+    for admins, status in ((name, 201), (listed, 403)):
+        api = make_api(document(ldap_auth(admins=[admins]), config=EXPERIMENTAL))
+        token = api.new_token(name, password)
+        assert api.services.client.hdel(api.services.tokens.keys.token(hashlib.sha256(token.encode()).hexdigest()),
+                                        "entry") == 1  # as an earlier version made it
+        assert _resize(api, token) == status
+    assert _resize(api, api.new_token(name, password), "5") == 201
+
+
+def test_an_admin_groups_member_by_a_name_given_to_them_is_not_the_departed_users_token(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """With directory checks off (tokens live as vmpooler's), a departed person's token went on
+    working, and the admin group's membership was read of whoever holds the name now: the
+    newcomer given it, put in the admin group, made the departed person's token an
+    administrator's. The entry the token's login bound as is not in the group: 403."""
+    name, password = leaver
+    api = make_api(document(ldap_auth(admin_groups=[slapd.admin_group], directory_check_minutes=0),
+                            config=EXPERIMENTAL))
+    departed = api.new_token(name, password)
+    assert _resize(api, departed) == 403
+    slapd.remove(f"uid={name},{slapd.users_base}")
+    newcomer_password = secrets.token_urlsafe(12)
+    newcomer_dn = slapd.add_user(name, newcomer_password)
+    slapd.add_member(slapd.admin_group, newcomer_dn)
+    try:
+        assert _resize(api, departed) == 403
+        assert _resize(api, api.new_token(name, newcomer_password)) == 201
+    finally:
+        slapd.remove_member(slapd.admin_group, newcomer_dn)
+
+
+@pytest.mark.parametrize("item", ["entryUUID:not-a-uuid", "uuid:0b6f1e0c-3e28-103f-8a5b-2d9b7c0f1a11", ":x"])
+def test_an_admins_item_naming_no_user_and_no_entry_is_refused_at_load(ldap_auth, item: str) -> None:
+    """A mistyped entry id made nobody an administrator, silently: refused with its key path."""
+    with pytest.raises(ConfigError) as refused:
+        build(document(ldap_auth(admins=["alice", item])))
+    assert [problem.split(":")[0] for problem in refused.value.problems] == ["auth.admins[1]"]
+
+
+RATES = {"global_per_ip": {"limit": 3, "period": 60}, "authenticated": {"limit": 4, "period": 60}}
+
+
+def test_a_name_given_to_a_newcomer_is_a_request_budget_of_its_own(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer) -> None:
+    """Eight users at once each have their own ``authenticated`` budget. With directory checks off
+    (a departed person's tokens keep working, as in vmpooler), a name given to a newcomer was
+    counted as one client with the departed person: their CI left the newcomer 429 on their
+    first request. The budget goes by the name and the entry the token's login bound as."""
+    api = make_api(document(ldap_auth(directory_check_minutes=0), config={"rate_limiting_enabled": True},
+                            rate_limits=RATES))
+    crew = {f"rate{secrets.token_hex(4)}": secrets.token_urlsafe(12) for _ in range(8)}
+    entries = {name: slapd.add_user(name, password) for name, password in crew.items()}
+    try:
+        tokens = {name: api.new_token(name, password) for name, password in crew.items()}
+
+        def spend(name: str) -> list[int]:
+            return [api.call("GET", "/api/v3/status", headers={"X-AUTH-TOKEN": tokens[name]}).status
+                    for _ in range(5)]
+
+        with ThreadPoolExecutor(len(crew)) as pool:
+            assert list(pool.map(spend, crew)) == [[200] * 4 + [429]] * len(crew)
+        name = next(iter(crew))
+        slapd.remove(entries[name])
+        newcomer_password = secrets.token_urlsafe(12)
+        entries[name] = slapd.add_user(name, newcomer_password)
+        newcomer = api.new_token(name, newcomer_password)
+        assert api.call("GET", "/api/v3/status", headers={"X-AUTH-TOKEN": newcomer}).status == 200
+        assert api.call("GET", "/api/v3/status", headers={"X-AUTH-TOKEN": tokens[name]}).status == 429
+    finally:
+        for dn in entries.values():
+            slapd.remove(dn)
