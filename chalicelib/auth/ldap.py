@@ -48,6 +48,7 @@ from .base import ENTRY_ID_ATTRIBUTES as _ENTRY_ID_ATTRIBUTES
 from .base import AuthConfigError, AuthUnavailable, acceptable_credentials, canonical_user, other_entry
 from .ldap_settings import LdapSettings, parse_ldap_settings
 from .secrets import SecretConfigError, SecretUnavailable
+from .service_refusals import RefusedPasswords
 
 logger = module_logger(__name__)
 
@@ -92,8 +93,11 @@ class LdapAuthenticator:
         self,
         settings: LdapSettings,
         resolve_secret: Callable[[Any], str | None] | None = None,
+        refusals: RefusedPasswords | None = None,
     ) -> None:
         self.settings = settings
+        self._refusals = refusals
+        """The service account's refused password, shared by every process (None: not kept)."""
         if resolve_secret is None:
             from .secrets import resolve_secret as default_resolve
 
@@ -390,7 +394,19 @@ class LdapAuthenticator:
     def _bind_service_account(self, connection: Connection) -> None:
         service_dn = self.settings.service_account_dn
         assert service_dn is not None
-        if not self._bind(connection, service_dn, self._service_password()):
+        password = self._service_password()
+        # One account on one directory: the same DN elsewhere is another account.
+        account = f"ldap:{self.settings.host}:{self.settings.port}:{service_dn}"
+        if self._refusals is not None and self._refusals.held(account, password):
+            # Sent again by every login and check of every process, a refused password locked the
+            # account out (service_refusals.py); a changed one is tried at once.
+            logger.error("%s refused the service account %s less than %s s ago: the same password is not sent "
+                         "again before then; check service_account_hash", self._where, service_dn,
+                         self._refusals.hold_seconds)
+            raise AuthUnavailable(f"{self._where} refused the service account")
+        if not self._bind(connection, service_dn, password):
+            if self._refusals is not None:
+                self._refusals.refused(account, password)
             logger.error("%s refused the service account %s: check service_account_hash", self._where, service_dn)
             raise AuthUnavailable(f"{self._where} refused the service account")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -215,3 +216,46 @@ def test_a_name_given_to_a_newcomer_is_a_request_budget_of_its_own(
     finally:
         for dn in entries.values():
             slapd.remove(dn)
+
+
+@pytest.fixture
+def logging_slapd() -> Iterator[SlapdServer]:
+    """A slapd of the test's own that logs every operation."""
+    with SlapdServer(log_level="stats") as server:
+        yield server
+
+
+def test_a_refused_service_password_is_not_sent_again_by_any_process_until_changed(
+        make_api: HarnessFactory, logging_slapd: SlapdServer) -> None:
+    """A wrong service-account password: each login, of every user and every API process, bound
+    with it again (a directory locks an account out after a few refusals, and it stays locked
+    after the password is fixed). Refused once, it is not sent again within the hold, by this
+    process or another (a new one, on the same Redis): 503 at once. The right one is tried at once."""
+    directory = logging_slapd
+    crew = {f"svc{index}": secrets.token_urlsafe(12) for index in range(8)}
+    for name, password in crew.items():
+        directory.add_user(name, password)
+
+    def service(password: str) -> dict[str, Any]:
+        ldap = directory.ldap_config(encryption="plain")
+        ldap["service_account_hash"] = {"user_dn": directory.service_dn, "password": password}
+        return document({"provider": "ldap", "ldap": ldap})
+
+    def service_binds() -> int:
+        log = (directory.directory / "slapd.log").read_text(errors="replace")
+        return log.count(f'BIND dn="{directory.service_dn}"')
+
+    def log_in(api: Harness, name: str) -> int:
+        return api.call("POST", "/api/v3/token", headers=basic(name, crew[name])).status
+
+    api = make_api(service("a-typo"))
+    assert log_in(api, "svc0") == 503
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(partial(log_in, api), crew)) == {503}
+        another_process = make_api(service("a-typo"), client=api.services.client)
+        assert set(pool.map(partial(log_in, another_process), crew)) == {503}
+    assert service_binds() == 1
+    fixed = make_api(service(directory.service_password), client=api.services.client)
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(partial(log_in, fixed), crew)) == {200}
+    assert "a-typo" not in str(api.redis_state())
