@@ -88,3 +88,7 @@ class RefusedPasswords:
         salt = secrets.token_bytes(_SALT_BYTES)
         digest = self._digest_of(account, salt, password)
         self.redis.set(self._key(account), f"{salt.hex()}:{digest.hex()}", ex=self.hold_seconds)
+
+    def forgive(self, account: str) -> None:
+        """The account's password was accepted: no refusal of it holds any more."""
+        self.redis.delete(self._key(account))
