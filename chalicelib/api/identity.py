@@ -8,7 +8,8 @@ With ``:auth:`` (vmpooler's FIX notes):
   dashboard's) read none and ignore it, as vmpooler does;
 - a VM checked out with a token belongs to that token's user: only a token of the same user may
   change its lifetime or give it back (401 without a token, 403 with another user's); the same
-  user is the same name and, when both are known, the same directory entry (``same_owner``);
+  user is the same name and, when both are known, the same directory entry, or the same entry
+  under another name (renamed: ``same_owner``);
 - lifetime changes need a token even on a VM checked out without one.
 """
 
@@ -24,6 +25,7 @@ from chalicelib.auth.base import (
     canonical_user,
     listed_entry_id,
     other_entry,
+    same_entry,
     same_user,
 )
 from chalicelib.auth.basic import WWW_AUTHENTICATE
@@ -187,7 +189,12 @@ def same_owner(caller: Caller, owner: str, owner_entry: str | None) -> bool:
     ``owner``, logged in as the directory entry ``owner_entry``: the same name, and the same entry
     when both are known (``other_entry``). A name given to a newcomer (a new entry, a new
     entryUUID) is not the departed user whose VMs still run under it. A VM or token recorded without an entry (made
-    before entries were recorded, or by a directory that shows none) goes by the name alone."""
+    before entries were recorded, or by a directory that shows none) goes by the name alone.
+    The same entry (both known) is the same person under any name: a user renamed in the
+    directory (a modrdn keeps the entry) logs in by the new name, and was refused their own VMs
+    and on-demand requests as another user's (403), their old tokens refused with the old name."""
+    if same_entry(caller.entry_id, owner_entry):
+        return True
     if not same_user(caller.user, owner):
         return False
     return not other_entry(caller.entry_id, owner_entry)

@@ -179,6 +179,12 @@ def same_user(one: str, other: str) -> bool:
     return canonical_user(one) == canonical_user(other)
 
 
+def same_entry(one: str | None, other: str | None) -> bool:
+    """Whether two stable ids of directory entries (``ldap.entry_id``) are both known and name
+    one entry: the same person, whatever name the entry holds now."""
+    return bool(one) and bool(other) and one == other
+
+
 def other_entry(one: str | None, other: str | None) -> bool:
     """Whether two stable ids of directory entries (``ldap.entry_id``: ``<attribute>:<uuid>``)
     name two entries: both known, of the same attribute, and different. Ids of two attributes

@@ -259,3 +259,30 @@ def test_a_refused_service_password_is_not_sent_again_by_any_process_until_chang
     with ThreadPoolExecutor(8) as pool:
         assert set(pool.map(partial(log_in, fixed), crew)) == {200}
     assert "a-typo" not in str(api.redis_state())
+
+
+def test_a_user_renamed_in_the_directory_keeps_their_vms_and_ondemand_requests(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """Renamed (a modrdn: the same entry, its entryUUID kept), the user's tokens under the old
+    name stop (the name finds no entry) and they log in by the new one: their VMs and on-demand
+    request, recorded under the old name, were another user's to them (403), left to run out.
+    The same entry is the same owner under any name; another user is still refused."""
+    api = make_api(document(ldap_auth(directory_check_minutes=10)))
+    api.fill(POOL)
+    name, password = leaver
+    old = {"X-AUTH-TOKEN": api.new_token(name, password)}
+    vm = api.checkout(POOL, old["X-AUTH-TOKEN"])
+    request_id = api.call("POST", "/api/v3/ondemandvm", headers=old, body={POOL: 1}).body["request_id"]
+    renamed = f"{name}r"
+    new_dn = slapd.rename(f"uid={name},{slapd.users_base}", renamed)
+    try:
+        new = {"X-AUTH-TOKEN": api.new_token(renamed, password)}
+        bob = {"X-AUTH-TOKEN": api.new_token("bob", slapd.password("bob"))}
+        assert api.call("PUT", f"/api/v3/vm/{vm}", headers=bob, body={"lifetime": 3}).status == 403
+        assert api.call("PUT", f"/api/v3/vm/{vm}", headers=new, body={"lifetime": 3}).status == 200
+        assert api.call("GET", f"/api/v3/ondemandvm/{request_id}", headers=new).status in (200, 202)
+        assert api.call("DELETE", f"/api/v3/ondemandvm/{request_id}", headers=new).status == 200
+        assert api.call("DELETE", f"/api/v3/vm/{vm}", headers=new).body == {"ok": True}
+    finally:
+        slapd.remove(new_dn)
