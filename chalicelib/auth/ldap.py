@@ -250,6 +250,9 @@ class LdapAuthenticator:
     @contextmanager
     def _session(self, purpose: str) -> Iterator[Connection]:
         """A connection for one task, always unbound; anything unexpected is AuthUnavailable."""
+        if self.settings.uses_service_account:
+            # Before any connection: a refused service password held costs the directory nothing.
+            self._hold_refused_service_password()
         try:
             connection = self._connect()
         except Exception as error:  # noqa: BLE001 - ldap3 raises more than LDAPException on odd servers
@@ -391,22 +394,30 @@ class LdapAuthenticator:
             raise AuthUnavailable("the LDAP service account password is empty")
         return password
 
+    @property
+    def _service_account(self) -> str:
+        """The service account as its refusals are kept: one account on one directory (the same
+        DN elsewhere is another account)."""
+        return f"ldap:{self.settings.host}:{self.settings.port}:{self.settings.service_account_dn}"
+
+    def _hold_refused_service_password(self) -> None:
+        """AuthUnavailable, without asking the directory, when it refused the service password
+        in use within the hold, to any process (``service_refusals.py``): sent again by every
+        login and check of every process, a refused password locked the account out. A changed
+        password is tried at once."""
+        if self._refusals is not None and self._refusals.held(self._service_account, self._service_password()):
+            logger.error("%s refused the service account %s less than %s s ago: the same password is not sent "
+                         "again before then; check service_account_hash", self._where,
+                         self.settings.service_account_dn, self._refusals.hold_seconds)
+            raise AuthUnavailable(f"{self._where} refused the service account")
+
     def _bind_service_account(self, connection: Connection) -> None:
         service_dn = self.settings.service_account_dn
         assert service_dn is not None
         password = self._service_password()
-        # One account on one directory: the same DN elsewhere is another account.
-        account = f"ldap:{self.settings.host}:{self.settings.port}:{service_dn}"
-        if self._refusals is not None and self._refusals.held(account, password):
-            # Sent again by every login and check of every process, a refused password locked the
-            # account out (service_refusals.py); a changed one is tried at once.
-            logger.error("%s refused the service account %s less than %s s ago: the same password is not sent "
-                         "again before then; check service_account_hash", self._where, service_dn,
-                         self._refusals.hold_seconds)
-            raise AuthUnavailable(f"{self._where} refused the service account")
         if not self._bind(connection, service_dn, password):
             if self._refusals is not None:
-                self._refusals.refused(account, password)
+                self._refusals.refused(self._service_account, password)
             logger.error("%s refused the service account %s: check service_account_hash", self._where, service_dn)
             raise AuthUnavailable(f"{self._where} refused the service account")
 

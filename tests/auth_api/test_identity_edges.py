@@ -230,7 +230,8 @@ def test_a_refused_service_password_is_not_sent_again_by_any_process_until_chang
     """A wrong service-account password: each login, of every user and every API process, bound
     with it again (a directory locks an account out after a few refusals, and it stays locked
     after the password is fixed). Refused once, it is not sent again within the hold, by this
-    process or another (a new one, on the same Redis): 503 at once. The right one is tried at once."""
+    process or another (a new one, on the same Redis): 503 at once, without a connection to the
+    directory. The right one is tried at once."""
     directory = logging_slapd
     crew = {f"svc{index}": secrets.token_urlsafe(12) for index in range(8)}
     for name, password in crew.items():
@@ -245,16 +246,21 @@ def test_a_refused_service_password_is_not_sent_again_by_any_process_until_chang
         log = (directory.directory / "slapd.log").read_text(errors="replace")
         return log.count(f'BIND dn="{directory.service_dn}"')
 
+    def connections() -> int:
+        return (directory.directory / "slapd.log").read_text(errors="replace").count(" ACCEPT from ")
+
     def log_in(api: Harness, name: str) -> int:
         return api.call("POST", "/api/v3/token", headers=basic(name, crew[name])).status
 
     api = make_api(service("a-typo"))
     assert log_in(api, "svc0") == 503
+    opened = connections()
     with ThreadPoolExecutor(8) as pool:
         assert set(pool.map(partial(log_in, api), crew)) == {503}
         another_process = make_api(service("a-typo"), client=api.services.client)
         assert set(pool.map(partial(log_in, another_process), crew)) == {503}
     assert service_binds() == 1
+    assert connections() == opened  # held: not even a connection
     fixed = make_api(service(directory.service_password), client=api.services.client)
     with ThreadPoolExecutor(8) as pool:
         assert set(pool.map(partial(log_in, fixed), crew)) == {200}
