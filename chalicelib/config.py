@@ -1138,6 +1138,8 @@ def _read_auth(reader: BlockReader, raw: Any) -> AuthConfig | None:
     if raw is None:
         return None
     auth = reader.model(raw, AuthConfig, "auth", skip=frozenset({"ldap"}))
+    if auth is not None and not reader.trusted:
+        reader.problems.extend(_admin_problems(auth.admins))
     if auth is None or auth.provider != "ldap":
         return auth
     if reader.trusted:  # the canonical form: the block as LdapSettings validated it
@@ -1152,6 +1154,22 @@ def _read_auth(reader: BlockReader, raw: Any) -> AuthConfig | None:
         reader.problems.extend(error.problems)
         return None
     return dataclasses.replace(auth, ldap=ldap)
+
+
+def _admin_problems(admins: tuple[str, ...]) -> list[str]:
+    """An ``auth.admins`` item is a user name or a directory entry's stable id
+    (``entryUUID:<uuid>``...): one with a ``:`` naming no entry id (a mistyped attribute or UUID)
+    would make nobody an administrator, silently."""
+    from chalicelib.auth.base import listed_entry_id
+
+    problems = []
+    for index, item in enumerate(admins):
+        try:
+            listed_entry_id(item)
+        except ValueError as error:
+            problems.append(f"auth.admins[{index}]: neither a user name (no ':') nor a directory entry id "
+                            f"(entryUUID:<uuid>, objectGUID:<guid>, nsUniqueId:<id>, ipaUniqueID:<uuid>): {error}")
+    return problems
 
 
 def _unchecked_token_warnings(auth: AuthConfig, service: ServiceConfig) -> list[str]:

@@ -294,7 +294,7 @@ class Services:
     @cached_property
     def authenticator(self) -> Authenticator | None:
         """The ``:auth:`` provider (None without ``:auth:``). Raises AuthConfigError."""
-        return build_authenticator(self.config.auth, self.resolve_secret)
+        return build_authenticator(self.config.auth, self.resolve_secret, self.client, self.store.keys.prefix)
 
     @cached_property
     def logins(self) -> LoginService | None:

@@ -8,16 +8,26 @@ With ``:auth:`` (vmpooler's FIX notes):
   dashboard's) read none and ignore it, as vmpooler does;
 - a VM checked out with a token belongs to that token's user: only a token of the same user may
   change its lifetime or give it back (401 without a token, 403 with another user's); the same
-  user is the same name and, when both are known, the same directory entry (``same_owner``);
+  user is the same name and, when both are known, the same directory entry, or the same entry
+  under another name (renamed: ``same_owner``);
 - lifetime changes need a token even on a VM checked out without one.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from chalicelib.api.http import ApiError, ApiRequest
-from chalicelib.auth.base import AuthConfigError, AuthUnavailable, canonical_user, other_entry, same_user
+from chalicelib.auth.base import (
+    AuthConfigError,
+    AuthUnavailable,
+    canonical_user,
+    listed_entry_id,
+    other_entry,
+    same_entry,
+    same_user,
+)
 from chalicelib.auth.basic import WWW_AUTHENTICATE
 from chalicelib.auth.directory_check import Standing
 from chalicelib.auth.tokens import TokenRecord
@@ -191,7 +201,12 @@ def same_owner(caller: Caller, owner: str, owner_entry: str | None) -> bool:
     ``owner``, logged in as the directory entry ``owner_entry``: the same name, and the same entry
     when both are known (``other_entry``). A name given to a newcomer (a new entry, a new
     entryUUID) is not the departed user whose VMs still run under it. A VM or token recorded without an entry (made
-    before entries were recorded, or by a directory that shows none) goes by the name alone."""
+    before entries were recorded, or by a directory that shows none) goes by the name alone.
+    The same entry (both known) is the same person under any name: a user renamed in the
+    directory (a modrdn keeps the entry) logs in by the new name, and was refused their own VMs
+    and on-demand requests as another user's (403), their old tokens refused with the old name."""
+    if same_entry(caller.entry_id, owner_entry):
+        return True
     if not same_user(caller.user, owner):
         return False
     return not other_entry(caller.entry_id, owner_entry)
@@ -215,26 +230,49 @@ def required_admin(services: Services, request: ApiRequest) -> Caller | None:
     caller = required_caller(services, request)
     if caller is None:
         return None
-    if is_admin(services, caller.user):
+    if is_admin(services, caller.user, caller.entry_id):
         return caller
     logger.warning("runtime pool change refused: not an administrator", extra={"user": caller.user})
     raise ApiError(403, {"error": "only administrators may change pools at runtime"})
 
 
-def is_admin(services: Services, user: str) -> bool:
-    """Whether ``user`` is an administrator: listed in ``auth.admins`` (canonical names) or a
-    member of one of ``auth.admin_groups`` (asked of the directory now: 503 when it cannot say).
-    Without ``:auth:``, or with neither list set, nobody is."""
+def is_admin(services: Services, user: str, entry_id: str | None = None) -> bool:
+    """Whether ``user``, logged in as the directory entry ``entry_id`` (None: unknown), is an
+    administrator: that entry listed in ``auth.admins`` by its stable id (``entryUUID:<uuid>``...:
+    the person, whatever name they hold now), the name listed there (canonical names: whoever
+    holds the name), or a member of one of ``auth.admin_groups`` (asked of the directory now: 503
+    when it cannot say). Without ``:auth:``, or with neither list set, nobody is."""
     auth = services.config.auth
     if auth is None:
         return False
-    if canonical_user(user) in {canonical_user(name) for name in auth.admins}:
+    names, entries = _admins(auth.admins)
+    if entry_id is not None and entry_id in entries:
+        return True
+    if canonical_user(user) in names:
         return True
     groups = auth.admin_groups
     if groups:
         try:
             member_of_any = getattr(services.authenticator, "member_of_any", None)
-            return bool(member_of_any is not None and member_of_any(user, groups))
+            return bool(member_of_any is not None and member_of_any(user, groups, entry=entry_id))
         except (AuthUnavailable, AuthConfigError) as error:
             raise auth_unavailable(error) from None
     return False
+
+
+@functools.lru_cache(maxsize=8)
+def _admins(listed: tuple[str, ...]) -> tuple[frozenset[str], frozenset[str]]:
+    """``auth.admins`` as (canonical user names, entry ids): checked at load, so an item that
+    names neither (``listed_entry_id`` raising) is skipped here."""
+    names: set[str] = set()
+    entries: set[str] = set()
+    for item in listed:
+        try:
+            entry = listed_entry_id(item)
+        except ValueError:
+            continue
+        if entry is None:
+            names.add(canonical_user(item))
+        else:
+            entries.add(entry)
+    return frozenset(names), frozenset(entries)

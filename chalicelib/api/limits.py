@@ -117,14 +117,24 @@ def shared_counter(user: str | None, address: str | None) -> int:
 
 
 def _token_user(services: Services, request: ApiRequest) -> str | None:
-    """The canonical user of the valid token the request sends (auth configured), else None. A
-    token whose user the directory no longer has is not valid: the request is the address's.
-    One the directory cannot vouch for during an outage is still its user's (nobody said the
-    user left; the handler answers 503 where the token matters)."""
+    """The client of the valid token the request sends (auth configured: ``rate_client``), else
+    None. A token whose user the directory no longer has is not valid: the request is the
+    address's. One the directory cannot vouch for during an outage is still its user's (nobody
+    said the user left; the handler answers 503 where the token matters)."""
     check = token_check(services, request)
     if check is None or check.record is None or check.standing is Standing.REMOVED:
         return None
-    return canonical_user(check.record.user)
+    return rate_client(check.record.user, check.record.entry_id)
+
+
+def rate_client(user: str, entry_id: str | None) -> str:
+    """Whom a token's requests are counted as: its canonical user and, when known, the directory
+    entry its login bound as (after a line break, which no user name holds), as quotas count
+    (``quota_owner``). A name given to a newcomer while the departed person's tokens still work
+    (``directory_check_minutes: 0``) is another client: the departed person's CI spent the
+    newcomer's budget. A token without an entry id counts under the name alone, as before."""
+    canonical = canonical_user(user)
+    return f"{canonical}\n{entry_id}" if entry_id else canonical
 
 
 BASIC_CREDENTIAL_PATHS = ("/token", "/token/{token}")
@@ -148,14 +158,14 @@ def _basic_login(services: Services, path: str, request: ApiRequest) -> str | No
 
 
 def _path_token_user(services: Services, method: str, path: str, request: ApiRequest) -> str | None:
-    """For ``GET /token/<t>``, the canonical user of the token in the path when it is live and its
-    user not removed from the directory (as ``_token_user``); None otherwise."""
+    """For ``GET /token/<t>``, the client of the token in the path when it is live and its user
+    not removed from the directory (as ``_token_user``); None otherwise."""
     if services.config.auth is None or (method, path) != PATH_TOKEN_ROUTE:
         return None
     check = path_token_check(services, request)  # kept on the request: the handler reads it again for free
     if check.record is None or check.standing is Standing.REMOVED:
         return None
-    return canonical_user(check.record.user)
+    return rate_client(check.record.user, check.record.entry_id)
 
 
 def check_rate(services: Services, method: str, path: str, request: ApiRequest) -> None:

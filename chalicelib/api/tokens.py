@@ -34,7 +34,7 @@ from chalicelib.api.identity import (
     valid_record,
 )
 from chalicelib.api.ondemand import delivery_replicated
-from chalicelib.auth.base import AuthConfigError, acceptable_credentials, canonical_user, same_user
+from chalicelib.auth.base import AuthConfigError, acceptable_credentials, canonical_user, other_entry, same_user
 from chalicelib.auth.basic import LoginOutcome, LoginService
 from chalicelib.auth.tokens import (
     DeleteResult,
@@ -72,14 +72,9 @@ def _login_service(services: Services) -> LoginService:
     return logins
 
 
-def _basic_user(services: Services, request: ApiRequest) -> str:
-    """The user whose HTTP Basic credentials came with the request; 401/429/503 otherwise."""
-    return _basic_login(services, request)[0]
-
-
 def _basic_login(services: Services, request: ApiRequest) -> tuple[str, str | None]:
-    """``_basic_user`` and the stable id of the directory entry the login bound as (None when the
-    directory gives none)."""
+    """The user whose HTTP Basic credentials came with the request (401/429/503 otherwise), and
+    the stable id of the directory entry the login bound as (None when the directory gives none)."""
     logins = _login_service(services)
     began = services.clock.now()
     result = logins.login(request.header("Authorization"), request.source_ip or None)
@@ -142,7 +137,7 @@ def _own_tokens(services: Services, user: str, entry_id: str | None) -> tuple[li
 OTHERS_TOKENS_REFUSED = "only administrators may list or delete another user's tokens"
 
 
-def _whose_tokens(services: Services, request: ApiRequest, caller: str) -> str:
+def _whose_tokens(services: Services, request: ApiRequest, caller: str, entry_id: str | None) -> str:
     """The user whose tokens the request lists or deletes: the caller's own, or the user named by
     ``?user=`` when the caller is an administrator (403 for anyone else, 400 for a name no login
     could have)."""
@@ -153,7 +148,7 @@ def _whose_tokens(services: Services, request: ApiRequest, caller: str) -> str:
         raise ApiError(400, {"error": "user must be a user name as it logs in"})
     if same_user(named, caller):
         return caller
-    if not is_admin(services, caller):
+    if not is_admin(services, caller, entry_id):
         logger.warning("another user's tokens refused: not an administrator", extra={"user": caller})
         raise ApiError(403, {"error": OTHERS_TOKENS_REFUSED})
     return canonical_user(named)
@@ -163,7 +158,7 @@ def list_tokens(services: Services, request: ApiRequest) -> ApiResponse:
     """GET /token[?user=<name>]: the caller's tokens (an administrator's pick of user's), by id,
     with ``created`` and ``last``; none gets vmpooler's 404 ``{"ok": false}``."""
     caller, entry_id = _basic_login(services, request)
-    user = _whose_tokens(services, request, caller)
+    user = _whose_tokens(services, request, caller, entry_id)
     # The caller's own listing leaves out (and revokes) the tokens of a departed person who held
     # the name: they were listed to the newcomer, who could not tell them from their own.
     own_entry = entry_id if user == caller else None
@@ -189,11 +184,14 @@ def describe_token(services: Services, request: ApiRequest) -> ApiResponse:
     if request.header("Authorization"):
         # Checked even beside a live X-AUTH-TOKEN: before, a wrong password sent with one was a
         # 200, so credentials a client believed checked were not.
-        user = _basic_user(services, request)
+        user, entry_id = _basic_login(services, request)
         record = services.tokens.lookup(token, touch=False)
         if record is None:
             raise not_found(error="unknown or expired token")
-        if not same_user(record.user, user):
+        # The same name and, when both are known, the same directory entry: a newcomer given a
+        # departed person's name read that person's token (its times, its running VMs) with
+        # their own password.
+        if not same_user(record.user, user) or other_entry(entry_id, record.entry_id):
             raise ApiError(403, {"error": "the token belongs to another user"})
     else:
         # A read, not a use: ``last`` says when the token last did something (as in vmpooler).
@@ -226,12 +224,12 @@ def _running_vms(services: Services, record: TokenRecord) -> list[str]:
 def delete_token(services: Services, request: ApiRequest) -> ApiResponse:
     """DELETE /token/<t>[?user=<name>]: its owner (Basic) may delete it, ``<t>`` the token or its
     id; an administrator any token, and by id one of the user ``?user=`` names."""
-    caller = _basic_user(services, request)
-    user = _whose_tokens(services, request, caller)
+    caller, entry_id = _basic_login(services, request)
+    user = _whose_tokens(services, request, caller, entry_id)
     token = request.params["token"]
     if is_token_shaped(token):
         result = services.tokens.delete(token, user)
-        if result is DeleteResult.FORBIDDEN and user == caller and is_admin(services, caller):
+        if result is DeleteResult.FORBIDDEN and user == caller and is_admin(services, caller, entry_id):
             owner = services.tokens.owner(token)
             result = services.tokens.delete(token, owner) if owner else DeleteResult.NOT_FOUND
             user = owner or user

@@ -24,12 +24,16 @@ PROVIDERS = ("ldap", "dummy")
 def build_authenticator(
     auth_config: "AuthConfig | None",
     resolve_secret: Callable[[Any], str | None] | None = None,
+    redis: Any = None,
+    prefix: str | None = None,
 ) -> Authenticator | None:
     """The authenticator the ``:auth:`` section asks for, or None when there is no ``:auth:``.
 
     The section was validated when the config loaded (its LDAP block parsed into LdapSettings
     there, once). ``resolve_secret`` turns secret config values (plain or references) into
-    strings; the default is the process-wide Powertools-backed resolver."""
+    strings; the default is the process-wide Powertools-backed resolver. With ``redis``, a
+    refused LDAP service-account password is remembered there by every process
+    (``service_refusals.py``), under the key ``prefix``."""
     if auth_config is None:
         return None
     provider = auth_config.provider
@@ -45,5 +49,10 @@ def build_authenticator(
         settings = auth_config.ldap
         if settings is None:
             raise AuthConfigError(["auth.ldap: is required when auth.provider is ldap"])
-        return LdapAuthenticator(settings, resolve_secret)
+        refusals = None
+        if redis is not None and settings.uses_service_account:
+            from .service_refusals import RefusedPasswords
+
+            refusals = RefusedPasswords(redis) if prefix is None else RefusedPasswords(redis, prefix)
+        return LdapAuthenticator(settings, resolve_secret, refusals)
     raise AuthConfigError([f"auth.provider: must be one of {', '.join(PROVIDERS)}, got {provider!r}"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+import uuid
 from typing import Protocol, runtime_checkable
 
 MAX_USERNAME_LENGTH = 256
@@ -178,6 +179,12 @@ def same_user(one: str, other: str) -> bool:
     return canonical_user(one) == canonical_user(other)
 
 
+def same_entry(one: str | None, other: str | None) -> bool:
+    """Whether two stable ids of directory entries (``ldap.entry_id``) are both known and name
+    one entry: the same person, whatever name the entry holds now."""
+    return bool(one) and bool(other) and one == other
+
+
 def other_entry(one: str | None, other: str | None) -> bool:
     """Whether two stable ids of directory entries (``ldap.entry_id``: ``<attribute>:<uuid>``)
     name two entries: both known, of the same attribute, and different. Ids of two attributes
@@ -187,3 +194,27 @@ def other_entry(one: str | None, other: str | None) -> bool:
     if not one or not other:
         return False
     return one.partition(":")[0].lower() == other.partition(":")[0].lower() and one != other
+
+
+ENTRY_ID_ATTRIBUTES = ("entryUUID", "objectGUID", "nsUniqueId", "ipaUniqueID")
+"""The attributes naming a directory entry for its whole life (``ldap.entry_id``), in the order
+the first one an entry shows is used."""
+
+
+def listed_entry_id(item: str) -> str | None:
+    """The directory entry an ``auth.admins`` item names by its stable id, as ``ldap.entry_id``
+    spells ids (``entryUUID:<uuid>``: the attribute as ENTRY_ID_ATTRIBUTES writes it, the UUID in
+    its lower-case hyphenated form, however the item writes them: AD's braces, 389's four groups
+    of eight); None for a user name (no ``:``, which no Basic login's name holds). ValueError for
+    an item with a ``:`` that names no entry id."""
+    attribute, colon, value = item.partition(":")
+    if not colon:
+        return None
+    known = {name.lower(): name for name in ENTRY_ID_ATTRIBUTES}
+    name = known.get(attribute.strip().lower())
+    if name is None:
+        raise ValueError(f"{attribute.strip()[:40]!r} is none of {', '.join(ENTRY_ID_ATTRIBUTES)}")
+    try:
+        return f"{name}:{uuid.UUID(value.strip())}"
+    except ValueError:
+        raise ValueError(f"{value.strip()[:80]!r} is not a UUID") from None

@@ -12,8 +12,9 @@ made: a login finds the user) within the last ``directory_outage_grace_minutes``
 (CI jobs holding tokens do not stop with LDAP), a user found missing stays refused. Past the
 grace, or with no answer to go by, the token cannot be vouched for and the API answers 503
 (never 401: nobody said the user was removed).
-A failed question is asked again after ``RETRY_SECONDS`` only, so an outage does not make every
-request wait for the directory's timeout; and when an answer gets old, one request claims the
+A failed question is asked again after ``RETRY_SECONDS`` only while the last answer stands (after
+``UNKNOWN_RETRY_SECONDS``, the client's retry, when there is none), so an outage does not make
+every request wait for the directory's timeout; and when an answer gets old, one request claims the
 question (``CLAIM_SECONDS``) while the user's other requests go by the last answer, so a user's
 many requests at once do not each bind to the directory. A user with no answer kept has none to
 go by: the requests of one process then wait for the one question it asks (``_shared_question``).
@@ -48,6 +49,12 @@ logger = module_logger(__name__)
 RETRY_SECONDS = 60.0
 """After the directory failed to answer about a user, how long the last answer is used before
 asking again (while within the grace)."""
+
+UNKNOWN_RETRY_SECONDS = 5.0
+"""After the directory failed to answer about a user with no answer to go by (the request a 503
+with ``Retry-After: 5``), how soon it is asked again: at the client's retry, one request at a
+time (the claim). Before, not for ``RETRY_SECONDS``: once the directory was back, the user's
+requests were 503 for up to a minute, each retry told to come back in 5 s."""
 
 
 CLAIM_SECONDS = 30.0
@@ -219,12 +226,17 @@ class DirectoryCheck:
 
         if asked is not None and present in ("0", "1") and now - asked < self.interval:
             return answered(present == "1", kept_entry)
-        if failed is not None and now - failed < RETRY_SECONDS:
-            return last_answer()
-        if present in ("0", "1") and not self._claim(keys=[self._key(user)],
-                                                      args=[repr(now), CLAIM_SECONDS, self._record_ttl]):
+        retrying = failed is not None and now - failed < RETRY_SECONDS
+        if failed is not None and retrying:
+            standing = last_answer()
+            if standing is not Standing.UNKNOWN or now - failed < UNKNOWN_RETRY_SECONDS:
+                return standing
+            # Nothing to go by (a 503 either way): asked again at the client's retry, so the
+            # directory back is the user back.
+        if (present in ("0", "1") or retrying) and not self._claim(keys=[self._key(user)],
+                                                                    args=[repr(now), CLAIM_SECONDS, self._record_ttl]):
             # Another request is asking right now: its answer comes in a moment.
-            return answered(present == "1", kept_entry)
+            return last_answer() if retrying else answered(present == "1", kept_entry)
         try:
             found = self._shared_question(user, now)
         except (AuthUnavailable, AuthConfigError) as error:  # an unreadable CA file: an outage too

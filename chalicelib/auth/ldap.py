@@ -44,9 +44,11 @@ from ldap3.utils.dn import escape_rdn
 
 from chalicelib.logs import module_logger
 
-from .base import AuthConfigError, AuthUnavailable, acceptable_credentials, canonical_user
+from .base import ENTRY_ID_ATTRIBUTES as _ENTRY_ID_ATTRIBUTES
+from .base import AuthConfigError, AuthUnavailable, acceptable_credentials, canonical_user, other_entry
 from .ldap_settings import LdapSettings, parse_ldap_settings
 from .secrets import SecretConfigError, SecretUnavailable
+from .service_refusals import RefusedPasswords
 
 logger = module_logger(__name__)
 
@@ -68,7 +70,7 @@ _CASE_IGNORE_IA5_MATCH = "1.3.6.1.4.1.1466.109.114.2"
 # The name of the entry the service-account mode binds as when a user name finds no entry.
 _ABSENT_ENTRY = "vmpool-no-such-user"
 
-ENTRY_ID_ATTRIBUTES = ("entryUUID", "objectGUID", "nsUniqueId", "ipaUniqueID")
+ENTRY_ID_ATTRIBUTES = _ENTRY_ID_ATTRIBUTES
 """The attributes naming an entry for its whole life, the first one an entry shows used
 (OpenLDAP and RFC 4530's entryUUID, Active Directory's objectGUID; where neither is shown, 389
 Directory Server's nsUniqueId and FreeIPA's ipaUniqueID), asked for by name with the
@@ -91,8 +93,11 @@ class LdapAuthenticator:
         self,
         settings: LdapSettings,
         resolve_secret: Callable[[Any], str | None] | None = None,
+        refusals: RefusedPasswords | None = None,
     ) -> None:
         self.settings = settings
+        self._refusals = refusals
+        """The service account's refused password, shared by every process (None: not kept)."""
         if resolve_secret is None:
             from .secrets import resolve_secret as default_resolve
 
@@ -180,7 +185,7 @@ class LdapAuthenticator:
                 return False
             return entry_id(next(iter(found.values()))) or True
 
-    def member_of_any(self, username: str, groups: Sequence[str]) -> bool:
+    def member_of_any(self, username: str, groups: Sequence[str], entry: str | None = None) -> bool:
         """Whether the user is a member of one of ``groups`` (group DNs): the user's entry holds
         one of them in ``memberOf``, or a group lists the name in ``memberUid`` (in any case:
         vmpool's names are lower-cased, the directory's may have capitals). Needs the service
@@ -193,7 +198,11 @@ class LdapAuthenticator:
         entry itself (OpenLDAP's memberof overlay, 389's and FreeIPA's memberOf plugin, Active
         Directory's back link), when the entry is put in the group: a new entry at an old DN has
         none. ``memberUid`` names a user by name only (RFC 2307): whoever holds the name is the
-        member, as on every host reading the group (docs/auth.md)."""
+        member, as on every host reading the group (docs/auth.md).
+
+        ``entry``: the stable id of the entry the caller's login bound as (None: unknown). When
+        the name finds another entry now (the name given to someone else), that entry's groups
+        are not the caller's: not a member."""
         if not self.settings.uses_service_account or not acceptable_credentials(username, "-"):
             return False
         with self._session("group check") as connection:
@@ -202,7 +211,11 @@ class LdapAuthenticator:
             # One search of the entry for all groups; memberOf's equality rule is distinguishedName
             # match, so the directory compares the DNs (case, spaces, escapes) as it wrote them.
             wanted = "".join(f"(memberOf={escape_filter_chars(group)})" for group in groups)
-            for dn in self._find_user(connection, username):
+            found = self._find_entries(connection, username)
+            if any(other_entry(entry, entry_id(attributes)) for attributes in found.values()):
+                logger.warning("the name %s is another directory entry's now: not in its groups", _identity(username))
+                return False
+            for dn in found:
                 connection.search(dn, f"(|{wanted})", search_scope=BASE, attributes=[], size_limit=1,
                                   time_limit=limit)
                 code = (connection.result or {}).get("result")
@@ -237,6 +250,9 @@ class LdapAuthenticator:
     @contextmanager
     def _session(self, purpose: str) -> Iterator[Connection]:
         """A connection for one task, always unbound; anything unexpected is AuthUnavailable."""
+        if self.settings.uses_service_account:
+            # Before any connection: a refused service password held costs the directory nothing.
+            self._hold_refused_service_password()
         try:
             connection = self._connect()
         except Exception as error:  # noqa: BLE001 - ldap3 raises more than LDAPException on odd servers
@@ -274,6 +290,14 @@ class LdapAuthenticator:
         # answering each of the task's 6-10 operations just in time made one login take a minute
         # (the API Lambda is killed at 29 s: 504, the attempt left in flight in the limiter).
         deadline = time.monotonic() + self.settings.login_timeout
+        if not self._server.candidate_addresses():
+            # ldap3 marks an address it failed to connect to unavailable, shared by every
+            # connection of the process, and tries no such address for the next 5 s (wall
+            # clock): the directory back after an outage (or after one refused connection),
+            # every login and check of the process was a 503 for those seconds without a packet
+            # sent, the client's retry after Retry-After: 5 too. With every address so marked,
+            # each is tried again; a dead one beside a live one is still skipped.
+            self._server.reset_availability()
         connection.open(read_server_info=False)
         connection.socket = _DeadlineSocket(connection.socket, deadline, connection.receive_timeout)
         if self.settings.encryption == "start_tls":
@@ -370,16 +394,32 @@ class LdapAuthenticator:
             raise AuthUnavailable("the LDAP service account password is empty")
         return password
 
+    @property
+    def _service_account(self) -> str:
+        """The service account as its refusals are kept: one account on one directory (the same
+        DN elsewhere is another account)."""
+        return f"ldap:{self.settings.host}:{self.settings.port}:{self.settings.service_account_dn}"
+
+    def _hold_refused_service_password(self) -> None:
+        """AuthUnavailable, without asking the directory, when it refused the service password
+        in use within the hold, to any process (``service_refusals.py``): sent again by every
+        login and check of every process, a refused password locked the account out. A changed
+        password is tried at once."""
+        if self._refusals is not None and self._refusals.held(self._service_account, self._service_password()):
+            logger.error("%s refused the service account %s less than %s s ago: the same password is not sent "
+                         "again before then; check service_account_hash", self._where,
+                         self.settings.service_account_dn, self._refusals.hold_seconds)
+            raise AuthUnavailable(f"{self._where} refused the service account")
+
     def _bind_service_account(self, connection: Connection) -> None:
         service_dn = self.settings.service_account_dn
         assert service_dn is not None
-        if not self._bind(connection, service_dn, self._service_password()):
+        password = self._service_password()
+        if not self._bind(connection, service_dn, password):
+            if self._refusals is not None:
+                self._refusals.refused(self._service_account, password)
             logger.error("%s refused the service account %s: check service_account_hash", self._where, service_dn)
             raise AuthUnavailable(f"{self._where} refused the service account")
-
-    def _find_user(self, connection: Connection, username: str) -> list[str]:
-        """The DN of the one entry named ``username`` (``_find_entries``)."""
-        return list(self._find_entries(connection, username))
 
     def _find_entries(self, connection: Connection, username: str) -> dict[str, dict[str, Any]]:
         """The one entry named ``username`` under every base and user_object (as the service

@@ -39,9 +39,12 @@ def build_provider(
 
         return DummyProvider(provider, client, clock, prefix=prefix, deployment=deployment_of(config.service))
     if provider.provider_class == "vsphere":
+        from chalicelib.auth.service_refusals import RefusedPasswords
         from chalicelib.providers.vsphere.config import vsphere_settings
+        from chalicelib.providers.vsphere.connection import LOGIN_RETRY_SECONDS
         from chalicelib.providers.vsphere.provider import VSphereProvider
 
         password = resolve_secret(vsphere_settings(provider.settings).password)
-        return VSphereProvider(provider, config.service, clock, password=password)
+        return VSphereProvider(provider, config.service, clock, password=password,
+                               refusals=RefusedPasswords(client, prefix, int(LOGIN_RETRY_SECONDS)))
     raise ValueError(f"unknown provider class {provider.provider_class!r}")

@@ -469,6 +469,11 @@ class Keys:
     def login_user(self, user_hash: str) -> str:
         return f"{self.prefix}login:user:{user_hash}"
 
+    def service_password_refused(self, account_hash: str) -> str:
+        """The password a service account (LDAP's, vCenter's) was refused lately, salted and
+        hashed, expiring (``auth/service_refusals.py``)."""
+        return f"{self.prefix}refused:{account_hash}"
+
     def login_address(self, address: str) -> str:
         return f"{self.prefix}login:addr:{address}"
 

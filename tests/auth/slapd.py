@@ -256,6 +256,7 @@ class SlapdServer:
         _run([slapadd, "-f", str(conf), "-b", BASE], input=_seed_ldif() + "\n" + self.extra_ldif)
         # Its ports were free when chosen, but another process may take one before slapd binds
         # it: slapd then exits (saying nothing at log level none), and it starts on fresh ones.
+        self._binary, self._conf = binary, conf
         for attempt in range(1, PORT_TRIES + 1):
             try:
                 self._launch(binary, conf, timeout)
@@ -288,6 +289,17 @@ class SlapdServer:
                 raise RuntimeError(f"slapd did not start on port {self.port}:\n{log[-2000:]}")
             time.sleep(0.05)
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash: the directory's data stays for ``relaunch``."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+        self.log_file.close()
+
+    def relaunch(self, timeout: float = 15.0) -> None:
+        """Start the killed slapd again on its ports, with its data."""
+        self._launch(self._binary, self._conf, timeout)
+
     def _as_administrator(self) -> Any:
         from ldap3 import Connection, Server
 
@@ -313,6 +325,13 @@ class SlapdServer:
         with self._as_administrator() as connection:
             connection.search(dn, "(objectClass=*)", search_scope="BASE", attributes=["entryUUID"])
             return str(connection.response[0]["raw_attributes"]["entryUUID"][0].decode())
+
+    def rename(self, dn: str, uid: str) -> str:
+        """Give the entry at ``dn`` the uid ``uid`` (a modrdn: the same entry, its entryUUID kept,
+        the old uid value gone), as an operator renaming a user does; its new DN."""
+        with self._as_administrator() as connection:
+            connection.modify_dn(dn, f"uid={uid}", delete_old_dn=True)
+        return f"uid={uid},{dn.split(',', 1)[1]}"
 
     def set_password(self, dn: str, password: str) -> None:
         """Replace an entry's password, as an operator disabling an account without removing it does."""

@@ -68,6 +68,25 @@ def test_a_refused_password_is_tried_again_once_the_retry_interval_is_over(
     run_pool(wrong, POOLS[0]["name"], 0.0)
     run_pool(wrong, POOLS[1]["name"], 0.0)
     assert len(logins) == 1
-    monkeypatch.setattr(connections, "LOGIN_RETRY_SECONDS", 0.0)  # the interval is over
+    monkeypatch.setattr(connections, "LOGIN_RETRY_SECONDS", 0.0)  # the interval is over...
+    redis_client.delete(*redis_client.keys("*refused:*"))  # ...for every process (the key's expiry)
     report = run_pool(wrong, POOLS[1]["name"], 0.0)
     assert len(logins) == 2 and report.failures and "refused the login" in report.failures[0]
+
+
+def test_a_refused_password_is_not_sent_again_by_another_process(
+        vcsim: VcsimServer, redis_client: redis.Redis, logins: list[str]) -> None:
+    """Each process kept its own memory of the refusal: N warm reconcile containers sent N refused
+    logins per interval (a few are enough to lock the account). The refusal is kept in Redis: a
+    process that never saw it sends the password no more."""
+    run_pool(services_with(vcsim, redis_client, password="rotated-elsewhere"), POOLS[0]["name"], 0.0)
+    assert logins == ["rotated-elsewhere"]
+    connections.forget_server("localhost", vcsim.port)  # another process: nothing of this one's in memory
+    other = services_with(vcsim, redis_client, password="rotated-elsewhere")
+    reports = [run_pool(other, pool["name"], 0.0) for pool in POOLS]
+    assert logins == ["rotated-elsewhere"]
+    assert all(report.failures and "refused the login" in report.failures[0] for report in reports)
+    assert "rotated-elsewhere" not in str({key: redis_client.get(key) for key in redis_client.keys("*refused*")})
+    # The right password is tried at once, there too.
+    assert run_pool(services_with(vcsim, redis_client), POOLS[0]["name"], 0.0).failures == []
+    assert len(logins) == 2

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.client
+import math
 import secrets
 import socket
 import ssl
@@ -28,6 +29,7 @@ from xml.parsers.expat import ExpatError
 from pyVmomi import SoapStubAdapter, VmomiSupport, vim, vmodl
 
 from chalicelib.auth.secrets import plain_secret
+from chalicelib.auth.service_refusals import RefusedPasswords
 from chalicelib.config import ProviderConfig, ServiceConfig
 from chalicelib.logs import module_logger
 from chalicelib.providers.base import AnswerLost, ProviderError
@@ -183,9 +185,13 @@ def fault_kind(fault: BaseException) -> FailureKind:
 class Connection:
     """A logged-in ServiceInstance and the per-session caches that go with it."""
 
-    def __init__(self, endpoint: Endpoint, counter: Callable[[], None]) -> None:
+    def __init__(self, endpoint: Endpoint, counter: Callable[[], None],
+                 refusals: RefusedPasswords | None = None) -> None:
         self.endpoint = endpoint
         self._count = counter
+        self.refusals = refusals
+        """Passwords vCenter refused, shared by every process through Redis (None: this
+        process's memory only)."""
         self.stub: Any = None
         self.content: Any = None
         self.last_used = 0.0
@@ -277,16 +283,20 @@ class Connection:
     def login(self) -> None:
         """Log in with the endpoint's password, unless vCenter refused that password to this
         process less than LOGIN_RETRY_SECONDS ago (``hold_refused_login``)."""
-        hold_refused_login(self.endpoint)
+        hold_refused_login(self.endpoint, self.refusals)
         try:
             self.content.sessionManager.Login(self.endpoint.username, self.endpoint.password, None)
         except vim.fault.InvalidLogin:
             _refused_logins[self.endpoint.key] = (time.monotonic(), _fingerprint(self.endpoint))
+            if self.refusals is not None:
+                self.refusals.refused(_account(self.endpoint), self.endpoint.password)
             raise ProviderError(
                 f"vCenter at {self.endpoint.address} refused the login of {self.endpoint.username}",
                 FailureKind.PERMISSION,
             ) from None
         _refused_logins.pop(self.endpoint.key, None)
+        if self.refusals is not None:
+            self.refusals.forgive(_account(self.endpoint))
         self.cache.clear()  # views and other session objects died with the old session
         self.last_used = time.monotonic()
 
@@ -365,21 +375,32 @@ def _fingerprint(endpoint: Endpoint) -> bytes:
     return hmac.new(_FINGERPRINT_KEY, endpoint.password.encode(), hashlib.sha256).digest()
 
 
-def hold_refused_login(endpoint: Endpoint) -> None:
+def _account(endpoint: Endpoint) -> str:
+    """The account a refusal is kept for in Redis (``RefusedPasswords``)."""
+    return f"vsphere:{endpoint.host}:{endpoint.port}:{endpoint.username}"
+
+
+def hold_refused_login(endpoint: Endpoint, refusals: RefusedPasswords | None = None) -> None:
     """Raise the PERMISSION failure vCenter gave, without asking it again, when it refused this
     endpoint's password (same user, same password) less than LOGIN_RETRY_SECONDS ago. Before,
     each pass of each pool sent the refused password once more (ten pools, one pass each: ten
     refusals in a second), and vCenter or the directory behind it locked the account out, for
     this deployment and for anything else using it, until well after the password was fixed."""
     refused = _refused_logins.get(endpoint.key)
-    if refused is None or not hmac.compare_digest(refused[1], _fingerprint(endpoint)):
-        return
-    ago = time.monotonic() - refused[0]
-    if ago < LOGIN_RETRY_SECONDS:
+    ago = math.inf if refused is None else time.monotonic() - refused[0]
+    if refused is not None and hmac.compare_digest(refused[1], _fingerprint(endpoint)) and ago < LOGIN_RETRY_SECONDS:
         raise ProviderError(
             f"vCenter at {endpoint.address} refused the login of {endpoint.username} {ago:.0f} s ago: the same "
             f"password is not tried again for {LOGIN_RETRY_SECONDS:.0f} s (repeated refusals lock the account out); "
             f"a changed password is tried at once", FailureKind.PERMISSION)
+    if refusals is not None and refusals.held(_account(endpoint), endpoint.password):
+        # Refused to another process (each manager container had a memory of its own: N warm
+        # containers sent N refusals per interval, enough to lock the account out).
+        raise ProviderError(
+            f"vCenter at {endpoint.address} refused the login of {endpoint.username} less than "
+            f"{refusals.hold_seconds} s ago (to another process): the same password is not tried again before "
+            f"then (repeated refusals lock the account out); a changed password is tried at once",
+            FailureKind.PERMISSION)
 
 
 def call_count(endpoint: Endpoint) -> int:
@@ -434,7 +455,7 @@ def scrub(text: str, endpoint: Endpoint) -> str:
     return text
 
 
-def _open(endpoint: Endpoint) -> Connection:
+def _open(endpoint: Endpoint, refusals: RefusedPasswords | None = None) -> Connection:
     """The cached connection to ``endpoint``, connected (taking up a dropped session) when there
     is none. Called with ``_lock`` held."""
     connection = _connections.get(endpoint.key)
@@ -442,8 +463,8 @@ def _open(endpoint: Endpoint) -> Connection:
         # The newest settings win, so a rotated password is used at the next re-login.
         connection.endpoint = endpoint
         return connection
-    hold_refused_login(endpoint)  # no socket, no session for a password vCenter just refused
-    connection = Connection(endpoint, _counter(endpoint.key))
+    hold_refused_login(endpoint, refusals)  # no socket, no session for a password vCenter just refused
+    connection = Connection(endpoint, _counter(endpoint.key), refusals)
     try:
         connection.open(_dropped_sessions.pop(endpoint.key, None))
     except BaseException:
@@ -454,7 +475,7 @@ def _open(endpoint: Endpoint) -> Connection:
 
 
 def with_connection(endpoint: Endpoint, operation: Callable[[Connection], T], what: str,
-                    read_only: bool = False) -> T:
+                    read_only: bool = False, refusals: RefusedPasswords | None = None) -> T:
     """Run ``operation`` on the shared connection, turning every failure into ProviderError.
 
     ``what`` names the action for messages ("list vmpool/pool-a"). A vCenter fault keeps the
@@ -470,6 +491,9 @@ def with_connection(endpoint: Endpoint, operation: Callable[[Connection], T], wh
     with that failure, not tried: against a hung vCenter the passes waiting would otherwise each
     spend a timeout in turn (ten passes: call_timeout and nine connect_timeouts, the batch's time
     twice over). A call made after that failure tries again.
+
+    ``refusals``: where a password vCenter refused is kept for every process (Redis), so that no
+    process sends it again within the hold (``hold_refused_login``).
     """
     asked = time.monotonic()
     with _lock:
@@ -479,14 +503,14 @@ def with_connection(endpoint: Endpoint, operation: Callable[[Connection], T], wh
         try:
             kept = endpoint.key in _connections
             try:
-                return _open(endpoint).run(operation)
+                return _open(endpoint, refusals).run(operation)
             except STALE_SOCKET_ERRORS as error:
                 if not (read_only and kept):
                     raise
                 log.info("vCenter at %s closed the kept connection (%s); reading again on a fresh one",
                          endpoint.address, type(error).__name__)
                 drop(endpoint, keep_session=True)
-                return _open(endpoint).run(operation)
+                return _open(endpoint, refusals).run(operation)
         except ProviderError as error:
             scrubbed = error.reworded(scrub(str(error), endpoint))
             if error.kind in (FailureKind.CONNECTION, FailureKind.TIMEOUT) and not isinstance(error, AnswerLost):

@@ -6,6 +6,7 @@ from typing import Any, Callable, Collection, Mapping, Sequence, TypeVar
 
 from pyVmomi import vim
 
+from chalicelib.auth.service_refusals import RefusedPasswords
 from chalicelib.clock import Clock
 from chalicelib.config import PoolConfig, ProviderConfig, ServiceConfig
 from chalicelib.logs import module_logger
@@ -52,9 +53,12 @@ class VSphereProvider(Provider):
         service: ServiceConfig,
         clock: Clock,
         password: str | None = None,
+        refusals: RefusedPasswords | None = None,
     ) -> None:
         """``password`` is given when the caller resolved it from a secret; otherwise the
-        provider block's ``password`` is used. It never appears in errors or logs."""
+        provider block's ``password`` is used. It never appears in errors or logs. ``refusals``:
+        where a password vCenter refused is kept for every process (Redis; None: this one's)."""
+        self.refusals = refusals
         self.name = config.name
         self.config = config
         self.service = service
@@ -75,7 +79,7 @@ class VSphereProvider(Provider):
             except LookupError as missing:  # our own "not found" findings
                 raise ProviderError(f"{what}: {missing}") from None
 
-        return connections.with_connection(self.endpoint, guarded, what, read_only)
+        return connections.with_connection(self.endpoint, guarded, what, read_only, self.refusals)
 
     def _datacenter(self, connection: Connection, pool: PoolConfig) -> str:
         return clones.datacenter_of(connection, self.config, pool)

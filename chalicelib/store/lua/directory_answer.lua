@@ -7,6 +7,8 @@
 -- stable id of the entry found ('' none given: the answer goes by the name only).
 -- Returns 1 when recorded, 0 when a newer answer was there.
 local key, asked, present = KEYS[1], tonumber(ARGV[1]), ARGV[2]
+-- The question is answered: the next one due (a failed one's retry) may be claimed at once.
+redis.call('HDEL', key, 'claimed')
 if present == '' then
   local failed = tonumber(redis.call('HGET', key, 'failed') or '')
   if failed == nil or failed < asked then
