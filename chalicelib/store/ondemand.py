@@ -59,6 +59,12 @@ REQUESTS_KEPT_PER_OWNER = 100
 """Ended (deleted or failed) requests an owner's GET may still see: when the owner opens another,
 the oldest beyond these are forgotten (lua/ondemand_create.lua). What a caller keeps in Redis by
 opening and deleting requests is bounded by it, not by how fast it can send them."""
+READY_REQUEST_KEPT_SECONDS = 30 * 24 * 3600
+"""How long a request answers at least once it became ready, as vmpooler keeps it (2,592,000 s,
+``check_ondemand_request_ready``). It answers longer while its VMs may run: until ``data_ttl``
+past the latest end of their lifetimes, as their own records answer (lua/ondemand_deliver.lua),
+pushed out when a user extends one (lua/vm_modify.lua). Its VMs can be read and released by
+its id for as long as they run."""
 REQUESTS_KEPT_IN_TOTAL = 10000
 """Requests Redis keeps, whoever owns them, unless the quota says otherwise
 (``Quota.max_kept_requests``, config ``max_ondemand_requests_kept``): a caller with many
@@ -219,7 +225,7 @@ class OnDemandStore(SubStore):
             REQUESTS_KEPT_IN_TOTAL if quota is None else quota.max_kept_requests,
             "" if quota is None else quota.owner_hash, self.keys.holdings(KEY_PART), self.keys.owner_requests(KEY_PART),
             key_list.add(token_key) if token_key else 0,
-            "" if confirm_window is None else confirm_window, mark, *NEVER_SERVED_MESSAGES,
+            "" if confirm_window is None else confirm_window, mark, *NEVER_SERVED_MESSAGES, READY_REQUEST_KEPT_SECONDS,
         ]
         answer = self.store.run_counted(quota, now, lambda: self.scripts.ondemand_create(keys=key_list.keys, args=args),
                                         lambda answer: answer)
@@ -369,7 +375,9 @@ class OnDemandStore(SubStore):
                 args=[request_id, repr(now), *hostnames]))
 
     def deliver(self, hostname: str, pool: str, now: float, ip: str, host: str) -> tuple[bool, str]:
-        """Hand a booted VM to its request. Returns (moved to running, the request's state)."""
+        """Hand a booted VM to its request. Returns (moved to running, the request's state). The
+        delivery that makes the request ready sets how long it is kept from then on
+        (``READY_REQUEST_KEPT_SECONDS``)."""
         with _translate_errors():
             answer = json.loads(self.scripts.ondemand_deliver(
                 keys=[self.keys.vm(hostname), *(self.keys.pool_state(pool, state) for state in ("pending", "running",
@@ -378,7 +386,7 @@ class OnDemandStore(SubStore):
                       self.keys.ondemand_open_waiting],
                 args=[hostname, repr(now), ip or "", host or "", self.keys.ondemand(KEY_PART),
                       self.keys.ondemand_vms(KEY_PART), self.keys.vm(KEY_PART), self.keys.ondemand_open(KEY_PART),
-                      GONE_WHILE_RUNNING]))
+                      GONE_WHILE_RUNNING, self.store.data_ttl_seconds, READY_REQUEST_KEPT_SECONDS]))
         return bool(answer["moved"]), answer["state"]
 
     def end(self, request_id: str, state: str, message: str, vm_reason: str, now: float,

@@ -15,7 +15,7 @@ _LUA_DIR = Path(__file__).with_name("lua")
 
 SHARED: dict[str, tuple[str, ...]] = {"checkout": ("open_waiting", "quota", "token_live"),
                                       "ondemand_create": ("open_waiting", "quota", "token_live"),
-                                      "ondemand_deliver": ("open_waiting",),
+                                      "ondemand_deliver": ("open_waiting", "finite"),
                                       "move": ("record_fields", "finite", "token_live", "vm_owner"),
                                       "update": ("record_fields",), "release": ("finite",),
                                       "vm_task_enqueue": ("past_deadline", "vm_task_queue", "token_live", "vm_owner"),

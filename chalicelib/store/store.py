@@ -12,6 +12,7 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 import secrets
 import time
 from contextlib import nullcontext
@@ -1377,6 +1378,12 @@ class Store:
         args.append(token_index(keys, token_key))
         args.append(json.dumps({"ttl": DAILY_STATS_TTL_SECONDS, "max_names": tag_bounds[0],
                                 "max_values": tag_bounds[1]}))
+        request_id, request_kept = seen.raw.get("request", ""), self._request_kept(seen, fields, now)
+        if request_id and request_kept > 0:
+            keys += [self.keys.ondemand(request_id), self.keys.ondemand_vms(request_id)]
+            args += [len(keys) - 1, request_kept]
+        else:
+            args += [0, 0]
         for name, value in fields.items():
             args += [name, value]
         with _translate_errors():
@@ -1392,6 +1399,15 @@ class Store:
             raise StoreUnavailable("redis: the change with a task reached Redis after its deadline: not made")
         return {1: ModifyResult.CHANGED, 0: ModifyResult.NO_VM, -1: ModifyResult.TOO_MANY_TAGS,
                 -2: ModifyResult.QUEUE_FULL}.get(result, ModifyResult.LIST_FULL)
+
+    def _request_kept(self, seen: VMRecord, fields: Mapping[str, str], now: float) -> int:
+        """Seconds from ``now`` that the on-demand request of the VM ``seen`` must still answer
+        once ``fields`` set its new lifetime: ``data_ttl`` past its new end (0 without a new
+        lifetime or a readable checkout). See lua/vm_modify.lua."""
+        checkout, hours = finite_number(seen.raw.get("checkout")), finite_number(fields.get("lifetime"))
+        if checkout is None or hours is None:
+            return 0
+        return max(math.ceil(checkout + hours * 3600 - now + self.data_ttl_seconds), 0)
 
     def set_once(self, hostname: str, field_name: str, value: str = "1") -> bool:
         """Set a field on an existing record unless it is set already. True for the one caller

@@ -17,7 +17,9 @@ before the VM is looked up):
 '#validate_pool_name' (POST /vm's body):
 - 'accepts valid pool names', 'rejects invalid pool names' (``invalid pool!``), 'rejects pool names
   that are too long' (150 characters: ``Pool name too long``; fixed here, it was ``Invalid pool
-  name format``): test_pool_names_in_a_checkout_body.
+  name format``): test_pool_names_in_a_checkout_body; the same names in a checkout's path
+  (``POST /vm/<name>``, which vmpooler does not validate) with the same words:
+  test_pool_names_in_a_checkout_path_are_answered_as_in_a_body.
 
 '#validate_tag' (PUT /vm/:hostname's tags; vmpooler answers each refusal in ``failure``):
 - 'accepts valid tags', 'rejects tags with invalid keys', 'rejects tags with invalid characters in
@@ -113,6 +115,26 @@ def test_pool_names_in_a_checkout_body(pooler: Harness) -> None:
     assert pooler.redis_state() == before
     # 100 characters is a name: looked up, and no pool has it.
     status, answer = pooler.answer("POST", "/api/v3/vm", {"a" * 100: "1"})
+    assert (status, answer["ok"]) == (404, False)
+
+
+def test_pool_names_in_a_checkout_path_are_answered_as_in_a_body(pooler: Harness) -> None:
+    """``POST /vm/<name>`` (and ``/ondemandvm/<name>``) names its pools in the path: the same name
+    is refused with the same words as in a body. A 150-character name was ``Invalid pool name
+    format`` in a path while the body said ``Pool name too long``, sending a user looking for a
+    bad character in a name that had none."""
+    before = pooler.redis_state()
+    too_long = (400, {"ok": False, "error": "Pool name too long"})
+    bad_format = (400, {"ok": False, "error": "Invalid pool name format"})
+    for route in ("/api/v3/vm", "/api/v3/ondemandvm"):
+        assert pooler.answer("POST", f"{route}/{'a' * 150}") == too_long, route
+        assert pooler.answer("POST", f"{route}/centos-7-x86_64+{'a' * 101}") == too_long, route
+        # The first bad name is the one answered for, as in a body.
+        assert pooler.answer("POST", f"{route}/invalid%21+{'a' * 150}") == bad_format, route
+        assert pooler.answer("POST", f"{route}/{'a' * 150}+invalid%21") == too_long, route
+        assert pooler.answer("POST", f"{route}/centos-7-x86_64+") == bad_format, route
+    assert pooler.redis_state() == before
+    status, answer = pooler.answer("POST", f"/api/v3/vm/{'a' * 100}")
     assert (status, answer["ok"]) == (404, False)
 
 

@@ -42,8 +42,9 @@ request id answers (its pool_manager's ``request_expired?`` and ``check_ondemand
 a request not ready ``ondemand_request_ttl`` minutes after it was made answers 200 ``ready:
 false`` naming that setting, for ``data_ttl`` hours, as there; then it is the 404 of an unknown
 id and its id may be used again (test_a_request_past_its_ttl_fails_and_is_forgotten_data_ttl_later
-below). A ready request answers until ``data_ttl`` after it was made (vmpooler: 30 days after it became
-ready; docs/compatibility.md).
+below). A ready request answers 30 days after it became ready, as there, and longer while its VMs
+may run (``data_ttl`` past their lifetimes' end; vmpooler renews nothing):
+tests/ondemand/test_ondemand_ready_kept.py::test_a_ready_request_answers_30_days_after_it_became_ready_then_is_forgotten.
 
 vmpooler's Redis layout, checked as what a client sees of it (its spec mocks Redis calls):
 'creates a provisioning request in redis' (its zadd: the request waits, then is built),

@@ -12,7 +12,10 @@
 -- socket timeout in ms ('' for none): the request's 'confirm_window' is Redis's clock plus it, and
 -- a confirmation run later confirms nothing (lua/ondemand_confirm.lua).
 -- Then the request's retry mark ('' for none: an id the service drew) and the messages of a
--- request failed having never been served (store.ondemand.NEVER_SERVED_MESSAGES, two).
+-- request failed having never been served (store.ondemand.NEVER_SERVED_MESSAGES, two); then how
+-- long a ready request is kept at least (store.ondemand.READY_REQUEST_KEPT_SECONDS): the owner's
+-- and the service's sets that bound how many requests are kept live as long as the requests they
+-- name may (lua/ondemand_deliver.lua), so no quiet week leaves ready requests outside the bound.
 -- Returns 1 when created (or, the same request sent again, to be confirmed), 0 when a request
 -- with that id exists (vmpooler's 409), -1 when the token was deleted since the API checked it,
 -- or the limit it would pass.
@@ -22,6 +25,7 @@
 -- Within its confirmation window it is left as it is, to be confirmed by this caller (the first
 -- may still confirm it too); past it, it is made again as a new one, limits checked.
 local id, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local sets_ttl = math.max(ttl, tonumber(ARGV[23]))
 local key = KEYS[1]
 if token_gone(ARGV[18]) then
   return -1
@@ -107,7 +111,7 @@ local owned_index = tonumber(ARGV[8])
 if owned_index > 0 then
   local owned, kept = KEYS[owned_index], tonumber(ARGV[9])
   redis.call('ZADD', owned, now, id)
-  redis.call('EXPIRE', owned, ttl)
+  redis.call('EXPIRE', owned, sets_ttl)
   local excess = redis.call('ZCARD', owned) - kept
   if excess > 0 then
     for _, old_id in ipairs(redis.call('ZRANGE', owned, 0, -1)) do
@@ -133,7 +137,7 @@ end
 -- is looked at again after the others: the quotas bound how many there are, and no create walks
 -- them all.
 redis.call('ZADD', kept_key, now, owner .. ' ' .. id)
-redis.call('EXPIRE', kept_key, ttl)
+redis.call('EXPIRE', kept_key, sets_ttl)
 -- At most 100 forgotten per request, so a bound lowered by a config push costs no create a long
 -- script: the excess goes over the next creates.
 local excess = math.min(redis.call('ZCARD', kept_key) - kept_in_total, 100)

@@ -10,14 +10,21 @@
 -- ARGV: hostname, now, ip, host, then the templates of the keys named by the request the record
 -- names (keys.DERIVED_KEYS): request_template, request_vms_template, vm_template, open_template;
 -- then the reason of a VM dropped as gone from the provider while running: one delivered and gone
--- since is not counted (ondemand_reserve.lua makes it a failed attempt and builds another).
+-- since is not counted (ondemand_reserve.lua makes it a failed attempt and builds another);
+-- then the record ttl seconds (data_ttl) and how long a ready request is kept at least
+-- (store.ondemand.READY_REQUEST_KEPT_SECONDS).
+-- The delivery that makes the request ready sets its expiry, and its VM set's, from then on: that
+-- least, or data_ttl past the latest end of its VMs' lifetimes if later (their records, destroyed,
+-- answer that long), so its user can read it and release its VMs by its id while they run. Its
+-- expiry until then was data_ttl from its creation, which a VM kept longer outlived (a 404, and
+-- no DELETE /ondemandvm, while it ran). A lifetime extended later pushes it out (vm_modify.lua).
 -- Returns JSON {"moved": bool, "state": the request's state afterwards}
 local vm_key, pending_key, running_key, completed_key, cloning_key, changes_key, running_due_key =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local all_running_key, pool_clones_key = KEYS[9], KEYS[10]
 local hostname, now, ip, host = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local request_template, request_vms_template, vm_template, open_template = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local gone_reason = ARGV[9]
+local gone_reason, ttl, ready_kept = ARGV[9], tonumber(ARGV[10]), tonumber(ARGV[11])
 local id = redis.call('HGET', vm_key, 'request')
 if not id or not redis.call('ZSCORE', pending_key, hostname) then
   return cjson.encode({moved = false, state = ''})
@@ -43,12 +50,18 @@ redis.call('HDEL', vm_key, 'not_ready_reason')
 -- Counted by the quotas (quota.lua): one VM fewer to come, it is running.
 open_request_count(8, 11, id, -1)
 
-local delivered = {}
-for _, member in ipairs(redis.call('ZRANGE', key_of(request_vms_template, request_part(id)), 0, -1)) do
+local delivered, latest_end = {}, tonumber(now)
+local vms_key = key_of(request_vms_template, request_part(id))
+for _, member in ipairs(redis.call('ZRANGE', vms_key, 0, -1)) do
   local vm = redis.call('HMGET', key_of(vm_template, member), 'request', 'request_name', 'delivered_at', 'state',
-    'reason')
+    'reason', 'checkout', 'lifetime')
   if vm[1] == id and vm[3] and not (vm[4] == 'destroyed' and vm[5] == gone_reason) then
     delivered[vm[2]] = (delivered[vm[2]] or 0) + 1
+    -- An unreadable time (broken by hand) ends nothing later: the least holds.
+    local checkout, lifetime = finite(vm[6]), finite(vm[7])
+    if checkout and lifetime and checkout + lifetime * 3600 > latest_end then
+      latest_end = checkout + lifetime * 3600
+    end
   end
 end
 local entries = cjson.decode(request[2])
@@ -58,6 +71,9 @@ for _, entry in ipairs(entries) do
   end
 end
 redis.call('HSET', key, 'state', 'ready', 'ready_at', now)
+local kept = math.max(ready_kept, math.ceil(latest_end - tonumber(now) + ttl))
+redis.call('EXPIRE', key, kept)
+redis.call('EXPIRE', vms_key, kept)
 open_request_close(8, 11, id)
 for _, entry in ipairs(entries) do
   redis.call('ZREM', key_of(open_template, entry.pool), id)

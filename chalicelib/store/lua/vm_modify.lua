@@ -14,14 +14,19 @@
 -- field as the API read it, ARGV[5] its 'token_user' ('' for none), ARGV[6] the task's queue
 -- (JSON; '' for none), ARGV[7] the index in KEYS of the record of the token the change was asked
 -- with (0 for none: lua/token_live.lua), ARGV[8] the tag statistics' bounds (JSON: 'ttl',
--- 'max_names', 'max_values'), ARGV[9..] field, value, ...
+-- 'max_names', 'max_values'), ARGV[9] the index in KEYS of the record of the on-demand request
+-- the VM was delivered to (0 for none; its VM set right after it), ARGV[10] the seconds from now
+-- that request must answer once the new lifetime holds (data_ttl past the VM's new end),
+-- ARGV[11..] field, value, ...
+-- A lifetime change of a VM of a ready request pushes the request's expiry, and its VM set's,
+-- out to that (never in: EXPIRE GT), so the request outlives its VMs (lua/ondemand_deliver.lua).
 -- Returns 1 when changed, 0 when the VM is no longer running for that checkout (or that checkout
 -- was never confirmed), -1 when the VM would carry too many tags, -2 when its task queue is
 -- full, -3 when the task's list would pass its bound, -4 when the token was deleted since the
 -- API checked it, -5 when a change queueing a task reached Redis past its deadline or after the
 -- API settled it as not made (lua/vm_task_queue.lua; nothing changed either way).
 local key, max_tags = KEYS[1], tonumber(ARGV[1])
-local first_field = 9
+local first_field = 11
 if token_gone(ARGV[7]) then
   return -4
 end
@@ -71,6 +76,14 @@ if lifetime_changed then
   -- lifetime ends on time (the pass schedules the next look from the new lifetime). XX: only a
   -- VM a pass looks after (running); LT: never later than already due.
   redis.call('ZADD', KEYS[2], 'XX', 'LT', ARGV[3], ARGV[2])
+end
+local request_index, request_kept = tonumber(ARGV[9]), tonumber(ARGV[10])
+if lifetime_changed and request_index > 0 and request_kept > 0 then
+  local request_key, request_vms_key = KEYS[request_index], KEYS[request_index + 1]
+  if redis.call('HGET', request_key, 'state') == 'ready' and redis.call('ZSCORE', request_vms_key, ARGV[2]) then
+    redis.call('EXPIRE', request_key, request_kept, 'GT')
+    redis.call('EXPIRE', request_vms_key, request_kept, 'GT')
+  end
 end
 if queue then
   task_push(queue)
