@@ -5,11 +5,12 @@ API Gateway makes one."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
 import app
+from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.services import Services
 from tests.core.test_reconcile_queue import Context, RecordingQueue
 from tests.infra.packaged_functions import api_event
@@ -24,11 +25,29 @@ def serve(services: Services, monkeypatch: pytest.MonkeyPatch) -> Services:
     return services
 
 
+def lambda_services(pair: RedisPair, config: str) -> Services:
+    """The Services a function started now builds with ``config`` (its own client, on the node the
+    pair's endpoint names), waiting for a replica as in AWS."""
+    return Services.from_environment({"VMPOOL_CONFIG": config, "VMPOOL_REDIS_URL": pair.endpoint.url,
+                                      "VMPOOL_REDIS_MIN_REPLICA_ACKS": "1", "POWERTOOLS_METRICS_DISABLED": "true"})
+
+
 def serving(pair: RedisPair, monkeypatch: pytest.MonkeyPatch, config: str) -> Services:
     """The API function on the pair's endpoint with ``config``, waiting for a replica as in AWS."""
-    return serve(Services.from_environment({"VMPOOL_CONFIG": config, "VMPOOL_REDIS_URL": pair.endpoint.url,
-                                            "VMPOOL_REDIS_MIN_REPLICA_ACKS": "1",
-                                            "POWERTOOLS_METRICS_DISABLED": "true"}), monkeypatch)
+    return serve(lambda_services(pair, config), monkeypatch)
+
+
+def serving_fixture(config: str) -> Any:
+    """A fixture of the API function on the ``redis_pair``'s endpoint with ``config`` (``serving``),
+    its client closed after the test; a test module names it: ``api = serving_fixture(CONFIG)``."""
+
+    @pytest.fixture
+    def api(redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
+        services = serving(redis_pair, monkeypatch, config)
+        yield services
+        services.client.close()
+
+    return api
 
 
 def call(method: str, resource: str, path: str, params: dict[str, str] | None = None, body: Any = None,
@@ -38,3 +57,22 @@ def call(method: str, resource: str, path: str, params: dict[str, str] | None = 
                                body=json.dumps(body) if body is not None else None,
                                headers={"Content-Type": "application/json", **(headers or {})}), Context())
     return answer["statusCode"], json.loads(answer["body"]) if answer["body"] else None
+
+
+def check_out(pool: str) -> tuple[int, Any]:
+    """``POST /api/v3/vm/<pool>``: one VM of ``pool``, without a token."""
+    return call("POST", "/api/v3/vm/{name}", f"/api/v3/vm/{pool}", params={"name": pool})
+
+
+def on_vm(method: str, hostname: str, body: Any = None) -> tuple[int, Any]:
+    """``method`` on ``/api/v3/vm/<hostname>`` (a return, a change), with ``body`` as JSON."""
+    return call(method, "/api/v3/vm/{name}", f"/api/v3/vm/{hostname}", params={"name": hostname}, body=body)
+
+
+def fill(services: Services, pool: str, passes: int = 3) -> None:
+    """``passes`` reconcile passes of ``pool`` by ``services``: its VMs ready (the dummy provider's
+    clones and boots take no time)."""
+    config = services.pool(pool)
+    assert config is not None
+    for _ in range(passes):
+        reconcile_pool(services.store, services.provider("dummy"), config, services.clock, services.config.service)
