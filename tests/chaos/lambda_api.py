@@ -5,9 +5,10 @@ API Gateway makes one."""
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import pytest
+import redis
 
 import app
 from chalicelib.manager.reconcile import reconcile_pool
@@ -76,3 +77,12 @@ def fill(services: Services, pool: str, passes: int = 3) -> None:
     assert config is not None
     for _ in range(passes):
         reconcile_pool(services.store, services.provider("dummy"), config, services.clock, services.config.service)
+
+
+def assert_still_checked_out(new_primary: redis.Redis, held: Iterable[str]) -> None:
+    """Each VM of ``held`` (a checkout answered 200 around a failover) is running on
+    ``new_primary``, not in ready there for the next caller to get too."""
+    for name in held:
+        state = new_primary.hget(f"vmpool:vm:{name}", "state")
+        assert state == "running", (f"{name} was answered 200, but the new primary has it {state}: "
+                                    f"the next caller gets it too")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 
 from chalicelib.services import Services
-from tests.chaos.lambda_api import check_out, fill, lambda_services, serve, serving_fixture
+from tests.chaos.lambda_api import assert_still_checked_out, check_out, fill, lambda_services, serve, serving_fixture
 from tests.redis_pair import RedisPair
 from tests.support import eventually
 
@@ -71,10 +71,7 @@ def test_a_checkout_on_a_primary_cut_off_from_its_replica_is_not_lost_by_the_lat
     redis_pair.kill_primary_and_promote()
     promoted = RedisPair.client(redis_pair.primary)
     try:
-        for name in held:
-            state = promoted.hget(f"vmpool:vm:{name}", "state")
-            assert state == "running", (f"{name} was answered 200, but the promoted replica has it {state}: "
-                                        f"the next caller gets it too")
+        assert_still_checked_out(promoted, held)
     finally:
         promoted.close()
 
@@ -103,10 +100,7 @@ def test_a_process_waiting_on_a_cut_off_primary_follows_the_endpoint_to_the_prom
         assert all(status in (200, 503) for status, _ in answers), answers
         held = [hostname(answer) for status, answer in answers if status == 200]
         assert held, f"no checkout served by the promoted replica: {answers}"
-        for name in held:
-            state = promoted.hget(f"vmpool:vm:{name}", "state")
-            assert state == "running", (f"{name} was answered 200 by the node left behind; the promoted replica "
-                                        f"has it {state}")
+        assert_still_checked_out(promoted, held)  # else answered by the node left behind
     finally:
         left_behind.close()
         promoted.close()

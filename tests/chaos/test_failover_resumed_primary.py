@@ -18,7 +18,15 @@ from typing import Any
 import pytest
 
 from chalicelib.services import Services
-from tests.chaos.lambda_api import check_out, fill, lambda_services, on_vm, serve, serving_fixture
+from tests.chaos.lambda_api import (
+    assert_still_checked_out,
+    check_out,
+    fill,
+    lambda_services,
+    on_vm,
+    serve,
+    serving_fixture,
+)
 from tests.redis_pair import RedisPair
 from tests.support import eventually
 
@@ -88,10 +96,7 @@ def test_a_checkout_on_the_resumed_old_primary_is_never_handed_out_again(
     held = [answer[POOL]["hostname"].split(".")[0] for status, answer in answers if status == 200]
     assert all(status in (200, 503) for status, _ in answers), answers
     assert held, f"no checkout served after the failover: {answers}"
-    for hostname in held:
-        state = new_primary.hget(f"vmpool:vm:{hostname}", "state")
-        assert state == "running", (f"{hostname} was answered 200, but the new primary has it {state}: "
-                                    f"the next caller gets it too")
+    assert_still_checked_out(new_primary, held)
 
     # A function started after the failover (its connections on the new primary) gets another VM.
     started_after = serve(lambda_services(redis_pair, CONFIG), monkeypatch)
