@@ -26,11 +26,12 @@ def serve(services: Services, monkeypatch: pytest.MonkeyPatch) -> Services:
     return services
 
 
-def lambda_services(pair: RedisPair, config: str) -> Services:
+def lambda_services(pair: RedisPair, config: str, replica_acks: int = 1) -> Services:
     """The Services a function started now builds with ``config`` (its own client, on the node the
-    pair's endpoint names), waiting for a replica as in AWS."""
+    pair's endpoint names), its writes waiting for ``replica_acks`` replicas (1 as in AWS)."""
     return Services.from_environment({"VMPOOL_CONFIG": config, "VMPOOL_REDIS_URL": pair.endpoint.url,
-                                      "VMPOOL_REDIS_MIN_REPLICA_ACKS": "1", "POWERTOOLS_METRICS_DISABLED": "true"})
+                                      "VMPOOL_REDIS_MIN_REPLICA_ACKS": str(replica_acks),
+                                      "POWERTOOLS_METRICS_DISABLED": "true"})
 
 
 def serving(pair: RedisPair, monkeypatch: pytest.MonkeyPatch, config: str) -> Services:
