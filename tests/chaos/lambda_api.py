@@ -11,8 +11,12 @@ import pytest
 import redis
 
 import app
+from chalicelib.clock import FakeClock
+from chalicelib.config import parse
 from chalicelib.manager.reconcile import reconcile_pool
+from chalicelib.providers.dummy import DummyProvider
 from chalicelib.services import Services
+from chalicelib.store import ReplicaAcks, connect
 from tests.core.test_reconcile_queue import Context, RecordingQueue
 from tests.infra.packaged_functions import api_event
 from tests.redis_pair import RedisPair
@@ -32,6 +36,17 @@ def lambda_services(pair: RedisPair, config: str, replica_acks: int = 1) -> Serv
     return Services.from_environment({"VMPOOL_CONFIG": config, "VMPOOL_REDIS_URL": pair.endpoint.url,
                                       "VMPOOL_REDIS_MIN_REPLICA_ACKS": str(replica_acks),
                                       "POWERTOOLS_METRICS_DISABLED": "true"})
+
+
+def service_on(pair: RedisPair, config: str, hypervisor: redis.Redis, clock: FakeClock) -> Services:
+    """One function of the service with ``config`` on the pair's endpoint, on ``clock``, waiting
+    for a replica as in AWS (100 ms); its dummy hypervisor on ``hypervisor``, a Redis no failover
+    touches (as vCenter keeps its own state)."""
+    parsed = parse(config)
+    services = Services(parsed, connect(parsed.redis, url=pair.endpoint.url), clock=clock)
+    services.store.replica_acks = ReplicaAcks(1, 100)
+    services._providers["dummy"] = DummyProvider(parsed.providers["dummy"], hypervisor, clock, prefix="hypervisor:")
+    return services
 
 
 def serving(pair: RedisPair, monkeypatch: pytest.MonkeyPatch, config: str) -> Services:

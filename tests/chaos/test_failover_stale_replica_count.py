@@ -12,12 +12,9 @@ import pytest
 import redis
 
 from chalicelib.clock import FakeClock
-from chalicelib.config import parse
 from chalicelib.manager import runner
-from chalicelib.providers.dummy import DummyProvider
 from chalicelib.services import Services
-from chalicelib.store import ReplicaAcks, connect
-from tests.chaos.lambda_api import check_out, fill, serving_fixture
+from tests.chaos.lambda_api import check_out, fill, service_on, serving_fixture
 from tests.redis_pair import RedisPair
 
 POOLS = [f"p{index}" for index in range(6)]
@@ -32,10 +29,7 @@ def test_the_pools_whose_lease_releases_the_failover_lost_run_their_passes_right
     the primary killed, the replica promoted. The retries right after run their passes, but for
     the one that finds the primary changed (the release may be on the node left behind). Before:
     every retry of the next 5 s was skipped."""
-    config, clock = parse(CONFIG), FakeClock()
-    services = Services(config, connect(config.redis, url=redis_pair.endpoint.url), clock=clock)
-    services.store.replica_acks = ReplicaAcks(1, 100)
-    services._providers["dummy"] = DummyProvider(config.providers["dummy"], redis_client, clock, prefix="hypervisor:")
+    services = service_on(redis_pair, CONFIG, redis_client, FakeClock())
     skipped: list[str] = []
     warning = runner.logger.warning
     monkeypatch.setattr(runner.logger, "warning",
