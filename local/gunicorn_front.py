@@ -38,6 +38,17 @@ from local.http_front import (
 from local.processes import die_with_parent
 
 
+def _error_log_method(level: str) -> Callable[..., None]:
+    """A method of ``JsonLogger`` passing a line on to its error log's method ``level``
+    (``warning``, ``exception``...), located at the method's caller (``from_caller``)."""
+
+    def method(self: GunicornLogger, msg: object, *args: Any, **kwargs: Any) -> None:
+        getattr(self.error_log, level)(msg, *args, **from_caller(kwargs))
+
+    method.__name__, method.__qualname__ = level, f"JsonLogger.{level}"
+    return method
+
+
 class JsonLogger(GunicornLogger):
     """gunicorn's logger, its error log written as JSON lines (``json_formatter``) instead of
     ``[<time>] [<pid>] [LEVEL] message``. Set as gunicorn's ``logger_class``.
@@ -46,23 +57,12 @@ class JsonLogger(GunicornLogger):
     died): gunicorn's methods pass each line on to ``logging`` from a method of their own, and
     every line of the arbiter was located at that method (``warning:286``, ``critical:280``)."""
 
-    def critical(self, msg: object, *args: Any, **kwargs: Any) -> None:
-        self.error_log.critical(msg, *args, **from_caller(kwargs))
-
-    def error(self, msg: object, *args: Any, **kwargs: Any) -> None:
-        self.error_log.error(msg, *args, **from_caller(kwargs))
-
-    def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
-        self.error_log.warning(msg, *args, **from_caller(kwargs))
-
-    def info(self, msg: object, *args: Any, **kwargs: Any) -> None:
-        self.error_log.info(msg, *args, **from_caller(kwargs))
-
-    def debug(self, msg: object, *args: Any, **kwargs: Any) -> None:
-        self.error_log.debug(msg, *args, **from_caller(kwargs))
-
-    def exception(self, msg: object, *args: Any, **kwargs: Any) -> None:
-        self.error_log.exception(msg, *args, **from_caller(kwargs))
+    critical = _error_log_method("critical")
+    error = _error_log_method("error")
+    warning = _error_log_method("warning")
+    info = _error_log_method("info")
+    debug = _error_log_method("debug")
+    exception = _error_log_method("exception")
 
     def log(self, lvl: int | str, msg: object, *args: Any, **kwargs: Any) -> None:
         if isinstance(lvl, str):

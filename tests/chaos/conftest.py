@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from chalicelib.config import parse
-from tests.chaos.fleet import CONFIG, Fleet, FleetFactory
+from tests.chaos.fleet import CONFIG, Fleet, FleetFactory, new_fleet
 from tests.harness import HarnessFactory
 
 
 @pytest.fixture
 def make_fleet(make_harness: HarnessFactory) -> FleetFactory:
     def make() -> Fleet:
-        world = make_harness(parse(CONFIG))
-        return Fleet(world.services, world)
+        return new_fleet(make_harness, CONFIG)
 
     return make
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
+import pytest
+
+from chalicelib.config import parse
 from chalicelib.manager.context import Checkpoint, no_checkpoint
 from chalicelib.manager.pending import CLONE_START_GRACE_SECONDS
 from chalicelib.manager.runner import RunReport, run_pool
@@ -14,7 +17,7 @@ from chalicelib.providers.base import TaskState
 from chalicelib.services import Services
 from chalicelib.store.ondemand import READY, OnDemandStore
 from chalicelib.store.vm_tasks import VMTaskStore, task_errors
-from tests.harness import PREFIX, Harness, assert_consistent
+from tests.harness import PREFIX, Harness, HarnessFactory, assert_consistent
 
 CONFIG = """\
 config: {task_limit: 5, timeout: 5, ready_ttl: 10, vm_lifetime: 2, prefix: "ci-", domain: example.com,
@@ -123,6 +126,23 @@ class Fleet:
 
 
 FleetFactory = Callable[[], Fleet]
+
+
+def new_fleet(make_harness: HarnessFactory, config: str) -> Fleet:
+    """A ``Fleet`` of the YAML ``config`` on a fresh harness (``make_harness``)."""
+    world = make_harness(parse(config))
+    return Fleet(world.services, world)
+
+
+def fleet_fixture(config: str) -> Any:
+    """A fixture of a ``new_fleet`` of ``config``; a test module names it:
+    ``fleet = fleet_fixture(CONFIG)``."""
+
+    @pytest.fixture
+    def fleet(make_harness: HarnessFactory) -> Fleet:
+        return new_fleet(make_harness, config)
+
+    return fleet
 
 
 def tasks_running(world: Harness, kind: str) -> int:

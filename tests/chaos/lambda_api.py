@@ -5,12 +5,18 @@ API Gateway makes one."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import pytest
+import redis
 
 import app
+from chalicelib.clock import FakeClock
+from chalicelib.config import parse
+from chalicelib.manager.reconcile import reconcile_pool
+from chalicelib.providers.dummy import DummyProvider
 from chalicelib.services import Services
+from chalicelib.store import ReplicaAcks, connect
 from tests.core.test_reconcile_queue import Context, RecordingQueue
 from tests.infra.packaged_functions import api_event
 from tests.redis_pair import RedisPair
@@ -24,11 +30,41 @@ def serve(services: Services, monkeypatch: pytest.MonkeyPatch) -> Services:
     return services
 
 
+def lambda_services(pair: RedisPair, config: str, replica_acks: int = 1) -> Services:
+    """The Services a function started now builds with ``config`` (its own client, on the node the
+    pair's endpoint names), its writes waiting for ``replica_acks`` replicas (1 as in AWS)."""
+    return Services.from_environment({"VMPOOL_CONFIG": config, "VMPOOL_REDIS_URL": pair.endpoint.url,
+                                      "VMPOOL_REDIS_MIN_REPLICA_ACKS": str(replica_acks),
+                                      "POWERTOOLS_METRICS_DISABLED": "true"})
+
+
+def service_on(pair: RedisPair, config: str, hypervisor: redis.Redis, clock: FakeClock) -> Services:
+    """One function of the service with ``config`` on the pair's endpoint, on ``clock``, waiting
+    for a replica as in AWS (100 ms); its dummy hypervisor on ``hypervisor``, a Redis no failover
+    touches (as vCenter keeps its own state)."""
+    parsed = parse(config)
+    services = Services(parsed, connect(parsed.redis, url=pair.endpoint.url), clock=clock)
+    services.store.replica_acks = ReplicaAcks(1, 100)
+    services._providers["dummy"] = DummyProvider(parsed.providers["dummy"], hypervisor, clock, prefix="hypervisor:")
+    return services
+
+
 def serving(pair: RedisPair, monkeypatch: pytest.MonkeyPatch, config: str) -> Services:
     """The API function on the pair's endpoint with ``config``, waiting for a replica as in AWS."""
-    return serve(Services.from_environment({"VMPOOL_CONFIG": config, "VMPOOL_REDIS_URL": pair.endpoint.url,
-                                            "VMPOOL_REDIS_MIN_REPLICA_ACKS": "1",
-                                            "POWERTOOLS_METRICS_DISABLED": "true"}), monkeypatch)
+    return serve(lambda_services(pair, config), monkeypatch)
+
+
+def serving_fixture(config: str) -> Any:
+    """A fixture of the API function on the ``redis_pair``'s endpoint with ``config`` (``serving``),
+    its client closed after the test; a test module names it: ``api = serving_fixture(CONFIG)``."""
+
+    @pytest.fixture
+    def api(redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
+        services = serving(redis_pair, monkeypatch, config)
+        yield services
+        services.client.close()
+
+    return api
 
 
 def call(method: str, resource: str, path: str, params: dict[str, str] | None = None, body: Any = None,
@@ -38,3 +74,31 @@ def call(method: str, resource: str, path: str, params: dict[str, str] | None = 
                                body=json.dumps(body) if body is not None else None,
                                headers={"Content-Type": "application/json", **(headers or {})}), Context())
     return answer["statusCode"], json.loads(answer["body"]) if answer["body"] else None
+
+
+def check_out(pool: str) -> tuple[int, Any]:
+    """``POST /api/v3/vm/<pool>``: one VM of ``pool``, without a token."""
+    return call("POST", "/api/v3/vm/{name}", f"/api/v3/vm/{pool}", params={"name": pool})
+
+
+def on_vm(method: str, hostname: str, body: Any = None) -> tuple[int, Any]:
+    """``method`` on ``/api/v3/vm/<hostname>`` (a return, a change), with ``body`` as JSON."""
+    return call(method, "/api/v3/vm/{name}", f"/api/v3/vm/{hostname}", params={"name": hostname}, body=body)
+
+
+def fill(services: Services, pool: str, passes: int = 3) -> None:
+    """``passes`` reconcile passes of ``pool`` by ``services``: its VMs ready (the dummy provider's
+    clones and boots take no time)."""
+    config = services.pool(pool)
+    assert config is not None
+    for _ in range(passes):
+        reconcile_pool(services.store, services.provider("dummy"), config, services.clock, services.config.service)
+
+
+def assert_still_checked_out(new_primary: redis.Redis, held: Iterable[str]) -> None:
+    """Each VM of ``held`` (a checkout answered 200 around a failover) is running on
+    ``new_primary``, not in ready there for the next caller to get too."""
+    for name in held:
+        state = new_primary.hget(f"vmpool:vm:{name}", "state")
+        assert state == "running", (f"{name} was answered 200, but the new primary has it {state}: "
+                                    f"the next caller gets it too")

@@ -21,7 +21,7 @@ from chalicelib.config import Config, parse
 from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.manager.runner import run_pool
 from chalicelib.services import Services
-from tests.chaos.fleet import Fleet
+from tests.chaos.fleet import Fleet, fleet_fixture
 from tests.chaos.test_crash_every_write import (
     CONFIG,
     POOL,
@@ -32,16 +32,13 @@ from tests.chaos.test_crash_every_write import (
     zone_records,
 )
 from tests.dns.bind import BindServer
-from tests.harness import Died, Fuse, HarnessFactory, fused_services
+from tests.harness import Died, Fuse, fused_services
 
 SUB = "lab"
 """The new domain is ``lab.<zone>`` (same zone, so one BIND serves both names)."""
 
 
-@pytest.fixture
-def fleet(make_harness: HarnessFactory) -> Fleet:
-    world = make_harness(parse(CONFIG))
-    return Fleet(world.services, world)
+fleet = fleet_fixture(CONFIG)
 
 
 def dns_config(bind: BindServer, change: str | None) -> Config:

@@ -39,7 +39,7 @@ from chalicelib.store.fleet import Fleet as FleetRecord
 from chalicelib.store.ondemand import OnDemandEntry, OnDemandStore
 from chalicelib.store.pool_overrides import PoolOverrides
 from chalicelib.store.vm_tasks import EnqueueResult, VMTaskStore, new_task
-from tests.chaos.fleet import Fleet
+from tests.chaos.fleet import Fleet, fleet_fixture
 from tests.dns.bind import BindServer
 from tests.harness import (
     PREFIX,
@@ -74,10 +74,7 @@ REMOVED = "beta"
 NEW_TEMPLATE = "templates/alpha-v2"
 
 
-@pytest.fixture
-def fleet(make_harness: HarnessFactory) -> Fleet:
-    world = make_harness(parse(CONFIG))
-    return Fleet(world.services, world)
+fleet = fleet_fixture(CONFIG)
 
 
 def check_out(fleet: Fleet, lifetime_hours: int = 5) -> str:

@@ -25,7 +25,7 @@ import pytest
 
 from chalicelib.config import parse
 from chalicelib.manager.completed import CLONE_CANCELLED
-from tests.chaos.fleet import Fleet, tasks_running
+from tests.chaos.fleet import Fleet, fleet_fixture, tasks_running
 from tests.chaos.test_crash_every_write import (
     CONFIG,
     POOL,
@@ -35,7 +35,7 @@ from tests.chaos.test_crash_every_write import (
     assert_whole,
     leases_run_out,
 )
-from tests.harness import Harness, HarnessFactory, assert_consistent
+from tests.harness import Harness, assert_consistent
 
 LIMIT = 2
 """task_limit in CONFIG."""
@@ -51,10 +51,7 @@ SLOW_CONFIG = CONFIG.replace(
 assert SLOW_CONFIG != CONFIG
 
 
-@pytest.fixture
-def fleet(make_harness: HarnessFactory) -> Fleet:
-    world = make_harness(parse(SLOW_CONFIG))
-    return Fleet(world.services, world)
+fleet = fleet_fixture(SLOW_CONFIG)
 
 
 def running_count(world: Harness) -> int:

@@ -15,9 +15,8 @@ from typing import Callable
 
 import pytest
 
-from chalicelib.config import parse
 from chalicelib.manager.migrations import MIGRATION_START_GRACE_SECONDS
-from tests.chaos.fleet import Fleet, tasks_running
+from tests.chaos.fleet import Fleet, fleet_fixture, tasks_running
 from tests.chaos.test_crash_every_write import (
     CONFIG,
     POOL,
@@ -26,7 +25,7 @@ from tests.chaos.test_crash_every_write import (
     assert_whole,
     leases_run_out,
 )
-from tests.harness import Harness, HarnessFactory
+from tests.harness import Harness
 
 LIMIT = 1
 MIGRATING_CONFIG = CONFIG.replace(
@@ -37,10 +36,7 @@ MIGRATING_CONFIG = CONFIG.replace(
 assert MIGRATING_CONFIG.count("migrat") == 3
 
 
-@pytest.fixture
-def fleet(make_harness: HarnessFactory) -> Fleet:
-    world = make_harness(parse(MIGRATING_CONFIG))
-    return Fleet(world.services, world)
+fleet = fleet_fixture(MIGRATING_CONFIG)
 
 
 def moves_running(world: Harness) -> int:

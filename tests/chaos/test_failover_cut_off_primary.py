@@ -11,13 +11,10 @@ the cut (a cold Lambda) did so from its first checkout.
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import pytest
 
-from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.services import Services
-from tests.chaos.lambda_api import call, serve, serving
+from tests.chaos.lambda_api import assert_still_checked_out, check_out, fill, lambda_services, serve, serving_fixture
 from tests.redis_pair import RedisPair
 from tests.support import eventually
 
@@ -30,17 +27,7 @@ CONFIG = f"""
   - {{name: {POOL}, size: 3, provider: dummy}}
 """
 
-
-@pytest.fixture
-def api(redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
-    """The API function on the pair's endpoint, waiting for a replica as in AWS Lambda."""
-    services = serving(redis_pair, monkeypatch, CONFIG)
-    yield services
-    services.client.close()
-
-
-def check_out() -> tuple[int, dict]:
-    return call("POST", "/api/v3/vm/{name}", f"/api/v3/vm/{POOL}", params={"name": POOL})
+api = serving_fixture(CONFIG)
 
 
 def hostname(answer: dict) -> str:
@@ -66,33 +53,25 @@ def test_a_checkout_on_a_primary_cut_off_from_its_replica_is_not_lost_by_the_lat
     by a process that had seen the replica (warm) and by one started after the cut (cold); no VM
     answered 200 is in ready on the promoted replica. Before: 200, and the promoted replica
     handed the same VM to the next caller."""
-    pool = api.pool(POOL)
-    assert pool is not None
-    for _ in range(3):
-        reconcile_pool(api.store, api.provider("dummy"), pool, api.clock, api.config.service)
-    status, answer = check_out()  # the process looks its replica up, and the checkout waits for it
+    fill(api, POOL)
+    status, answer = check_out(POOL)  # the process looks its replica up, and the checkout waits for it
     assert status == 200, answer
     held = [hostname(answer)]
     redis_pair.wait_synced()
 
     cut_the_link(redis_pair)
     if process == "cold":
-        serve(Services.from_environment({
-            "VMPOOL_CONFIG": CONFIG, "VMPOOL_REDIS_URL": redis_pair.endpoint.url,
-            "VMPOOL_REDIS_MIN_REPLICA_ACKS": "1", "POWERTOOLS_METRICS_DISABLED": "true"}), monkeypatch)
+        serve(lambda_services(redis_pair, CONFIG), monkeypatch)
     else:
         monkeypatch.setattr(api.store, "_replicas_known_until", 0.0)  # its 5 s are up: it looks again
-    answers = [check_out() for _ in range(2)]
+    answers = [check_out(POOL) for _ in range(2)]
     assert all(status in (200, 503) for status, _ in answers), answers
     held += [hostname(answer) for status, answer in answers if status == 200]
 
     redis_pair.kill_primary_and_promote()
     promoted = RedisPair.client(redis_pair.primary)
     try:
-        for name in held:
-            state = promoted.hget(f"vmpool:vm:{name}", "state")
-            assert state == "running", (f"{name} was answered 200, but the promoted replica has it {state}: "
-                                        f"the next caller gets it too")
+        assert_still_checked_out(promoted, held)
     finally:
         promoted.close()
 
@@ -104,30 +83,24 @@ def test_a_process_waiting_on_a_cut_off_primary_follows_the_endpoint_to_the_prom
     would answer alone again, and what it takes is lost at its demotion. The process makes its
     connections again through the endpoint while it waits, and is served by the new primary.
     Before: 200 from the node left behind, the VM in ready on the new primary."""
-    pool = api.pool(POOL)
-    assert pool is not None
-    for _ in range(3):
-        reconcile_pool(api.store, api.provider("dummy"), pool, api.clock, api.config.service)
-    assert check_out()[0] == 200
+    fill(api, POOL)
+    assert check_out(POOL)[0] == 200
     redis_pair.wait_synced()
     cut_the_link(redis_pair)
     monkeypatch.setattr(api.store, "_replicas_known_until", 0.0)
-    assert check_out()[0] == 503  # waits for the replica it lost
+    assert check_out(POOL)[0] == 503  # waits for the replica it lost
 
     left_behind, promoted = RedisPair.client(redis_pair.primary), RedisPair.client(redis_pair.replica)
     promoted.execute_command("REPLICAOF", "NO", "ONE")
     redis_pair.endpoint.point_at(redis_pair.replica.port)
     left_behind.delete(api.store.keys.replicas_seen)  # the grace over on the node left behind
     monkeypatch.setattr(api.store, "_rejoin_due", 0.0)  # the process's 5 s are up
-    answers = [check_out() for _ in range(2)]
+    answers = [check_out(POOL) for _ in range(2)]
     try:
         assert all(status in (200, 503) for status, _ in answers), answers
         held = [hostname(answer) for status, answer in answers if status == 200]
         assert held, f"no checkout served by the promoted replica: {answers}"
-        for name in held:
-            state = promoted.hget(f"vmpool:vm:{name}", "state")
-            assert state == "running", (f"{name} was answered 200 by the node left behind; the promoted replica "
-                                        f"has it {state}")
+        assert_still_checked_out(promoted, held)  # else answered by the node left behind
     finally:
         left_behind.close()
         promoted.close()

@@ -14,11 +14,10 @@ from typing import Any, Callable
 import pytest
 
 import app
-from chalicelib.services import Services
 from chalicelib.store import Store
 from chalicelib.store.fleet import Fleet
-from tests.core.test_reconcile_queue import TICK_EVENT, Context, RecordingQueue, sqs_event
-from tests.infra.packaged_functions import api_event
+from tests.chaos.lambda_api import call, check_out, lambda_services, serve
+from tests.core.test_reconcile_queue import TICK_EVENT, Context, sqs_event
 from tests.redis_pair import RedisPair
 
 POOL = "ha"
@@ -34,22 +33,18 @@ CONFIG = f"""
 
 
 def checkout() -> Any:
-    answer = app.app(api_event("POST", "/api/v3/vm/{name}", f"/api/v3/vm/{POOL}", params={"name": POOL}), Context())
-    return answer["statusCode"], json.loads(answer["body"])
+    return check_out(POOL)
 
 
 def token() -> Any:
     """POST /token: the login's attempt counted and settled (lua/login_reserve.lua, login_settle.lua)."""
     basic = "Basic " + base64.b64encode(b"alice:right password").decode()
-    answer = app.app(api_event("POST", "/api/v3/token", "/api/v3/token", headers={"Authorization": basic}), Context())
-    return answer["statusCode"], json.loads(answer["body"])
+    return call("POST", "/api/v3/token", "/api/v3/token", headers={"Authorization": basic})
 
 
 def shared_status() -> Any:
     """GET /status as the dashboard asks it: the answer kept for the next pages (api/feed_cache.py)."""
-    answer = app.app(api_event("GET", "/api/v3/status", "/api/v3/status", headers={"Cache-Control": "max-age=4"}),
-                     Context())
-    return answer["statusCode"], json.loads(answer["body"])
+    return call("GET", "/api/v3/status", "/api/v3/status", headers={"Cache-Control": "max-age=4"})
 
 
 def reconcile() -> Any:
@@ -79,11 +74,7 @@ def new_primary_store(pair: RedisPair) -> Store:
 def test_a_warm_function_reaches_the_new_primary_on_its_first_invocation_after_a_swap(
         redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch, first: Callable[[], Any],
         answered: Callable[[Any], bool], on_new_primary: Callable[[Store, Any], bool]) -> None:
-    services = Services.from_environment({"VMPOOL_CONFIG": CONFIG, "VMPOOL_REDIS_URL": redis_pair.endpoint.url,
-                                          "VMPOOL_REDIS_MIN_REPLICA_ACKS": "0", "POWERTOOLS_METRICS_DISABLED": "true"})
-    monkeypatch.setattr(app, "_services", services)
-    monkeypatch.setattr(app, "_config", None)
-    monkeypatch.setattr(app, "_queue", RecordingQueue())
+    serve(lambda_services(redis_pair, CONFIG, replica_acks=0), monkeypatch)
     monkeypatch.setattr(app, "_ticker", None)
     for _ in range(2):  # the pool fills; the consumer's connections are open to the primary
         assert reconcile() == {"batchItemFailures": []}

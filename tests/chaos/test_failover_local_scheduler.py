@@ -8,18 +8,13 @@ the listener gives up on an error instead of listening again."""
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Any
 
 import pytest
 
-import app
-from chalicelib.services import Services
 from chalicelib.store import Store
 from local.scheduler import LocalScheduler
-from tests.core.test_reconcile_queue import Context, RecordingQueue
-from tests.infra.packaged_functions import api_event
+from tests.chaos.lambda_api import check_out, lambda_services, serve
 from tests.redis_pair import RedisPair
 from tests.support import eventually
 
@@ -34,11 +29,6 @@ CONFIG = f"""
 """
 
 
-def checkout() -> Any:
-    answer = app.app(api_event("POST", "/api/v3/vm/{name}", f"/api/v3/vm/{POOL}", params={"name": POOL}), Context())
-    return answer["statusCode"], json.loads(answer["body"])
-
-
 def ready_on_primary(pair: RedisPair) -> int:
     store = Store(RedisPair.client(pair.primary))
     try:
@@ -49,13 +39,9 @@ def ready_on_primary(pair: RedisPair) -> int:
 
 def test_the_local_scheduler_refills_after_a_swap_without_a_restart(
         redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> None:
-    env = {"VMPOOL_CONFIG": CONFIG, "VMPOOL_REDIS_URL": redis_pair.endpoint.url,
-           "VMPOOL_REDIS_MIN_REPLICA_ACKS": "0", "POWERTOOLS_METRICS_DISABLED": "true"}
-    scheduler = LocalScheduler(Services.from_environment(env), interval_seconds=600)  # one tick: nudges after
-    api = Services.from_environment(env)
-    monkeypatch.setattr(app, "_services", api)
-    monkeypatch.setattr(app, "_config", None)
-    monkeypatch.setattr(app, "_queue", RecordingQueue())
+    # One tick: nudges after.
+    scheduler = LocalScheduler(lambda_services(redis_pair, CONFIG, replica_acks=0), interval_seconds=600)
+    serve(lambda_services(redis_pair, CONFIG, replica_acks=0), monkeypatch)
     scheduler.start()
     try:
         eventually(lambda: ready_on_primary(redis_pair) == SIZE, 20, "the pool full")
@@ -63,7 +49,7 @@ def test_the_local_scheduler_refills_after_a_swap_without_a_restart(
         redis_pair.wait_synced()
         redis_pair.swap_with_replicaof()
         for _ in range(2):
-            assert checkout()[0] == 200
+            assert check_out(POOL)[0] == 200
         eventually(lambda: ready_on_primary(redis_pair) == SIZE, 10, "the pool refilled on the new primary")
     finally:
         scheduler.stop(timeout=30)

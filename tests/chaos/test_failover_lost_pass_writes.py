@@ -12,16 +12,11 @@ from __future__ import annotations
 
 import pytest
 
-from chalicelib.config import parse
-from tests.chaos.fleet import Fleet
+from tests.chaos.fleet import Fleet, fleet_fixture
 from tests.chaos.test_crash_every_write import CONFIG, POOL, check_out, leases_run_out
-from tests.harness import PREFIX, HarnessFactory, restore_state, save_state
+from tests.harness import PREFIX, restore_state, save_state
 
-
-@pytest.fixture
-def fleet(make_harness: HarnessFactory) -> Fleet:
-    world = make_harness(parse(CONFIG))
-    return Fleet(world.services, world)
+fleet = fleet_fixture(CONFIG)
 
 
 @pytest.mark.parametrize("passes_lost", [1, 2, 3])

@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 import app
 from chalicelib.auth.tokens import hash_token
-from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.services import Services
 from chalicelib.store import store as store_module
 from chalicelib.store.ondemand import OnDemandStore
 from chalicelib.store.vm_tasks import VMTaskStore
-from tests.chaos.lambda_api import call, serving
+from tests.chaos.lambda_api import call, check_out, fill, lambda_services, on_vm, serving, serving_fixture
 from tests.core.test_reconcile_queue import Context
 from tests.infra.packaged_functions import api_event
 from tests.redis_pair import RedisPair
@@ -38,19 +37,12 @@ CONFIG = f"""
   - {{name: {POOL}, size: 2, provider: dummy}}
 """
 
-
-@pytest.fixture
-def api(redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
-    """The API function on the pair's endpoint, waiting for a replica as in AWS Lambda."""
-    services = serving(redis_pair, monkeypatch, CONFIG)
-    yield services
-    services.client.close()
+api = serving_fixture(CONFIG)
 
 
 def after_failover(pair: RedisPair) -> Services:
     """A function started after the replica was promoted (its own client, on the new primary)."""
-    return Services.from_environment({"VMPOOL_CONFIG": CONFIG, "VMPOOL_REDIS_URL": pair.endpoint.url,
-                                      "VMPOOL_REDIS_MIN_REPLICA_ACKS": "1", "POWERTOOLS_METRICS_DISABLED": "true"})
+    return lambda_services(pair, CONFIG)
 
 
 def promised(status: int, answer: Any, done: int = 200) -> bool:
@@ -162,17 +154,10 @@ def test_a_token_deletion_no_replica_acknowledged_is_answered_503_and_its_retry_
 def running_vm(services: Services) -> str:
     """A VM of the pool checked out through the API (the pool filled by passes of ``services``),
     every write on the replica."""
-    pool = services.pool(POOL)
-    assert pool is not None
-    for _ in range(3):
-        reconcile_pool(services.store, services.provider("dummy"), pool, services.clock, services.config.service)
-    status, answer = call("POST", "/api/v3/vm/{name}", f"/api/v3/vm/{POOL}", params={"name": POOL})
+    fill(services, POOL)
+    status, answer = check_out(POOL)
     assert status == 200, answer
     return str(answer[POOL]["hostname"])
-
-
-def on_vm(method: str, hostname: str, body: Any = None) -> tuple[int, Any]:
-    return call(method, "/api/v3/vm/{name}", f"/api/v3/vm/{hostname}", params={"name": hostname}, body=body)
 
 
 def answered_200_then_failed_over(redis_pair: RedisPair, method: str, hostname: str, body: Any = None) -> bool:

@@ -13,13 +13,12 @@ import pytest
 import redis
 
 from chalicelib.clock import FakeClock
-from chalicelib.config import parse
 from chalicelib.manager import clones
 from chalicelib.manager.hostnames import random_name
 from chalicelib.manager.reconcile import PassReport, reconcile_pool
-from chalicelib.providers.dummy import DummyProvider
 from chalicelib.services import Services
-from chalicelib.store import CheckoutRequest, ReplicaAcks, connect
+from chalicelib.store import CheckoutRequest
+from tests.chaos import lambda_api
 from tests.redis_pair import RedisPair
 
 CONFIG = """
@@ -35,11 +34,7 @@ WORD = "bold-comet"
 
 
 def service_on(pair: RedisPair, hypervisor: redis.Redis, clock: FakeClock) -> Services:
-    config = parse(CONFIG)
-    services = Services(config, connect(config.redis, url=pair.endpoint.url), clock=clock)
-    services.store.replica_acks = ReplicaAcks(1, 100)
-    services._providers["dummy"] = DummyProvider(config.providers["dummy"], hypervisor, clock, prefix="hypervisor:")
-    return services
+    return lambda_api.service_on(pair, CONFIG, hypervisor, clock)
 
 
 def reconcile(services: Services, pool_name: str) -> PassReport:

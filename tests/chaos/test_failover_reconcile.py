@@ -15,15 +15,14 @@ import pytest
 import redis
 
 from chalicelib.clock import FakeClock
-from chalicelib.config import parse
 from chalicelib.manager.dispatch import look_at
 from chalicelib.manager.pool_queue import TICK, PoolMessage
 from chalicelib.manager.reconcile import PassReport, reconcile_pool
-from chalicelib.providers.dummy import DummyProvider
 from chalicelib.services import Services
 from chalicelib.store import CheckoutRequest, ReplicaAcks, connect
 from chalicelib.store.keys import template_lease_name
 from chalicelib.store.vm_tasks import EnqueueResult, VMTaskStore, new_task
+from tests.chaos import lambda_api
 from tests.core.test_reconcile_queue import RecordingQueue
 from tests.redis_pair import RedisPair
 from tests.vsphere.vcsim import VcsimServer, vcsim_config
@@ -45,11 +44,7 @@ CONFIG = f"""
 def service_on(pair: RedisPair, hypervisor: redis.Redis, clock: FakeClock) -> Services:
     """One function of the service on the pair's endpoint, waiting for a replica as in AWS; its
     dummy hypervisor on ``hypervisor`` (neither replicated nor failed over)."""
-    config = parse(CONFIG)
-    services = Services(config, connect(config.redis, url=pair.endpoint.url), clock=clock)
-    services.store.replica_acks = ReplicaAcks(1, 100)
-    services._providers["dummy"] = DummyProvider(config.providers["dummy"], hypervisor, clock, prefix="hypervisor:")
-    return services
+    return lambda_api.service_on(pair, CONFIG, hypervisor, clock)
 
 
 def reconcile(services: Services) -> PassReport:

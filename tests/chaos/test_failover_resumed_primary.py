@@ -13,13 +13,20 @@ still has in ready, to be handed out again.
 from __future__ import annotations
 
 import signal
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
-from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.services import Services
-from tests.chaos.lambda_api import call, serve, serving
+from tests.chaos.lambda_api import (
+    assert_still_checked_out,
+    check_out,
+    fill,
+    lambda_services,
+    on_vm,
+    serve,
+    serving_fixture,
+)
 from tests.redis_pair import RedisPair
 from tests.support import eventually
 
@@ -32,17 +39,7 @@ CONFIG = f"""
   - {{name: {POOL}, size: 1, provider: dummy}}
 """
 
-
-@pytest.fixture
-def api(redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
-    """The API function on the pair's endpoint, waiting for a replica as in AWS Lambda."""
-    services = serving(redis_pair, monkeypatch, CONFIG)
-    yield services
-    services.client.close()
-
-
-def check_out() -> tuple[int, dict]:
-    return call("POST", "/api/v3/vm/{name}", f"/api/v3/vm/{POOL}", params={"name": POOL})
+api = serving_fixture(CONFIG)
 
 
 def hold_connections(services: Services, count: int) -> None:
@@ -87,10 +84,7 @@ def test_a_checkout_on_the_resumed_old_primary_is_never_handed_out_again(
     """The checkout is answered 503 (its caller asks again, and the retry is served by the new
     primary), not 200 with a VM that only the doomed node holds as checked out. Before: 200,
     and the new primary still had the VM in ready, the next caller's."""
-    pool = api.pool(POOL)
-    assert pool is not None
-    for _ in range(3):
-        reconcile_pool(api.store, api.provider("dummy"), pool, api.clock, api.config.service)
+    fill(api, POOL)
     redis_pair.wait_synced()
     hold_connections(api, 8)  # a process that served requests at once keeps their connections
     new_primary = RedisPair.client(redis_pair.replica)
@@ -98,28 +92,19 @@ def test_a_checkout_on_the_resumed_old_primary_is_never_handed_out_again(
     promote_while_the_primary_is_stopped(redis_pair)
     # The pause outlasted the 5 s the process keeps its count of replicas: it looks them up again.
     monkeypatch.setattr(api.store, "_replicas_known_until", 0.0)
-    answers = [check_out() for _ in range(3)]  # the first a 503 (asked again), then served
+    answers = [check_out(POOL) for _ in range(3)]  # the first a 503 (asked again), then served
     held = [answer[POOL]["hostname"].split(".")[0] for status, answer in answers if status == 200]
     assert all(status in (200, 503) for status, _ in answers), answers
     assert held, f"no checkout served after the failover: {answers}"
-    for hostname in held:
-        state = new_primary.hget(f"vmpool:vm:{hostname}", "state")
-        assert state == "running", (f"{hostname} was answered 200, but the new primary has it {state}: "
-                                    f"the next caller gets it too")
+    assert_still_checked_out(new_primary, held)
 
     # A function started after the failover (its connections on the new primary) gets another VM.
-    started_after = serve(Services.from_environment({
-        "VMPOOL_CONFIG": CONFIG, "VMPOOL_REDIS_URL": redis_pair.endpoint.url, "VMPOOL_REDIS_MIN_REPLICA_ACKS": "1",
-        "POWERTOOLS_METRICS_DISABLED": "true"}), monkeypatch)
-    status, answer = check_out()
+    started_after = serve(lambda_services(redis_pair, CONFIG), monkeypatch)
+    status, answer = check_out(POOL)
     started_after.client.close()
     new_primary.close()
     if status == 200:
         assert answer[POOL]["hostname"].split(".")[0] not in held, "one VM handed to two callers"
-
-
-def on_vm(method: str, hostname: str, body: Any = None) -> tuple[int, Any]:
-    return call(method, "/api/v3/vm/{name}", f"/api/v3/vm/{hostname}", params={"name": hostname}, body=body)
 
 
 @pytest.mark.parametrize("method, body", [("DELETE", None), ("PUT", {"lifetime": 12})], ids=["return", "lifetime"])
@@ -130,11 +115,8 @@ def test_a_change_made_on_the_resumed_old_primary_is_not_answered_200(
     makes it on the new primary. Before: 200, made on the node left behind only; the VM the user
     returned stayed running (counted against them) on the new primary, or kept its old lifetime,
     on which it is reaped while in use."""
-    pool = api.pool(POOL)
-    assert pool is not None
-    for _ in range(3):
-        reconcile_pool(api.store, api.provider("dummy"), pool, api.clock, api.config.service)
-    status, answer = check_out()
+    fill(api, POOL)
+    status, answer = check_out(POOL)
     assert status == 200, answer
     hostname = answer[POOL]["hostname"].split(".")[0]
     redis_pair.wait_synced()

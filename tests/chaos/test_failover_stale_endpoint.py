@@ -8,13 +8,11 @@ that writes, and the reads a dashboard makes, which the demoted node serves)."""
 from __future__ import annotations
 
 import base64
-from typing import Any, Iterator
-
-import pytest
+from typing import Any
 
 from chalicelib.services import Services
 from chalicelib.store.connection import FAILOVER_RECONNECT_SECONDS
-from tests.chaos.lambda_api import call, serving
+from tests.chaos.lambda_api import call, serving_fixture
 from tests.chaos.test_failover_reconcile import reconcile
 from tests.redis_pair import RedisPair
 
@@ -30,12 +28,7 @@ CONFIG = f"""
 """
 BASIC = {"Authorization": "Basic " + base64.b64encode(b"alice:right password").decode()}
 
-
-@pytest.fixture
-def api(redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
-    services = serving(redis_pair, monkeypatch, CONFIG)
-    yield services
-    services.client.close()
+api = serving_fixture(CONFIG)
 
 
 def test_every_change_answers_503_while_the_endpoint_names_the_demoted_node_then_200(

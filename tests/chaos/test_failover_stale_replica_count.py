@@ -8,19 +8,13 @@ look the count up again: the new primary, left alone, waits for no one."""
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import pytest
 import redis
 
 from chalicelib.clock import FakeClock
-from chalicelib.config import parse
 from chalicelib.manager import runner
-from chalicelib.manager.reconcile import reconcile_pool
-from chalicelib.providers.dummy import DummyProvider
 from chalicelib.services import Services
-from chalicelib.store import ReplicaAcks, connect
-from tests.chaos.lambda_api import call, serving
+from tests.chaos.lambda_api import check_out, fill, service_on, serving_fixture
 from tests.redis_pair import RedisPair
 
 POOLS = [f"p{index}" for index in range(6)]
@@ -35,10 +29,7 @@ def test_the_pools_whose_lease_releases_the_failover_lost_run_their_passes_right
     the primary killed, the replica promoted. The retries right after run their passes, but for
     the one that finds the primary changed (the release may be on the node left behind). Before:
     every retry of the next 5 s was skipped."""
-    config, clock = parse(CONFIG), FakeClock()
-    services = Services(config, connect(config.redis, url=redis_pair.endpoint.url), clock=clock)
-    services.store.replica_acks = ReplicaAcks(1, 100)
-    services._providers["dummy"] = DummyProvider(config.providers["dummy"], redis_client, clock, prefix="hypervisor:")
+    services = service_on(redis_pair, CONFIG, redis_client, FakeClock())
     skipped: list[str] = []
     warning = runner.logger.warning
     monkeypatch.setattr(runner.logger, "warning",
@@ -59,30 +50,18 @@ def test_the_pools_whose_lease_releases_the_failover_lost_run_their_passes_right
                                       f"{warned} warnings that no replica acknowledged their releases")
 
 
-@pytest.fixture
-def api(redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
-    """The API function on the pair's endpoint, waiting for a replica as in AWS Lambda."""
-    services = serving(redis_pair, monkeypatch, CONFIG)
-    yield services
-    services.client.close()
+api = serving_fixture(CONFIG)
 
 
 def test_checkouts_right_after_the_promotion_are_served_by_the_new_primary(
         redis_pair: RedisPair, api: Services) -> None:
     """The first checkout after the kill may be a 503 (its wait found no replica); the next is
     served. Before: 503 for every checkout until the process looked its replicas up again."""
-    pool = api.pool(POOLS[0])
-    assert pool is not None
-    for _ in range(2):
-        reconcile_pool(api.store, api.provider("dummy"), pool, api.clock, api.config.service)
-    assert check_out()[0] == 200  # the process counts the replica
+    fill(api, POOLS[0], passes=2)
+    assert check_out(POOLS[0])[0] == 200  # the process counts the replica
     redis_pair.wait_synced()
 
     redis_pair.kill_primary_and_promote()
-    answers = [check_out() for _ in range(3)]
+    answers = [check_out(POOLS[0]) for _ in range(3)]
     assert all(status in (200, 503) for status, _ in answers), answers
     assert [status for status, _ in answers][1:] == [200, 200], answers
-
-
-def check_out() -> tuple[int, dict]:
-    return call("POST", "/api/v3/vm/{name}", f"/api/v3/vm/{POOLS[0]}", params={"name": POOLS[0]})

@@ -17,13 +17,10 @@ import pytest
 import redis
 
 from chalicelib.clock import FakeClock
-from chalicelib.config import parse
 from chalicelib.manager.reconcile import reconcile_pool
-from chalicelib.providers.dummy import DummyProvider
 from chalicelib.services import Services
-from chalicelib.store import ReplicaAcks, connect
 from chalicelib.store.ondemand import OnDemandStore
-from tests.chaos.lambda_api import call, serve
+from tests.chaos.lambda_api import call, serve, service_on
 from tests.redis_pair import RedisPair
 
 POOL = "ha"
@@ -39,14 +36,10 @@ CONFIG = f"""
 BASIC = {"Authorization": "Basic " + base64.b64encode(b"alice:right password").decode()}
 
 
-def service_on(pair: RedisPair, hypervisor: redis.Redis, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> Services:
+def serving_on(pair: RedisPair, hypervisor: redis.Redis, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> Services:
     """The API function and the passes on the pair's endpoint, waiting for a replica as in AWS;
     the dummy hypervisor on a Redis no failover touches, as vCenter."""
-    config = parse(CONFIG)
-    services = Services(config, connect(config.redis, url=pair.endpoint.url), clock=clock)
-    services.store.replica_acks = ReplicaAcks(1, 100)
-    services._providers["dummy"] = DummyProvider(config.providers["dummy"], hypervisor, clock, prefix="hypervisor:")
-    return serve(services, monkeypatch)
+    return serve(service_on(pair, CONFIG, hypervisor, clock), monkeypatch)
 
 
 def reconcile(services: Services, clock: FakeClock) -> None:
@@ -70,7 +63,7 @@ def vm_state(host: str) -> tuple[int, Any]:
 def test_the_vms_a_token_lists_are_there_after_a_failover_that_lost_their_delivery(
         redis_pair: RedisPair, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = FakeClock(1_700_000_000.0)
-    services = service_on(redis_pair, redis_client, clock, monkeypatch)
+    services = serving_on(redis_pair, redis_client, clock, monkeypatch)
     status, answer = call("POST", "/api/v3/token", "/api/v3/token", headers=BASIC)
     assert status == 200, answer
     token = answer["token"]
@@ -87,7 +80,7 @@ def test_the_vms_a_token_lists_are_there_after_a_failover_that_lost_their_delive
     seen = listed(token)  # the client lists its token's VMs...
     redis_pair.kill_primary_and_promote()
 
-    after = service_on(redis_pair, redis_client, clock, monkeypatch)
+    after = serving_on(redis_pair, redis_client, clock, monkeypatch)
     # ...and acts on them: each one it was shown is there.
     assert {host: vm_state(host) for host in seen if vm_state(host) != (200, "running")} == {}, \
         f"listed under the token, then unknown after the failover: {seen}"
@@ -104,7 +97,7 @@ def test_the_vms_a_token_lists_are_there_after_a_failover_that_lost_their_delive
 def test_a_delivered_vm_is_listed_under_its_token_once_a_replica_has_it(
         redis_pair: RedisPair, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = FakeClock(1_700_000_000.0)
-    services = service_on(redis_pair, redis_client, clock, monkeypatch)
+    services = serving_on(redis_pair, redis_client, clock, monkeypatch)
     token = call("POST", "/api/v3/token", "/api/v3/token", headers=BASIC)[1]["token"]
     status, answer = call("POST", "/api/v3/ondemandvm", "/api/v3/ondemandvm", body={POOL: 1},
                           headers={"X-AUTH-TOKEN": token})

@@ -281,19 +281,30 @@ def _resets(harness: Harness, redis_client: redis.Redis) -> tuple[dict[str, str]
     return redis_client.hgetall(keys.pool_override("poolreset")), redis_client.hgetall(keys.ready_fence)
 
 
+def _reset_with_its_reply_cut(harness: Harness, proxy: ReplyCuttingProxy, **cut: Any) -> tuple[Any, str]:
+    """``POST /poolreset`` of pool1 by root, the reply to the reset's script cut (``cut``: as
+    ``ReplyCuttingProxy.cut_at`` takes it); the API's reply, and root's token."""
+    token = harness.new_token("root", "root-pw")
+    proxy.cut_at(harness.store.scripts.pool_overrides.sha, **cut)
+    return harness.request("POST", "/api/v3/poolreset", {"pool1": "1"}, {"X-AUTH-TOKEN": token}), token
+
+
+def _assert_reset_once(harness: Harness, redis_client: redis.Redis, reply: Any) -> None:
+    """The reset answered 201, and made once: pool1 reset now, one ready fence."""
+    assert reply.status == 201, reply.raw
+    resets, fences = _resets(harness, redis_client)
+    assert resets == {"pool1": repr(harness.clock.now())} and list(fences) == ["pool1"]
+
+
 def test_a_pool_reset_whose_answer_was_lost_after_it_was_made_is_answered_as_made(
         make_harness: HarnessFactory, redis_server: RedisServer, redis_client: redis.Redis,
         proxy: ReplyCuttingProxy) -> None:
     """The connection is reset as the reply to the reset's script starts. Before: 503, and the
     retry it asks for reset the pool again, draining the VMs cloned since the first. Now 201."""
     harness = _service(make_harness, redis_server, proxy, redis_client)
-    token = harness.new_token("root", "root-pw")
-    proxy.cut_at(harness.store.scripts.pool_overrides.sha)
-    reply = harness.request("POST", "/api/v3/poolreset", {"pool1": "1"}, {"X-AUTH-TOKEN": token})
+    reply, _ = _reset_with_its_reply_cut(harness, proxy)
     assert proxy.cut.is_set(), "the reply was not cut: the test proved nothing"
-    assert reply.status == 201, reply.raw
-    resets, fences = _resets(harness, redis_client)
-    assert resets == {"pool1": repr(harness.clock.now())} and list(fences) == ["pool1"]
+    _assert_reset_once(harness, redis_client, reply)
 
 
 def test_a_pool_reset_whose_answer_and_its_settles_answer_were_both_lost_is_answered_as_made_once(
@@ -304,13 +315,9 @@ def test_a_pool_reset_whose_answer_and_its_settles_answer_were_both_lost_is_answ
     time, draining the VMs cloned since the first. Now the settle is asked again and the reset
     answered 201, made once."""
     harness = _service(make_harness, redis_server, proxy, redis_client)
-    token = harness.new_token("root", "root-pw")
-    proxy.cut_at(harness.store.scripts.pool_overrides.sha, then=(harness.store.scripts.settle.sha,))
-    reply = harness.request("POST", "/api/v3/poolreset", {"pool1": "1"}, {"X-AUTH-TOKEN": token})
+    reply, _ = _reset_with_its_reply_cut(harness, proxy, then=(harness.store.scripts.settle.sha,))
     assert proxy.cut.is_set() and proxy.all_cut(), "the settle's reply was not cut: the test proved nothing"
-    assert reply.status == 201, reply.raw
-    resets, fences = _resets(harness, redis_client)
-    assert resets == {"pool1": repr(harness.clock.now())} and list(fences) == ["pool1"]
+    _assert_reset_once(harness, redis_client, reply)
 
 
 def test_a_token_whose_answer_and_its_settles_answer_were_both_lost_is_handed_out(
@@ -335,9 +342,7 @@ def test_a_pool_reset_whose_script_reaches_redis_after_the_api_gave_up_is_never_
     resets nothing (the API marked the change settled, void); the retry the 503 asks for resets
     the pool, once."""
     harness = _service(make_harness, redis_server, proxy, redis_client)
-    token = harness.new_token("root", "root-pw")
-    proxy.cut_at(harness.store.scripts.pool_overrides.sha, hold=True)
-    reply = harness.request("POST", "/api/v3/poolreset", {"pool1": "1"}, {"X-AUTH-TOKEN": token})
+    reply, token = _reset_with_its_reply_cut(harness, proxy, hold=True)
     assert proxy.cut.is_set()
     assert reply.status == 503, reply.raw
     before = redis_client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)

@@ -19,15 +19,15 @@ import json
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 
 import app
 from chalicelib.services import Services
 from chalicelib.store.vm_tasks import VMTaskStore
-from tests.chaos.lambda_api import serving
-from tests.chaos.test_failover_lost_writes import call, on_vm, post_task, running_vm
+from tests.chaos.lambda_api import call, check_out, on_vm, serving_fixture
+from tests.chaos.test_failover_lost_writes import post_task, running_vm
 from tests.core.test_reconcile_queue import Context
 from tests.infra.packaged_functions import api_event
 from tests.redis_pair import RedisPair
@@ -42,19 +42,8 @@ CONFIG = f"""
   - {{name: {POOL}, size: 2, provider: dummy}}
 """
 
-
-@pytest.fixture
-def api(redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
-    services = serving(redis_pair, monkeypatch, CONFIG)
-    yield services
-    services.client.close()
-
-
-@pytest.fixture
-def api_with_logins(redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
-    services = serving(redis_pair, monkeypatch, CONFIG + ":auth: {provider: dummy}\n")
-    yield services
-    services.client.close()
+api = serving_fixture(CONFIG)
+api_with_logins = serving_fixture(CONFIG + ":auth: {provider: dummy}\n")
 
 
 def blocked_in_wait(pair: RedisPair) -> None:
@@ -138,16 +127,12 @@ def test_a_checkout_whose_replica_wait_the_demotion_cuts_short_hands_out_nothing
     ``UNBLOCKED``, the VMs go back to ready (a release on a new connection, which reaches the new
     primary) and the 503 hands out nothing. Nothing found (the stall: tests/chaos/test_slow_redis.py)."""
     running_vm(api)  # the pool filled, the API's connections open
-    status, answer = during_the_wait(redis_pair, demote, checkout)
+    status, answer = during_the_wait(redis_pair, demote, lambda: check_out(POOL))
     assert status == 503 and answer["ok"] is False, answer
     redis_pair.wait_synced()
     # The one VM left ready (size 2, one checked out before): still ready, on the primary and its replica.
     assert eventually(lambda: len(api.store.hostnames(POOL, "running")) == 1, 5, "nothing handed out by the 503")
     assert len(api.store.hostnames(POOL, "ready")) == 1
-
-
-def checkout() -> tuple[int, Any]:
-    return call("POST", "/api/v3/vm/{name}", f"/api/v3/vm/{POOL}", params={"name": POOL})
 
 
 def test_a_token_whose_replica_wait_a_stall_cuts_short_is_not_left_behind(
@@ -180,14 +165,14 @@ def test_a_checkout_cut_short_by_a_demotion_behind_a_stale_endpoint_hands_out_no
     the promoted replica never had the checkout (the link was held), so the VM is ready there,
     and once the name moves the next checkouts get each ready VM once."""
     first = running_vm(api)  # the pool filled, the API's connections open
-    status, answer = during_the_wait(redis_pair, demote_behind_a_stale_endpoint, checkout)
+    status, answer = during_the_wait(redis_pair, demote_behind_a_stale_endpoint, lambda: check_out(POOL))
     assert status == 503 and answer["ok"] is False and "again" in answer["error"], answer
-    assert checkout()[0] == 503  # still on the demoted node: refused, nothing taken
+    assert check_out(POOL)[0] == 503  # still on the demoted node: refused, nothing taken
     redis_pair.endpoint.point_at(redis_pair.primary.port)  # the name updated
     redis_pair.wait_synced()
     handed = [first]
     for _ in range(2):
-        status, answer = checkout()
+        status, answer = check_out(POOL)
         if status == 200:
             handed.append(answer[POOL]["hostname"])
     assert len(handed) == len(set(handed)) == 2, f"a VM handed out twice, or the ready one lost: {handed}"

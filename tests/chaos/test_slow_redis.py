@@ -153,6 +153,18 @@ def test_a_confirmed_checkout_is_never_returned(redis_server: RedisServer, redis
     assert set(store.hostnames("slow", "running")) == {vm.hostname for vm in result.vms}
 
 
+def _failed_once_unconfirmed(requests: OnDemandStore, request_id: str, config: Config, clock: FakeClock,
+                             provider: DummyProvider) -> None:
+    """Once its confirmation is overdue (``UNCONFIRMED_SECONDS``), the passes of ``slow`` fail the
+    request ``request_id`` and build nothing for it."""
+    clock.advance(UNCONFIRMED_SECONDS + 1)
+    for _ in range(3):
+        reconcile_pool(requests.store, provider, config.pool("slow"), clock, config.service)
+    request = requests.get(request_id)
+    assert request is not None and request.state == FAILED, request
+    assert requests.store.counts(["slow"])["slow"]["running"] == 0
+
+
 def test_an_ondemand_request_whose_answer_was_lost_is_never_built_for_nobody(
         redis_server: RedisServer, redis_client: redis.Redis) -> None:
     """POST /ondemandvm while Redis is slower than the socket timeout: the caller is answered 503,
@@ -178,12 +190,7 @@ def test_an_ondemand_request_whose_answer_was_lost_is_never_built_for_nobody(
     request = requests.get("lost-answer")
     assert request is not None and request.state == OPEN and not request.vms, request
 
-    clock.advance(UNCONFIRMED_SECONDS + 1)
-    for _ in range(3):
-        reconcile_pool(store, provider, config.pool("slow"), clock, config.service)
-    request = requests.get("lost-answer")
-    assert request is not None and request.state == FAILED, request
-    assert store.counts(["slow"])["slow"]["running"] == 0
+    _failed_once_unconfirmed(requests, "lost-answer", config, clock, provider)
 
 
 def test_a_confirmed_ondemand_request_is_built_at_once(redis_server: RedisServer, redis_client: redis.Redis) -> None:
@@ -379,12 +386,7 @@ def test_an_ondemand_confirmation_run_after_its_caller_gave_up_confirms_nothing(
         with pytest.raises(StoreUnavailable):
             requests.create("paused", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "someone")
 
-    clock.advance(UNCONFIRMED_SECONDS + 1)
-    for _ in range(3):
-        reconcile_pool(store, provider, config.pool("slow"), clock, config.service)
-    request = requests.get("paused")
-    assert request is not None and request.state == FAILED, request
-    assert store.counts(["slow"])["slow"]["running"] == 0
+    _failed_once_unconfirmed(requests, "paused", config, clock, provider)
 
 
 @pytest.mark.parametrize("path, body", [("/api/v3/config/poolsize", {"slow": "5"}),

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from chalicelib.config import parse
 from chalicelib.manager.runner import LEASE_SECONDS, run_pool
-from tests.chaos.fleet import Fleet
+from tests.chaos.fleet import Fleet, fleet_fixture
 from tests.chaos.test_crash_every_write import (
     CONFIG,
     POOL,
@@ -27,13 +26,9 @@ from tests.chaos.test_crash_every_write import (
     leases_run_out,
     users_act,
 )
-from tests.harness import Fuse, HarnessFactory, SavedState, fused_services, save_state
+from tests.harness import Fuse, SavedState, fused_services, save_state
 
-
-@pytest.fixture
-def fleet(make_harness: HarnessFactory) -> Fleet:
-    world = make_harness(parse(CONFIG))
-    return Fleet(world.services, world)
+fleet = fleet_fixture(CONFIG)
 
 
 def changed_keys(before: SavedState, after: SavedState) -> dict[str, str]:

@@ -24,7 +24,7 @@ from chalicelib.manager.pool_queue import TICK, PoolMessage
 from chalicelib.services import Services
 from chalicelib.store.ondemand import OnDemandStore
 from chalicelib.store.pool_overrides import PoolOverrides
-from tests.chaos.fleet import Fleet, tasks_running
+from tests.chaos.fleet import Fleet, fleet_fixture, tasks_running
 from tests.chaos.test_crash_every_write import (
     CONFIG,
     NEW_TEMPLATE,
@@ -38,17 +38,14 @@ from tests.chaos.test_crash_every_write import (
     users_act,
 )
 from tests.core.test_runner import RecordingQueue
-from tests.harness import Fuse, HarnessFactory, fused_services
+from tests.harness import Fuse, fused_services
 
 CHANGEABLE = CONFIG.replace("check_loop_delay_min: 1}", "check_loop_delay_min: 1, experimental_features: true}")
 """The crash sweep's pools, with the runtime pool changes on (POST /config/*, /poolreset)."""
 TASK_LIMIT = parse(CHANGEABLE).service.task_limit
 
 
-@pytest.fixture
-def fleet(make_harness: HarnessFactory) -> Fleet:
-    world = make_harness(parse(CHANGEABLE))
-    return Fleet(world.services, world)
+fleet = fleet_fixture(CHANGEABLE)
 
 
 def change_template(fleet: Fleet) -> None:

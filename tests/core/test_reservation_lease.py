@@ -22,19 +22,9 @@ from chalicelib.store.leases import lease_token
 from chalicelib.store.records import RESERVER_LEASE
 from tests.chaos.fleet import tasks_running
 from tests.chaos.test_crash_every_write import leases_run_out
+from tests.core.slow_clones import CONFIG, LIMIT
 from tests.harness import Died, Fuse, Harness, HarnessFactory, fused_services
 
-LIMIT = 2
-CONFIG = """\
-config: {task_limit: 2, timeout: 5, ready_ttl: 10, vm_lifetime: 2, prefix: "ci-", domain: example.com}
-redis: {data_ttl: 1}
-providers:
-  dummy: {provider_class: dummy, seed: 7, createvm_min_time: 200, createvm_max_time: 200, boot_time: 30,
-          destroyvm_max_time: 20}
-pools:
-  - {name: alpha, size: 2, provider: dummy}
-"""
-"""Clones of 200 s: a run's clones are still under way when the next run looks."""
 ENDINGS = ["killed", "failed"]
 """How the reserving run ends: ``killed`` (SIGKILL, a Lambda timeout: its lease left to run out,
 60 s), ``failed`` (its pass stopped on Redis, a primary hung: the run gives its lease back and

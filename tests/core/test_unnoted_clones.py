@@ -29,22 +29,11 @@ from chalicelib.providers.vsphere import clone as vsphere_clone
 from chalicelib.store.connection import ReplyLost, connect
 from tests.chaos.fleet import tasks_running
 from tests.chaos.test_crash_every_write import leases_run_out
+from tests.core.slow_clones import CONFIG, LIMIT
 from tests.harness import Harness, HarnessFactory, Killed, assert_consistent, fused_services
 from tests.support import eventually, free_ports, unanswered_port
 from tests.vsphere.vcsim import VcsimServer, make_setup, vcsim_config
 from tools.vcsim import launcher
-
-LIMIT = 2
-CONFIG = """\
-config: {task_limit: 2, timeout: 5, ready_ttl: 10, vm_lifetime: 2, prefix: "ci-", domain: example.com}
-redis: {data_ttl: 1}
-providers:
-  dummy: {provider_class: dummy, seed: 7, createvm_min_time: 200, createvm_max_time: 200, boot_time: 30,
-          destroyvm_max_time: 20}
-pools:
-  - {name: alpha, size: 2, provider: dummy}
-"""
-"""Clones of 200 s: slower than the start grace, within the pool's 5 minute timeout."""
 
 
 def killed_at(world: Harness, checkpoint: str, pool: str = "alpha") -> set[str]:

@@ -9,109 +9,99 @@ import logging
 import socket
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable, Iterator
 
 import pytest
 from gunicorn.config import Config
 
+from chalicelib.clock import FakeClock
 from local.front_logs import BoundedWarning
 from local.gunicorn_front import JsonLogger
 from tests.local.stack import call, local_stack, wait_for
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
+class Flood(logging.Handler):
+    """Where a ``BoundedWarning`` under test writes: its lines (``caught``), a fake clock, and a
+    fake ``call_later`` that remembers what is due when and runs it when the test says."""
 
-    def __call__(self) -> float:
-        return self.now
-
-
-class Timers:
-    """A fake ``call_later``: remembers what is due when, runs it when the test says."""
-
-    def __init__(self, clock: FakeClock) -> None:
-        self.clock = clock
+    def __init__(self, log: logging.Logger) -> None:
+        super().__init__()
+        self.log = log
+        self.caught: list[logging.LogRecord] = []
+        self.clock = FakeClock(1000.0)
         self.due: list[tuple[float, Callable[[], None]]] = []
 
+    def emit(self, record: logging.LogRecord) -> None:
+        self.caught.append(record)
+
+    def warning(self, message: str, window: float) -> BoundedWarning:
+        """A ``BoundedWarning`` of ``message`` on this flood's logger and clock."""
+        return BoundedWarning(self.log, message, window=window, clock=self.clock.now)
+
     def call_later(self, delay: float, function: Callable[[], None]) -> None:
-        self.due.append((self.clock.now + delay, function))
+        self.due.append((self.clock.now() + delay, function))
 
     def run_due(self) -> None:
-        ready = [entry for entry in self.due if entry[0] <= self.clock.now]
-        self.due = [entry for entry in self.due if entry[0] > self.clock.now]
+        ready = [entry for entry in self.due if entry[0] <= self.clock.now()]
+        self.due = [entry for entry in self.due if entry[0] > self.clock.now()]
         for _, function in ready:
             function()
 
 
 @pytest.fixture
-def records() -> Any:
+def flood() -> Iterator[Flood]:
+    """A ``Flood`` catching what the test logger says while the test runs."""
     log = logging.getLogger("tests.front_logs")
     log.propagate = False
     log.setLevel(logging.DEBUG)
-    caught: list[logging.LogRecord] = []
-
-    class Catch(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            caught.append(record)
-
-    handler = Catch()
-    log.addHandler(handler)
-    yield log, caught
-    log.removeHandler(handler)
+    flood = Flood(log)
+    log.addHandler(flood)
+    yield flood
+    log.removeHandler(flood)
 
 
-def test_a_flood_is_one_line_at_once_and_one_count_when_its_window_ends(records: Any) -> None:
-    log, caught = records
-    clock = FakeClock()
-    timers = Timers(clock)
-    warning = BoundedWarning(log, "invalid HTTP request received", window=60, clock=clock)
+def test_a_flood_is_one_line_at_once_and_one_count_when_its_window_ends(flood: Flood) -> None:
+    warning = flood.warning("invalid HTTP request received", window=60)
     for number in range(10_000):
-        clock.now += 0.001
-        warning.note(timers.call_later, client="127.0.0.1", reason=f"garbage {number}")
-    assert [(record.count, record.reason) for record in caught] == [(1, "garbage 0")]
-    assert len(timers.due) == 1, "one summary scheduled, not one per request"
-    clock.now += 49
-    timers.run_due()
-    assert len(caught) == 1, "nothing more before the window ends"
-    clock.now += 2
-    timers.run_due()
-    assert len(caught) == 2
-    assert caught[1].count == 9_999 and caught[1].seconds == 61.0  # the window began with the first
-    assert caught[1].getMessage() == "invalid HTTP request received"
+        flood.clock.advance(0.001)
+        warning.note(flood.call_later, client="127.0.0.1", reason=f"garbage {number}")
+    assert [(record.count, record.reason) for record in flood.caught] == [(1, "garbage 0")]
+    assert len(flood.due) == 1, "one summary scheduled, not one per request"
+    flood.clock.advance(49)
+    flood.run_due()
+    assert len(flood.caught) == 1, "nothing more before the window ends"
+    flood.clock.advance(2)
+    flood.run_due()
+    assert len(flood.caught) == 2
+    assert flood.caught[1].count == 9_999 and flood.caught[1].seconds == 61.0  # the window began with the first
+    assert flood.caught[1].getMessage() == "invalid HTTP request received"
 
 
-def test_a_steady_flood_is_a_line_per_window_and_every_request_is_counted(records: Any) -> None:
-    log, caught = records
-    clock = FakeClock()
-    timers = Timers(clock)
-    warning = BoundedWarning(log, "bad", window=10, clock=clock)
+def test_a_steady_flood_is_a_line_per_window_and_every_request_is_counted(flood: Flood) -> None:
+    warning = flood.warning("bad", window=10)
     sent = 0
     for _ in range(100 * 100):  # 100 s at 100 a second
-        clock.now += 0.01
-        timers.run_due()
-        warning.note(timers.call_later)
+        flood.clock.advance(0.01)
+        flood.run_due()
+        warning.note(flood.call_later)
         sent += 1
     warning.flush()  # the worker stops
-    assert len(caught) <= 100 / 10 + 2
-    assert sum(record.count for record in caught) == sent
+    assert len(flood.caught) <= 100 / 10 + 2
+    assert sum(record.count for record in flood.caught) == sent
 
 
-def test_after_a_quiet_window_the_next_one_is_said_at_once_with_its_details(records: Any) -> None:
-    log, caught = records
-    clock = FakeClock()
-    timers = Timers(clock)
-    warning = BoundedWarning(log, "bad", window=10, clock=clock)
-    warning.note(timers.call_later, reason="first")
-    warning.note(timers.call_later, reason="second")
-    clock.now += 10
-    timers.run_due()
-    clock.now += 30  # quiet
-    warning.note(timers.call_later, reason="third")
-    assert [(record.count, getattr(record, "reason", None)) for record in caught] == [
+def test_after_a_quiet_window_the_next_one_is_said_at_once_with_its_details(flood: Flood) -> None:
+    warning = flood.warning("bad", window=10)
+    warning.note(flood.call_later, reason="first")
+    warning.note(flood.call_later, reason="second")
+    flood.clock.advance(10)
+    flood.run_due()
+    flood.clock.advance(30)  # quiet
+    warning.note(flood.call_later, reason="third")
+    assert [(record.count, getattr(record, "reason", None)) for record in flood.caught] == [
         (1, "first"), (1, None), (1, "third")]
     warning.flush()  # nothing unsaid: no line
-    assert len(caught) == 3
+    assert len(flood.caught) == 3
 
 
 def test_gunicorns_error_log_is_json_with_the_apps_keys(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,19 +12,12 @@ from typing import Any
 
 import pytest
 
+from chalicelib.clock import FakeClock
 from local.http_front import WORKER_TIMEOUT_SECONDS, InProcessFront
 from tests.local.stack import read_answer, wait_for
 from tests.support import free_port
 
 SECRET = "s3cr3t-t0ken-in-the-path"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class HangingApp:
@@ -49,16 +42,16 @@ class HangingApp:
 def test_a_loop_stuck_in_a_request_is_said_once_with_its_request_and_no_token(
         capfd: pytest.CaptureFixture[str]) -> None:
     app = HangingApp()
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     port = free_port()
-    front = InProcessFront(lambda: app, "127.0.0.1", port, clock=clock)
+    front = InProcessFront(lambda: app, "127.0.0.1", port, clock=clock.now)
     servers = [front._server, *(loop.server for loop in front._loops)]
     hung: socket.socket | None = None
 
     def advance(seconds: float) -> None:
         """The clock moves on, and the loop that still turns notices (ticks at the new time)."""
-        clock.now += seconds
-        wait_for(lambda: sum(server.ticked >= clock.now for server in servers) == 1, 20, "the free loop to turn")
+        clock.advance(seconds)
+        wait_for(lambda: sum(server.ticked >= clock.now() for server in servers) == 1, 20, "the free loop to turn")
 
     try:
         assert front.start(timeout=30)
@@ -101,9 +94,9 @@ def test_the_request_said_is_the_one_stuck_when_another_ran_on_its_loop_while_it
     """One loop, two connections: the request that hangs waited for its body while another
     request was served on the same loop; the one named is the one stuck, not none."""
     app = HangingApp(threads=1)
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     port = free_port()
-    front = InProcessFront(lambda: app, "127.0.0.1", port, clock=clock)
+    front = InProcessFront(lambda: app, "127.0.0.1", port, clock=clock.now)
     slow: socket.socket | None = None
     try:
         assert front.start(timeout=30)
@@ -116,7 +109,7 @@ def test_the_request_said_is_the_one_stuck_when_another_ran_on_its_loop_while_it
         assert app.entered.wait(20)
         stuck = None
         for _ in range(int(WORKER_TIMEOUT_SECONDS) + 1):
-            clock.now += 1
+            clock.advance(1)
             stuck = front.stuck_loop() or stuck
         assert stuck is not None
         assert (stuck.method, stuck.path) == ("POST", "/hang/vm")
