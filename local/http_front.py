@@ -955,6 +955,8 @@ class InProcessFront:
         """The request each loop's thread is serving (method, path with no token), by thread."""
         self._checked = self._grace_from = clock()
         self._reported = False
+        self._stuck: threading.Thread | None = None
+        """The loop's thread ``stuck_loop`` said is stuck: never waited for again (it may never end)."""
         self.config = Config(app=self._tracked(app), log_config=None, access_log=False, timeout_keep_alive=5,
                              backlog=512,
                              **UVICORN_CONFIG)
@@ -1032,6 +1034,7 @@ class InProcessFront:
             if silent <= self.loop_timeout or not thread.is_alive():
                 continue
             self._reported = True
+            self._stuck = thread
             method, path = self._requests.get(thread.ident or 0, ("", ""))
             stuck = StuckLoop(thread.name, round(silent, 1), method, path)
             watchdog_logger.critical(
@@ -1061,7 +1064,8 @@ class InProcessFront:
             for loop in self._loops:
                 loop.server.should_exit = True
             for loop in self._loops:
-                loop.join(timeout=self.config.timeout_graceful_shutdown or 5)
+                if loop is not self._stuck:
+                    loop.join(timeout=self.config.timeout_graceful_shutdown or 5)
             self._listener.close()
 
     def stop_serving(self) -> None:
@@ -1085,10 +1089,13 @@ class InProcessFront:
         self.stop_serving()
         for loop in self._loops:
             loop.server.should_exit = True
-        if self._thread.ident is not None:
+        if self._thread.ident is not None and self._thread is not self._stuck:
             self._thread.join(timeout)  # its end stops and joins the other loops, closes the listener
             return
-        # Stopped while starting (Ctrl-C), before the accepting loop's thread: nothing else will.
+        # Stopped while starting (Ctrl-C), before the accepting loop's thread, or that loop stuck
+        # in a request (``stuck_loop``: local.run exits 3): nothing else will. Waiting for a
+        # stuck accepting loop kept local.run's exit 10 s (this timeout) after the watchdog's
+        # line, its listening socket open: new connections queued, then were reset.
         deadline = time.monotonic() + timeout
         for loop in self._loops:
             if loop.ident is not None:
