@@ -103,7 +103,7 @@ def test_a_loop_stuck_in_a_login_ends_the_one_process_stack_with_status_3_and_a_
             assert len(said) == 1, log[-3000:]
             assert said[0]["level"] == "CRITICAL" and said[0]["loop"] == "vmpool-http-loop-0", said
             assert (said[0]["method"], said[0]["path"]) == ("POST", "/api/v3/token"), said
-            assert said[0]["silent_seconds"] > WORKER_TIMEOUT_SECONDS, said
+            assert said[0]["silent_seconds"] >= WORKER_TIMEOUT_SECONDS, said  # rounded to 0.1 s
             assert "stopping (exit 3)" in log, log[-3000:]
             assert password not in log and base64.b64encode(f"alice:{password}".encode()).decode() not in log
             # Nothing of it left: its redis-server stopped, its ports free.
