@@ -16,8 +16,10 @@ import socket
 import threading
 from typing import Any
 
+import pytest
+
 from local.http_front import ACCEPT_TAKEOVER_SECONDS, WORKER_TIMEOUT_SECONDS, InProcessFront
-from tests.local.stack import read_answer
+from tests.local.stack import http_front, read_answer
 from tests.local.test_one_process_watchdog import FakeClock, HangingApp
 from tests.support import free_port
 
@@ -115,3 +117,42 @@ def test_a_front_whose_accepting_loop_was_said_stuck_stops_without_waiting_for_i
         app.release.set()
         connections.close()
         front.stop(timeout=10)
+
+
+class BlockedOnASocket:
+    """For the default layout's worker (a forked process): ``/hang/<port>`` connects to ``port``
+    on loopback, says which loop (thread) it is on, and blocks reading until the test closes
+    that connection: a real blocking call, released from outside the worker."""
+
+    threads = 2
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        if scope["path"].startswith("/hang/"):
+            with socket.create_connection(("127.0.0.1", int(scope["path"].rsplit("/", 1)[1])), timeout=60) as held:
+                held.sendall(threading.current_thread().name.encode() + b"\n")
+                held.recv(1)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.mark.slow
+def test_a_default_layout_worker_accepts_on_its_other_loop_while_its_first_is_blocked() -> None:
+    with http_front(BlockedOnASocket) as port, socket.create_server(("127.0.0.1", 0)) as release:
+        connections = Connections(port)
+        try:
+            kept = connections.connect()  # on the other loop: the next connection is the first loop's own
+            kept.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_answer(kept).startswith(b"HTTP/1.1 200")
+            connections.connect().sendall(f"GET /hang/{release.getsockname()[1]} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            release.settimeout(20)
+            blocked, _ = release.accept()
+            with blocked:
+                assert blocked.makefile().readline().strip() == "MainThread"  # the worker's first loop
+                fresh = connections.connect()
+                fresh.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                # Before: unaccepted until the blocked request ended (here, never: the read times out).
+                assert read_answer(fresh).startswith(b"HTTP/1.1 200")
+        finally:
+            connections.close()
