@@ -6,7 +6,8 @@ service's app keeps it per thread (``chalicelib.api.chalice_app.RequestLocalChal
 worker here is a process with its own app, its own listening socket on the port (SO_REUSEPORT:
 the kernel spreads new connections over the workers) and a few event loops, each on its own
 thread (``AsgiApp.threads`` of them; one for an app that is not request-local). The worker's
-first loop accepts its connections and gives each to the loop holding the fewest. Connections,
+first loop accepts its connections and gives each to the loop holding the fewest (the other
+loops accept for it while it is stuck in a request: ``ACCEPT_TAKEOVER_SECONDS``). Connections,
 request heads and bodies are read without blocking anyone (a slow client costs a coroutine, not a
 worker), and each loop then calls the app inline, so a worker overlaps its requests' Redis waits
 across its loops while each thread sees only its own request; up to as many connections as it
@@ -110,6 +111,13 @@ nobody, and every request on it (its kept-alive connections, and the new connect
 queues on its listening socket) would wait for WORKER_TIMEOUT_SECONDS."""
 PROCESS_BEAT_SECONDS = 0.5
 """How often a worker's process says it runs (``ProcessBeat``)."""
+ACCEPT_TAKEOVER_SECONDS = 0.5
+"""A worker's first loop accepts the connections for all its loops; once it has not turned for
+this long (inside a request its backend is slow to answer: a stopped LDAP directory holds a login
+for up to ``login_timeout``, a stopped Redis a request for its socket timeouts), the worker's other
+loops accept them too, at each of their turns. Before, every new connection waited for that one
+request: with `WORKERS=0` (one front) a GET /status waited 4.3 s behind a login held 5 s by a
+stopped directory (up to 20 s with the default ``login_timeout``), though three loops were idle."""
 ARBITER_PAUSE_SECONDS = 3.0
 """A gap this long between two of the arbiter's checks (normally 1 s apart) means the arbiter
 itself did not run meanwhile (Ctrl-Z of the stack, then ``fg``): its workers' silence over that
@@ -692,10 +700,16 @@ class _LoopServer(Server):
     """This loop's connections with no whole request in the app, oldest first (each connection
     keeps itself in it, on this loop's thread)."""
     _listeners: tuple[socket.socket, ...] = ()
+    listening = False
+    """On the accepting loop: its listening sockets are non-blocking and watched (``startup``
+    done); the other loops may then accept from them for it (``ACCEPT_TAKEOVER_SECONDS``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.idle = {}
+        self._handing = threading.Lock()
+        """On the accepting loop: held while a connection is given a loop (``_hand``), by it or by
+        another loop accepting for it, so the two never count one place twice."""
 
     def held(self) -> int:
         """Connections this loop serves or is about to."""
@@ -715,6 +729,11 @@ class _LoopServer(Server):
         self.ticked = self.clock()
         if self.heartbeat is not None:
             self.heartbeat()
+        first = self.accepting
+        if first is not None and first.listening and not first.should_exit and not self.should_exit \
+                and self.ticked - first.ticked > ACCEPT_TAKEOVER_SECONDS:
+            for listener in first._listeners:  # it is stuck: its connections would wait with it
+                first._accept(listener, taker=self)
         if self.should_exit:  # SIGTERM / SIGINT reach the main thread's server only
             for follower in self.followers:
                 follower.should_exit = True
@@ -734,6 +753,7 @@ class _LoopServer(Server):
         for listener in self._listeners:
             listener.setblocking(False)
             self._listen(listener)
+        self.listening = bool(self._listeners)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         assert self.loop is not None
@@ -749,8 +769,9 @@ class _LoopServer(Server):
         if not self.should_exit:
             self.loop.add_reader(listener, self._accept, listener)
 
-    def _accept(self, listener: socket.socket) -> None:
-        """Every connection waiting on ``listener`` (as asyncio's own accept does), each handed on."""
+    def _accept(self, listener: socket.socket, taker: "_LoopServer | None" = None) -> None:
+        """Every connection waiting on ``listener`` (as asyncio's own accept does), each handed on;
+        on ``taker``'s thread when another loop accepts for this one, which is stuck."""
         assert self.loop is not None
         for _ in range(self.config.backlog):
             try:
@@ -758,6 +779,8 @@ class _LoopServer(Server):
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as error:
+                if taker is not None:  # out of descriptors: the accepting loop deals with it when it turns
+                    return
                 if error.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     raise
                 # Out of descriptors or memory: the socket stays readable, so stop watching it
@@ -767,11 +790,12 @@ class _LoopServer(Server):
                 self.loop.call_later(1.0, self._listen, listener)
                 return
             connection.setblocking(False)
-            self._hand(connection)
+            self._hand(connection, taker or self)
 
-    def _hand(self, connection: socket.socket) -> None:
+    def _hand(self, connection: socket.socket, taker: "_LoopServer") -> None:
         """Give ``connection`` to the loop holding the fewest (this one, the accepting loop, last
-        among equals). At the worker's bound, to the loop with the most idle connections, which
+        among equals; not this one when ``taker``, another loop, accepted it because this one is
+        stuck). At the worker's bound, to the loop with the most idle connections, which
         closes its oldest idle one for it; with none idle anywhere, the new one is turned away.
 
         Why a bound per worker and not per client is enough: a place is held for good only by a
@@ -781,18 +805,20 @@ class _LoopServer(Server):
         with 503 (behind one address, 127.0.0.1, a bound per client would have counted everyone
         as that client)."""
         loops = (*(follower for follower in self.followers if follower.started), self)
-        evict = self.max_connections is not None and sum(loop.held() for loop in loops) >= self.max_connections
-        if evict:
-            target = max(loops, key=_LoopServer.spare)
-            if target.spare() <= 0:
-                _turn_away(connection)
-                return
-            target.evictions_asked += 1
-        else:
-            target = min(loops, key=_LoopServer.held)
-        target.handed += 1
-        if target is self:
-            self._adopt(connection, evict)
+        candidates = loops if taker is self else loops[:-1]
+        with self._handing:
+            evict = self.max_connections is not None and sum(loop.held() for loop in loops) >= self.max_connections
+            if evict:
+                target = max(candidates, key=_LoopServer.spare)
+                if target.spare() <= 0:
+                    _turn_away(connection)
+                    return
+                target.evictions_asked += 1
+            else:
+                target = min(candidates, key=_LoopServer.held)
+            target.handed += 1
+        if target is taker:
+            taker._adopt(connection, evict)
             return
         assert target.loop is not None
         try:
@@ -941,6 +967,8 @@ class InProcessFront:
         """The request each loop's thread is serving (method, path with no token), by thread."""
         self._checked = self._grace_from = clock()
         self._reported = False
+        self._stuck: threading.Thread | None = None
+        """The loop's thread ``stuck_loop`` said is stuck: never waited for again (it may never end)."""
         self.config = Config(app=self._tracked(app), log_config=None, access_log=False, timeout_keep_alive=5,
                              backlog=512,
                              **UVICORN_CONFIG)
@@ -1018,6 +1046,7 @@ class InProcessFront:
             if silent <= self.loop_timeout or not thread.is_alive():
                 continue
             self._reported = True
+            self._stuck = thread
             method, path = self._requests.get(thread.ident or 0, ("", ""))
             stuck = StuckLoop(thread.name, round(silent, 1), method, path)
             watchdog_logger.critical(
@@ -1047,7 +1076,8 @@ class InProcessFront:
             for loop in self._loops:
                 loop.server.should_exit = True
             for loop in self._loops:
-                loop.join(timeout=self.config.timeout_graceful_shutdown or 5)
+                if loop is not self._stuck:
+                    loop.join(timeout=self.config.timeout_graceful_shutdown or 5)
             self._listener.close()
 
     def stop_serving(self) -> None:
@@ -1071,10 +1101,13 @@ class InProcessFront:
         self.stop_serving()
         for loop in self._loops:
             loop.server.should_exit = True
-        if self._thread.ident is not None:
+        if self._thread.ident is not None and self._thread is not self._stuck:
             self._thread.join(timeout)  # its end stops and joins the other loops, closes the listener
             return
-        # Stopped while starting (Ctrl-C), before the accepting loop's thread: nothing else will.
+        # Stopped while starting (Ctrl-C), before the accepting loop's thread, or that loop stuck
+        # in a request (``stuck_loop``: local.run exits 3): nothing else will. Waiting for a
+        # stuck accepting loop kept local.run's exit 10 s (this timeout) after the watchdog's
+        # line, its listening socket open: new connections queued, then were reset.
         deadline = time.monotonic() + timeout
         for loop in self._loops:
             if loop.ident is not None:

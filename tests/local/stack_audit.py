@@ -109,8 +109,11 @@ class Stack:
     with a state directory of its own."""
 
     def __init__(self, tmp_path: Path, config: str, pools: dict[str, int],
-                 inventory: Callable[[redis.Redis, Iterable[str]], dict[str, set[str]]]) -> None:
+                 inventory: Callable[[redis.Redis, Iterable[str]], dict[str, set[str]]],
+                 workers: int = AUDIT_WORKERS) -> None:
         self.pools = pools
+        self.workers_asked = workers
+        """Its ``--workers`` (0: the one-process layout)."""
         self.inventory = inventory
         """Pool -> the VMs the provider holds for it, read from outside the service."""
         self.config_file = tmp_path / "handout.yaml"
@@ -132,7 +135,7 @@ class Stack:
         leaves no stack behind."""
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                stack_command(self.port, AUDIT_WORKERS, 1.0), cwd=REPO_ROOT,
+                stack_command(self.port, self.workers_asked, 1.0), cwd=REPO_ROOT,
                 env=stack_env(self.config_file, self.state_dir),
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         process, mark = self.process, self.log_path.stat().st_size
@@ -176,7 +179,7 @@ class Stack:
 
     def arbiter(self) -> int | None:
         assert self.process is not None
-        if AUDIT_WORKERS == 0:  # the one-process layout has no arbiter (a child now is not one)
+        if self.workers_asked == 0:  # the one-process layout has no arbiter (a child now is not one)
             return None
         parents = process_parents()
         return next((pid for pid in self.parts() if parents.get(pid) == self.process.pid
