@@ -1402,7 +1402,7 @@ def canonical(config: Config) -> dict[str, Any]:
     }
 
 
-MAX_CA_FILE_CHARACTERS = 4 * 1024 * 1024
+MAX_CA_FILE_CHARACTERS = 1024 * 1024
 """The most of a CA file (``auth.ldap.ca_file``, a vSphere provider's ``ca_bundle``) that
 ``canonical`` reads to carry it; larger ones keep their path (a system bundle is ~0.2 MB)."""
 PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----")
