@@ -1414,14 +1414,56 @@ def canonical(config: Config) -> dict[str, Any]:
         CANONICAL_FORMAT_KEY: CANONICAL_FORMAT,
         "config": _block(config.service),
         "redis": _block(config.redis),
-        "providers": {name: _block(provider.settings) for name, provider in config.providers.items()},
+        "providers": {name: _carrying_ca(_block(provider.settings), "ca_bundle", "ca_bundle")
+                      for name, provider in config.providers.items()},
         "dns_configs": {name: _block(entry.settings) for name, entry in config.dns_configs.items()},
         "pools": [{key: _plain(value) for key, value in pool.settings.items()} for pool in config.pools],
-        "auth": None if config.auth is None else _block(config.auth),
+        "auth": None if config.auth is None else _auth_block(config.auth),
         "tagfilter": dict(config.tagfilter),
         "rate_limits": {name: dict(limit) for name, limit in config.rate_limits.items()},
         "warnings": list(config.warnings),
     }
+
+
+MAX_CA_FILE_CHARACTERS = 1024 * 1024
+"""The most of a CA file (``auth.ldap.ca_file``, a vSphere provider's ``ca_bundle``) that
+``canonical`` reads to carry it; larger ones keep their path (a system bundle is ~0.2 MB)."""
+PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----")
+
+
+def carried_ca(path: str) -> str | None:
+    """The certificates of the CA file at ``path`` as PEM text (its comments left out), or None
+    when it cannot be read as such: then its path travels, and its use names the file."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as file:
+            text = file.read(MAX_CA_FILE_CHARACTERS + 1)
+    except (OSError, ValueError):
+        return None
+    certificates = PEM_CERTIFICATE.findall(text) if len(text) <= MAX_CA_FILE_CHARACTERS else []
+    return "\n".join(certificates) + "\n" if certificates else None
+
+
+def _carrying_ca(block: dict[str, Any], file_key: str, data_key: str) -> dict[str, Any]:
+    """``block`` with the CA file under ``file_key`` carried as its PEM text under ``data_key``
+    (after any text already there): the canonical JSON is what the Lambdas read (packaging,
+    config-push), and the file is on the machine that validated the config, never in AWS. With
+    the path, ``make run`` trusted the CA while every LDAP login in AWS failed (500) and every
+    pass of a vSphere provider failed (``cannot use ca_bundle ...: No such file``)."""
+    path = block.get(file_key)
+    text = carried_ca(path) if isinstance(path, str) else None
+    if text is None:
+        return block
+    carried = {key: value for key, value in block.items() if key != file_key}
+    before = carried.get(data_key)
+    carried[data_key] = text if not isinstance(before, str) else text + before
+    return carried
+
+
+def _auth_block(auth: AuthConfig) -> dict[str, Any]:
+    block = _block(auth)
+    if isinstance(block.get("ldap"), dict):
+        block["ldap"] = _carrying_ca(block["ldap"], "ca_file", "ca_data")
+    return block
 
 
 def canonical_json(config: Config) -> str:

@@ -31,6 +31,7 @@ from infra.sync_config import (
     ssm_references,
     stack_name,
     tcp_ready_ports,
+    ungranted_zones,
     unreadable_secrets,
     vcenters,
 )
@@ -252,6 +253,19 @@ def _push_checked(stage: str, path: Path, text: str, config: Config, bucket: str
                   f"Prerequisites): make deploy STAGE={stage} BUCKET=<deploy bucket> PARAMS=\"CreateSsmEndpoint=true\""
                   " (or CreateVpcEndpoints=false behind a NAT gateway), then push again", file=sys.stderr)
             return 1
+    # Route 53 zones as secrets: the reconcile role may change those of the packaged config only.
+    stage_file = STAGES[stage].config_file
+    used = {pool.dns_plugin for pool in config.pools}
+    ungranted = set(ungranted_zones(STAGES[stage], config))
+    entries = [f"dns_configs.{name}: hosted zone {zone}" for name, entry in sorted(config.dns_configs.items())
+               if name in used and (zone := str(getattr(entry.settings, "hosted_zone_id", "")).split("/")[-1])
+               in ungranted]
+    if entries:
+        print(f"config-push: {path} names route53 hosted zones the {stage} stage's functions may not change (IAM "
+              f"grants the zones of {stage_file}, deployed with the code); nothing published:\n  "
+              + "\n  ".join(entries) + f"\nPut the entry in {stage_file}, run python -m infra.sync_config and make "
+              f"deploy STAGE={stage} BUCKET=<deploy bucket>, then push again", file=sys.stderr)
+        return 1
     bucket = bucket or stack_output(cloudformation, stage, "ConfigBucket")
     version = push(text, bucket, session.client("s3"), str(path), config, clock)
     print(f"config-push: published {path} to s3://{bucket}/{DEFAULT_CONFIG_KEY} (version {version}); "

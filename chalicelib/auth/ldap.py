@@ -122,7 +122,7 @@ class LdapAuthenticator:
         s = self.settings
         try:
             return _StdlibTls(s.host, s.verify_certificates, s.ca_file, s.ca_data)
-        except (ssl.SSLError, OSError, ValueError) as error:
+        except (ssl.SSLError, OSError, ValueError, LDAPException) as error:  # ldap3: a ca_file not found
             key = "ca_file" if s.ca_file else "ca_data" if s.ca_data else "ca_file"
             problem = f"auth.ldap.{key}: cannot load the CA certificates ({type(error).__name__})"
             raise AuthConfigError([problem]) from None

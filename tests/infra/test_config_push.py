@@ -550,8 +550,12 @@ def test_config_push_refuses_dns_the_deployed_network_does_not_reach(
 
 
 def test_config_push_publishes_dns_the_deployed_network_reaches(s3: Any, tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+                                                                capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     deployed_stack({"DnsServerCidr": "10.9.0.0/24", "DnsServerPort": "53", "CreateVpcEndpoints": "false"})
+    granted = sync_config.route53_zones
+    monkeypatch.setattr(sync_config, "route53_zones",  # the stage's own config manages the zone: IAM grants it
+                        lambda stage, config=None: granted(stage, config) if config else ["Z0123456789ABC"])
     for plugin in ("bind", "aws"):
         code, output = push_to_stack(tmp_path, DNS_CONFIG % (53, plugin), capsys)
         assert code == 0, output
@@ -652,3 +656,18 @@ def test_a_fix_pushed_within_the_same_second_is_the_newest_config(s3: Any, tmp_p
     for source, services in ((on_mistake, with_mistake), (older_release, on_older)):
         services.use_config(source.current())
         assert services.config == with_fix.config and newest_config(services)
+
+
+def test_config_push_refuses_a_route53_zone_the_stages_functions_may_not_change(
+        s3: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The reconcile role may change the records of the hosted zones of the stage's packaged config
+    only (IAM is deployed with the code). A pushed config naming another zone was published: in AWS
+    every record change was refused (AccessDenied), so every VM of the entry's pools stayed pending
+    until its timeout destroyed it, while ``make run`` (the operator's credentials) published them.
+    Now refused, naming the zone and the deploy that grants it."""
+    deployed_stack({"DnsServerCidr": "", "DnsServerPort": "53", "CreateVpcEndpoints": "false"})
+    code, output = push_to_stack(tmp_path, DNS_CONFIG % (53, "aws"), capsys)
+    assert code == 1 and "nothing published" in output and "Traceback" not in output
+    assert "dns_configs.aws: hosted zone Z0123456789ABC" in output
+    assert "chalicelib/vmpool.yaml" in output and "make deploy STAGE=dev" in output
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET)

@@ -81,6 +81,10 @@ timeout, and no sign vCenter is unwell. A read on a connection kept from an earl
 again, once, on a fresh one (``with_connection``'s ``read_only``)."""
 
 
+PEM_BEGIN = "-----BEGIN "
+"""A ``ca_bundle`` holding this is PEM text, not a file's path."""
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """Where and how to reach a vCenter. The password is kept out of repr and equality."""
@@ -128,17 +132,23 @@ class Endpoint:
         )
 
     def ssl_context(self) -> ssl.SSLContext:
-        """Verify the certificate unless ``insecure``; trust ``ca_bundle`` when given."""
+        """Verify the certificate unless ``insecure``; trust ``ca_bundle`` when given: a PEM file,
+        or its certificates as PEM text (what the canonical config carries to the Lambdas, which
+        have no such file: chalicelib.config.carried_ca)."""
         if self.insecure:
             context = ssl.create_default_context()
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
             return context
+        pem_text = self.ca_bundle is not None and PEM_BEGIN in self.ca_bundle
         try:
+            if pem_text:
+                return ssl.create_default_context(cadata=self.ca_bundle)
             return ssl.create_default_context(cafile=self.ca_bundle)
-        except OSError as error:  # missing, unreadable, not PEM (ssl.SSLError is an OSError)
-            detail = error.strerror or str(error) or type(error).__name__
-            raise ProviderError(f"cannot use ca_bundle {self.ca_bundle}: {detail}", FailureKind.CONNECTION) from None
+        except (OSError, ValueError) as error:  # missing, unreadable, not PEM (ssl.SSLError is an OSError)
+            detail = getattr(error, "strerror", None) or str(error) or type(error).__name__
+            named = "(PEM text)" if pem_text else self.ca_bundle
+            raise ProviderError(f"cannot use ca_bundle {named}: {detail}", FailureKind.CONNECTION) from None
 
 
 def describe_fault(fault: BaseException) -> str:
