@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
+from chalicelib.clock import FakeClock
 from local.http_front import ACCEPT_TAKEOVER_SECONDS, WORKER_TIMEOUT_SECONDS, InProcessFront
 from tests.local.stack import http_front, read_answer
-from tests.local.test_one_process_watchdog import FakeClock, HangingApp
+from tests.local.test_one_process_watchdog import HangingApp
 from tests.support import free_port
 
 
@@ -67,16 +68,16 @@ def hang_on_the_accepting_loop(app: WhereItHangs, connections: Connections) -> s
 
 def test_new_connections_are_served_while_the_accepting_loop_is_stuck_in_a_request() -> None:
     app = WhereItHangs(threads=2)
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     port = free_port()
-    front = InProcessFront(lambda: app, "127.0.0.1", port, clock=clock)
+    front = InProcessFront(lambda: app, "127.0.0.1", port, clock=clock.now)
     connections = Connections(port)
     connect = connections.connect
     try:
         assert front.start(timeout=30)
         kept = hang_on_the_accepting_loop(app, connections)
 
-        clock.now += ACCEPT_TAKEOVER_SECONDS + 0.5  # the accepting loop has not turned since
+        clock.advance(ACCEPT_TAKEOVER_SECONDS + 0.5)  # the accepting loop has not turned since
         fresh = connect()
         fresh.sendall(b"GET /api/v3/status HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_answer(fresh).startswith(b"HTTP/1.1 200")  # before: unaccepted until the hang ended
@@ -90,16 +91,16 @@ def test_new_connections_are_served_while_the_accepting_loop_is_stuck_in_a_reque
 
 def test_a_front_whose_accepting_loop_was_said_stuck_stops_without_waiting_for_it() -> None:
     app = WhereItHangs(threads=2)
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     port = free_port()
-    front = InProcessFront(lambda: app, "127.0.0.1", port, clock=clock)
+    front = InProcessFront(lambda: app, "127.0.0.1", port, clock=clock.now)
     connections = Connections(port)
     try:
         assert front.start(timeout=30)
         hang_on_the_accepting_loop(app, connections)
         stuck = None
         for _ in range(int(WORKER_TIMEOUT_SECONDS) + 1):
-            clock.now += 1
+            clock.advance(1)
             stuck = front.stuck_loop() or stuck
         assert stuck is not None and stuck.loop == "vmpool-http-loop-0", stuck
 
