@@ -509,7 +509,7 @@ def _hiredis_packed(commands: list[Sequence[Any]], connection: Any) -> list[byte
     hiredis packer (``HiredisRespSerializer``: the command's name split at spaces, then
     ``hiredis.pack_command``; the bytes put in chunks of about ``_buffer_cutoff``), without that
     packer's Python pass over every argument looking for a ``bytearray`` or ``memoryview``
-    (4 % of a small pool's refill: docs/performance.md, "Twelfth round"). None when
+    (6 % of the instructions of a small pool's refill: docs/performance.md, "Twelfth round"). None when
     redis-py packs differently (another packer) or an argument is one hiredis refuses
     (``bytearray``, ``None``...): redis-py's own path then converts or refuses it, as before."""
     if type(getattr(connection, "_command_packer", None)).__name__ != "HiredisRespSerializer":
