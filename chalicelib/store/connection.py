@@ -49,7 +49,7 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar, cast
 import redis
 from redis.backoff import NoBackoff
 from redis.client import Pipeline
-from redis.connection import parse_url
+from redis.connection import HiredisRespSerializer, parse_url
 from redis.credentials import StreamingCredentialProvider
 from redis.exceptions import ExecAbortError, ReadOnlyError
 from redis.retry import Retry
@@ -512,7 +512,7 @@ def _hiredis_packed(commands: list[Sequence[Any]], connection: Any) -> list[byte
     (6 % of the instructions of a small pool's refill: docs/performance.md, "Twelfth round"). None when
     redis-py packs differently (another packer) or an argument is one hiredis refuses
     (``bytearray``, ``None``...): redis-py's own path then converts or refuses it, as before."""
-    if type(getattr(connection, "_command_packer", None)).__name__ != "HiredisRespSerializer":
+    if not isinstance(getattr(connection, "_command_packer", None), HiredisRespSerializer):
         return None
     pack, cutoff = _pack_command, connection._buffer_cutoff
     assert pack is not None
