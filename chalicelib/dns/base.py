@@ -1,6 +1,7 @@
 """The one interface every DNS plugin implements, and the failures it raises."""
 
 import abc
+import functools
 import ipaddress
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable, ClassVar, Iterable, Mapping, Optional, Sequence, TypeVar
@@ -81,24 +82,43 @@ def record_address(what: str, ip: str) -> tuple[str, str]:
     which a guest gives itself while DHCP has not answered; fe80::/10, which every IPv6 interface
     has), unspecified, multicast, reserved. The VM then stays pending with the reason, and is
     published when it reports another address."""
+    cached = isinstance(ip, str) and len(ip) <= CACHED_ADDRESS_CHARS
+    rdtype, text = _known_verdict(ip) if cached else _verdict(ip)
+    if rdtype is None:
+        raise DnsRejected(f"{what}: {text}")
+    return rdtype, text
+
+
+CACHED_ADDRESS_CHARS = 64
+"""Addresses up to this long have their verdict kept (``_known_verdict``, the last 1,024): a pass
+judges the addresses of every ready VM it sees and of each VM it makes ready, and parsing one
+with ``ipaddress`` each time was 4 % of a small pool's refill (docs/performance.md, "Twelfth
+round"). Longer text, which no address is, is judged each time and never kept."""
+
+
+def _verdict(ip: str) -> tuple[str | None, str]:
+    """``record_address``'s answer for ``ip``: (record type, address), or (None, why not)."""
     try:
         address = ipaddress.ip_address(ip)
     except ValueError:
         shown = ip if len(ip) <= MAX_SHOWN_ADDRESS else ip[:MAX_SHOWN_ADDRESS] + "..."
-        raise DnsRejected(f"{what}: {shown or '(empty)'} is not an IP address") from None
+        return None, f"{shown or '(empty)'} is not an IP address"
     if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
         # "fe80::1%eth0": Python reads a zone index as part of the address; no record holds one.
         shown = ip if len(ip) <= MAX_SHOWN_ADDRESS else ip[:MAX_SHOWN_ADDRESS] + "..."
-        raise DnsRejected(f"{what}: {shown} is not an address users can reach (it names an interface)")
+        return None, f"{shown} is not an address users can reach (it names an interface)"
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         # ::ffff:a.b.c.d is how some stacks show an IPv4 address: the A record users can reach.
-        return record_address(what, str(address.ipv4_mapped))
+        return _verdict(str(address.ipv4_mapped))
     if address.is_link_local:
-        raise DnsRejected(f"{what}: {address} is a link-local address (the guest has no address from DHCP yet)")
+        return None, f"{address} is a link-local address (the guest has no address from DHCP yet)"
     if address.is_unspecified or address.is_multicast or address.is_reserved:
         # Loopback stays allowed: a local stack's simulated guests (tools/vcsim) report 127.0.0.1.
-        raise DnsRejected(f"{what}: {address} is not an address users can reach")
+        return None, f"{address} is not an address users can reach"
     return ("A" if address.version == 4 else "AAAA"), address.compressed
+
+
+_known_verdict = functools.lru_cache(maxsize=1024)(_verdict)
 
 
 def chosen_addresses(candidates: Iterable[str | None]) -> dict[str, str]:

@@ -17,6 +17,7 @@ in. A record without a placement (written before this existed) counts as the poo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 
 from chalicelib.config import PoolConfig
@@ -27,7 +28,14 @@ PLACEMENT_FIELD = "placement"
 
 def placement_of(pool: PoolConfig) -> str:
     """Where the pool makes its VMs now, as a record keeps it."""
-    return json.dumps([pool.provider, pool.folder, pool.datacenter or ""])
+    return _placement_text(pool.provider, pool.folder, pool.datacenter or "")
+
+
+@functools.lru_cache(maxsize=1024)
+def _placement_text(provider: str, folder: str, datacenter: str) -> str:
+    # Asked for every VM a pass destroys or clones, twice for some (``PassContext.elsewhere``,
+    # ``reach``): encoded once per place, not once per VM (docs/performance.md, "Twelfth round").
+    return json.dumps([provider, folder, datacenter])
 
 
 def placed_pool(pool: PoolConfig, placement: str) -> PoolConfig | None:

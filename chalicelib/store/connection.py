@@ -53,7 +53,7 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar, cast
 import redis
 from redis.backoff import NoBackoff
 from redis.client import Pipeline
-from redis.connection import parse_url
+from redis.connection import HiredisRespSerializer, parse_url
 from redis.credentials import StreamingCredentialProvider
 from redis.exceptions import ExecAbortError, ReadOnlyError
 from redis.retry import Retry
@@ -309,7 +309,10 @@ class _FailoverAware:
 
     def pack_commands(self, commands: Sequence[Sequence[Any]]) -> list[bytes]:
         commands = list(commands)
-        packed = _PackedCommands(super().pack_commands(commands))  # type: ignore[misc]
+        chunks = _hiredis_packed(commands, self) if _pack_command is not None else None
+        if chunks is None:
+            chunks = super().pack_commands(commands)  # type: ignore[misc]
+        packed = _PackedCommands(chunks)
         packed.may_run_in_part = len(commands) > 1 and not (
             _name(commands[0]) == "MULTI" and _name(commands[-1]) == "EXEC")
         return packed
@@ -541,6 +544,45 @@ def _packed(connection: Any, command: tuple[Any, ...]) -> list[bytes]:
         return [_pack_command(command)]
     except TypeError as error:
         raise redis.DataError(error) from error
+
+
+def _hiredis_packed(commands: list[Sequence[Any]], connection: Any) -> list[bytes] | None:
+    """A pipeline's ``commands`` packed as redis-py's ``pack_commands`` packs them with its
+    hiredis packer (``HiredisRespSerializer``: the command's name split at spaces, then
+    ``hiredis.pack_command``; the bytes put in chunks of about ``_buffer_cutoff``), without that
+    packer's Python pass over every argument looking for a ``bytearray`` or ``memoryview``
+    (6 % of the instructions of a small pool's refill: docs/performance.md, "Twelfth round"). None when
+    redis-py packs differently (another packer) or an argument is one hiredis refuses
+    (``bytearray``, ``None``...): redis-py's own path then converts or refuses it, as before."""
+    if not isinstance(getattr(connection, "_command_packer", None), HiredisRespSerializer):
+        return None
+    pack, cutoff = _pack_command, connection._buffer_cutoff
+    assert pack is not None
+    output: list[bytes] = []
+    pieces: list[bytes] = []
+    length = 0
+    for command in commands:
+        name = command[0]
+        if isinstance(name, str):
+            command = (*name.encode().split(), *command[1:])
+        elif b" " in name:
+            command = (*name.split(), *command[1:])
+        try:
+            chunk = pack(command if isinstance(command, tuple) else tuple(command))
+        except TypeError:
+            return None
+        if length > cutoff or len(chunk) > cutoff:
+            if pieces:
+                output.append(b"".join(pieces))
+            pieces, length = [], 0
+        if len(chunk) > cutoff:
+            output.append(chunk)
+        else:
+            pieces.append(chunk)
+            length += len(chunk)
+    if pieces:
+        output.append(b"".join(pieces))
+    return output
 
 
 class _TimeoutsNeverSent:

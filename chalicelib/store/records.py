@@ -69,9 +69,12 @@ concurrent change of another tag."""
 def _tags(data: Mapping[str, str]) -> dict[str, str]:
     """The tags of a record: its ``tag:<key>`` fields, over the JSON ``tags`` field older
     versions wrote."""
-    tags = dict(_json(data.get("tags"), {}))
-    tags.update({name[len(TAG_FIELD_PREFIX):]: value for name, value in data.items()
-                 if name.startswith(TAG_FIELD_PREFIX)})
+    text = data.get("tags")
+    tags = dict(_json(text, {})) if text else {}
+    prefix, length = TAG_FIELD_PREFIX, len(TAG_FIELD_PREFIX)
+    for name in data:
+        if name[:length] == prefix:
+            tags[name[length:]] = data[name]
     return tags
 
 
@@ -107,32 +110,39 @@ class VMRecord:
 
     @classmethod
     def from_hash(cls, data: Mapping[str, str]) -> "VMRecord":
-        state = data.get("state", "")
-        return cls(
-            name=data.get("name", ""),
-            pool=data.get("pool", ""),
+        get = data.get
+        state = get("state", "")
+        record = object.__new__(cls)
+        # Every field set at once, as the generated __init__ of a frozen dataclass sets them one
+        # by one through object.__setattr__: a pass builds a record for every VM it reads (each
+        # returned VM twice), and that __init__ was half of building one (docs/performance.md,
+        # "Twelfth round"). tests/core/test_records.py checks every field is set, as __init__ would.
+        record.__dict__.update(
+            name=get("name", ""),
+            pool=get("pool", ""),
             state=state,
-            template=data.get("template", ""),
-            domain=data.get("domain", ""),
-            clone_start=finite_number(data.get("clone_start")),
-            clone_end=finite_number(data.get("clone_end")),
-            ready_at=finite_number(data.get("ready_at")),
-            checkout=finite_number(data.get("checkout")),
-            lifetime_hours=_lifetime(data.get("lifetime")),
-            token_user=data.get("token_user", ""),
+            template=get("template", ""),
+            domain=get("domain", ""),
+            clone_start=finite_number(get("clone_start")),
+            clone_end=finite_number(get("clone_end")),
+            ready_at=finite_number(get("ready_at")),
+            checkout=finite_number(get("checkout")),
+            lifetime_hours=_lifetime(get("lifetime")),
+            token_user=get("token_user", ""),
             tags=_tags(data),
-            disks=tuple(_json(data.get("disks"), [])),
-            snapshots=tuple(_json(data.get("snapshots"), [])),
-            host=data.get("host", ""),
-            ip=data.get("ip", ""),
-            clone_task=data.get("clone_task", ""),
-            destroy_task=data.get("destroy_task", ""),
-            reason=data.get("reason", ""),
-            not_ready_reason=data.get("not_ready_reason", ""),
-            failure=data.get("failure", ""),
-            state_since=finite_number(data.get(f"{state}_at")),
+            disks=tuple(_json(get("disks"), [])),
+            snapshots=tuple(_json(get("snapshots"), [])),
+            host=get("host", ""),
+            ip=get("ip", ""),
+            clone_task=get("clone_task", ""),
+            destroy_task=get("destroy_task", ""),
+            reason=get("reason", ""),
+            not_ready_reason=get("not_ready_reason", ""),
+            failure=get("failure", ""),
+            state_since=finite_number(get(f"{state}_at")),
             raw=dict(data),
         )
+        return record
 
     def fqdn(self) -> str:
         return f"{self.name}.{self.domain}" if self.domain else self.name
