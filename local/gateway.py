@@ -20,7 +20,7 @@ import threading
 import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs
 
 from chalice import Chalice
 
@@ -40,6 +40,9 @@ MiB per connection of bodies it would refuse (a GiB at its 1,000 connections), a
 in 1-byte chunks up to that cost the front a million parser callbacks (3 s of CPU per request;
 4 such clients took a checkout's p50 from 8 to 174 ms)."""
 
+
+MALFORMED_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+"""A ``%`` of a query string not followed by two hex digits: API Gateway answers 400 for it."""
 
 SLASH_RUNS = re.compile(r"//+")
 """Empty path segments, which vmpooler's Rack::Protection (PathTraversal) dropped before routing:
@@ -91,8 +94,10 @@ class RouteMatcher:
         for resource in self._templates:
             found = resource.pattern.match(path)
             if found:
-                values = zip(resource.params, found.groups(), strict=True)
-                return resource, {name: unquote(value) for name, value in values}
+                # As sent, percent-escapes and all: API Gateway's REST proxy event holds path
+                # parameters undecoded (``/vm/my%2Dhost`` is ``my%2Dhost``), and the app decodes
+                # them once (routes.request_from_chalice) wherever it runs.
+                return resource, dict(zip(resource.params, found.groups(), strict=True))
         return None
 
 
@@ -109,8 +114,13 @@ class Gateway:
         self._one_at_a_time: threading.Lock | None = None if isinstance(app, RequestLocalChalice) else threading.Lock()
 
     def __call__(
-        self, method: str, target: str, headers: dict[str, str], body: bytes, client_ip: str
+        self, method: str, target: str, headers: dict[str, str], body: bytes, client_ip: str,
+        header_values: dict[str, list[str]] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
+        """The answer to one request. ``headers``: each header's values joined with ", " (what the
+        front itself reads: ``Accept-Encoding`` for compression); ``header_values``: each value as
+        sent, in order, when the caller kept them apart (the HTTP front does). The event has them
+        as API Gateway does: ``headers`` the last value of each, ``multiValueHeaders`` every one."""
         # The request target as the HTTP server read it (origin-form), split by hand: urlsplit
         # reads a path beginning with "//" as a host and a path (GET //x/api/v3/config served
         # /api/v3/config, past any proxy rule on the path's prefix) and raises on "//[" (a 500).
@@ -137,13 +147,24 @@ class Gateway:
             # first, a 1.4 MB query of 350,000 parameters took 0.9-1.5 s before the app's 414.
             refusal = oversized("multiValueQueryStringParameters")
             return refusal.status, dict(JSON_HEADERS), json_text(refusal.body).encode()
+        if MALFORMED_ESCAPE.search(query_string):
+            # API Gateway refuses such a query itself (400); parse_qs kept "%zz" or a lone "%" as
+            # text, and the app answered as if it had been sent so.
+            malformed = {"ok": False, "error": "Bad Request: the query string has a % not followed by two hex "
+                                               "digits (send a % as %25)"}
+            return 400, dict(JSON_HEADERS), json_text(malformed).encode()
+        # Decoded as API Gateway decodes it: "+" is a space, "%2B" a "+", "a" and "a=" are "",
+        # a repeated name is every value in the multi-value form and its last in the other, and
+        # bytes that are not UTF-8 are U+FFFD.
         query = parse_qs(query_string, keep_blank_values=True) if query_string else {}
+        if header_values is None:
+            header_values = {name: [value] for name, value in headers.items()}
         event = {
             "resource": resource.path,
             "path": path,
             "httpMethod": method,
-            "headers": headers,
-            "multiValueHeaders": {name: [value] for name, value in headers.items()},
+            "headers": {name: values[-1] for name, values in header_values.items()},
+            "multiValueHeaders": header_values,
             "queryStringParameters": {k: v[-1] for k, v in query.items()} or None,
             "multiValueQueryStringParameters": query or None,
             "pathParameters": params or None,
@@ -291,9 +312,11 @@ class AsgiApp:
 
     async def _respond(self, scope: dict[str, Any], receive: Callable[[], Any]) -> Response:
         headers: dict[str, str] = {}
+        header_values: dict[str, list[str]] = {}
         for raw_name, raw_value in scope["headers"]:
             name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
+            header_values.setdefault(name, []).append(value)
         length = int(headers.get("content-length") or 0)
         if length > self.max_body:
             return json_error(413, f"Request body too large (at most {self.max_body} bytes)")
@@ -309,7 +332,7 @@ class AsgiApp:
         client = scope.get("client") or ("", 0)
         # On this loop's thread: its other connections wait meanwhile (the worker's other loops
         # do not), and the app sees one request at a time on it.
-        return self.gateway(scope["method"], target.decode("latin-1"), headers, body, client[0])
+        return self.gateway(scope["method"], target.decode("latin-1"), headers, body, client[0], header_values)
 
     async def _receive_body(self, receive: Callable[[], Any]) -> bytes | Response:
         """The request's body, or the error to answer instead."""

@@ -24,8 +24,9 @@ class _Handler(BaseHTTPRequestHandler):
         # As the local front reads a request: a length that is not digits, or given twice, is a
         # 400 and one over the API's limit a 413, before any body is read (int() read "-5" and
         # waited for the client to close; 99999999999 was a MemoryError: no answer, a
-        # traceback). A header sent twice is every value joined with ", " (a token sent twice
-        # is then no token, as there): a dict of the headers kept only the last.
+        # traceback). A header sent twice reaches the app as each of its values (the event's
+        # headers its last, multiValueHeaders each, as API Gateway's): a token sent twice is then
+        # no token, as there; a dict of the headers had kept only the last.
         if self.headers.get("Transfer-Encoding") is not None:
             # http.server reads no chunked body: it would be read as the next request.
             return self._answer(*json_error(501, "Transfer-Encoding is not supported here; send Content-Length"))
@@ -37,9 +38,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._answer(*json_error(413, f"Request body too large (at most {MAX_BODY_BYTES} bytes)"))
         body = self.rfile.read(length) if length else b""
         headers: dict[str, str] = {}
+        header_values: dict[str, list[str]] = {}  # each value apart, as the local front hands them over
         for name, value in self.headers.items():
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        self._answer(*self.gateway(self.command, self.path, headers, body, self.client_address[0]))
+            header_values.setdefault(name, []).append(value)
+        self._answer(*self.gateway(self.command, self.path, headers, body, self.client_address[0], header_values))
 
     def _answer(self, status: int, out_headers: dict[str, str], data: bytes) -> None:
         if out_headers.get("Connection") == "close":

@@ -13,6 +13,7 @@ import base64
 import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
+from urllib.parse import unquote
 
 import redis
 
@@ -280,7 +281,9 @@ def request_from_chalice(current: Any, version: int, params: Mapping[str, str]) 
     return ApiRequest(
         method="GET" if current.method == "HEAD" else current.method,  # HEAD: GET's answer, its body dropped
         version=version,
-        params=dict(params),
+        # Decoded once here: API Gateway's REST event holds path parameters as sent (``my%2Dhost``),
+        # where vmpooler's router decoded them; the local front passes them as API Gateway does.
+        params={name: unquote(value) for name, value in params.items()},
         query=_event_query(event),
         headers=_event_headers(event),
         body=_event_body(event),
