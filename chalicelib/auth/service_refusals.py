@@ -9,17 +9,22 @@ and for whatever else uses that account. Now a refusal is recorded in Redis (``H
 expiring) and, within the hold, the same password is not sent again, by any process: the API
 answers 503 at once, as for the refusal. A changed password is tried at once.
 
-The record holds a salted scrypt hash of the refused password, never the password: a Redis dump
-shows what was refused only to someone who can guess it at scrypt's cost. It is compared only
-while a record exists (a refusal within the hold), its hash worked out once per process and
+Each refused password is held on its own (a key per account and refused password, expiring with
+its hold), beside a mark that the account has a refusal held: a refusal of another password (an
+old process still carrying the password before a config push, while new ones carry a typo) or a
+login vCenter accepted with another password never ends the hold of one still in use elsewhere.
+With one record per account, the last refusal or acceptance replaced it: two refused passwords
+in use at once were each sent again by every login and pass (the lockout the hold prevents).
+
+The key names a scrypt hash of the refused password (salted by the account), never the password:
+a Redis dump shows what was refused only to someone who can guess it at scrypt's cost. It is
+worked out only while the account's mark exists (a refusal within the hold), once per process and
 password.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
-import secrets
 import threading
 from typing import Any
 
@@ -34,36 +39,50 @@ hour at most, under Active Directory's usual lockout thresholds, where every log
 
 _SCRYPT = {"n": 2**12, "r": 8, "p": 1, "dklen": 32}
 """4 MB a hash; 174 ms measured on a 2-core machine at load 11 (16 times that with n=2**14): worked
-out once per process and salt, and only while a refusal is held."""
+out once per process and password, and only while a refusal of the account is held."""
 _SALT_BYTES = 16
 
 
-def _digest(salt: bytes, password: str) -> bytes:
+def _digest(account: str, password: str) -> bytes:
+    """The scrypt hash of ``password`` salted by ``account`` (each account's own, and the same in
+    every process: it names the refusal's key)."""
+    salt = hashlib.sha256(b"vmpool refused service password\0" + account.encode("utf-8")).digest()[:_SALT_BYTES]
     return hashlib.scrypt(password.encode("utf-8"), salt=salt, **_SCRYPT)
 
 
 class RefusedPasswords:
     """Which service-account password the directory refused within the last ``hold_seconds``,
-    shared through Redis (one small key per account, expiring with the hold)."""
+    shared through Redis (a small key per account and refused password, and the account's mark,
+    each expiring with its hold)."""
 
     def __init__(self, redis: Any, prefix: str = DEFAULT_PREFIX, hold_seconds: int = HOLD_SECONDS) -> None:
         self.redis = redis
         self.keys = Keys(prefix)
         self.hold_seconds = hold_seconds
-        self._digests: dict[tuple[bytes, str, str], bytes] = {}
+        self._digests: dict[tuple[str, str], bytes] = {}
         self._lock = threading.Lock()
 
-    def _key(self, account: str) -> str:
-        return self.keys.service_password_refused(hashlib.sha256(account.encode("utf-8")).hexdigest()[:32])
+    def _mark(self, account: str) -> str:
+        """The key marking that ``account`` has a refused password held (expiring with the last)."""
+        return self.keys.service_password_refused(self._account_hash(account))
 
-    def _digest_of(self, account: str, salt: bytes, password: str) -> bytes:
-        """``_digest``, worked out once per process for the salt and password in use (scrypt is
-        slow on purpose; every login within the hold compares)."""
-        cache_key = (salt, account, password)
+    def _key(self, account: str, password: str) -> str:
+        """The key holding the refusal of ``password`` for ``account``."""
+        return self.keys.service_password_refused(
+            f"{self._account_hash(account)}:{self._digest_of(account, password).hex()}")
+
+    @staticmethod
+    def _account_hash(account: str) -> str:
+        return hashlib.sha256(account.encode("utf-8")).hexdigest()[:32]
+
+    def _digest_of(self, account: str, password: str) -> bytes:
+        """``_digest``, worked out once per process for the account and password in use (scrypt
+        is slow on purpose; every login within the hold checks)."""
+        cache_key = (account, password)
         with self._lock:
             known = self._digests.get(cache_key)
         if known is None:
-            known = _digest(salt, password)
+            known = _digest(account, password)
             with self._lock:
                 if len(self._digests) >= 8:
                     self._digests.clear()
@@ -71,24 +90,22 @@ class RefusedPasswords:
         return known
 
     def held(self, account: str, password: str) -> bool:
-        """Whether the directory refused ``password`` for ``account`` within the hold."""
-        recorded = self.redis.get(self._key(account))
-        if not recorded:
-            return False
-        text = recorded.decode() if isinstance(recorded, bytes) else str(recorded)
-        salt_hex, _, digest_hex = text.partition(":")
-        try:
-            salt, digest = bytes.fromhex(salt_hex), bytes.fromhex(digest_hex)
-        except ValueError:
-            return False
-        return hmac.compare_digest(self._digest_of(account, salt, password), digest)
+        """Whether the directory refused ``password`` for ``account`` within the hold (whatever
+        other password was refused or accepted since)."""
+        if not self.redis.exists(self._mark(account)):
+            return False  # no refusal held: no hash worked out
+        return bool(self.redis.exists(self._key(account, password)))
 
     def refused(self, account: str, password: str) -> None:
         """Record that the directory refused ``password`` for ``account`` (now, for the hold)."""
-        salt = secrets.token_bytes(_SALT_BYTES)
-        digest = self._digest_of(account, salt, password)
-        self.redis.set(self._key(account), f"{salt.hex()}:{digest.hex()}", ex=self.hold_seconds)
+        key = self._key(account, password)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(key, "1", ex=self.hold_seconds)
+        pipe.set(self._mark(account), "1", ex=self.hold_seconds)
+        pipe.execute()
 
-    def forgive(self, account: str) -> None:
-        """The account's password was accepted: no refusal of it holds any more."""
-        self.redis.delete(self._key(account))
+    def forgive(self, account: str, password: str) -> None:
+        """``password`` was accepted for ``account``: its refusal holds no more (another
+        password's, still in use by other processes, does)."""
+        if self.redis.exists(self._mark(account)):
+            self.redis.delete(self._key(account, password))

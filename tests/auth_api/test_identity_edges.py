@@ -13,7 +13,9 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+import app as chalice_app
 from chalicelib.api.tokens import OTHERS_TOKENS_REFUSED
+from chalicelib.auth.secrets import SecretResolver
 from chalicelib.config import ConfigError, build
 from tests.auth.slapd import SlapdServer
 from tests.auth_api.documents import POOL, document
@@ -265,6 +267,52 @@ def test_a_refused_service_password_is_not_sent_again_by_any_process_until_chang
     with ThreadPoolExecutor(8) as pool:
         assert set(pool.map(partial(log_in, fixed), crew)) == {200}
     assert "a-typo" not in str(api.redis_state())
+
+
+def test_two_refused_service_passwords_in_use_at_once_are_each_held(
+        make_api: HarnessFactory, logging_slapd: SlapdServer) -> None:
+    """The service password is a secret each process caches (5 minutes): rotated in the directory,
+    processes still carrying the one before it, and the secret rewritten with a typo in the new
+    one, both refused. One record per account held the last refusal only: each process's refusal
+    replaced the other's, so neither password was held and every login sent its own again (16
+    logins alternating between two processes: 16 refused binds, a locked account). Each refused
+    password is held on its own: 2 binds. The right one is tried at once."""
+    directory = logging_slapd
+    crew = {f"rot{index}": secrets.token_urlsafe(12) for index in range(8)}
+    for name, password in crew.items():
+        directory.add_user(name, password)
+    ldap = directory.ldap_config(encryption="plain")
+    ldap["service_account_hash"] = {"user_dn": directory.service_dn,
+                                    "password": {"secret": "vmpool/ldap", "key": "password"}}
+    doc = document({"provider": "ldap", "ldap": ldap})
+
+    class CachedSecret:
+        """What one process's cache holds of the secret (Powertools' SecretsProvider.get)."""
+
+        def __init__(self, password: str) -> None:
+            self.password = password
+
+        def get(self, name: str, **options: Any) -> dict[str, str]:
+            return {"password": self.password}
+
+    def process(password: str, client: Any = None) -> Harness:
+        return make_api(doc, client=client, secrets=SecretResolver(secrets_provider=CachedSecret(password)))
+
+    def service_binds() -> int:
+        return (directory.directory / "slapd.log").read_text(errors="replace").count(
+            f'BIND dn="{directory.service_dn}"')
+
+    before = process("before-the-rotation")
+    typo = process("after-the-rotatoin", before.services.client)
+    for name in crew:
+        for api in (before, typo):
+            chalice_app._services = api.services  # the request reaches that process (make_harness restores)
+            assert api.call("POST", "/api/v3/token", headers=basic(name, crew[name])).status == 503
+    assert service_binds() == 2
+    fixed = process(directory.service_password, before.services.client)
+    assert fixed.call("POST", "/api/v3/token", headers=basic("rot0", crew["rot0"])).status == 200
+    state = str(before.redis_state())
+    assert "before-the-rotation" not in state and "after-the-rotatoin" not in state
 
 
 def test_a_user_renamed_in_the_directory_keeps_their_vms_and_ondemand_requests(

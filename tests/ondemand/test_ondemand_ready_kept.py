@@ -167,3 +167,26 @@ def test_a_request_made_ready_by_the_previous_release_is_kept_once_its_vms_lifet
     assert (status, body.get("ready")) == (200, True)
     assert stack.answer("DELETE", f"/api/v3/ondemandvm/{request_id}") == (200, {"ok": True})
     assert stack.state_of(hosts[0]) == "completed"
+
+
+def test_a_lifetime_extended_while_the_request_is_open_counts_when_it_becomes_ready(make_stack):
+    """Racing with the delivery: a user extends the lifetime of a VM already delivered while the
+    request still waits for another (no push then: it is not ready), then shortens it after the
+    last delivery. The delivery reads the VMs' lifetimes as Redis holds them (the extension
+    counts) and the later shortening never brings the expiry in: the request answers until the
+    longest end asked, data_ttl past it."""
+    stack = make_stack(size=0)
+    status, body = stack.answer("POST", "/api/v3/ondemandvm", {"debian-12": 1, "win-2022": 1})
+    assert status == 201
+    request_id = body["request_id"]
+    stack.run_passes("debian-12")
+    status, body = stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")
+    assert (status, body.get("ready")) == (202, False)
+    (host,) = stack.hosts("debian-12", "running")
+    assert stack.answer("PUT", f"/api/v3/vm/{host}", {"lifetime": 40 * 24}) == (200, {"ok": True})
+    stack.run_passes("win-2022")
+    assert stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")[1].get("ready") is True
+    assert stack.answer("PUT", f"/api/v3/vm/{host}", {"lifetime": 50 * 24}) == (200, {"ok": True})
+    assert stack.answer("PUT", f"/api/v3/vm/{host}", {"lifetime": 1}) == (200, {"ok": True})
+    advance(stack, 50 * DAY - 3600)
+    assert stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")[0] == 200

@@ -90,3 +90,20 @@ def test_a_refused_password_is_not_sent_again_by_another_process(
     # The right password is tried at once, there too.
     assert run_pool(services_with(vcsim, redis_client), POOLS[0]["name"], 0.0).failures == []
     assert len(logins) == 2
+
+
+def test_a_login_accepted_with_another_password_keeps_the_refused_one_held(
+        vcsim: VcsimServer, redis_client: redis.Redis, logins: list[str]) -> None:
+    """A config push rolling out: containers with the new password log in, warm ones still carry
+    the old, refused one. The accepted login cleared the account's refusal record, whichever
+    password it held: each old container then sent the refused password again (N containers, N
+    refusals an interval: the lockout the shared record prevents). Only the accepted password's
+    refusal is cleared."""
+    run_pool(services_with(vcsim, redis_client, password="before-the-push"), POOLS[0]["name"], 0.0)
+    connections.forget_server("localhost", vcsim.port)  # a container with the pushed config
+    assert run_pool(services_with(vcsim, redis_client), POOLS[1]["name"], 0.0).failures == []
+    connections.forget_server("localhost", vcsim.port)  # another warm container, still the old config
+    reports = [run_pool(services_with(vcsim, redis_client, password="before-the-push"), pool["name"], 0.0)
+               for pool in POOLS[2:]]
+    assert all(report.failures and "refused the login" in report.failures[0] for report in reports)
+    assert logins[0] == "before-the-push" and logins[2:] == []

@@ -306,7 +306,7 @@ class Connection:
             ) from None
         _refused_logins.pop(self.endpoint.key, None)
         if self.refusals is not None:
-            self.refusals.forgive(_account(self.endpoint))
+            self.refusals.forgive(_account(self.endpoint), self.endpoint.password)
         self.cache.clear()  # views and other session objects died with the old session
         self.last_used = time.monotonic()
 
