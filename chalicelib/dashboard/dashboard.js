@@ -12,6 +12,12 @@
   // most a minute (it was 5): the page came back up to 5 minutes after the API did.
   var STATUS_EVERY = 5000, HISTORY_EVERY = 60000, SUMMARY_EVERY = 60000, STALE_AFTER = 20000;
   var MAX_BACKOFF = 60000;
+  // How long a poll waits for its whole answer before it gives up and counts as failed. API
+  // Gateway answers within 29 s, a 503 or 504 if the API cannot: an answer still missing past that
+  // is on a connection that went dead without a word (a VPN or NAT dropping it, a laptop waking),
+  // where the browser waits for TCP to give up, some 15 minutes. The poll waited as long: its feed
+  // asked nothing more and the badge said "stale" without a reason, the API long back.
+  var ANSWER_WITHIN = 30000;
   // The table holds at most MAX_ROWS rows, the first in the chosen order of those the filter
   // matches; the alerts name at most MAX_NAMED pools each. At 10,000 pools (the most a config
   // may have) the page built 220,000 elements: 9 s before the first row, then an 11 s freeze,
@@ -55,7 +61,13 @@
     if (maxAge) { headers["Cache-Control"] = "max-age=" + maxAge; }
     var last = kept[slot] && kept[slot].path === path ? kept[slot] : null;
     if (last) { headers["If-None-Match"] = last.etag; }
-    return fetch(url(path), { headers: headers, cache: "no-store" }).then(function (r) {
+    var deadline = AbortSignal.timeout(ANSWER_WITHIN);
+    function timedOut() {
+      var error = new Error(path + ": no answer within " + ANSWER_WITHIN / 1000 + " s");
+      error.timedOut = true;
+      return error;
+    }
+    var asked = fetch(url(path), { headers: headers, cache: "no-store", signal: deadline }).then(function (r) {
       if (r.status === 304 && last) { return { body: last.body, changed: false }; }
       if (!r.ok) {
         var error = new Error(path + ": HTTP " + r.status);
@@ -66,13 +78,14 @@
       return r.json().catch(function () {
         // A 200 that is no JSON (a proxy's page, a cut answer): the API was reached, its answer
         // is what failed. It read as "the API is unreachable".
-        throw undrawable(path);
+        throw deadline.aborted ? timedOut() : undrawable(path);
       }).then(function (body) {
         var etag = r.headers.get("ETag");
         if (etag) { kept[slot] = { path: path, etag: etag, body: body }; } else { delete kept[slot]; }
         return { body: body, changed: true };
       });
     });
+    return asked.catch(function (error) { throw deadline.aborted && !error.timedOut ? timedOut() : error; });
   }
 
   // The error of an answer that came but cannot be drawn; its feed is asked afresh next time
@@ -510,6 +523,7 @@
     }, function (error) {
       feed.failing = true;
       feed.problem = error.undrawable ? "the API's answer could not be drawn"
+        : error.timedOut ? "no answer from the API within " + ANSWER_WITHIN / 1000 + " s"
         : error.status ? "the API answered " + error.status : "the API is unreachable";
       showLive();
       throw error;

@@ -154,3 +154,36 @@ def test_the_pools_badge_is_greyed_while_the_status_it_shows_is_stale(feeds: Fee
     assert page.evaluate(colour) != green
     feeds.answer("/api/v3/status", GOOD["/api/v3/status"])
     eventually(lambda: health(page) == ("badge ok", "all pools ready"), 60, "the pools' badge green again")
+
+
+DEADLINE_SOON = """
+var realTimeout = AbortSignal.timeout;
+AbortSignal.timeout = function (delay) { return realTimeout.call(AbortSignal, Math.min(delay, 1000)); };
+var realSetTimeout = window.setTimeout;
+window.setTimeout = function (run, delay) { return realSetTimeout(run, 20); };
+"""
+"""The page's wait for an answer cut to a second and its other timers run at once: the waits
+are read from the badge, not waited for."""
+
+
+def test_a_poll_whose_answer_never_comes_is_given_up_and_asked_again(tmp_path: Path) -> None:
+    """Before: a poll waited for its answer as long as the browser did, which on a connection
+    gone dead without a word (a VPN or NAT dropping it, a laptop waking) is until TCP gives up,
+    some 15 minutes: that feed asked nothing more, and the badge said "connecting" (or "stale"
+    with no reason) while the API answered everyone else. Now a poll gives up after 30 s (API
+    Gateway answers within 29 s), says so, and the page asks again on its back-off."""
+    with FeedServer(GOOD) as feeds:
+        feeds.hold("/api/v3/status")
+        browser = BrowserPage(tmp_path / "profile")
+        try:
+            browser.call("Page.enable")
+            browser.call("Page.addScriptToEvaluateOnNewDocument", source=DEADLINE_SOON)
+            browser.call("Page.navigate", url=feeds.page_url)
+            eventually(lambda: badge(browser) == ("live stale", "no data: no answer from the API within 30 s"), 60,
+                       "the badge to say the API does not answer")
+            eventually(lambda: feeds.held["/api/v3/status"] >= 3, 60, "the page to ask again")
+            feeds.release()
+            eventually(lambda: badge(browser)[0] == "live ok", 60, "the page to be live")
+            assert sorted(rows(browser)) == sorted(POOLS)
+        finally:
+            browser.close()
