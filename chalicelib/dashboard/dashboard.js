@@ -530,12 +530,20 @@
     });
   }
 
+  // /status answering again after failing (or at its first answer) is the API back: the other
+  // feeds waiting out a back-off are asked at once. They waited up to a minute more (their polls
+  // are a minute apart, so their back-off starts there): with Redis paused for a few seconds at
+  // the wrong moment, the graphs and the clone and boot times stayed empty or "partly stale" for
+  // up to a minute after the pools came back.
   function pollStatus() {
+    var wasDown = feeds.status.failing || !feeds.status.lastOk;
     return noted(feeds.status, getJSON("api/v3/status", STATUS_EVERY / 1000 - 1).then(function (status) {
       if (status.changed) {
         draw("status", status.body, "api/v3/status", function (body) { return isObject(body) && isObject(body.pools); });
       }
-    }));
+    })).then(function () {
+      if (wasDown) { pollers.forEach(function (p) { p.backOnline(); }); }
+    });
   }
 
   function pollHistory() {
@@ -567,19 +575,27 @@
   // While the tab is hidden a poll that comes due waits, and runs when the tab is shown again.
   var pollers = [];
   function poller(task, every) {
-    var p = { wait: every, timer: null, waiting: false };
+    // failing: its last poll failed; notBefore: when the API's Retry-After lets it ask again.
+    var p = { wait: every, timer: null, waiting: false, failing: false, notBefore: 0 };
     p.run = function () {
       p.timer = null;
       if (document.hidden) { p.waiting = true; return; }
       p.waiting = false;
       var delay = every;
-      task().then(function () { p.wait = every; }, function (error) {
+      task().then(function () { p.wait = every; p.failing = false; }, function (error) {
         var asked = (error && error.retryAfter || 0) * 1000;
         p.wait = Math.min(MAX_BACKOFF, Math.max(p.wait * 2, asked));
         delay = Math.max(Math.min(asked, MAX_BACKOFF), p.wait / 2 + Math.random() * p.wait / 2);
+        p.failing = true;
+        p.notBefore = Date.now() + Math.min(asked, MAX_BACKOFF);
       }).then(function () {
         if (!p.timer) { p.timer = setTimeout(p.run, delay); }
       });
+    };
+    // The API answers again: a poll waiting out its back-off runs now (once: it fails again, it
+    // backs off again), unless the API's Retry-After asked it to wait longer.
+    p.backOnline = function () {
+      if (p.failing && p.timer && Date.now() >= p.notBefore) { p.now(); }
     };
     p.now = function () {  // at once (a new range), then on its cadence
       if (p.timer) { clearTimeout(p.timer); p.timer = null; }

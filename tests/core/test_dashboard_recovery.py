@@ -187,3 +187,42 @@ def test_a_poll_whose_answer_never_comes_is_given_up_and_asked_again(tmp_path: P
             assert sorted(rows(browser)) == sorted(POOLS)
         finally:
             browser.close()
+
+
+BACK_OFF_PARKED = """
+window.parkedDelays = [];
+var realSetTimeout = window.setTimeout;
+window.setTimeout = function (run, delay) {
+  if (delay >= 30000) { window.parkedDelays.push(delay); return realSetTimeout(function () {}, 0); }
+  return realSetTimeout(run, 20);
+};
+"""
+"""The page's timers run at once but those of 30 s and more (a minute feed's back-off after it
+failed), which never run: what the page asks after a failure without them is read, not waited for."""
+
+
+def test_the_graphs_and_times_come_back_with_the_pools_not_a_minute_later(tmp_path: Path) -> None:
+    """Redis paused as the page loads: every feed fails. /status is asked again within seconds,
+    the history and the summaries (a minute apart) after a back-off of 30-60 s. Before, the pools
+    came back with Redis and the graphs and clone and boot times stayed empty ("partly stale:
+    the graphs: no data") up to a minute longer. Now /status answering again has the feeds
+    waiting out a back-off asked at once."""
+    with FeedServer(GOOD) as feeds:
+        feeds.hold("/api/v3/status")  # the pools' answer on its way ...
+        for path in ("/dashboard/stats/history", "/api/v3/summary/clone", "/api/v3/summary/boot"):
+            feeds.answer(path, {"ok": False, "error": "the state store is unavailable"}, status=503)
+        browser = BrowserPage(tmp_path / "profile")
+        try:
+            browser.call("Page.enable")
+            browser.call("Page.addScriptToEvaluateOnNewDocument", source=BACK_OFF_PARKED)
+            browser.call("Page.navigate", url=feeds.page_url)
+            # ... while the others failed and wait out their back-off.
+            eventually(lambda: len(browser.evaluate("parkedDelays")) >= 2, 60, "the failed feeds to back off")
+            for path in ("/dashboard/stats/history", "/api/v3/summary/clone", "/api/v3/summary/boot"):
+                feeds.answer(path, GOOD[path])
+            feeds.release()  # the API is back
+            eventually(lambda: badge(browser)[0] == "live ok", 60, "every feed drawn")
+            assert browser.evaluate("document.querySelectorAll('#totals-graph polyline').length") == 4
+            assert sorted(rows(browser)) == sorted(POOLS)
+        finally:
+            browser.close()
