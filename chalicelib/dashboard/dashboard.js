@@ -73,7 +73,11 @@
         var error = new Error(path + ": HTTP " + r.status);
         error.status = r.status;
         error.retryAfter = Number(r.headers.get("Retry-After")) || 0;
-        throw error;
+        // Why, in the API's words (our JSON's error, API Gateway's message), for the badge.
+        var json = /^application\/json\b/i.test(r.headers.get("Content-Type") || "");
+        return (json ? r.json() : Promise.reject(error)).then(function (body) {
+          error.reason = reasonOf(body);
+        }, function () { /* no words: the status says it */ }).then(function () { throw error; });
       }
       return r.json().catch(function () {
         // A 200 that is no JSON (a proxy's page, a cut answer): the API was reached, its answer
@@ -86,6 +90,18 @@
       });
     });
     return asked.catch(function (error) { throw deadline.aborted && !error.timedOut ? timedOut() : error; });
+  }
+
+  // An error answer's text, on one line, cut to MAX_REASON characters and isolated (FSI..PDI):
+  // a proxy's or a failing API's words, which may hold anything (markup goes in as text; a
+  // right-to-left override would reverse the rest of the badge).
+  var MAX_REASON = 120;
+  function reasonOf(body) {
+    var said = isObject(body) && (typeof body.error === "string" ? body.error
+      : typeof body.message === "string" ? body.message : "");
+    said = said ? said.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u2066-\u2069]+/g, " ").trim() : "";
+    if (!said) { return ""; }
+    return "\u2068" + (said.length > MAX_REASON ? said.slice(0, MAX_REASON - 1) + "\u2026" : said) + "\u2069";
   }
 
   // The error of an answer that came but cannot be drawn; its feed is asked afresh next time
@@ -189,6 +205,7 @@
       live.className = "live ok";
       label.textContent = "live, updated " + new Date(status.lastOk).toLocaleTimeString();
     }
+    label.title = label.textContent;  // whole, where the badge is cut to the window
   }
 
   // --- totals --------------------------------------------------------------------------------
@@ -524,7 +541,8 @@
       feed.failing = true;
       feed.problem = error.undrawable ? "the API's answer could not be drawn"
         : error.timedOut ? "no answer from the API within " + ANSWER_WITHIN / 1000 + " s"
-        : error.status ? "the API answered " + error.status : "the API is unreachable";
+        : error.status ? "the API answered " + error.status + (error.reason ? ": " + error.reason : "")
+        : "the API is unreachable";
       showLive();
       throw error;
     });

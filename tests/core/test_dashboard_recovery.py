@@ -226,3 +226,42 @@ def test_the_graphs_and_times_come_back_with_the_pools_not_a_minute_later(tmp_pa
             assert sorted(rows(browser)) == sorted(POOLS)
         finally:
             browser.close()
+
+
+RUN = "document.documentElement.dataset.pwned=1"
+HOSTILE_REASON = f'<img src=x onerror="{RUN}"><script>{RUN}</script>\u202e\n' + "x" * 100_000
+STORE_DOWN = "the state store is unavailable, try again shortly"
+WHERE_THE_BADGE_IS = """(function () {
+    var live = document.getElementById('live'), label = live && live.querySelector('b');
+    if (!label) { return {text: ''}; }  // the page not loaded yet
+    return {text: label.textContent, title: label.title, right: live.getBoundingClientRect().right,
+            width: window.innerWidth, scroll: document.documentElement.scrollWidth,
+            images: document.querySelectorAll('img').length, pwned: document.documentElement.dataset.pwned || null};
+})()"""
+
+
+def test_the_badge_says_why_in_the_apis_words_cut_and_as_text(feeds: FeedServer, tmp_path: Path) -> None:
+    """Before: with Redis paused the badge said only "the API answered 503", where the API's
+    answer says "the state store is unavailable, try again shortly". Now it says the API's words
+    (our error, or API Gateway's message): cut to 120 characters on one line, isolated, as text.
+    Words of markup, a right-to-left override and 100,000 characters (a proxy's, anything) run
+    nothing, leave the rest of the badge as written and the header within the window."""
+    feeds.answer("/api/v3/status", {"ok": False, "error": HOSTILE_REASON}, status=503)
+    browser = BrowserPage(tmp_path / "profile")
+    try:
+        browser.call("Emulation.setDeviceMetricsOverride", width=1280, height=900, deviceScaleFactor=1, mobile=False)
+        browser.call("Page.enable")
+        browser.call("Page.addScriptToEvaluateOnNewDocument", source=TIMERS_AT_ONCE)
+        browser.call("Page.navigate", url=feeds.page_url)
+        shown = "no data: the API answered 503: \u2068" + HOSTILE_REASON.replace("\n", " ")[:119] + "\u2026\u2069"
+        badge_now = lambda: browser.evaluate(WHERE_THE_BADGE_IS)  # noqa: E731
+        seen = eventually(lambda: (lambda b: b if b["text"].startswith("no data: the API answered 503:") else None)(
+            badge_now()), 60, "the badge to say why")
+        assert seen["text"] == seen["title"] == shown, seen
+        assert seen["images"] == 0 and seen["pwned"] is None, seen
+        assert seen["right"] <= seen["width"] == 1280 and seen["scroll"] <= 1280, seen
+        feeds.answer("/api/v3/status", {"ok": False, "error": STORE_DOWN}, status=503)
+        eventually(lambda: badge_now()["text"] == f"no data: the API answered 503: \u2068{STORE_DOWN}\u2069", 60,
+                   "the API's words")
+    finally:
+        browser.close()
