@@ -12,6 +12,12 @@
   // most a minute (it was 5): the page came back up to 5 minutes after the API did.
   var STATUS_EVERY = 5000, HISTORY_EVERY = 60000, SUMMARY_EVERY = 60000, STALE_AFTER = 20000;
   var MAX_BACKOFF = 60000;
+  // How long a poll waits for its whole answer before it gives up and counts as failed. API
+  // Gateway answers within 29 s, a 503 or 504 if the API cannot: an answer still missing past that
+  // is on a connection that went dead without a word (a VPN or NAT dropping it, a laptop waking),
+  // where the browser waits for TCP to give up, some 15 minutes. The poll waited as long: its feed
+  // asked nothing more and the badge said "stale" without a reason, the API long back.
+  var ANSWER_WITHIN = 30000;
   // The table holds at most MAX_ROWS rows, the first in the chosen order of those the filter
   // matches; the alerts name at most MAX_NAMED pools each. At 10,000 pools (the most a config
   // may have) the page built 220,000 elements: 9 s before the first row, then an 11 s freeze,
@@ -55,24 +61,47 @@
     if (maxAge) { headers["Cache-Control"] = "max-age=" + maxAge; }
     var last = kept[slot] && kept[slot].path === path ? kept[slot] : null;
     if (last) { headers["If-None-Match"] = last.etag; }
-    return fetch(url(path), { headers: headers, cache: "no-store" }).then(function (r) {
+    var deadline = AbortSignal.timeout(ANSWER_WITHIN);
+    function timedOut() {
+      var error = new Error(path + ": no answer within " + ANSWER_WITHIN / 1000 + " s");
+      error.timedOut = true;
+      return error;
+    }
+    var asked = fetch(url(path), { headers: headers, cache: "no-store", signal: deadline }).then(function (r) {
       if (r.status === 304 && last) { return { body: last.body, changed: false }; }
       if (!r.ok) {
         var error = new Error(path + ": HTTP " + r.status);
         error.status = r.status;
         error.retryAfter = Number(r.headers.get("Retry-After")) || 0;
-        throw error;
+        // Why, in the API's words (our JSON's error, API Gateway's message), for the badge.
+        var json = /^application\/json\b/i.test(r.headers.get("Content-Type") || "");
+        return (json ? r.json() : Promise.reject(error)).then(function (body) {
+          error.reason = reasonOf(body);
+        }, function () { /* no words: the status says it */ }).then(function () { throw error; });
       }
       return r.json().catch(function () {
         // A 200 that is no JSON (a proxy's page, a cut answer): the API was reached, its answer
         // is what failed. It read as "the API is unreachable".
-        throw undrawable(path);
+        throw deadline.aborted ? timedOut() : undrawable(path);
       }).then(function (body) {
         var etag = r.headers.get("ETag");
         if (etag) { kept[slot] = { path: path, etag: etag, body: body }; } else { delete kept[slot]; }
         return { body: body, changed: true };
       });
     });
+    return asked.catch(function (error) { throw deadline.aborted && !error.timedOut ? timedOut() : error; });
+  }
+
+  // An error answer's text, on one line, cut to MAX_REASON characters and isolated (FSI..PDI):
+  // a proxy's or a failing API's words, which may hold anything (markup goes in as text; a
+  // right-to-left override would reverse the rest of the badge).
+  var MAX_REASON = 120;
+  function reasonOf(body) {
+    var said = isObject(body) && (typeof body.error === "string" ? body.error
+      : typeof body.message === "string" ? body.message : "");
+    said = said ? said.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u2066-\u2069]+/g, " ").trim() : "";
+    if (!said) { return ""; }
+    return "\u2068" + (said.length > MAX_REASON ? said.slice(0, MAX_REASON - 1) + "\u2026" : said) + "\u2069";
   }
 
   // The error of an answer that came but cannot be drawn; its feed is asked afresh next time
@@ -176,6 +205,7 @@
       live.className = "live ok";
       label.textContent = "live, updated " + new Date(status.lastOk).toLocaleTimeString();
     }
+    label.title = label.textContent;  // whole, where the badge is cut to the window
   }
 
   // --- totals --------------------------------------------------------------------------------
@@ -510,18 +540,28 @@
     }, function (error) {
       feed.failing = true;
       feed.problem = error.undrawable ? "the API's answer could not be drawn"
-        : error.status ? "the API answered " + error.status : "the API is unreachable";
+        : error.timedOut ? "no answer from the API within " + ANSWER_WITHIN / 1000 + " s"
+        : error.status ? "the API answered " + error.status + (error.reason ? ": " + error.reason : "")
+        : "the API is unreachable";
       showLive();
       throw error;
     });
   }
 
+  // /status answering again after failing (or at its first answer) is the API back: the other
+  // feeds waiting out a back-off are asked at once. They waited up to a minute more (their polls
+  // are a minute apart, so their back-off starts there): with Redis paused for a few seconds at
+  // the wrong moment, the graphs and the clone and boot times stayed empty or "partly stale" for
+  // up to a minute after the pools came back.
   function pollStatus() {
+    var wasDown = feeds.status.failing || !feeds.status.lastOk;
     return noted(feeds.status, getJSON("api/v3/status", STATUS_EVERY / 1000 - 1).then(function (status) {
       if (status.changed) {
         draw("status", status.body, "api/v3/status", function (body) { return isObject(body) && isObject(body.pools); });
       }
-    }));
+    })).then(function () {
+      if (wasDown) { pollers.forEach(function (p) { p.backOnline(); }); }
+    });
   }
 
   function pollHistory() {
@@ -553,19 +593,27 @@
   // While the tab is hidden a poll that comes due waits, and runs when the tab is shown again.
   var pollers = [];
   function poller(task, every) {
-    var p = { wait: every, timer: null, waiting: false };
+    // failing: its last poll failed; notBefore: when the API's Retry-After lets it ask again.
+    var p = { wait: every, timer: null, waiting: false, failing: false, notBefore: 0 };
     p.run = function () {
       p.timer = null;
       if (document.hidden) { p.waiting = true; return; }
       p.waiting = false;
       var delay = every;
-      task().then(function () { p.wait = every; }, function (error) {
+      task().then(function () { p.wait = every; p.failing = false; }, function (error) {
         var asked = (error && error.retryAfter || 0) * 1000;
         p.wait = Math.min(MAX_BACKOFF, Math.max(p.wait * 2, asked));
         delay = Math.max(Math.min(asked, MAX_BACKOFF), p.wait / 2 + Math.random() * p.wait / 2);
+        p.failing = true;
+        p.notBefore = Date.now() + Math.min(asked, MAX_BACKOFF);
       }).then(function () {
         if (!p.timer) { p.timer = setTimeout(p.run, delay); }
       });
+    };
+    // The API answers again: a poll waiting out its back-off runs now (once: it fails again, it
+    // backs off again), unless the API's Retry-After asked it to wait longer.
+    p.backOnline = function () {
+      if (p.failing && p.timer && Date.now() >= p.notBefore) { p.now(); }
     };
     p.now = function () {  // at once (a new range), then on its cadence
       if (p.timer) { clearTimeout(p.timer); p.timer = null; }

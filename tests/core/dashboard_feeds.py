@@ -20,6 +20,9 @@ class FeedServer:
 
     def __init__(self, answers: Mapping[str, Any]) -> None:
         self.answers: dict[str, tuple[int, bytes]] = {}
+        self.held: dict[str, int] = {}  # path -> requests for it held so far (``hold``)
+        self._holding: set[str] = set()
+        self._released = threading.Event()
         for path, body in answers.items():
             self.answer(path, body)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _FeedHandler)
@@ -35,12 +38,30 @@ class FeedServer:
         """Answer ``path`` with ``body`` (bytes as they are, anything else as JSON) from now on."""
         self.answers[path] = (status, body if isinstance(body, bytes) else json.dumps(body).encode())
 
+    def hold(self, path: str) -> None:
+        """Answer no request for ``path`` until ``release`` (a connection gone dead: the request
+        sent, no answer, no error); each counted in ``held``."""
+        self._released.clear()
+        self._holding.add(path)
+
+    def release(self) -> None:
+        """Answer every request for a held path, those waiting too, from now on."""
+        self._holding.clear()
+        self._released.set()
+
+    def wait_if_held(self, path: str) -> None:
+        """Return once a request for ``path`` may be answered (at once unless it is held)."""
+        if path in self._holding:
+            self.held[path] = self.held.get(path, 0) + 1
+            self._released.wait(60)
+
     def __enter__(self) -> FeedServer:
         self._serving.start()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
+        self.release()
         self._server.shutdown()
         self._server.server_close()
         self._serving.join()
@@ -56,6 +77,7 @@ class _FeedHandler(BaseHTTPRequestHandler):
             status, body = 200, template.replace("{{site_name}}", "vmpool").encode()
             headers = {"Content-Type": "text/html; charset=utf-8", "Content-Security-Policy": policy}
         elif path in feeds.answers:
+            feeds.wait_if_held(path)
             status, body = feeds.answers[path]
         else:
             self.send_error(404)
@@ -65,11 +87,14 @@ class _FeedHandler(BaseHTTPRequestHandler):
             headers["ETag"] = etag
             if self.headers.get("If-None-Match") == etag:
                 status, body = 304, b""
-        self.send_response(status)
-        for name, value in {**headers, "Content-Length": str(len(body))}.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(status)
+            for name, value in {**headers, "Content-Length": str(len(body))}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):  # a held request the page gave up on
+            self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

@@ -154,3 +154,114 @@ def test_the_pools_badge_is_greyed_while_the_status_it_shows_is_stale(feeds: Fee
     assert page.evaluate(colour) != green
     feeds.answer("/api/v3/status", GOOD["/api/v3/status"])
     eventually(lambda: health(page) == ("badge ok", "all pools ready"), 60, "the pools' badge green again")
+
+
+DEADLINE_SOON = """
+var realTimeout = AbortSignal.timeout;
+AbortSignal.timeout = function (delay) { return realTimeout.call(AbortSignal, Math.min(delay, 1000)); };
+var realSetTimeout = window.setTimeout;
+window.setTimeout = function (run, delay) { return realSetTimeout(run, 20); };
+"""
+"""The page's wait for an answer cut to a second and its other timers run at once: the waits
+are read from the badge, not waited for."""
+
+
+def test_a_poll_whose_answer_never_comes_is_given_up_and_asked_again(tmp_path: Path) -> None:
+    """Before: a poll waited for its answer as long as the browser did, which on a connection
+    gone dead without a word (a VPN or NAT dropping it, a laptop waking) is until TCP gives up,
+    some 15 minutes: that feed asked nothing more, and the badge said "connecting" (or "stale"
+    with no reason) while the API answered everyone else. Now a poll gives up after 30 s (API
+    Gateway answers within 29 s), says so, and the page asks again on its back-off."""
+    with FeedServer(GOOD) as feeds:
+        feeds.hold("/api/v3/status")
+        browser = BrowserPage(tmp_path / "profile")
+        try:
+            browser.call("Page.enable")
+            browser.call("Page.addScriptToEvaluateOnNewDocument", source=DEADLINE_SOON)
+            browser.call("Page.navigate", url=feeds.page_url)
+            eventually(lambda: badge(browser) == ("live stale", "no data: no answer from the API within 30 s"), 60,
+                       "the badge to say the API does not answer")
+            eventually(lambda: feeds.held["/api/v3/status"] >= 3, 60, "the page to ask again")
+            feeds.release()
+            eventually(lambda: badge(browser)[0] == "live ok", 60, "the page to be live")
+            assert sorted(rows(browser)) == sorted(POOLS)
+        finally:
+            browser.close()
+
+
+BACK_OFF_PARKED = """
+window.parkedDelays = [];
+var realSetTimeout = window.setTimeout;
+window.setTimeout = function (run, delay) {
+  if (delay >= 30000) { window.parkedDelays.push(delay); return realSetTimeout(function () {}, 0); }
+  return realSetTimeout(run, 20);
+};
+"""
+"""The page's timers run at once but those of 30 s and more (a minute feed's back-off after it
+failed), which never run: what the page asks after a failure without them is read, not waited for."""
+
+
+def test_the_graphs_and_times_come_back_with_the_pools_not_a_minute_later(tmp_path: Path) -> None:
+    """Redis paused as the page loads: every feed fails. /status is asked again within seconds,
+    the history and the summaries (a minute apart) after a back-off of 30-60 s. Before, the pools
+    came back with Redis and the graphs and clone and boot times stayed empty ("partly stale:
+    the graphs: no data") up to a minute longer. Now /status answering again has the feeds
+    waiting out a back-off asked at once."""
+    with FeedServer(GOOD) as feeds:
+        feeds.hold("/api/v3/status")  # the pools' answer on its way ...
+        for path in ("/dashboard/stats/history", "/api/v3/summary/clone", "/api/v3/summary/boot"):
+            feeds.answer(path, {"ok": False, "error": "the state store is unavailable"}, status=503)
+        browser = BrowserPage(tmp_path / "profile")
+        try:
+            browser.call("Page.enable")
+            browser.call("Page.addScriptToEvaluateOnNewDocument", source=BACK_OFF_PARKED)
+            browser.call("Page.navigate", url=feeds.page_url)
+            # ... while the others failed and wait out their back-off.
+            eventually(lambda: len(browser.evaluate("parkedDelays")) >= 2, 60, "the failed feeds to back off")
+            for path in ("/dashboard/stats/history", "/api/v3/summary/clone", "/api/v3/summary/boot"):
+                feeds.answer(path, GOOD[path])
+            feeds.release()  # the API is back
+            eventually(lambda: badge(browser)[0] == "live ok", 60, "every feed drawn")
+            assert browser.evaluate("document.querySelectorAll('#totals-graph polyline').length") == 4
+            assert sorted(rows(browser)) == sorted(POOLS)
+        finally:
+            browser.close()
+
+
+RUN = "document.documentElement.dataset.pwned=1"
+HOSTILE_REASON = f'<img src=x onerror="{RUN}"><script>{RUN}</script>\u202e\n' + "x" * 100_000
+STORE_DOWN = "the state store is unavailable, try again shortly"
+WHERE_THE_BADGE_IS = """(function () {
+    var live = document.getElementById('live'), label = live && live.querySelector('b');
+    if (!label) { return {text: ''}; }  // the page not loaded yet
+    return {text: label.textContent, title: label.title, right: live.getBoundingClientRect().right,
+            width: window.innerWidth, scroll: document.documentElement.scrollWidth,
+            images: document.querySelectorAll('img').length, pwned: document.documentElement.dataset.pwned || null};
+})()"""
+
+
+def test_the_badge_says_why_in_the_apis_words_cut_and_as_text(feeds: FeedServer, tmp_path: Path) -> None:
+    """Before: with Redis paused the badge said only "the API answered 503", where the API's
+    answer says "the state store is unavailable, try again shortly". Now it says the API's words
+    (our error, or API Gateway's message): cut to 120 characters on one line, isolated, as text.
+    Words of markup, a right-to-left override and 100,000 characters (a proxy's, anything) run
+    nothing, leave the rest of the badge as written and the header within the window."""
+    feeds.answer("/api/v3/status", {"ok": False, "error": HOSTILE_REASON}, status=503)
+    browser = BrowserPage(tmp_path / "profile")
+    try:
+        browser.call("Emulation.setDeviceMetricsOverride", width=1280, height=900, deviceScaleFactor=1, mobile=False)
+        browser.call("Page.enable")
+        browser.call("Page.addScriptToEvaluateOnNewDocument", source=TIMERS_AT_ONCE)
+        browser.call("Page.navigate", url=feeds.page_url)
+        shown = "no data: the API answered 503: \u2068" + HOSTILE_REASON.replace("\n", " ")[:119] + "\u2026\u2069"
+        badge_now = lambda: browser.evaluate(WHERE_THE_BADGE_IS)  # noqa: E731
+        seen = eventually(lambda: (lambda b: b if b["text"].startswith("no data: the API answered 503:") else None)(
+            badge_now()), 60, "the badge to say why")
+        assert seen["text"] == seen["title"] == shown, seen
+        assert seen["images"] == 0 and seen["pwned"] is None, seen
+        assert seen["right"] <= seen["width"] == 1280 and seen["scroll"] <= 1280, seen
+        feeds.answer("/api/v3/status", {"ok": False, "error": STORE_DOWN}, status=503)
+        eventually(lambda: badge_now()["text"] == f"no data: the API answered 503: \u2068{STORE_DOWN}\u2069", 60,
+                   "the API's words")
+    finally:
+        browser.close()
