@@ -1,9 +1,10 @@
 """A crowd of distinct callers at once against each layout of the local stack, over real HTTP.
 
-64 users (of the dummy authenticator, or of the real slapd), each with a token of its own and 4 threads, each thread
-on a keep-alive connection of its own, interleave: a checkout (``X-AUTH-TOKEN``), a read of
-its own VM, a change of its lifetime and tags, a read of another user's VM, a change and a
-return of that VM refused (403), ``GET /token`` (Basic) listing the user's own token only, an
+64 users (of the dummy authenticator, or of the real slapd), each with a token of its own and 4
+threads, each thread on a keep-alive connection of its own, interleave: a checkout
+(``X-AUTH-TOKEN``), a read of its own VM, a change of its lifetime and tags, a read of another
+user's VM, a change and a return of that VM refused (403), its token's status (at most its quota
+of VMs), ``GET /token`` (Basic) listing the user's own token only, an
 on-demand request opened, read, refused to another user and deleted, and the return of its
 VM, while the scheduler's passes run. The layouts: gunicorn's workers (the default), one
 worker (``WORKERS=1``) and one process (``WORKERS=0``, ``InProcessFront``: the HTTP loops on
@@ -12,11 +13,11 @@ app serving two of a process's requests at once would answer one with the other'
 
 Checked on every answer: no 500; the answer names what its own request asked for (the pool
 checked out, the VM read, the tag written by this thread); no VM handed to two callers, nor
-twice; no user past ``max_running_vms_per_user``; the token listing has exactly the caller's
-own token. At the end: no traceback in the stack's log; the books balance (every pool back at
-its size with nothing running); in the stack's JSON log lines, no request id (``correlation_id``)
-on lines naming two users, one request id per checkout, and the checkouts logged are those the
-callers were answered, each for its user.
+twice; no user past ``max_running_vms_per_user``; no user's token in another's answer; the
+token listing has exactly the caller's own token. At the end: no traceback in the stack's log;
+the books balance (every pool back at its size with nothing running); in the stack's JSON log
+lines, no request id (``correlation_id``) on lines naming two users, one request id per
+checkout, and the checkouts logged are those the callers were answered, each for its user.
 
 A second test pipelines each user's requests on one connection, ``GET /status`` of 1,000 pools
 among them: each answer is the one to the request at its place in the stream."""
@@ -93,6 +94,8 @@ class Books:
         self.ondemand: dict[str, str] = {}
         """On-demand request id -> its user."""
         self.problems: list[str] = []
+        self.tokens: dict[str, str] = {}
+        """User -> its token."""
 
     def problem(self, text: str) -> None:
         with self.lock:
@@ -146,8 +149,11 @@ class Caller:
             answer = text
         if response.status >= 500 and response.status != 503:
             self.books.problem(f"{self.user} {method} {path}: {response.status} {answer!r}")
-        if self.token in text.decode(errors="replace") and path != "/token":
+        shown = text.decode(errors="replace")
+        if self.token in shown and not path.startswith("/token/"):
             self.books.problem(f"{self.user} {method} {path}: its token in the answer")
+        if any(token in shown for user, token in self.books.tokens.items() if user != self.user):
+            self.books.problem(f"{self.user} {method} {path}: another user's token in the answer: {shown[:300]}")
         return response.status, answer
 
     def cycle(self, cycle: int) -> None:
@@ -185,6 +191,12 @@ class Caller:
             status, body = self.request("DELETE", f"/vm/{other}", token=True)
             if status not in (403, 404):
                 books.problem(f"{user} returned another's {other}: {status} {body}")
+        status, body = self.request("GET", f"/token/{self.token}")
+        running = body.get(self.token, {}).get("vms", {}).get("running") if isinstance(body, dict) else None
+        if status != 200 or body[self.token].get("user") != user or not isinstance(running, list):
+            books.problem(f"{user} read its token's status: {status} {body}")
+        elif len(running) > PER_USER:  # its checkouts and its on-demand requests' VMs
+            books.problem(f"{user}'s token holds {len(running)} VMs, over its quota of {PER_USER}: {running}")
         status, body = self.request("GET", "/token", auth=self.credentials)
         own = hashlib.sha256(self.token.encode()).hexdigest()[:16]
         if status != 200 or set(body) != {"ok", own}:
@@ -242,6 +254,7 @@ def test_a_crowd_of_users_each_get_their_own_answers(
             assert status == 200, body
             tokens[user] = body["token"]
         books = Books()
+        books.tokens = tokens
         callers = [Caller(stack.port, user, password, tokens[user], number, books)
                    for user, password in passwords.items() for number in range(THREADS_PER_USER)]
         threads = [threading.Thread(target=caller.run, daemon=True) for caller in callers]
