@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 
 import redis
 
@@ -42,6 +42,8 @@ from chalicelib.store.redis_clock import RedisAlignedClock
 
 if TYPE_CHECKING:
     from chalicelib.providers.base import Provider
+
+T = TypeVar("T")
 
 KEY_PREFIX_ENV = "VMPOOL_KEY_PREFIX"
 REDIS_URL_ENV = "VMPOOL_REDIS_URL"
@@ -128,6 +130,9 @@ class Services:
         self.store.demand_pools = demand_sized_pools(config)
         self._providers: dict[str, Provider] = {}
         self._dns_plugins: dict[str, DnsPlugin] = {}
+        self._built_from: dict[tuple[str, str], tuple[Any, Any]] = {}
+        """The config block each provider and DNS plugin was built from, with what was built
+        (``_kept_for``)."""
         self._built_with: dict[tuple[str, str], str | None] = {}
         """The secret each provider (``("provider", name)``) and DNS plugin (``("dns", name)``)
         was built with, as resolved then: one built with a value since rotated is built again."""
@@ -224,13 +229,32 @@ class Services:
         # skips the provider layer (tests/core/test_cold_import.py).
         from chalicelib.providers.registry import build_provider, provider_secret
 
-        block = self.config.providers[name]
-        if not self._still_current(("provider", name), name in self._providers, provider_secret(block)):
-            self._providers[name] = build_provider(
-                block, self.config, self.client, self.clock,
+        config = self.config  # one config for the whole build: use_config may switch it meanwhile
+        block = config.providers[name]
+        kept = self._kept_for(("provider", name), self._providers.get(name), block)
+        if not self._still_current(("provider", name), kept is not None, provider_secret(block)):
+            kept = build_provider(
+                block, config, self.client, self.clock,
                 resolve_secret=self._remembered(("provider", name)), prefix=self.store.keys.prefix,
             )
-        return self._providers[name]
+            self._providers[name] = kept
+            self._built_from[("provider", name)] = (block, kept)
+        assert kept is not None
+        return kept
+
+    def _kept_for(self, built: tuple[str, str], kept: T | None, block: Any) -> T | None:
+        """``kept`` when it was built from ``block`` (or put in place by hand, as tests do), else
+        None: checked at each use, not only cleared by ``use_config``, for a build that began
+        under the config before a switch ends after it (the local stack's scheduler threads
+        build a pool's provider while its main loop reloads an edited config), and was kept for
+        good, built from the old block: the passes cloned on the old vCenter until the next edit."""
+        if kept is None:
+            return None
+        recorded = self._built_from.get(built)
+        if recorded is None:
+            return kept
+        source, made = recorded
+        return kept if made is kept and (source is block or source == block) else None
 
     def _still_current(self, built: tuple[str, str], exists: bool, secret: Any) -> bool:
         """Whether what was built for ``built`` may be used as it is: it exists and the secret it
@@ -282,10 +306,13 @@ class Services:
         if dns_config is None:
             return None
         built = ("dns", dns_config.name)
-        if not self._still_current(built, dns_config.name in self._dns_plugins,
-                                   getattr(dns_config.settings, "tsig_secret", None)):
-            self._dns_plugins[dns_config.name] = build_dns_plugin(dns_config, self._remembered(built))
-        return self._dns_plugins[dns_config.name]
+        kept = self._kept_for(built, self._dns_plugins.get(dns_config.name), dns_config)
+        if not self._still_current(built, kept is not None, getattr(dns_config.settings, "tsig_secret", None)):
+            kept = build_dns_plugin(dns_config, self._remembered(built))
+            self._dns_plugins[dns_config.name] = kept
+            self._built_from[built] = (dns_config, kept)
+        assert kept is not None
+        return kept
 
     def resolve_secret(self, value: Any) -> str | None:
         """A config secret (plain or a reference), fetched and cached; masked in logs from now on."""
