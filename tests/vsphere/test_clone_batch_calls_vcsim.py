@@ -14,7 +14,8 @@ import pytest
 
 from chalicelib.providers.base import ProviderError, TaskState
 from chalicelib.providers.failures import FailureKind
-from tests.vsphere.vcsim import Setup, refuse_on_stub
+from chalicelib.providers.vsphere import connection as connections
+from tests.vsphere.vcsim import Setup, VcsimServer, make_setup, record_soap_calls, refuse_on_stub
 
 
 def clone_calls(setup: Setup, monkeypatch: pytest.MonkeyPatch, count: int,
@@ -57,3 +58,33 @@ def test_a_missing_template_is_looked_for_once_for_all_the_clones_of_a_pass(
     statuses = setup.provider.task_statuses([str(ref) for ref in (*few.values(), *many.values())])
     assert {(status.state, status.kind) for status in statuses.values()} == {(TaskState.ERROR, FailureKind.TEMPLATE)}
     assert all("templates/no-such-template not found" in (status.error or "") for status in statuses.values())
+
+
+def test_a_session_ended_between_two_clones_of_a_pass_starts_each_once(
+        vcsim: VcsimServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An admin ends the service account's session right after the pass's first clone was sent:
+    the second clone's call is refused (NotAuthenticated), the provider logs in again and sends it
+    with what the first looked up (the same objects in vCenter); every clone is made once and has
+    its reference."""
+    methods: list[str] = []
+    record_soap_calls(monkeypatch, lambda method, args: methods.append(method))
+    connections.forget_server("localhost", vcsim.port)
+    try:
+        local = make_setup(vcsim, server=f"localhost:{vcsim.port}")
+        pool = local.pool(size=3)
+        local.provider.list_vms(pool)
+        names = [f"relogin-{secrets.token_hex(3)}-{index}" for index in range(3)]
+        first = names[0]
+
+        def end_session_after_first(hostname: str) -> None:
+            if hostname == first:
+                local.provider.connection().logout()
+
+        started = local.provider.clone_vms(pool, names, end_session_after_first)
+        assert all(isinstance(ref, str) and ref.startswith("clone:") for ref in started.values()), started
+        # The second clone's first CloneVM_Task refused (NotAuthenticated: vCenter did nothing), sent
+        # again after the new login; no lookup made again.
+        assert methods.count("CloneVM_Task") == 4 and methods.count("Login") == 2, Counter(methods)
+        assert sorted(vm.name for vm in local.provider.list_vms(pool)) == sorted(names)
+    finally:
+        connections.forget_server("localhost", vcsim.port)
