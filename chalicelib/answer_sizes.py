@@ -102,6 +102,10 @@ WIDEST_SIZE = MAX_SIZE
 """A pool's size, runtime overrides included; its ready and pending VMs are clones made up to it."""
 WIDEST_TIME = "2026-12-05 04:40:59 +0000"
 """lastBoot as vmpooler writes it (timestamps.ruby_time): always this long."""
+WIDEST_CLONE_FAILURE = "connection"
+"""A pool's ``clone_failure`` in /status at its widest: the longest failure kind (failures.FailureKind),
+kept at CLONE_FAILURE_CHARS by the store whatever a provider names."""
+CLONE_FAILURE_CHARS = len(WIDEST_CLONE_FAILURE)
 TAG_COUNT_BYTES = 650
 """A day's tag count in /summary at its longest (config.MAX_TAG_COUNTS_PER_DAY)."""
 
@@ -169,7 +173,8 @@ def status_answer(config: ShownConfig) -> Any:
     for pool in config.pools:
         entry: dict[str, Any] = {"ready": WIDEST_SIZE, "running": WIDEST_COUNT, "pending": WIDEST_SIZE,
                                  "max": WIDEST_SIZE, "lastBoot": WIDEST_TIME,
-                                 "size_reason": widest_reason(pool), "clone_failures": WIDEST_COUNT}
+                                 "size_reason": widest_reason(pool), "clone_failures": WIDEST_COUNT,
+                                 "clone_failure": WIDEST_CLONE_FAILURE}
         if pool.alias:
             entry["alias"] = alias_as_written(pool)
         pools[pool.name] = entry

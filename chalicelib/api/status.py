@@ -43,7 +43,7 @@ def status(services: Services, request: ApiRequest) -> ApiResponse:
         }
     if "pools" in wanted:
         last_boots = services.store.last_boots()
-        clone_failures = services.store.clone_failures()
+        clone_failures = services.store.failing_clones()
         pools: dict[str, Any] = {}
         for pool in pools_now:
             entry: dict[str, Any] = {
@@ -58,8 +58,11 @@ def status(services: Services, request: ApiRequest) -> ApiResponse:
             entry["size_reason"] = sizes[pool.name].reason  # ours, after vmpooler's keys
             # Only for a pool whose clones are failing now (its clone backoff): the dashboard's
             # red flag, which a pool's counts alone do not raise until it runs empty.
-            if clone_failures.get(pool.name):
-                entry["clone_failures"] = min(clone_failures[pool.name], WIDEST_COUNT)
+            if pool.name in clone_failures:
+                failed, kind = clone_failures[pool.name]
+                entry["clone_failures"] = min(failed, WIDEST_COUNT)
+                if kind:  # why: the last one's kind (a backoff an older release wrote has none)
+                    entry["clone_failure"] = kind
             pools[pool.name] = entry
         body["pools"] = pools
     if "queue" in wanted:

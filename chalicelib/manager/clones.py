@@ -170,9 +170,13 @@ def note_clone_outcomes(context: PassContext, failed: int, succeeded: int) -> Cl
     if not (failed or succeeded):
         return None
     pool = context.pool.name
-    backoff = _backoff(context)
+    stored = context.store.clone_backoff(pool)
+    backoff = _current(context, stored)
     if succeeded:
-        if backoff.failed:
+        # The stored one, even when an operator's change of the clone settings ended it: left,
+        # GET /status went on saying the pool's clones fail (and the dashboard flagging it) for
+        # as long as its clones then worked.
+        if stored.failed:
             context.store.set_clone_backoff(pool, CloneBackoff())
             if backoff.backoffs:
                 logger.info("clones work again", extra={"pool": pool, "failed_in_a_row": backoff.failed})
@@ -184,13 +188,19 @@ def note_clone_outcomes(context: PassContext, failed: int, succeeded: int) -> Cl
         kinds = sorted({failure.kind.value for failure in context.report.clone_failures.values()})
         logger.warning("clones keep failing: backing off", extra={
             "pool": pool, "failed_in_a_row": backoff.failed, "seconds": wait, "reasons": kinds})
-    context.store.set_clone_backoff(pool, backoff)
+    # The kind of the pass's last failure, for the pool's status (GET /status): why its clones fail.
+    last = next(reversed(context.report.clone_failures.values()), None)
+    context.store.set_clone_backoff(pool, backoff, last.kind.value if last is not None else "")
     return backoff
 
 
 def _backoff(context: PassContext) -> CloneBackoff:
     """The pool's backoff, unless an operator changed its clone settings since it began."""
-    backoff = context.store.clone_backoff(context.pool.name)
+    return _current(context, context.store.clone_backoff(context.pool.name))
+
+
+def _current(context: PassContext, backoff: CloneBackoff) -> CloneBackoff:
+    """``backoff`` as stored, unless an operator changed the pool's clone settings since it began."""
     if backoff.failed and backoff.settings != _clone_settings(context):
         return CloneBackoff()
     return backoff

@@ -93,7 +93,8 @@ class Fleet(SubStore):
                         keys.dns_left(pool))  # records its DNS plugin, gone from the config, cannot delete
             pipe.zrem(keys.clone_demand, pool)
             pipe.zrem(keys.clone_demand_renewed, pool)
-            for fields in (keys.clone_backoff, keys.last_boot, keys.sizing_state, keys.ready_fence):
+            for fields in (keys.clone_backoff, keys.clone_failure, keys.last_boot, keys.sizing_state,
+                           keys.ready_fence):
                 pipe.hdel(fields, pool)
             pipe.execute()
 

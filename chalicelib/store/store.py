@@ -21,6 +21,7 @@ from typing import Any, Callable, Collection, Iterable, Mapping, Sequence, TypeV
 
 import redis
 
+from chalicelib.answer_sizes import CLONE_FAILURE_CHARS
 from chalicelib.config import RedisConfig
 from chalicelib.sizing import demand as demand_history
 from chalicelib.store.connection import (
@@ -1247,10 +1248,23 @@ class Store:
     def clone_failures(self) -> dict[str, int]:
         """Pool -> clones failed in a row since its last good one, for the pools whose clones are
         failing now (the clone backoffs: one field a pool, so bounded by the pools ever failing)."""
+        return {pool: count for pool, (count, _) in self.failing_clones().items()}
+
+    def failing_clones(self) -> dict[str, tuple[int, str]]:
+        """Pool -> (clones failed in a row, the last failure's kind) for the pools whose clones
+        are failing now, in one round trip; the kind is "" for a backoff written by a release
+        that did not note it."""
         with _translate_errors():
-            backoffs = cast("dict[str, str]", self.client.hgetall(self.keys.clone_backoff))
-        failed = {pool: CloneBackoff.parse(value).failed for pool, value in backoffs.items()}
-        return {pool: count for pool, count in failed.items() if count > 0}
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hgetall(self.keys.clone_backoff)
+            pipe.hgetall(self.keys.clone_failure)
+            backoffs, failures = cast("list[dict[str, str]]", pipe.execute())
+        failing: dict[str, tuple[int, str]] = {}
+        for pool, value in backoffs.items():
+            count = CloneBackoff.parse(value).failed
+            if count > 0:
+                failing[pool] = (count, failures.get(pool, ""))
+        return failing
 
     def cached_feed(self, name: tuple[str, ...]) -> tuple[float, str] | None:
         """A feed's kept answer (api/feed_cache.py): when it was computed and its JSON text; None
@@ -1266,13 +1280,20 @@ class Store:
         with _translate_errors():
             self.client.set(self.keys.feed_cache(*name), f"{now!r}\n{text}", ex=seconds)
 
-    def set_clone_backoff(self, pool: str, backoff: CloneBackoff) -> None:
-        """Record the pool's clone backoff (an empty one clears it)."""
+    def set_clone_backoff(self, pool: str, backoff: CloneBackoff, failure_kind: str = "") -> None:
+        """Record the pool's clone backoff (an empty one clears it, and its last failure's kind)
+        and, when given, the kind of its last clone failure (cut to CLONE_FAILURE_CHARS), for
+        GET /status."""
         with _translate_errors():
+            pipe = self.client.pipeline(transaction=True)
             if backoff.failed:
-                self.client.hset(self.keys.clone_backoff, pool, backoff.dump())
+                pipe.hset(self.keys.clone_backoff, pool, backoff.dump())
+                if failure_kind:
+                    pipe.hset(self.keys.clone_failure, pool, failure_kind[:CLONE_FAILURE_CHARS])
             else:
-                self.client.hdel(self.keys.clone_backoff, pool)
+                pipe.hdel(self.keys.clone_backoff, pool)
+                pipe.hdel(self.keys.clone_failure, pool)
+            pipe.execute()
 
     def note_dns_left(self, pool: str, hostname: str, now: float) -> None:
         """Remember that the VM's A record is still there after a failed delete, so that passes

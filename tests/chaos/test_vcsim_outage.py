@@ -43,7 +43,10 @@ def test_vcsim_stopped_mid_refill_then_restarted_converges(private_vcsim: VcsimS
     assert report.leased
     failed_clones = {host: why for result in report.passes for host, why in result.clone_failures.items()}
     cut_off = (FailureKind.CONNECTION, FailureKind.TIMEOUT)
-    assert report.failures or (len(failed_clones) == SIZE - 2
+    # All four: the two sent lost their answers (vCenter went before the pass read their tasks'
+    # queue times, in one read after the last clone: AnswerLost, their slots kept until found or
+    # given up), the two others were not started.
+    assert report.failures or (len(failed_clones) == SIZE
                                and all("vCenter at" in why.message and why.kind in cut_off
                                        for why in failed_clones.values())), report
     assert redis_client.keys("vmpool:lease:*") == []

@@ -483,7 +483,7 @@ def test_vsphere_a_clone_whose_task_reference_came_back_unreadable_is_a_lost_ans
     def unreadable(*args: object) -> str:
         raise ExpatError("syntax error: line 1, column 0")
 
-    monkeypatch.setattr(vsphere_clone.tasks, "clone_ref", unreadable)
+    monkeypatch.setattr(vsphere_clone.tasks, "read_tasks", unreadable)
     name = f"unread-{secrets.token_hex(3)}"
     with pytest.raises(AnswerLost) as raised:
         setup.provider.clone(pool, name)

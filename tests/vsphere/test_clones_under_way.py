@@ -131,11 +131,11 @@ def test_a_clone_refused_then_failing_before_its_second_call_was_not_sent(setup:
     def start(*args: Any) -> str:
         tries.append(1)
         if len(tries) == 1:
-            args[-1](True)  # CloneVM_Task sent: vCenter answers with a fault
+            args[7](True)  # (its ``sending``) CloneVM_Task sent: vCenter answers with a fault
             raise vmodl.fault.ManagedObjectNotFound(msg="The object has already been deleted")
         raise socket.timeout("timed out")  # the second try's first lookup
 
-    monkeypatch.setattr(vsphere_clone, "_start", start)
+    monkeypatch.setattr(vsphere_clone, "_send", start)
     with pytest.raises(ProviderError) as raised:
         setup.provider.clone(pool, names(1)[0])
     assert len(tries) == 2 and not isinstance(raised.value, AnswerLost)

@@ -14,16 +14,20 @@ from chalicelib.providers import ownership
 from chalicelib.providers.base import (
     UNREACHABLE,
     AnswerLost,
+    Asking,
     Migration,
     Provider,
     ProviderError,
     Readiness,
+    Started,
     TargetChosen,
     TaskStatus,
     Tracked,
     VMInfo,
+    ask_all,
     never,
     no_target_noted,
+    nothing_started,
     nothing_tracked,
 )
 from chalicelib.providers.vsphere import clone as clones
@@ -159,15 +163,57 @@ class VSphereProvider(Provider):
         returns a reference that reads as an ERROR with the reason. A failure once
         ``CloneVM_Task`` was sent (its answer timed out or the connection broke, a proxy's 5xx,
         the task's queue time unread) raises AnswerLost: vCenter may be cloning it."""
+        started = self.clone_vms(pool, [hostname])[hostname]
+        if isinstance(started, ProviderError):
+            raise started
+        return started
+
+    def clone_vms(self, pool: PoolConfig, hostnames: Sequence[str], on_started: Started = nothing_started,
+                  on_asking: Asking = ask_all) -> dict[str, str | ProviderError]:
+        """Start the clones as ``Provider.clone_vms`` does, one ``CloneVM_Task`` a VM, with what
+        they share looked up once for all (``clones.Plans``: the template, its facts, the folder,
+        the placement) and their tasks' queue times read in one retrieval after the last is sent
+        (``tasks.read_tasks``). Before, each clone looked everything up and read its queue time
+        on its own: 7 SOAP calls a clone (200 clones: 1,209 calls), now 1 and a few a pass."""
+        plans = clones.Plans()
+        started: dict[str, str | ProviderError] = {}
+        sent: dict[str, tuple[Any, Any]] = {}  # hostname -> its clone task and folder
+        unreachable: ProviderError | None = None
+        for hostname in hostnames:
+            if unreachable is not None:
+                started[hostname] = ProviderError(f"not started: {unreachable}", unreachable.kind)
+                continue
+            if hostname not in on_asking([hostname]):
+                continue
+            try:
+                outcome = self._send_clone(pool, hostname, plans)
+            except ProviderError as error:
+                started[hostname] = error
+                if error.kind in UNREACHABLE:
+                    unreachable = error
+                continue
+            if isinstance(outcome, str):
+                started[hostname] = outcome
+            else:
+                sent[hostname] = outcome
+                started[hostname] = ""  # its reference once its queue time is read (below)
+            on_started(hostname)
+        if sent:
+            started.update(self._clone_refs(pool, sent))
+        return started
+
+    def _send_clone(self, pool: PoolConfig, hostname: str, plans: clones.Plans) -> str | tuple[Any, Any]:
+        """Send one clone (``clones.send``): its task and folder, or a failed reference; a failure
+        once ``CloneVM_Task`` was sent raises AnswerLost."""
         sent: list[bool] = []
 
         def sending(now_sent: bool) -> None:
             sent[:] = [True] if now_sent else []  # False: vCenter refused the call sent, and it is tried again
 
-        def start(connection: Connection) -> str:
+        def start(connection: Connection) -> str | tuple[Any, Any]:
             sent.clear()  # run again after a re-login (NotAuthenticated: vCenter did nothing)
-            return clones.start(connection, self.config, self.service, self.hosts, pool, hostname,
-                                self.clock.now(), sending=sending)
+            return clones.send(connection, self.config, self.service, self.hosts, pool, hostname,
+                               self.clock.now(), sending=sending, plans=plans)
 
         try:
             return self._run(f"clone {hostname} for pool {pool.name}", start)
@@ -175,6 +221,24 @@ class VSphereProvider(Provider):
             if sent:
                 raise AnswerLost.of(error) from None
             raise
+
+    def _clone_refs(self, pool: PoolConfig, sent: Mapping[str, tuple[Any, Any]]) -> dict[str, str | ProviderError]:
+        """The references of the clones sent (hostname -> its task and folder), with their tasks'
+        queue times read in one retrieval; each an AnswerLost when that read fails (vCenter is
+        cloning them: they keep their slots and are found by name)."""
+
+        def reading(connection: Connection) -> dict[str, str | ProviderError]:
+            infos = tasks.read_tasks(connection, [task._moId for task, _ in sent.values()])
+            return {hostname: tasks.known_clone_ref(task, folder, hostname,
+                                                    (infos.get(task._moId) or {}).get("info.queueTime"))
+                    for hostname, (task, folder) in sent.items()}
+
+        try:
+            return self._run(f"read the queue times of {len(sent)} clone tasks of pool {pool.name}", reading,
+                             read_only=True)
+        except ProviderError as error:
+            lost = AnswerLost.of(error)
+            return dict.fromkeys(sent, lost)
 
     def clones_under_way(self, pool: PoolConfig, names: Collection[str]) -> Mapping[str, str] | None:
         """Of ``names``, the clones of the pool's template vCenter has queued or running, each

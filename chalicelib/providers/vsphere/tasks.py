@@ -69,11 +69,6 @@ def recorded(connection: Connection, task: Any) -> str:
     return f"task:{task._moId}:{_queued(connection, task)}"
 
 
-def clone_ref(connection: Connection, task: Any, folder: Any, name: str) -> str:
-    """The clone's reference, with the time vCenter queued its task (one call)."""
-    return known_clone_ref(task, folder, name, _queue_time(connection, task))
-
-
 def _queue_time(connection: Connection, task: Any) -> Any:
     return (_task_info(connection, task._moId) or {}).get("info.queueTime")
 
@@ -103,7 +98,8 @@ def known_ref(task: Any, queued: Any) -> str:
 
 
 def known_clone_ref(task: Any, folder: Any, name: str, queued: Any) -> str:
-    """A clone's reference (as ``clone_ref``) from the queue time read with its task: no call."""
+    """A clone's reference from its task's queue time (``info.queueTime``, read for all the clones
+    of a pass at once: ``VSphereProvider.clone_vms``): no call."""
     return f"clone:{task._moId}:{folder._moId}:{name}:q{_stamp(queued)}"
 
 
