@@ -33,6 +33,7 @@ from chalicelib.config import (
     Config,
     ConfigError,
     canonical_json,
+    config_files,
     parse,
     read_config_file,
 )
@@ -174,8 +175,22 @@ def yaml_shipping_problems(config: Config) -> list[str]:
     return problems
 
 
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "chalicelib"
+"""What Chalice ships of the project beside app.py (and vendor/): a config file elsewhere is not
+in the functions' zip."""
+
+
+def unshipped_files(path: Path) -> list[str]:
+    """The ``extra_config`` files of the config file ``path`` that ``chalice deploy`` would not
+    ship (outside chalicelib/): every function's import would fail reading them."""
+    return [f"config.extra_config: {file}: outside {SHIPPED_DIR.name}/, which is all of the project's files Chalice "
+            "ships beside app.py (every function would refuse the config: cannot read)"
+            for file in config_files(path)[1:] if not file.resolve().is_relative_to(SHIPPED_DIR)]
+
+
 CHALICE_DEPLOY_FIX = ("The chalice deploy path ships the config file as it is, not its canonical JSON: write the "
                       "certificates into it as PEM text (auth.ldap.ca_data: |, ca_bundle: |), secrets as references, "
+                      "extra_config files in chalicelib/, "
                       "or deploy with make deploy, whose package carries the certificates (docs/deploy.md)")
 
 
@@ -193,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"chalice-deploy: {path} is not valid; nothing deployed:\n{error}", file=sys.stderr)
         return 1
-    problems = yaml_shipping_problems(config)
+    problems = yaml_shipping_problems(config) + unshipped_files(path)
     if problems:
         print(f"chalice-deploy: {path} cannot be shipped to the functions; nothing deployed:\n  "
               + "\n  ".join(problems) + f"\n{CHALICE_DEPLOY_FIX}", file=sys.stderr)

@@ -181,3 +181,25 @@ def test_chalice_deploy_ships_a_config_carrying_its_certificates(stage_config: P
     done = subprocess.run([sys.executable, "-m", "infra.shipped_config", "--chalice-deploy", str(stage_config)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_chalice_deploy_refuses_an_extra_config_file_chalice_would_not_ship(stage_config: Path, tmp_path: Path) -> None:
+    """Chalice ships chalicelib/ beside app.py: an ``extra_config`` file elsewhere is not in the
+    zip, and every function's import would fail reading it. One inside chalicelib/ ships."""
+    outside = tmp_path / "more-pools.yaml"
+    outside.write_text(":pools:\n  - {name: q, size: 1, provider: dummy}\n")
+    stage_config.write_text(f":config:\n  extra_config: {outside}\n:providers:\n  :dummy: {{}}\n:pools:\n"
+                            "  - {name: p, size: 1, provider: dummy}\n")
+    done = subprocess.run([sys.executable, "-m", "infra.shipped_config", "--chalice-deploy", str(stage_config)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and f"config.extra_config: {outside}: outside chalicelib/" in done.stderr
+
+    inside = stage_config.parent / "test-shipped-more-pools.yaml"
+    inside.write_text(outside.read_text())
+    try:
+        stage_config.write_text(stage_config.read_text().replace(str(outside), inside.name))
+        done = subprocess.run([sys.executable, "-m", "infra.shipped_config", "--chalice-deploy", str(stage_config)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    finally:
+        inside.unlink()
