@@ -4,6 +4,8 @@
 #
 #   infra/chalice_deploy.sh STAGE          (or: make chalice-deploy STAGE=dev)
 #
+# 0. infra/shipped_config.py refuses a config file Chalice would ship with a CA file's path or a
+#    secret written inline in it (the functions have no such file; the zip is no place for secrets).
 # 1. infra/stage_settings.py writes the stage's settings from the stack's outputs (subnets,
 #    security group, Redis URL and token secret, queue URL, config bucket) into .chalice/
 #    (KEEP_STAGE_SETTINGS=1: use .chalice/stack-STAGE.json as it is).
@@ -14,8 +16,17 @@ set -euo pipefail
 stage="${1:?usage: infra/chalice_deploy.sh STAGE}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-python="$(infra/lambda_venv.sh)"
 tools="${PYTHON:-$root/.venv/bin/python}"  # boto3 for the settings: not a Lambda dependency
+# Chalice ships the stage's config file as it is (not its canonical JSON, as make deploy's package
+# does), and every function validates it again: a CA file's path or a secret written inline in it
+# is refused here, before anything is built or deployed (infra/shipped_config.py).
+stage_config="$("$tools" - "$stage" <<'PY'
+import json, sys
+print(json.load(open(".chalice/config.json"))["stages"][sys.argv[1]]["environment_variables"]["VMPOOL_CONFIG_FILE"])
+PY
+)"
+"$tools" -m infra.shipped_config --chalice-deploy "$stage_config"
+python="$(infra/lambda_venv.sh)"
 wheels="$(cat "$(dirname "$python")/../.wheels")"
 export PIP_NO_INDEX=1 PIP_FIND_LINKS="$root/$wheels" PIP_DISABLE_PIP_VERSION_CHECK=1
 

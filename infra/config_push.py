@@ -24,6 +24,7 @@ from chalicelib.clock import Clock, SystemClock
 from chalicelib.config import Config, ConfigError, canonical_json, parse, read_config_file
 from chalicelib.config_source import DEFAULT_CONFIG_KEY, GENERATION_METADATA, next_generation, object_generation
 from infra.deploy import said_in_one_line
+from infra.shipped_config import shipping_problems
 from infra.sync_config import (
     STAGES,
     VCENTER_PORT,
@@ -149,18 +150,24 @@ def _outside(server: str, cidr: str) -> bool:
 
 
 def push(text: str, bucket: str, s3: Any, source: str = "config", config: Config | None = None,
-         clock: Clock | None = None) -> str:
+         clock: Clock | None = None, body: str | None = None) -> str:
     """Validate and publish the canonical JSON; returns the new object's version (or ETag).
     Raises ConfigError. The validation's warnings (unknown keys, a key written twice with one
     value) are printed to stderr; they travel in the canonical JSON too, and every function logs
     them when it loads it. ``config``: ``text`` already parsed. The object carries its
     generation (``config_source.GENERATION_METADATA``): later than the object it replaces, even
-    within the same second or from a clock behind."""
+    within the same second or from a clock behind. ``body``: the config's canonical JSON, already
+    checked (``shipped_config.shipping_problems``); made and checked here when not given."""
     config = config or parse(text, source)
+    if body is None:
+        body = canonical_json(config)
+        problems = shipping_problems(config, body)
+        if problems:
+            raise ConfigError(problems)
     for warning in config.warnings:
         print(f"config-push: warning: {warning}", file=sys.stderr)
     generation = next_generation(_published_generation(s3, bucket), (clock or SystemClock()).now())
-    answer = s3.put_object(Bucket=bucket, Key=DEFAULT_CONFIG_KEY, Body=canonical_json(config).encode("utf-8"),
+    answer = s3.put_object(Bucket=bucket, Key=DEFAULT_CONFIG_KEY, Body=body.encode("utf-8"),
                            ContentType="application/json",
                            Metadata={"pools": str(len(config.pools)), GENERATION_METADATA: repr(generation)})
     return str(answer.get("VersionId") or answer.get("ETag"))
@@ -211,8 +218,16 @@ def main(argv: list[str] | None = None, session: Any = None, clock: Clock | None
         print(f"config-push: {path} names secrets the {args.stage} stage's functions may not read; nothing "
               "published:\n  " + "\n  ".join(unreadable), file=sys.stderr)
         return 1
+    # What reaches the bucket: no secret inline (every version is kept), CA files carried, within
+    # the 16 MiB a function reads (past it, every function refuses the push and keeps the last).
+    body = canonical_json(config)
+    problems = shipping_problems(config, body)
+    if problems:
+        print(f"config-push: {path} cannot be published to the functions; nothing published:\n  "
+              + "\n  ".join(problems), file=sys.stderr)
+        return 1
     try:
-        return _push_checked(args.stage, path, text, config, args.bucket, session, clock)
+        return _push_checked(args.stage, path, text, config, args.bucket, session, clock, body)
     except Exception as error:
         if not said_in_one_line("config-push", error):
             raise
@@ -221,7 +236,7 @@ def main(argv: list[str] | None = None, session: Any = None, clock: Clock | None
 
 
 def _push_checked(stage: str, path: Path, text: str, config: Config, bucket: str | None, session: Any,
-                  clock: Clock | None = None) -> int:
+                  clock: Clock | None = None, body: str | None = None) -> int:
     """Check ``config`` (``text`` validated) against the deployed stack, then publish it; 0 or 1
     (what was wrong printed)."""
     cloudformation = session.client("cloudformation")
@@ -267,7 +282,7 @@ def _push_checked(stage: str, path: Path, text: str, config: Config, bucket: str
               f"deploy STAGE={stage} BUCKET=<deploy bucket>, then push again", file=sys.stderr)
         return 1
     bucket = bucket or stack_output(cloudformation, stage, "ConfigBucket")
-    version = push(text, bucket, session.client("s3"), str(path), config, clock)
+    version = push(text, bucket, session.client("s3"), str(path), config, clock, body)
     print(f"config-push: published {path} to s3://{bucket}/{DEFAULT_CONFIG_KEY} (version {version}); "
           "running functions use it within a minute")
     return 0

@@ -174,7 +174,16 @@ def canonical_config(tree: Path, member: str, source: Path | None = None) -> Non
         raise SystemExit(f"slim_zip: the packaged config {name} is not valid:\n{error}") from None
     for warning in config.warnings:  # logged again by every function that loads it
         print(f"slim_zip: warning: {name}: {warning}", file=sys.stderr)
-    path.write_text(config_module.canonical_json(config))
+    from infra.shipped_config import shipping_problems
+
+    body = config_module.canonical_json(config)
+    # No secret inline in the zip (readable by whoever may read the deploy bucket or the function's
+    # code), CA files carried, within the 16 MiB a function reads.
+    problems = shipping_problems(config, body)
+    if problems:
+        raise SystemExit(f"slim_zip: the packaged config {name} cannot be shipped to the functions; nothing "
+                         "packaged:\n  " + "\n  ".join(problems))
+    path.write_text(body)
 
 
 def trim_metadata(tree: Path) -> None:
@@ -211,7 +220,11 @@ def slim(path: Path, config_member: str | None = None, config_source: Path | Non
             archive.extractall(tree, members)
             modes = {m.filename: m.external_attr for m in members}
         if config_member:
-            canonical_config(tree, config_member, config_source)
+            try:
+                canonical_config(tree, config_member, config_source)
+            except SystemExit:  # Chalice's zip holds the config as written: no zip is left to deploy
+                path.unlink()
+                raise
         compile_tree(tree)
         trim_metadata(tree)
         strip_extensions(tree)
