@@ -152,7 +152,10 @@ for _route in reversed(ROUTES):
 
 def handle(services: Services, handler: Handler, request: ApiRequest) -> ApiResponse:
     """Run a handler (once its request is within the rate limits) and turn every failure into a
-    JSON answer."""
+    JSON answer. While Redis has just timed out (``store.breaker``), a 503 at once."""
+    breaker = services.redis_breaker
+    if breaker is not None and not breaker.admit():
+        return ApiResponse(503, {"ok": False, "error": StoreUnavailable.public_message}, {"Retry-After": "1"})
     try:
         route = _route_of(handler)
         if route is not None:
