@@ -325,6 +325,7 @@ class Services:
             # A request waits for another's question about its user for as long as one may take.
             wait_seconds=(auth.ldap.connect_timeout + auth.ldap.login_timeout + 1
                           if auth is not None and auth.ldap is not None else 30.0),
+            task_seconds=auth.ldap.login_timeout if auth is not None and auth.ldap is not None else None,
         )
 
     def _has_user(self, user: str) -> bool | str:
