@@ -8,7 +8,9 @@ One ``RedisBreaker`` per Redis client (``connection.connect`` makes it; a proces
 client once, a warm Lambda keeps it between invocations). A command that times out (its reply, or
 opening its connection) opens it; while it is open ``admit`` says no and the API answers 503 with
 Retry-After at once (``routes.handle``), sending nothing to Redis. What tells that Redis is back is
-one ``PING`` kept in flight on a connection of its own (``_Probe``), not a request: a request as
+a ``PING`` kept in flight on a connection of its own (``_Probe``; while requests are refused, a
+new one every socket timeout, the earlier ones still waiting: a failover's new primary answers
+the newest), not a request: a request as
 the probe made its caller wait a socket timeout per probe, and on Lambda (one request at a time
 per process) every request was a probe. The ``PING`` waits in Redis's socket while Redis is stopped
 and is answered the moment it runs again (SIGCONT): the breaker closes then, so no request that
@@ -34,21 +36,29 @@ import redis
 from chalicelib.observability import logger
 
 OPEN_SECONDS = 5.0
-"""Longest a breaker stays open after the timeout that opened it (its probe waits as long)."""
+"""Longest a breaker stays open after the timeout that opened it (a probe waits as long)."""
+
+MIN_PROBE_EVERY = 0.5
+"""The least time between two probes of an open breaker: at most 11 in one opening."""
 
 
 class RedisBreaker:
     """Whether this process sends requests to Redis now (``admit``); opened by a timeout
     (``timed_out``), closed by Redis's answer to a probe or after ``OPEN_SECONDS``."""
 
-    def __init__(self, probe_connection: Callable[[], Any] | None = None,
+    def __init__(self, probe_connection: Callable[[], Any] | None = None, probe_every: float = 1.0,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.probe_connection = probe_connection
-        """Makes the probe's connection (not opened yet; its timeouts do not come here)."""
+        """Makes a probe's connection (not opened yet; its timeouts do not come here)."""
+        self.probe_every = probe_every
+        """While open and asked, a new probe this often (the client's socket timeout, at least
+        ``MIN_PROBE_EVERY``), the earlier ones still waiting: a new connection reaches the node
+        the endpoint names now (a failover away from a frozen primary), the earlier PINGs the
+        node that resumes."""
         self.monotonic = monotonic
         self._lock = threading.Lock()
         self._opened_at: float | None = None
-        self._probe: _Probe | None = None
+        self._probes: list[_Probe] = []
         self.refused = 0
         """Requests refused since this process started (for tests and logs)."""
 
@@ -64,49 +74,59 @@ class RedisBreaker:
         with self._lock:
             if self._opened_at is None:
                 return True
-            if self._probe is not None and self._probe.answer_waiting():
+            if any(probe.answer_waiting() for probe in self._probes):
                 self._close("answered")
                 return True
-            if self.monotonic() - self._opened_at >= OPEN_SECONDS:
+            now = self.monotonic()
+            if now - self._opened_at >= OPEN_SECONDS:
                 self._close("bounded")
                 return True
+            self._probe_if_due(now)
             self.refused += 1
             return False
 
     def timed_out(self) -> None:
         """A command (or opening a connection) found Redis not answering within the socket
-        timeout: open, and start the probe unless one runs."""
+        timeout: open, and start a probe unless a recent one waits."""
         with self._lock:
             now = self.monotonic()
             if self._opened_at is None:
                 self._opened_at = now
                 logger.warning("Redis did not answer in time: requests are answered 503 at once until it "
                                "answers a PING (at most %s s)", OPEN_SECONDS)
-            if self._probe is None or self._probe.outcome is not None:
-                if self.probe_connection is None:
-                    return
-                self._probe = _Probe(self, self.probe_connection())
-                self._probe.start()
+            self._probe_if_due(now)
+
+    def _probe_if_due(self, now: float) -> None:
+        # Called with the lock held.
+        self._probes = [probe for probe in self._probes if probe.outcome is None]
+        if self.probe_connection is None or (
+                self._probes and now - self._probes[-1].started_at < self.probe_every):
+            return
+        probe = _Probe(self, self.probe_connection(), now)
+        self._probes.append(probe)
+        probe.start()
 
     def _answered(self, probe: "_Probe", how: str) -> None:
         with self._lock:
-            if self._probe is probe and self._opened_at is not None:
+            if probe in self._probes and self._opened_at is not None:
                 self._close(how)
 
     def _close(self, how: str) -> None:
-        # Called with the lock held.
+        # Called with the lock held. Probes still waiting end on their own (their PING's answer
+        # or timeout) and close nothing since they are no longer listed.
         self._opened_at = None
-        self._probe = None
+        self._probes = []
         logger.info("Redis breaker closed", extra={"how": how, "refused": self.refused})
 
 
 class _Probe(threading.Thread):
     """One PING on a connection of its own, waiting up to ``OPEN_SECONDS`` for Redis's answer."""
 
-    def __init__(self, breaker: RedisBreaker, connection: Any) -> None:
+    def __init__(self, breaker: RedisBreaker, connection: Any, started_at: float) -> None:
         super().__init__(name="vmpool-redis-probe", daemon=True)
         self.breaker = breaker
         self.connection = connection
+        self.started_at = started_at
         self.outcome: str | None = None
         """Once it has ended: "answered", "failed fast" (the connection refused or reset: a request
         fails at once too) or "timed out"."""

@@ -59,7 +59,7 @@ from redis.exceptions import ExecAbortError, ReadOnlyError
 from redis.retry import Retry
 
 from chalicelib.config import RedisConfig
-from chalicelib.store.breaker import OPEN_SECONDS, RedisBreaker
+from chalicelib.store.breaker import MIN_PROBE_EVERY, OPEN_SECONDS, RedisBreaker
 
 _pack_command: Callable[..., bytes] | None
 try:
@@ -635,7 +635,7 @@ def connect(
         options.pop("password")
     if target["connection_class"] is _UnixConnection:
         options.pop("socket_connect_timeout")
-    breaker = options["breaker"] = RedisBreaker()
+    breaker = options["breaker"] = RedisBreaker(probe_every=max(config.socket_timeout, MIN_PROBE_EVERY))
     pool = _Pool(**options, **target)
 
     def probe_connection() -> redis.Connection:

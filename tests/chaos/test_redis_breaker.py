@@ -23,6 +23,7 @@ from chalicelib.store import connect
 from chalicelib.store.breaker import OPEN_SECONDS
 from local.redis_server import RedisServer
 from tests.harness import Harness, HarnessFactory
+from tests.redis_pair import Endpoint
 from tests.support import eventually
 
 SOCKET_TIMEOUT = 0.3
@@ -139,3 +140,35 @@ def test_the_breaker_opens_for_a_bounded_while_only(make_harness: HarnessFactory
     assert 2 <= _requests_work(stoppable) - before - 1 <= 2 * per_request
     assert breaker.refused == 2
     assert harness.get("/api/v3/vm/gone-host").status == 404
+
+
+def test_a_failover_away_from_a_stopped_primary_is_seen_by_the_next_probe(
+        make_harness: HarnessFactory, stoppable: RedisServer, tmp_path: Path) -> None:
+    """The endpoint's name moves to another node while the first probe's PING waits on the
+    stopped one: the probe started a socket timeout later connects anew, reaches the new
+    primary, and the breaker closes then, not after OPEN_SECONDS."""
+    harness = _harness(make_harness, stoppable)
+    with RedisServer(data_dir=tmp_path / "promoted") as promoted:
+        endpoint = Endpoint(stoppable.port)
+        try:
+            config = harness.config
+            harness = make_harness(config, client=connect(config.redis, url=endpoint.url))
+            breaker = harness.services.redis_breaker
+            assert breaker is not None
+            elapsed = [0.0]
+            breaker.monotonic = lambda: elapsed[0]
+            assert harness.get("/api/v3/vm/gone-host").status == 404
+            _stop(stoppable)
+            try:
+                assert harness.get("/api/v3/vm/gone-host").status == 503  # timed out: open
+                endpoint.point_at(promoted.port)  # the failover
+                _is_503_at_once(harness.get("/api/v3/vm/gone-host"))  # the first probe still waits
+                elapsed[0] = breaker.probe_every
+                _is_503_at_once(harness.get("/api/v3/vm/gone-host"))  # and starts the next one
+                eventually(lambda: not breaker.is_open, 10, "the new primary answered the second probe")
+                assert elapsed[0] < OPEN_SECONDS
+                assert harness.get("/api/v3/vm/gone-host").status == 404
+            finally:
+                _resume(stoppable)
+        finally:
+            endpoint.close()
