@@ -34,7 +34,7 @@ from chalicelib.dns.registry import build_dns_plugin
 from chalicelib.manager.refill import REFILL_QUEUE_ENV, NoRefill, RefillTrigger, SqsRefill
 from chalicelib.observability import logger, redact_secrets
 from chalicelib.store import ReplicaAcks, Store, connect
-from chalicelib.store.connection import CredentialsUnavailable
+from chalicelib.store.connection import CredentialsUnavailable, breaker_of
 from chalicelib.store.keys import DEFAULT_PREFIX
 from chalicelib.store.pool_overrides import PoolOverrides
 from chalicelib.store.pool_overrides import apply as apply_override
@@ -124,6 +124,8 @@ class Services:
     ) -> None:
         self.config = config
         self.client = client
+        self.redis_breaker = breaker_of(client)
+        """Whether requests go to Redis now (``store.breaker``): per process, as the client."""
         self.clock = clock or SystemClock()
         self.store = Store(client, prefix=prefix, data_ttl_hours=config.redis.data_ttl_hours,
                            replica_acks=ReplicaAcks.from_config(config.redis, environ={}))
@@ -350,6 +352,7 @@ class Services:
             # A request waits for another's question about its user for as long as one may take.
             wait_seconds=(auth.ldap.connect_timeout + auth.ldap.login_timeout + 1
                           if auth is not None and auth.ldap is not None else 30.0),
+            task_seconds=auth.ldap.login_timeout if auth is not None and auth.ldap is not None else None,
         )
 
     def _has_user(self, user: str) -> bool | str:

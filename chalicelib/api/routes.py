@@ -32,6 +32,7 @@ from chalicelib.api.http import (
 from chalicelib.api.identity import TOKEN_HEADER, unauthorized
 from chalicelib.api.limits import check_rate
 from chalicelib.api.shared_reads import SharedReads
+from chalicelib.auth.directory_budget import request_budget
 from chalicelib.observability import logger
 from chalicelib.services import Services
 from chalicelib.store import StoreUnavailable, TokenGone
@@ -153,7 +154,10 @@ for _route in reversed(ROUTES):
 
 def handle(services: Services, handler: Handler, request: ApiRequest) -> ApiResponse:
     """Run a handler (once its request is within the rate limits) and turn every failure into a
-    JSON answer."""
+    JSON answer. While Redis has just timed out (``store.breaker``), a 503 at once."""
+    breaker = services.redis_breaker
+    if breaker is not None and not breaker.admit():
+        return ApiResponse(503, {"ok": False, "error": StoreUnavailable.public_message}, {"Retry-After": "1"})
     try:
         route = _route_of(handler)
         if route is not None:
@@ -195,7 +199,8 @@ def handle_when_built(build: Callable[[], Services], handler: Handler, request: 
     except Exception:  # noqa: BLE001 - the client gets JSON; the log gets the traceback
         logger.exception("services could not be built", extra={"request_id": request.request_id})
         return ApiResponse(503, {"ok": False, "error": SERVICES_UNAVAILABLE}, {"Retry-After": "1"})
-    return handle(services, handler, request)
+    with request_budget():  # one deadline for all the request's directory work
+        return handle(services, handler, request)
 
 
 def _event_body(event: Mapping[str, Any]) -> bytes:

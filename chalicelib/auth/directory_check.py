@@ -34,6 +34,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import threading
+import time
 from typing import Any, Callable
 
 from chalicelib.clock import Clock
@@ -43,6 +44,7 @@ from chalicelib.store.records import finite_number
 from chalicelib.store.scripts import registered, script_source
 
 from .base import AuthConfigError, AuthUnavailable, other_entry
+from .directory_budget import task_deadline
 
 logger = module_logger(__name__)
 
@@ -99,7 +101,7 @@ class DirectoryCheck:
 
     def __init__(self, redis: Any, clock: Clock, lookup: Callable[[str], bool | str] | None, *,
                  interval_minutes: int, grace_minutes: int, prefix: str = DEFAULT_PREFIX,
-                 wait_seconds: float = 30.0) -> None:
+                 wait_seconds: float = 30.0, task_seconds: float | None = None) -> None:
         self.redis = redis
         self.clock = clock
         self.lookup = lookup if interval_minutes > 0 else None
@@ -111,6 +113,9 @@ class DirectoryCheck:
         self.wait_seconds = wait_seconds
         """How long a request waits for the answer another request of this process is getting
         about the same user (``_shared_question``): at least what one question may take."""
+        self.task_seconds = wait_seconds if task_seconds is None else task_seconds
+        """The directory's ``login_timeout``: a request's wait for another's answer is directory
+        work of that request, under its one deadline (``directory_budget``)."""
         self._questions: dict[str, _Question] = {}
         self._questions_lock = threading.Lock()
 
@@ -161,7 +166,8 @@ class DirectoryCheck:
             else:
                 question.waiting += 1
         if not asking:
-            if not question.answered.wait(self.wait_seconds):
+            wait = min(self.wait_seconds, task_deadline(self.task_seconds) - time.monotonic())
+            if not question.answered.wait(max(wait, 0.0)):
                 raise AuthUnavailable("the directory's answer about the user, asked by another request, "
                                       "did not come in time")
             if question.failure is not None:

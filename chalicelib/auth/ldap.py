@@ -46,6 +46,7 @@ from chalicelib.logs import module_logger
 
 from .base import ENTRY_ID_ATTRIBUTES as _ENTRY_ID_ATTRIBUTES
 from .base import AuthConfigError, AuthUnavailable, acceptable_credentials, canonical_user, other_entry
+from .directory_budget import task_deadline
 from .ldap_settings import LdapSettings, parse_ldap_settings
 from .secrets import SecretConfigError, SecretUnavailable
 from .service_refusals import RefusedPasswords
@@ -289,7 +290,11 @@ class LdapAuthenticator:
         # One deadline for the whole task: each answer may take receive_timeout, but a directory
         # answering each of the task's 6-10 operations just in time made one login take a minute
         # (the API Lambda is killed at 29 s: 504, the attempt left in flight in the limiter).
-        deadline = time.monotonic() + self.settings.login_timeout
+        # And one for the whole request (directory_budget): its second task (a group check after
+        # a user check) ends when its first had to.
+        deadline = task_deadline(self.settings.login_timeout)
+        if deadline <= time.monotonic():
+            raise _RequestBudgetSpent()
         if not self._server.candidate_addresses():
             # ldap3 marks an address it failed to connect to unavailable, shared by every
             # connection of the process, and tries no such address for the next 5 s (wall
@@ -528,6 +533,10 @@ def entry_id(attributes: dict[str, Any]) -> str | None:
 
 class _StartTlsRefused(LDAPException):
     pass
+
+
+class _RequestBudgetSpent(LDAPException):
+    """The request's earlier directory tasks took all its ``login_timeout``: no connection made."""
 
 
 class _StdlibTls(Tls):

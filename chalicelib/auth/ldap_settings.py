@@ -34,6 +34,7 @@ from chalicelib.config_fields import (
 from chalicelib.logs import module_logger
 
 from .base import AuthConfigError
+from .directory_budget import REQUEST_DIRECTORY_SECONDS
 from .secrets import Secret, SecretReference
 
 logger = module_logger(__name__)
@@ -217,6 +218,12 @@ def parse_ldap_settings(raw: Mapping[str, Any] | None, path: str = "auth.ldap") 
     settings = reader.model(block, LdapSettings, path)
     for warning in reader.warnings:
         logger.warning("%s", warning)
+    if settings is not None and settings.connect_timeout + settings.login_timeout > REQUEST_DIRECTORY_SECONDS:
+        reader.problems.append(
+            f"{path}.login_timeout: connect_timeout ({settings.connect_timeout:g} s) + login_timeout "
+            f"({settings.login_timeout:g} s) is over {REQUEST_DIRECTORY_SECONDS:g} s, the most one request may "
+            "spend on the directory (the local front's watchdog ends a request's loop at 30 s, the API Lambda "
+            "is killed at 29 s); lower either")
     if reader.problems or settings is None:
         raise AuthConfigError(reader.problems)
     if settings.encryption == "plain":

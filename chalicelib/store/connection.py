@@ -59,6 +59,7 @@ from redis.exceptions import ExecAbortError, ReadOnlyError
 from redis.retry import Retry
 
 from chalicelib.config import RedisConfig
+from chalicelib.store.breaker import MIN_PROBE_EVERY, OPEN_SECONDS, RedisBreaker
 
 _pack_command: Callable[..., bytes] | None
 try:
@@ -285,9 +286,12 @@ class _FailoverAware:
     """Mixed into redis-py's connection classes: tells a lost reply from a command never sent,
     and closes connections opened before a failover this client has noticed."""
 
-    def __init__(self, *args: Any, failover_epoch: FailoverEpoch, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, failover_epoch: FailoverEpoch, breaker: RedisBreaker | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._failover_epoch = failover_epoch
+        self._breaker = breaker
+        """Told of every timeout (``RedisBreaker``); None for its own probe's connection."""
         self._opened_in_epoch = failover_epoch.value
         self._sending = 0
         """Nesting depth of send_packed_command: opening a connection (AUTH, HELLO) and the
@@ -299,8 +303,13 @@ class _FailoverAware:
         # Every way of opening the connection (connect(), or a send on a closed one) comes here.
         if not getattr(self, "_sock", None):
             self._opened_in_epoch = self._failover_epoch.value
-        with _TIMEOUTS_NEVER_SENT:
-            super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
+        try:
+            with _TIMEOUTS_NEVER_SENT:
+                super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
+        except redis.TimeoutError:
+            if self._breaker is not None:
+                self._breaker.timed_out()
+            raise
 
     def check_health(self) -> None:
         # The PING of a connection idle for HEALTH_CHECK_SECONDS, sent before the command.
@@ -362,6 +371,10 @@ class _FailoverAware:
         except (ReplyLost, redis.AuthenticationError, redis.exceptions.AuthorizationError):
             # The last two are the server's answers (a wrong password, a user without the
             # right): a reply that arrived, reported as what it says.
+            raise
+        except redis.TimeoutError:
+            if self._breaker is not None:
+                self._breaker.timed_out()
             raise
         except redis.ConnectionError as error:
             if self._sending == 0 and self._command_sent:
@@ -664,4 +677,26 @@ def connect(
         options.pop("password")
     if target["connection_class"] is _UnixConnection:
         options.pop("socket_connect_timeout")
-    return _Client(connection_pool=_Pool(**options, **target))
+    breaker = options["breaker"] = RedisBreaker(probe_every=max(config.socket_timeout, MIN_PROBE_EVERY))
+    pool = _Pool(**options, **target)
+
+    def probe_connection() -> redis.Connection:
+        # Its own timeouts are OPEN_SECONDS (how long it waits) and are not the breaker's.
+        kwargs = {**pool.connection_kwargs, "socket_timeout": OPEN_SECONDS, "breaker": None,
+                  "client_name": PROBE_CLIENT_NAME}
+        if "socket_connect_timeout" in kwargs:
+            kwargs["socket_connect_timeout"] = OPEN_SECONDS
+        return cast(redis.Connection, pool.connection_class(**kwargs))
+
+    breaker.probe_connection = probe_connection
+    return _Client(connection_pool=pool)
+
+
+PROBE_CLIENT_NAME = "vmpool-breaker-probe"
+"""The breaker's probe connection's name (CLIENT LIST), set on it as it opens."""
+
+
+def breaker_of(client: Any) -> RedisBreaker | None:
+    """The breaker of a client ``connect`` made (None for another: a test's plain client)."""
+    breaker = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {}).get("breaker")
+    return breaker if isinstance(breaker, RedisBreaker) else None
