@@ -64,6 +64,7 @@ from chalicelib.config_fields import (
     regex,
     show,
     timezone_name,
+    within,
 )
 from chalicelib.config_fields import sizing as sizing_block
 from chalicelib.dns.base import DnsConfig, DnsSettings
@@ -101,6 +102,11 @@ MAX_HOURS = 876_000
 vm_lifetime_auth, max_lifetime_upper_limit): a token's expiry and a VM's end time are shown as
 dates, and a datetime ends with the year 9999 (token_ttl: 100000000 loaded, and every use of every
 token was a 500; vm_lifetime: 100000000 made GET /vm/<host> of every VM checked out a 500)."""
+
+SOCKET_TIMEOUT_LIMIT = 25.0
+"""The longest ``redis.socket_timeout``: as a request's directory work (auth.directory_budget), a
+wait on Redis must end well inside the local stack's 30 s loop watchdog."""
+
 Hours = Annotated[int, bounded(1, MAX_HOURS)]
 
 
@@ -229,7 +235,10 @@ class RedisConfig(SettingsModel):
     db: Int0 = 0
     tls: Bool = False
     unix_socket: Optional[Str] = None
-    socket_timeout: Annotated[float, at_least(0.01)] = 2.0
+    socket_timeout: Annotated[float, within(0.01, SOCKET_TIMEOUT_LIMIT)] = 2.0
+    """Seconds a Redis command may wait for its answer. Bounded below the local stack's 30 s loop
+    watchdog: the first request to find Redis stopped waits this long on its loop (the breaker
+    answers the others at once), and a longer wait would have the loop counted stuck."""
     min_replica_acks: Optional[Annotated[int, bounded(0, 5)]] = None
     """Replicas that must have a checkout before it is answered (WAIT); None: 1 in AWS Lambda, 0
     elsewhere. VMPOOL_REDIS_MIN_REPLICA_ACKS overrides it."""

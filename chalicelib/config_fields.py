@@ -659,6 +659,11 @@ def at_least(minimum: float) -> Check:
     return Check(number(minimum))
 
 
+def within(minimum: float, maximum: float) -> Check:
+    """A number field with both bounds: ``Annotated[float, within(0.01, 25.0)]``."""
+    return Check(number(minimum, maximum))
+
+
 def one_of(*options: str) -> Check:
     """A string field that is one of ``options``: ``Annotated[str, one_of("tcp", "tools")]``."""
     return Check(choice(*options))

@@ -661,3 +661,17 @@ def test_a_replica_wait_longer_than_the_socket_timeout_is_warned_about() -> None
     no_replicas = parse(":redis: {server: r, socket_timeout: 0.5, replica_ack_timeout: 800, min_replica_acks: 0}\n")
     assert no_replicas.warnings == ()
     assert parse(":redis: {server: r}\n").warnings == ()  # 500 ms under 2 s
+
+
+@pytest.mark.parametrize(("seconds", "shown"), [("31", "31"), ("25.5", "25.5"), (".inf", "inf")])
+def test_a_redis_socket_timeout_past_the_loop_watchdog_is_refused(seconds: str, shown: str) -> None:
+    """A Redis wait over 25 s would have the local stack's loop counted stuck (30 s) while the
+    first request to find Redis stopped waits on it: refused at load, naming the bound."""
+    with pytest.raises(ConfigError) as raised:
+        parse(f"redis: {{socket_timeout: {seconds}}}\npools: []\n")
+
+    assert raised.value.problems == [f"redis.socket_timeout: must be a finite number from 0.01 to 25, got {shown}"]
+
+
+def test_a_redis_socket_timeout_of_25_s_loads() -> None:
+    assert parse("redis: {socket_timeout: 25}\npools: []\n").redis.socket_timeout == 25.0
