@@ -216,10 +216,12 @@ DERIVED_KEYS: Mapping[str, str] = {
                         "built, of the VMs in the cloning set): they are counted in the step that reserves, "
                         "so two passes cannot build a request twice",
     "ondemand_deliver": "the request the VM's record names, the records of its VMs and the open sets of "
-                        "its pools: the request becomes ready in the same step as its last VM arrives",
+                        "its pools: the request becomes ready in the same step as its last VM arrives; "
+                        "and its owner's requests set (its record names the owner), kept as long as it",
     "ondemand_end": "the open sets and wake lists of the request's pools, the records of its VMs and "
                     "their pools' state and running_due sets: every VM leaves in the same step as the "
-                    "request ends, so none reserved meanwhile is left behind",
+                    "request ends, so none reserved meanwhile is left behind; and its owner's requests "
+                    "set (its record names the owner), kept as long as it",
     "token_create": "the records of the user's expired tokens it forgets (the user's token_times set names "
                     "them, by when they were made): naming them first meant reading the user's tokens, "
                     "a cost that grew with max_tokens_per_user",
