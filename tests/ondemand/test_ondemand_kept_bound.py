@@ -107,6 +107,9 @@ def test_requests_deleted_just_before_the_counting_sets_expire_still_count(make_
     advance(stack, 29 * DAY)
     for request_id in old:
         assert stack.answer("DELETE", f"/api/v3/ondemandvm/{request_id}") == (200, {"ok": True})
+    keys, client = stack.services.store.keys, stack.services.client
+    deleted_left = min(client.ttl(keys.ondemand(request_id)) for request_id in old)
+    owned_left = [client.ttl(key) for key in client.scan_iter(keys.owner_requests("*"))]
     advance(stack, 2 * DAY)
     assert [stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")[0] for request_id in old] == [200] * 3
     new = []
@@ -118,3 +121,5 @@ def test_requests_deleted_just_before_the_counting_sets_expire_still_count(make_
     answers = [stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")[0] for request_id in old + new]
     assert answers == [404] * 3 + [202] * 3
     assert request_records(stack) == 3
+    # The owner's requests set was kept as long as its deleted requests too.
+    assert deleted_left > 6 * DAY and owned_left and min(owned_left) >= deleted_left
