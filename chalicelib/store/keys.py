@@ -106,7 +106,8 @@ family through these validators.
                                      lives a minute at most from its last whole count
     ondemand:requests:kept   zset    "<owner hash> <id>" of every request Redis keeps, by creation time (or
                                      when last found still holding VMs): the service's bound on them
-                                     (config max_ondemand_requests_kept, lua/ondemand_create.lua)
+                                     (config max_ondemand_requests_kept, lua/ondemand_create.lua); lives
+                                     at least as long as each request it names (lua/request_sets.lua)
     config:poolsize          hash    pool -> size set at runtime (store/pool_overrides.py)
     config:pooltemplate      hash    pool -> template set at runtime
     config:poolreset         hash    pool -> when it was last reset (VMs cloned before are drained)
@@ -123,7 +124,8 @@ family through these validators.
     holders                  zset    the owners' hashes with a holdings set, by when each last took
                                      something: past store.HOLDERS_KEPT, the tick drops those holding nothing
     requests:<owner hash>    zset    the on-demand requests one owner opened and Redis still keeps, by
-                                     creation time (store/ondemand.REQUESTS_KEPT_PER_OWNER)
+                                     creation time (store/ondemand.REQUESTS_KEPT_PER_OWNER); lives at
+                                     least as long as each request it names
     ratelimit:<class>:<who>  string  requests of a client (a token's user, hashed; a Basic login name,
                                      hashed, at an address; or an address) in the window
     ratelimit:<class>:clients zset   the clients counted on their own (<who>), by when their window ends
