@@ -64,7 +64,8 @@ READY_REQUEST_KEPT_SECONDS = 30 * 24 * 3600
 ``check_ondemand_request_ready``). It answers longer while its VMs may run: until ``data_ttl``
 past the latest end of their lifetimes, as their own records answer (lua/ondemand_deliver.lua),
 pushed out when a user extends one (lua/vm_modify.lua). Its VMs can be read and released by
-its id for as long as they run."""
+its id for as long as they run. The sets counting it toward REQUESTS_KEPT_PER_OWNER and
+REQUESTS_KEPT_IN_TOTAL are kept as long (lua/request_sets.lua), so it is never kept uncounted."""
 REQUESTS_KEPT_IN_TOTAL = 10000
 """Requests Redis keeps, whoever owns them, unless the quota says otherwise
 (``Quota.max_kept_requests``, config ``max_ondemand_requests_kept``): a caller with many
