@@ -108,7 +108,8 @@ family through these validators.
                                      lives a minute at most from its last whole count
     ondemand:requests:kept   zset    "<owner hash> <id>" of every request Redis keeps, by creation time (or
                                      when last found still holding VMs): the service's bound on them
-                                     (config max_ondemand_requests_kept, lua/ondemand_create.lua)
+                                     (config max_ondemand_requests_kept, lua/ondemand_create.lua); lives
+                                     at least as long as each request it names (lua/request_sets.lua)
     config:poolsize          hash    pool -> size set at runtime (store/pool_overrides.py)
     config:pooltemplate      hash    pool -> template set at runtime
     config:poolreset         hash    pool -> when it was last reset (VMs cloned before are drained)
@@ -125,7 +126,8 @@ family through these validators.
     holders                  zset    the owners' hashes with a holdings set, by when each last took
                                      something: past store.HOLDERS_KEPT, the tick drops those holding nothing
     requests:<owner hash>    zset    the on-demand requests one owner opened and Redis still keeps, by
-                                     creation time (store/ondemand.REQUESTS_KEPT_PER_OWNER)
+                                     creation time (store/ondemand.REQUESTS_KEPT_PER_OWNER); lives at
+                                     least as long as each request it names
     ratelimit:<class>:<who>  string  requests of a client (a token's user, hashed; a Basic login name,
                                      hashed, at an address; or an address) in the window
     ratelimit:<class>:clients zset   the clients counted on their own (<who>), by when their window ends
@@ -218,10 +220,12 @@ DERIVED_KEYS: Mapping[str, str] = {
                         "built, of the VMs in the cloning set): they are counted in the step that reserves, "
                         "so two passes cannot build a request twice",
     "ondemand_deliver": "the request the VM's record names, the records of its VMs and the open sets of "
-                        "its pools: the request becomes ready in the same step as its last VM arrives",
+                        "its pools: the request becomes ready in the same step as its last VM arrives; "
+                        "and its owner's requests set (its record names the owner), kept as long as it",
     "ondemand_end": "the open sets and wake lists of the request's pools, the records of its VMs and "
                     "their pools' state and running_due sets: every VM leaves in the same step as the "
-                    "request ends, so none reserved meanwhile is left behind",
+                    "request ends, so none reserved meanwhile is left behind; and its owner's requests "
+                    "set (its record names the owner), kept as long as it",
     "token_create": "the records of the user's expired tokens it forgets (the user's token_times set names "
                     "them, by when they were made): naming them first meant reading the user's tokens, "
                     "a cost that grew with max_tokens_per_user",

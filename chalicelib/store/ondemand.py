@@ -64,7 +64,8 @@ READY_REQUEST_KEPT_SECONDS = 30 * 24 * 3600
 ``check_ondemand_request_ready``). It answers longer while its VMs may run: until ``data_ttl``
 past the latest end of their lifetimes, as their own records answer (lua/ondemand_deliver.lua),
 pushed out when a user extends one (lua/vm_modify.lua). Its VMs can be read and released by
-its id for as long as they run."""
+its id for as long as they run. The sets counting it toward REQUESTS_KEPT_PER_OWNER and
+REQUESTS_KEPT_IN_TOTAL are kept as long (lua/request_sets.lua), so it is never kept uncounted."""
 REQUESTS_KEPT_IN_TOTAL = 10000
 """Requests Redis keeps, whoever owns them, unless the quota says otherwise
 (``Quota.max_kept_requests``, config ``max_ondemand_requests_kept``): a caller with many
@@ -377,16 +378,17 @@ class OnDemandStore(SubStore):
     def deliver(self, hostname: str, pool: str, now: float, ip: str, host: str) -> tuple[bool, str]:
         """Hand a booted VM to its request. Returns (moved to running, the request's state). The
         delivery that makes the request ready sets how long it is kept from then on
-        (``READY_REQUEST_KEPT_SECONDS``)."""
+        (``READY_REQUEST_KEPT_SECONDS``), and keeps the sets that count it as long."""
         with _translate_errors():
             answer = json.loads(self.scripts.ondemand_deliver(
                 keys=[self.keys.vm(hostname), *(self.keys.pool_state(pool, state) for state in ("pending", "running",
                       "completed")), self.keys.cloning, self.keys.changes, self.keys.running_due(pool),
                       self.keys.ondemand_open_requests, self.keys.running, self.keys.pool_clones,
-                      self.keys.ondemand_open_waiting],
+                      self.keys.ondemand_open_waiting, self.keys.ondemand_kept_requests],
                 args=[hostname, repr(now), ip or "", host or "", self.keys.ondemand(KEY_PART),
                       self.keys.ondemand_vms(KEY_PART), self.keys.vm(KEY_PART), self.keys.ondemand_open(KEY_PART),
-                      GONE_WHILE_RUNNING, self.store.data_ttl_seconds, READY_REQUEST_KEPT_SECONDS]))
+                      GONE_WHILE_RUNNING, self.store.data_ttl_seconds, READY_REQUEST_KEPT_SECONDS,
+                      self.keys.holdings(KEY_PART), self.keys.owner_requests(KEY_PART)]))
         return bool(answer["moved"]), answer["state"]
 
     def end(self, request_id: str, state: str, message: str, vm_reason: str, now: float,
@@ -410,7 +412,7 @@ class OnDemandStore(SubStore):
         """The keys and arguments of lua/ondemand_end.lua for ``end``."""
         keys = [self.keys.ondemand(request_id), self.keys.ondemand_vms(request_id), self.keys.cloning,
                 self.keys.ondemand_open_requests, self.keys.running, self.keys.pool_clones,
-                self.keys.ondemand_open_waiting]
+                self.keys.ondemand_open_waiting, self.keys.ondemand_kept_requests]
         args: list[str | int] = [
             request_id, state, message, repr(now), vm_reason, self.store.data_ttl_seconds,
             self.keys.ondemand_open(KEY_PART), self.keys.wake(KEY_PART), self.keys.vm(KEY_PART),
@@ -419,7 +421,7 @@ class OnDemandStore(SubStore):
         ]
         args.append(token_index(keys, token_key))
         args += ["", ""] if seen is None else [repr(seen.created), seen.token_user]
-        args.append(UNUSED_RECORD_TTL_SECONDS)
+        args += [UNUSED_RECORD_TTL_SECONDS, self.keys.holdings(KEY_PART), self.keys.owner_requests(KEY_PART)]
         return keys, args
 
 

@@ -15,14 +15,14 @@ _LUA_DIR = Path(__file__).with_name("lua")
 
 SHARED: dict[str, tuple[str, ...]] = {"checkout": ("open_waiting", "quota", "token_live"),
                                       "ondemand_create": ("open_waiting", "quota", "token_live"),
-                                      "ondemand_deliver": ("open_waiting", "finite"),
+                                      "ondemand_deliver": ("open_waiting", "finite", "request_sets"),
                                       "move": ("record_fields", "finite", "token_live", "vm_owner"),
                                       "update": ("record_fields",), "release": ("finite",),
                                       "vm_task_enqueue": ("past_deadline", "vm_task_queue", "token_live", "vm_owner"),
                                       "vm_modify": ("past_deadline", "vm_task_queue", "token_live", "vm_owner",
                                                     "tag_stats"),
                                       "record_tags": ("tag_stats",),
-                                      "ondemand_end": ("finite", "token_live", "open_waiting"),
+                                      "ondemand_end": ("finite", "token_live", "open_waiting", "request_sets"),
                                       "ondemand_reserve": ("finite", "open_waiting", "past_deadline"),
                                       "pool_overrides": ("token_live", "past_deadline"),
                                       "token_create": ("past_deadline",), "reserve_clones": ("past_deadline",),
@@ -33,7 +33,8 @@ SHARED: dict[str, tuple[str, ...]] = {"checkout": ("open_waiting", "quota", "tok
                                       "dns_claim": ("finite",), "vm_ip": ("finite",), "holders_sweep": ("quota",)}
 """Scripts run with the functions of other files (lua/quota.lua, lua/record_fields.lua,
 lua/finite.lua, lua/vm_task_queue.lua, lua/token_live.lua, lua/vm_owner.lua, lua/open_waiting.lua,
-lua/tag_stats.lua, lua/past_deadline.lua)
+lua/tag_stats.lua, lua/past_deadline.lua, lua/request_sets.lua: the last only in scripts that
+derive keys, it uses key_of)
 before their own text."""
 
 

@@ -1403,6 +1403,7 @@ class Store:
         if request_id and request_kept > 0:
             keys += [self.keys.ondemand(request_id), self.keys.ondemand_vms(request_id)]
             args += [len(keys) - 1, request_kept]
+            keys += self._request_count_sets(request_id)
         else:
             args += [0, 0]
         for name, value in fields.items():
@@ -1420,6 +1421,20 @@ class Store:
             raise StoreUnavailable("redis: the change with a task reached Redis after its deadline: not made")
         return {1: ModifyResult.CHANGED, 0: ModifyResult.NO_VM, -1: ModifyResult.TOO_MANY_TAGS,
                 -2: ModifyResult.QUEUE_FULL}.get(result, ModifyResult.LIST_FULL)
+
+    def _request_count_sets(self, request_id: str) -> list[str]:
+        """The sets that count the on-demand request toward the bounds on kept requests
+        (lua/ondemand_create.lua): the service's kept set, and its owner's requests set, named by
+        the owner hash of the holdings set its record names (none for a request without an
+        owner). vm_modify.lua keeps them as long as the request it pushes out. Read first: the
+        record's owner never changes, and a stale read at worst keeps another owner's set longer."""
+        with _translate_errors():
+            holdings = self.client.hget(self.keys.ondemand(request_id), "holdings")
+        sets = [self.keys.ondemand_kept_requests]
+        before = self.keys.holdings("")
+        if isinstance(holdings, str) and holdings.startswith(before) and len(holdings) > len(before):
+            sets.append(self.keys.owner_requests(holdings[len(before):]))
+        return sets
 
     def _request_kept(self, seen: VMRecord, fields: Mapping[str, str], now: float) -> int:
         """Seconds from ``now`` that the on-demand request of the VM ``seen`` must still answer

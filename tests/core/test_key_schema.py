@@ -21,7 +21,7 @@ from chalicelib.store.scripts import script_source
 
 ROOT = Path(__file__).resolve().parents[2]
 LUA_DIR = ROOT / "chalicelib" / "store" / "lua"
-SHARED_ONLY = {"finite", "key_of", "quota", "record_fields", "token_live", "vm_owner"}
+SHARED_ONLY = {"finite", "key_of", "quota", "record_fields", "request_sets", "token_live", "vm_owner"}
 """Files of lua/ that are never run alone: prepended to others (scripts.script_source)."""
 SCRIPTS = sorted(path.stem for path in LUA_DIR.glob("*.lua") if path.stem not in SHARED_ONLY)
 PYTHON_SOURCES = [ROOT / "app.py", *(ROOT / folder for folder in ("chalicelib", "local", "infra"))]

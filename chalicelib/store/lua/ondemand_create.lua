@@ -14,8 +14,10 @@
 -- Then the request's retry mark ('' for none: an id the service drew) and the messages of a
 -- request failed having never been served (store.ondemand.NEVER_SERVED_MESSAGES, two); then how
 -- long a ready request is kept at least (store.ondemand.READY_REQUEST_KEPT_SECONDS): the owner's
--- and the service's sets that bound how many requests are kept live as long as the requests they
--- name may (lua/ondemand_deliver.lua), so no quiet week leaves ready requests outside the bound.
+-- and the service's sets that bound how many requests are kept live at least that long from now,
+-- and never less than they already would (EXPIRE NX, then GT): each script that sets a
+-- request's expiry keeps them as long as the request (lua/ondemand_deliver.lua, lua/vm_modify.lua,
+-- lua/ondemand_end.lua), so no quiet month leaves a request outside the bound.
 -- Returns 1 when created (or, the same request sent again, to be confirmed), 0 when a request
 -- with that id exists (vmpooler's 409), -1 when the token was deleted since the API checked it,
 -- or the limit it would pass.
@@ -111,7 +113,8 @@ local owned_index = tonumber(ARGV[8])
 if owned_index > 0 then
   local owned, kept = KEYS[owned_index], tonumber(ARGV[9])
   redis.call('ZADD', owned, now, id)
-  redis.call('EXPIRE', owned, sets_ttl)
+  redis.call('EXPIRE', owned, sets_ttl, 'NX') -- a set just made
+  redis.call('EXPIRE', owned, sets_ttl, 'GT') -- never brought in
   local excess = redis.call('ZCARD', owned) - kept
   if excess > 0 then
     for _, old_id in ipairs(redis.call('ZRANGE', owned, 0, -1)) do
@@ -137,7 +140,8 @@ end
 -- is looked at again after the others: the quotas bound how many there are, and no create walks
 -- them all.
 redis.call('ZADD', kept_key, now, owner .. ' ' .. id)
-redis.call('EXPIRE', kept_key, sets_ttl)
+redis.call('EXPIRE', kept_key, sets_ttl, 'NX')
+redis.call('EXPIRE', kept_key, sets_ttl, 'GT')
 -- At most 100 forgotten per request, so a bound lowered by a config push costs no create a long
 -- script: the excess goes over the next creates.
 local excess = math.min(redis.call('ZCARD', kept_key) - kept_in_total, 100)

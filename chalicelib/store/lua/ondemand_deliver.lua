@@ -6,18 +6,22 @@
 -- service's open requests (keys.ondemand_open_requests), KEYS[9] the service's running set
 -- (keys.running), KEYS[10] the cloning set's pools' own part (keys.pool_clones: a request's VM is
 -- never there; taken out all the same, so no path leaves a VM counted there once it stops cloning),
--- KEYS[11] the sum of the open requests' scores (keys.ondemand_open_waiting: lua/open_waiting.lua).
+-- KEYS[11] the sum of the open requests' scores (keys.ondemand_open_waiting: lua/open_waiting.lua),
+-- KEYS[12] the service's kept requests (keys.ondemand_kept_requests).
 -- ARGV: hostname, now, ip, host, then the templates of the keys named by the request the record
 -- names (keys.DERIVED_KEYS): request_template, request_vms_template, vm_template, open_template;
 -- then the reason of a VM dropped as gone from the provider while running: one delivered and gone
 -- since is not counted (ondemand_reserve.lua makes it a failed attempt and builds another);
 -- then the record ttl seconds (data_ttl) and how long a ready request is kept at least
--- (store.ondemand.READY_REQUEST_KEPT_SECONDS).
+-- (store.ondemand.READY_REQUEST_KEPT_SECONDS), then the templates of an owner's holdings and requests
+-- sets (keys.holdings, keys.owner_requests).
 -- The delivery that makes the request ready sets its expiry, and its VM set's, from then on: that
 -- least, or data_ttl past the latest end of its VMs' lifetimes if later (their records, destroyed,
 -- answer that long), so its user can read it and release its VMs by its id while they run. Its
 -- expiry until then was data_ttl from its creation, which a VM kept longer outlived (a 404, and
 -- no DELETE /ondemandvm, while it ran). A lifetime extended later pushes it out (vm_modify.lua).
+-- The sets that count it toward the bounds on kept requests are kept as long (lua/request_sets.lua):
+-- a lifetime of years must not outlive the count (they lived 30 days past the last create).
 -- Returns JSON {"moved": bool, "state": the request's state afterwards}
 local vm_key, pending_key, running_key, completed_key, cloning_key, changes_key, running_due_key =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
@@ -30,7 +34,7 @@ if not id or not redis.call('ZSCORE', pending_key, hostname) then
   return cjson.encode({moved = false, state = ''})
 end
 local key = key_of(request_template, request_part(id))
-local request = redis.call('HMGET', key, 'state', 'entries')
+local request = redis.call('HMGET', key, 'state', 'entries', 'holdings')
 redis.call('ZREM', pending_key, hostname)
 redis.call('ZREM', cloning_key, hostname)
 redis.call('ZREM', pool_clones_key, hostname)
@@ -74,6 +78,7 @@ redis.call('HSET', key, 'state', 'ready', 'ready_at', now)
 local kept = math.max(ready_kept, math.ceil(latest_end - tonumber(now) + ttl))
 redis.call('EXPIRE', key, kept)
 redis.call('EXPIRE', vms_key, kept)
+keep_counting(request[3], kept, 12, ARGV[12], ARGV[13])
 open_request_close(8, 11, id)
 for _, entry in ipairs(entries) do
   redis.call('ZREM', key_of(open_template, entry.pool), id)

@@ -15,7 +15,8 @@
 -- requests (keys.ondemand_open_requests), KEYS[5] the service's running set (keys.running),
 -- KEYS[6] the cloning set's pools' own part (keys.pool_clones: a request's VM is never there;
 -- taken out all the same, so no path leaves a VM counted there once it stops cloning), KEYS[7]
--- the sum of the open requests' scores (keys.ondemand_open_waiting: lua/open_waiting.lua).
+-- the sum of the open requests' scores (keys.ondemand_open_waiting: lua/open_waiting.lua), KEYS[8]
+-- the service's kept requests (keys.ondemand_kept_requests).
 -- ARGV: request id, new state ("deleted"|"failed"), message, now, VM reason, record ttl, then the
 -- templates of the keys named by the request and its VMs' records (keys.DERIVED_KEYS):
 -- open_template, wake_template, vm_template, pending_template, running_template, completed_template,
@@ -24,7 +25,10 @@
 -- record of the token the end was asked with (0 for none:
 -- lua/token_live.lua); then, when the API ends a request it read (DELETE /ondemandvm/<id>), that
 -- request's 'created' and 'token_user' as it read them ('' and '' for no such check); then the
--- ttl of the record of a VM reserved and never cloned (store.UNUSED_RECORD_TTL_SECONDS).
+-- ttl of the record of a VM reserved and never cloned (store.UNUSED_RECORD_TTL_SECONDS); then the
+-- templates of an owner's holdings and requests sets (keys.holdings, keys.owner_requests): the
+-- sets that count the request are kept as long as it now answers (lua/request_sets.lua), past
+-- their own expiry when it was nearer.
 -- Returns JSON {"result": "ended"|"already"|"missing"|"token_gone", "state": ..., "pools": [...]}
 -- ("token_gone": the token was deleted since the API checked it; nothing changed). "missing" too
 -- when the request under that id is not the one the API read: that one was forgotten (the service
@@ -40,7 +44,7 @@ local running_due_template = ARGV[13]
 if token_gone(ARGV[14]) then
   return cjson.encode({result = 'token_gone', state = '', pools = {}})
 end
-local request = redis.call('HMGET', key, 'state', 'entries', 'created', 'token_user')
+local request = redis.call('HMGET', key, 'state', 'entries', 'created', 'token_user', 'holdings')
 local state = request[1]
 local seen_created, seen_user = ARGV[15] or '', ARGV[16] or ''
 local unused_ttl = math.min(tonumber(ARGV[17]), ttl)
@@ -96,4 +100,5 @@ for _, hostname in ipairs(redis.call('ZRANGE', vms_key, 0, -1)) do
 end
 redis.call('EXPIRE', key, ttl)
 redis.call('EXPIRE', vms_key, ttl)
+keep_counting(request[5], ttl, 8, ARGV[18], ARGV[19])
 return cjson.encode({result = 'ended', state = new_state, pools = pools})

@@ -15,11 +15,15 @@
 -- (JSON; '' for none), ARGV[7] the index in KEYS of the record of the token the change was asked
 -- with (0 for none: lua/token_live.lua), ARGV[8] the tag statistics' bounds (JSON: 'ttl',
 -- 'max_names', 'max_values'), ARGV[9] the index in KEYS of the record of the on-demand request
--- the VM was delivered to (0 for none; its VM set right after it), ARGV[10] the seconds from now
+-- the VM was delivered to (0 for none; its VM set right after it, then the sets that count the
+-- request toward the bounds on kept requests, to the last key: the service's kept set and its
+-- owner's requests set, lua/ondemand_create.lua), ARGV[10] the seconds from now
 -- that request must answer once the new lifetime holds (data_ttl past the VM's new end),
 -- ARGV[11..] field, value, ...
 -- A lifetime change of a VM of a ready request pushes the request's expiry, and its VM set's,
--- out to that (never in: EXPIRE GT), so the request outlives its VMs (lua/ondemand_deliver.lua).
+-- out to that (never in: EXPIRE GT), so the request outlives its VMs (lua/ondemand_deliver.lua),
+-- and the sets that count it as long (never in either): a lifetime of years (no
+-- max_lifetime_upper_limit) kept it past them, counted by nothing.
 -- Returns 1 when changed, 0 when the VM is no longer running for that checkout (or that checkout
 -- was never confirmed), -1 when the VM would carry too many tags, -2 when its task queue is
 -- full, -3 when the task's list would pass its bound, -4 when the token was deleted since the
@@ -83,6 +87,9 @@ if lifetime_changed and request_index > 0 and request_kept > 0 then
   if redis.call('HGET', request_key, 'state') == 'ready' and redis.call('ZSCORE', request_vms_key, ARGV[2]) then
     redis.call('EXPIRE', request_key, request_kept, 'GT')
     redis.call('EXPIRE', request_vms_key, request_kept, 'GT')
+    for i = request_index + 2, #KEYS do
+      redis.call('EXPIRE', KEYS[i], request_kept, 'GT')
+    end
   end
 end
 if queue then
