@@ -14,7 +14,6 @@ import signal
 import socket
 import threading
 import time
-from typing import Iterator
 
 import redis
 
@@ -263,12 +262,3 @@ class RedisPair:
         self.link.close()
         self.primary.stop()
         self.replica.stop()
-
-
-def redis_pair() -> Iterator[RedisPair]:
-    """Body of the ``redis_pair`` fixture (tests/conftest.py): a fresh pair per test."""
-    pair = RedisPair()
-    try:
-        yield pair
-    finally:
-        pair.stop()
