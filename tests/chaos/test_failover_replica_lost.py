@@ -21,24 +21,17 @@ import app
 from chalicelib.api import routes
 from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.services import Services
-from tests.chaos.lambda_api import serving
+from tests.chaos.lambda_api import dummy_config, serving
 from tests.core.test_reconcile_queue import Context
 from tests.infra.packaged_functions import api_event
 from tests.redis_pair import RedisPair
-from tests.support import eventually
 
 POOL = "lost"
 
 
 def config(grace: int | None) -> str:
     setting = "" if grace is None else f", replica_loss_grace: {grace}"
-    return f"""
-:redis: {{socket_timeout: 5.0, replica_ack_timeout: 300{setting}}}
-:providers:
-  :dummy: {{createvm_max_time: 0, boot_time: 0}}
-:pools:
-  - {{name: {POOL}, size: 3, provider: dummy}}
-"""
+    return dummy_config(f"socket_timeout: 5.0, replica_ack_timeout: 300{setting}", [POOL], 3)
 
 
 @pytest.fixture
@@ -67,9 +60,8 @@ def check_out() -> tuple[int, dict[str, str], Any]:
 def lose_the_replica(pair: RedisPair, services: Services) -> redis.Redis:
     """kill -9 of the replica; returns a client of the primary once it counts the replica gone."""
     pair.replica.kill()
+    pair.wait_alone(pair.primary)
     primary = RedisPair.client(pair.primary)
-    eventually(lambda: primary.info("replication").get("connected_slaves") == 0, 10,
-               "the primary to count its replica gone")
     services.store._replicas_known_until = 0.0  # its 5 s are up: the next write looks again
     return primary
 

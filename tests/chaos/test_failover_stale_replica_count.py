@@ -14,13 +14,11 @@ import redis
 from chalicelib.clock import FakeClock
 from chalicelib.manager import runner
 from chalicelib.services import Services
-from tests.chaos.lambda_api import check_out, fill, service_on, serving_fixture
+from tests.chaos.lambda_api import check_out, dummy_config, fill, service_on, serving_fixture
 from tests.redis_pair import RedisPair
 
 POOLS = [f"p{index}" for index in range(6)]
-CONFIG = (":redis: {socket_timeout: 10.0, replica_ack_timeout: 100}\n"
-          ":providers:\n  :dummy: {createvm_max_time: 0, boot_time: 0, destroyvm_max_time: 0}\n:pools:\n"
-          + "".join(f"  - {{name: {pool}, size: 4, provider: dummy}}\n" for pool in POOLS))
+CONFIG = dummy_config("socket_timeout: 10.0, replica_ack_timeout: 100", POOLS, 4)
 
 
 def test_the_pools_whose_lease_releases_the_failover_lost_run_their_passes_right_after_it(
