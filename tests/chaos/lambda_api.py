@@ -5,6 +5,7 @@ API Gateway makes one."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any, Iterable, Iterator
 
 import pytest
@@ -20,6 +21,21 @@ from chalicelib.store import ReplicaAcks, connect
 from tests.core.test_reconcile_queue import Context, RecordingQueue
 from tests.infra.packaged_functions import api_event
 from tests.redis_pair import RedisPair
+
+SYNCED_ACK_WAIT_MS = 5_000
+"""How long a test's writes wait for a replica the link passes them on to: it acknowledges in
+milliseconds, and the bound matters only on a loaded machine (at 50 or 100 ms, acknowledgements
+through the test's forwarders came late at load 6 to 7: 503s and skipped passes the test did not
+mean). Under ``socket_timeout`` (10 s in these configs), as the config requires."""
+HELD_ACK_WAIT_MS = 100
+"""How long they wait where no acknowledgement can come, however long (the link held, no replica
+attached): each wait's length is then only the test's time."""
+
+
+def waiting_for_a_replica(services: Services, timeout_ms: int) -> None:
+    """``services``' writes wait ``timeout_ms`` for a replica from now on (``SYNCED_ACK_WAIT_MS``,
+    ``HELD_ACK_WAIT_MS``)."""
+    services.store.replica_acks = replace(services.store.replica_acks, timeout_ms=timeout_ms)
 
 
 def dummy_config(redis_options: str, pools: Iterable[str], size: int) -> str:

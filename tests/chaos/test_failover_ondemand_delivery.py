@@ -11,7 +11,6 @@ request is answered ready only once a replica has its delivery (202 until then).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -20,7 +19,7 @@ import redis
 from chalicelib.clock import FakeClock
 from chalicelib.services import Services
 from chalicelib.store.ondemand import OnDemandStore
-from tests.chaos.lambda_api import call, serve
+from tests.chaos.lambda_api import HELD_ACK_WAIT_MS, SYNCED_ACK_WAIT_MS, call, serve, waiting_for_a_replica
 from tests.chaos.test_failover_reconcile import reconcile
 from tests.chaos.test_failover_reconcile import service_on as reconcile_service_on
 from tests.redis_pair import RedisPair
@@ -33,22 +32,13 @@ def clock() -> FakeClock:
     return FakeClock(1_700_000_000.0)
 
 
-SYNCED_ACK_WAIT_MS = 10_000
-"""How long a write waits for the replica while the link passes its writes on: it answers in
-milliseconds, and the bound only matters on a loaded machine (at 100 ms, the replica's
-acknowledgement through the test's forwarders came late at load 6 to 7, and the request's
-opening was answered 503 in 2 runs of 4)."""
-HELD_ACK_WAIT_MS = 100
-"""How long a write waits while the link is held: no acknowledgement can come, however long."""
-
-
 def service_on(pair: RedisPair, hypervisor: redis.Redis, clock: FakeClock,
                monkeypatch: pytest.MonkeyPatch) -> Services:
     """A function of the service on the pair's endpoint (tests/chaos/test_failover_reconcile.py's:
     a replica waited for, the dummy hypervisor on a Redis no failover touches), serving the API
     too, its writes waiting ``SYNCED_ACK_WAIT_MS`` for the replica."""
     services = serve(reconcile_service_on(pair, hypervisor, clock), monkeypatch)
-    services.store.replica_acks = replace(services.store.replica_acks, timeout_ms=SYNCED_ACK_WAIT_MS)
+    waiting_for_a_replica(services, SYNCED_ACK_WAIT_MS)
     return services
 
 
@@ -81,7 +71,7 @@ def test_vms_answered_ready_to_an_ondemand_request_survive_a_failover_that_lost_
     redis_pair.wait_synced()
 
     redis_pair.link.hold()  # the replica stops receiving: the passes below are on the primary only
-    services.store.replica_acks = replace(services.store.replica_acks, timeout_ms=HELD_ACK_WAIT_MS)
+    waiting_for_a_replica(services, HELD_ACK_WAIT_MS)
     told: set[str] = set()
     for _ in range(4):
         reconcile(services)

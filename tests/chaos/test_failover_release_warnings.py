@@ -14,11 +14,17 @@ import redis
 
 from chalicelib.clock import FakeClock
 from chalicelib.manager import runner
-from tests.chaos.lambda_api import dummy_config, service_on
+from tests.chaos.lambda_api import (
+    HELD_ACK_WAIT_MS,
+    SYNCED_ACK_WAIT_MS,
+    dummy_config,
+    service_on,
+    waiting_for_a_replica,
+)
 from tests.redis_pair import RedisPair
 
 POOLS = [f"w{index}" for index in range(5)]
-CONFIG = dummy_config("socket_timeout: 10.0, replica_ack_timeout: 50", POOLS, 2)
+CONFIG = dummy_config(f"socket_timeout: 10.0, replica_ack_timeout: {SYNCED_ACK_WAIT_MS}", POOLS, 2)
 
 
 def test_runs_skipped_for_unacknowledged_releases_are_logged_once_per_episode_with_their_count(
@@ -37,6 +43,7 @@ def test_runs_skipped_for_unacknowledged_releases_are_logged_once_per_episode_wi
         runner.run_pool(services, pool)
     redis_pair.wait_synced()
     redis_pair.link.hold()  # the replica stops receiving: no release is acknowledged
+    waiting_for_a_replica(services, HELD_ACK_WAIT_MS)
     carried = {pool: runner.run_pool(services, pool).unreleased_lease for pool in POOLS}
     assert all(carried.values()), carried
     for _ in range(4):
@@ -49,6 +56,7 @@ def test_runs_skipped_for_unacknowledged_releases_are_logged_once_per_episode_wi
 
     redis_pair.link.release()
     redis_pair.wait_synced()
+    waiting_for_a_replica(services, SYNCED_ACK_WAIT_MS)
     clock.advance(runner.RETRY_SECONDS)
     lines.clear()
     for pool in POOLS:
