@@ -14,13 +14,7 @@ import redis
 
 from chalicelib.clock import FakeClock
 from chalicelib.manager import runner
-from tests.chaos.lambda_api import (
-    HELD_ACK_WAIT_MS,
-    SYNCED_ACK_WAIT_MS,
-    dummy_config,
-    service_on,
-    waiting_for_a_replica,
-)
+from tests.chaos.lambda_api import HELD_ACK_WAIT_MS, SYNCED_ACK_WAIT_MS, dummy_config, service_on, waiting_for_a_replica
 from tests.redis_pair import RedisPair
 
 POOLS = [f"w{index}" for index in range(5)]
