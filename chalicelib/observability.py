@@ -300,22 +300,20 @@ def _spec(name: str, unit: MetricUnit, *dimension_sets: tuple[str, ...]) -> Metr
 
 _COUNT, _SECONDS = MetricUnit.Count, MetricUnit.Seconds
 
+SERVICE_COUNTS = (READY, PENDING, RUNNING, CAPACITY, EMPTY_POOLS, CLONES_STARTED, VMS_DESTROYED, PROVIDER_CALLS,
+                  CHECKOUTS, DELETES, CONFIG_REJECTED, RUNNING_COUNT_DRIFT, POOLS_NOT_QUEUED, OVERRIDES_IGNORED,
+                  AWS_CALL_FAILURES)
+"""The counts published service-wide only (by ``service``), never per pool or reason."""
+SERVICE_DURATIONS = (RECONCILE_DURATION, CLONE_DURATION, BOOT_DURATION, REFILL_LATENCY, PASS_LATENESS)
+"""The durations (seconds) published service-wide only."""
+
 METRICS: dict[str, MetricSpec] = {
     spec.name: spec
     for spec in (
-        _spec(READY, _COUNT, SERVICE_DIMENSIONS),
-        _spec(PENDING, _COUNT, SERVICE_DIMENSIONS),
-        _spec(RUNNING, _COUNT, SERVICE_DIMENSIONS),
-        _spec(CAPACITY, _COUNT, SERVICE_DIMENSIONS),
-        _spec(EMPTY_POOLS, _COUNT, SERVICE_DIMENSIONS),
-        _spec(CLONES_STARTED, _COUNT, SERVICE_DIMENSIONS),
+        *(_spec(name, _COUNT, SERVICE_DIMENSIONS) for name in SERVICE_COUNTS),
+        *(_spec(name, _SECONDS, SERVICE_DIMENSIONS) for name in SERVICE_DURATIONS),
         # Per pool only when a clone failed; by reason (a bounded set) for the dashboard.
         _spec(CLONE_FAILURES, _COUNT, POOL_DIMENSIONS, SERVICE_DIMENSIONS, REASON_DIMENSIONS),
-        _spec(VMS_DESTROYED, _COUNT, SERVICE_DIMENSIONS),
-        _spec(PROVIDER_CALLS, _COUNT, SERVICE_DIMENSIONS),
-        _spec(RECONCILE_DURATION, _SECONDS, SERVICE_DIMENSIONS),
-        _spec(CLONE_DURATION, _SECONDS, SERVICE_DIMENSIONS),
-        _spec(BOOT_DURATION, _SECONDS, SERVICE_DIMENSIONS),
         # By reason too: a provider's failure kind, redis or lease (what to fix differs).
         _spec(RECONCILE_ERRORS, _COUNT, POOL_DIMENSIONS, SERVICE_DIMENSIONS, REASON_DIMENSIONS),
         _spec(DNS_FAILURES, _COUNT, POOL_REASON_DIMENSIONS),
@@ -327,21 +325,13 @@ METRICS: dict[str, MetricSpec] = {
         _spec(CLONE_CANCELS_REFUSED, _COUNT, POOL_REASON_DIMENSIONS),
         _spec(TARGET_SIZE, _COUNT, POOL_DIMENSIONS),
         _spec(PREDICTED_DEMAND, _COUNT, POOL_DIMENSIONS),
-        _spec(CHECKOUTS, _COUNT, SERVICE_DIMENSIONS),
         # Per alias for a name asked for that is only an alias (no pool of that name).
         _spec(CHECKOUT_MISSES, _COUNT, POOL_DIMENSIONS, SERVICE_DIMENSIONS, ALIAS_DIMENSIONS),
-        _spec(DELETES, _COUNT, SERVICE_DIMENSIONS),
-        _spec(REFILL_LATENCY, _SECONDS, SERVICE_DIMENSIONS),
-        _spec(PASS_LATENESS, _SECONDS, SERVICE_DIMENSIONS),
-        _spec(CONFIG_REJECTED, _COUNT, SERVICE_DIMENSIONS),
-        _spec(RUNNING_COUNT_DRIFT, _COUNT, SERVICE_DIMENSIONS),
-        _spec(POOLS_NOT_QUEUED, _COUNT, SERVICE_DIMENSIONS),
-        _spec(OVERRIDES_IGNORED, _COUNT, SERVICE_DIMENSIONS),
-        _spec(AWS_CALL_FAILURES, _COUNT, SERVICE_DIMENSIONS),
         _spec(SECRET_FAILURES, _COUNT, SERVICE_DIMENSIONS, REASON_DIMENSIONS),
         _spec(NAMES_READ_FAILURES, _COUNT, SERVICE_DIMENSIONS, PROVIDER_REASON_DIMENSIONS),
     )
 }
+
 
 def count_secret_failure(error: SecretUnavailable) -> None:
     """Count a failed fetch of a secret in ``SecretFailures`` (service-wide, and by ``reason``:

@@ -25,7 +25,6 @@ from tests.auth.slapd import SlapdServer
 from tests.dns.bind import BindServer
 from tests.harness import Harness, HarnessFactory
 from tests.redis_pair import RedisPair
-from tests.redis_pair import redis_pair as redis_pair_of_servers
 from tests.vsphere.vcsim import VcsimServer
 from tools.vcsim import launcher
 
@@ -156,7 +155,11 @@ def bind(bind_session: BindServer) -> Iterator[BindServer]:
 def redis_pair() -> Iterator[RedisPair]:
     """A real primary + replica of redis-server behind an endpoint clients connect to (a new
     pair per test: failover tests leave it swapped or killed). See tests/redis_pair.py."""
-    yield from redis_pair_of_servers()
+    pair = RedisPair()
+    try:
+        yield pair
+    finally:
+        pair.stop()
 
 
 @pytest.fixture

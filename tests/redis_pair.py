@@ -14,7 +14,6 @@ import signal
 import socket
 import threading
 import time
-from typing import Iterator
 
 import redis
 
@@ -179,13 +178,13 @@ class RedisPair:
             replica.close()
         raise AssertionError("the replica did not catch up")
 
-    def _relink(self, replica: redis.Redis) -> None:
+    def _relink(self, replica: redis.Redis, primary_port: int | None = None) -> None:
         """Make ``replica`` (a client of the node about to be the replica) replicate from the new
-        primary (``self.replica`` before the roles swap) through a new ``link``, so that holding
-        the link after a swap lags the replica as it did before (the demoted node replicating
-        straight from the new primary, ``link.hold`` held nothing: no lag, and a test of lost
-        writes could not fail). The old link, to the old primary, is closed."""
-        old_link, self.link = self.link, Endpoint(self.replica.port)
+        primary (``primary_port``; unless given ``self.replica``, the new primary before the roles
+        swap) through a new ``link``, so that holding the link after a swap lags the replica as it
+        did before (the demoted node replicating straight from the new primary, ``link.hold`` held
+        nothing: no lag, and a test of lost writes could not fail). The old link is closed."""
+        old_link, self.link = self.link, Endpoint(primary_port or self.replica.port)
         replica.execute_command("REPLICAOF", "127.0.0.1", self.link.port)
         old_link.close()
 
@@ -217,11 +216,13 @@ class RedisPair:
         self.endpoint.point_at(self.replica.port)
         self.primary, self.replica = self.replica, self.primary
 
-    def stop_primary_and_promote(self, pause: float, demote_after: float = 1.0) -> None:
+    def stop_primary_and_promote(self, pause: float, demote_after: float | None = 1.0) -> None:
         """The primary stops answering (SIGSTOP) for ``pause`` seconds, meanwhile the replica is
         promoted and the endpoint moved, as a failover on a hung primary; then the old primary
         runs again (SIGCONT), still a primary to the connections opened to it, until it is made
-        the new one's replica ``demote_after`` seconds later."""
+        the new one's replica ``demote_after`` seconds later. With ``demote_after`` None it is
+        left running, a primary alone (returns once it counts its replica gone), until the test
+        calls ``demote_left_behind``."""
         stopped = self.primary.process
         assert stopped is not None
         stopped.send_signal(signal.SIGSTOP)
@@ -234,6 +235,10 @@ class RedisPair:
             time.sleep(pause / 2)
         finally:
             stopped.send_signal(signal.SIGCONT)
+        if demote_after is None:
+            self.primary, self.replica = self.replica, self.primary
+            self.wait_alone(self.replica)
+            return
         time.sleep(demote_after)
         demoted = self.client(self.primary)
         try:
@@ -241,6 +246,28 @@ class RedisPair:
         finally:
             demoted.close()
         self.primary, self.replica = self.replica, self.primary
+
+    def wait_alone(self, server: RedisServer, timeout: float = 10.0) -> None:
+        """Until ``server``, a primary, counts no replica (a link closed, a replica promoted)."""
+        primary = self.client(server)
+        deadline = time.monotonic() + timeout
+        try:
+            while primary.info("replication").get("connected_slaves") != 0:
+                if time.monotonic() > deadline:
+                    raise AssertionError("the primary still counts its replica")
+                time.sleep(0.02)
+        finally:
+            primary.close()
+
+    def demote_left_behind(self) -> None:
+        """The old primary left running by ``stop_primary_and_promote(demote_after=None)``
+        (``self.replica`` by then) made the new primary's replica, as ElastiCache does at last:
+        what it took alone is gone."""
+        demoted = self.client(self.replica)
+        try:
+            self._relink(demoted, self.primary.port)
+        finally:
+            demoted.close()
 
     def swap_with_replicaof(self, move_endpoint: bool = True) -> None:
         """Roles swapped by hand (REPLICAOF NO ONE on the replica, REPLICAOF on the primary), the
@@ -263,12 +290,3 @@ class RedisPair:
         self.link.close()
         self.primary.stop()
         self.replica.stop()
-
-
-def redis_pair() -> Iterator[RedisPair]:
-    """Body of the ``redis_pair`` fixture (tests/conftest.py): a fresh pair per test."""
-    pair = RedisPair()
-    try:
-        yield pair
-    finally:
-        pair.stop()

@@ -28,13 +28,7 @@ def destroy_completed(context: PassContext) -> None:
     made where its pool no longer makes VMs is destroyed there (manager/placement.py). A VM
     whose clone still runs (of an ended on-demand request, or a pool's drained mid-clone) waits
     for it (``clones_still_running``)."""
-    records: list[VMRecord] = []
-    for hostname in context.snapshot.hostnames("completed"):
-        record = context.record(hostname)
-        if record is None:
-            context.drop(hostname, "completed", "record missing")
-        else:
-            records.append(record)
+    records = context.records_in("completed")
     cloning = clones_still_running(context, records)
     groups: dict[str, tuple[Provider, PoolConfig, list[VMRecord]]] = {}
     leaving = [record for record in records if record.name not in cloning]

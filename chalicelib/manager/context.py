@@ -271,6 +271,18 @@ class PassContext:
             self.load_records([hostname])
         return self.snapshot.records.get(hostname) or self.late_records.get(hostname)
 
+    def records_in(self, state: str) -> list[VMRecord]:
+        """The records of the snapshot's VMs in ``state``; a VM that has none is dropped from the
+        state ("record missing"): nothing is known of it to act on."""
+        records: list[VMRecord] = []
+        for hostname in self.snapshot.hostnames(state):
+            record = self.record(hostname)
+            if record is None:
+                self.drop(hostname, state, "record missing")
+            else:
+                records.append(record)
+        return records
+
     def load_records(self, hostnames: list[str]) -> None:
         """Read the records of many VMs not in the snapshot in one round trip."""
         missing = [host for host in hostnames if host not in self.snapshot.loaded and host not in self.late_records]

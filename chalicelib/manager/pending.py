@@ -169,13 +169,7 @@ def check_pending(context: PassContext) -> None:
     Whatever the number of VMs, one provider call asks for every clone task and one round trip
     notes the finished clones, the not-ready reasons and moves the booted VMs to ready (each
     move conditional on its own VM)."""
-    found: list[VMRecord] = []
-    for hostname in context.snapshot.hostnames("pending"):
-        record = context.record(hostname)
-        if record is None:
-            context.drop(hostname, "pending", "record missing")
-        else:
-            found.append(record)
+    found = context.records_in("pending")
     cloning = _cloning_elsewhere(context, found)
     _follow(context, [record for record in found if not _left_behind(context, record, cloning)])
 

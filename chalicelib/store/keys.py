@@ -45,7 +45,7 @@ family through these validators.
                                      provider's inventory, to order that read against the changes
     replicas:seen            string  the replication id (master_replid) of the primary on which a
                                      process last found the replicas a write waits for online,
-                                     kept store.REPLICA_LOSS_GRACE_SECONDS: while it names the
+                                     kept redis.replica_loss_grace seconds: while it names the
                                      primary, a primary short of them still waits (503s), as a
                                      promotion may yet take the replica it lost
     clone_demand:wanted      zset    the pools short of VMs, scored by the clone slots each wants: the

@@ -855,7 +855,8 @@ class Store:
         (its handshake times out too), and the VM stayed confirmed to a caller answered 503 for
         its whole lifetime. Sent by EVAL with the script's text: it must run whatever scripts
         the Redis it reaches has loaded. No reply is awaited for it: the 503 comes no later."""
-        replicas, timeout_ms = self._replicas_to_wait_for(), self.replica_acks.timeout_ms
+        replicas = self._replicas_to_wait_for()
+        wait = self._wait_arguments(replicas) if replicas else (0, 0)
         keys, args = self._release_call(checkout_id, [(vm.hostname, vm.pool, holdings) for vm in vms], now,
                                         unconfirmed_only=False)
         release = ("EVAL", self.scripts.release.script, len(keys), *keys, *args)
@@ -868,8 +869,7 @@ class Store:
             pipe = self.client.pipeline(transaction=False)
             pipe.execute_command("EVALSHA", self.scripts.confirm.sha, len(vms),
                                  *(self.keys.vm(vm.hostname) for vm in vms), checkout_id)
-            if replicas:
-                pipe.execute_command("WAIT", *self._wait_arguments(replicas))
+            pipe.execute_command("WAIT", *wait)
             return pipe.execute()
 
         # Behind WAIT the release written on the confirmation's connection may be dropped: it is
@@ -891,8 +891,10 @@ class Store:
         if acks and int(acks[0]) < replicas:
             self._count_replicas_again()
             self._release_after_failure(checkout_id, vms, now, holdings)
-            raise CheckoutNotDurable(f"redis: {acks[0]} of {replicas} replicas acknowledged "
-                                     f"the checkout within {timeout_ms} ms")
+            raise CheckoutNotDurable(
+                f"redis: {acks[0]} of {replicas} replicas acknowledged the checkout within {wait[1]} ms" if wait[0]
+                else f"redis: the checkout was not waited for: {self._online_replicas} of {replicas} replicas "
+                     f"online, lost within redis.replica_loss_grace (WAIT 0 0)")
 
     def writes_replicated(self, undo: Sequence[Sequence[Any]] = ()) -> bool:
         """Whether every write Redis has applied so far, from any connection, is on the replicas

@@ -315,6 +315,19 @@ def test_an_absurd_lifetime_is_refused_even_without_a_configured_limit(make_stac
     assert stack.get(f"/api/v3/vm/{stack.running}").status == 200  # type: ignore[attr-defined]
 
 
+def refusal_message(busy: Harness, case: Case) -> str:
+    """The message of the refusal ``case`` asks for (method, target, body, status and a text the
+    message holds): answered with that status, Redis unchanged."""
+    method, target, body, status, text = case
+    before = busy.redis_state()
+    reply = busy.request(method, target.format(running=busy.running), body)  # type: ignore[attr-defined]
+    assert (reply.status, reply.json["ok"]) == (status, False) and busy.redis_state() == before
+    answer = reply.json
+    (message,) = [found for found in (answer.get("error"), answer.get("message"), *answer.get("failure", []))
+                  if found and text in found]
+    return str(message)
+
+
 @pytest.mark.parametrize("case", [
     ("GET", "/summary/a%0D%0AX-Injected:%201%1B%5B2J/x", None, 404, "unknown summary section"),
     ("PUT", "/api/v3/vm/{running}", {"lifetime": "2\r\nX-Injected: 1\x1b[2J"}, 400, "Lifetime"),
@@ -325,13 +338,7 @@ def test_control_characters_sent_are_shown_as_escapes_in_the_message(busy: Harne
     line the API seemed to have written (``X-Injected: 1``), and an escape sequence (clear the
     screen, retitle the terminal) ran in the terminal. The value is still shown, its control
     characters as escapes."""
-    method, target, body, status, text = case
-    before = busy.redis_state()
-    reply = busy.request(method, target.format(running=busy.running), body)  # type: ignore[attr-defined]
-    assert (reply.status, reply.json["ok"]) == (status, False) and busy.redis_state() == before
-    answer = reply.json
-    (message,) = [found for found in (answer.get("error"), answer.get("message"), *answer.get("failure", []))
-                  if found and text in found]
+    message = refusal_message(busy, case)
     assert not any(ord(character) < 0x20 or 0x7F <= ord(character) <= 0x9F for character in message), message
     assert "\\n" in message, message
 
@@ -346,13 +353,7 @@ def test_invisible_characters_sent_are_shown_as_escapes_in_the_message(busy: Har
     sent: printed by vmfloaty, the rest of the message, the API's own words too, read backwards
     ("Trojan Source"), and zero-width or tag characters hid what was sent. They are shown as
     escapes, as control characters are."""
-    method, target, body, status, text = case
-    before = busy.redis_state()
-    reply = busy.request(method, target.format(running=busy.running), body)  # type: ignore[attr-defined]
-    assert (reply.status, reply.json["ok"]) == (status, False) and busy.redis_state() == before
-    answer = reply.json
-    (message,) = [found for found in (answer.get("error"), answer.get("message"), *answer.get("failure", []))
-                  if found and text in found]
+    message = refusal_message(busy, case)
     assert all(character.isprintable() for character in message), ascii(message)
     assert "\\u20" in message or "\\ufeff" in message, ascii(message)
 

@@ -208,6 +208,12 @@ class SlapdServer:
         config.update(overrides)
         return config
 
+    def service_account_config(self, **overrides) -> dict:
+        """``ldap_config`` in service-account mode: users are looked up bound as the service account."""
+        config = self.ldap_config(**overrides)
+        config["service_account_hash"] = {"user_dn": self.service_dn, "password": self.service_password}
+        return config
+
     def start(self, timeout: float = 15.0) -> "SlapdServer":
         binary = next((b for b in SLAPD_BINARY_CANDIDATES if os.path.exists(b)), shutil.which("slapd"))
         if binary is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -27,12 +28,26 @@ def ldap_auth(slapd: SlapdServer) -> Callable[..., dict[str, Any]]:
     """An ``:auth:`` section for the test slapd (service-account mode unless ``direct=True``)."""
 
     def make(direct: bool = False, **auth_keys: Any) -> dict[str, Any]:
-        ldap = slapd.ldap_config()
-        if not direct:
-            ldap["service_account_hash"] = {"user_dn": slapd.service_dn, "password": slapd.service_password}
+        ldap = slapd.ldap_config() if direct else slapd.service_account_config()
         return {"provider": "ldap", "ldap": ldap, **auth_keys}
 
     return make
+
+
+@pytest.fixture
+def private_slapd() -> Iterator[SlapdServer]:
+    """A slapd of the test's own, to stop, kill and start again."""
+    with SlapdServer() as server:
+        yield server
+
+
+@pytest.fixture
+def leaver(slapd: SlapdServer) -> Iterator[tuple[str, str]]:
+    """A user of the test's own in the shared directory: (name, password); removed afterwards."""
+    name, password = f"leaver{secrets.token_hex(4)}", secrets.token_urlsafe(12)
+    dn = slapd.add_user(name, password)
+    yield name, password
+    slapd.remove(dn)
 
 
 @pytest.fixture

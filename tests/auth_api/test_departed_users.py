@@ -12,7 +12,7 @@ import secrets
 import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 
@@ -24,15 +24,6 @@ from tests.support import stop_process
 
 UNAVAILABLE = {"ok": False, "error": "authentication service unavailable"}
 GONE = {"ok": False, "error": "the token's user is no longer in the directory"}
-
-
-@pytest.fixture
-def leaver(slapd: SlapdServer) -> Iterator[tuple[str, str]]:
-    """A user of the test's own in the shared directory: (name, password); removed afterwards."""
-    name, password = f"leaver{secrets.token_hex(4)}", secrets.token_urlsafe(12)
-    dn = slapd.add_user(name, password)
-    yield name, password
-    slapd.remove(dn)
 
 
 def counting_lookups(api: Harness) -> list[str]:
@@ -225,21 +216,13 @@ def test_an_account_disabled_but_kept_in_the_directory_keeps_its_tokens_until_re
     assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": token}).status == 401
 
 
-@pytest.fixture
-def private_slapd() -> Iterator[SlapdServer]:
-    """A slapd of the test's own, to stop."""
-    with SlapdServer() as server:
-        yield server
-
-
 def test_a_directory_outage_keeps_the_last_answer_for_the_grace_then_503(
         make_api: HarnessFactory, private_slapd: SlapdServer, monkeypatch: pytest.MonkeyPatch) -> None:
     directory = private_slapd
     # The directory's answers keep the usual timeout (a loaded machine may take more than 1 s for
     # a StartTLS login); only the questions to the stopped one use a short one, to be quick to
     # wait out.
-    ldap = directory.ldap_config()
-    ldap["service_account_hash"] = {"user_dn": directory.service_dn, "password": directory.service_password}
+    ldap = directory.service_account_config()
     api = make_api(document({"provider": "ldap", "ldap": ldap, "directory_check_minutes": 10,
                              "directory_outage_grace_minutes": 60}))
     api.fill(POOL)

@@ -178,19 +178,11 @@ def test_many_users_at_once_each_get_their_own_token_and_vms(make_api, ldap_auth
     assert len({vm for _, _, vm, _ in results}) == len(callers)
 
 
-@pytest.fixture
-def private_slapd() -> Iterator[SlapdServer]:
-    """A slapd of the test's own, to stop and kill."""
-    with SlapdServer() as server:
-        yield server
-
-
 def test_a_directory_stopped_or_killed_during_logins_is_503_json_never_a_login(make_api, private_slapd):
     """SIGSTOP: each login waits receive_timeout for an answer, then 503. SIGKILL while logins are
     under way: each is a working token or a 503, never a 500 or a 401 counted as a failure."""
     directory = private_slapd
-    ldap = directory.ldap_config(receive_timeout=1)
-    ldap["service_account_hash"] = {"user_dn": directory.service_dn, "password": directory.service_password}
+    ldap = directory.service_account_config(receive_timeout=1)
     api = make_api(document({"provider": "ldap", "ldap": ldap, "login_attempts_per_user": 10}))
     users = [user for user in USERS_AT_ONCE for _ in range(3)]
 
@@ -301,8 +293,7 @@ def test_a_name_that_finds_two_entries_logs_in_as_neither(make_api):
     search finding one entry. Mallory logged in as 'alice' with her own password: alice's tokens
     and VMs were hers. A name that finds two entries is ambiguous wherever they are found."""
     with SlapdServer(extra_ldif=MALLORY) as directory:
-        ldap = directory.ldap_config(user_object=["uid", "cn"])
-        ldap["service_account_hash"] = {"user_dn": directory.service_dn, "password": directory.service_password}
+        ldap = directory.service_account_config(user_object=["uid", "cn"])
         api = make_api(document({"provider": "ldap", "ldap": ldap}))
         assert api.call("POST", "/api/v3/token", headers=basic("alice", "mallory-Pass-8")).status == 401
         assert api.call("POST", "/api/v3/token", headers=basic("alice", directory.password("alice"))).status == 401
@@ -344,8 +335,7 @@ def look_alike_directory() -> Iterator[SlapdServer]:
 
 
 def _look_alike_api(make_api, directory: SlapdServer, **auth: Any):
-    ldap = directory.ldap_config()
-    ldap["service_account_hash"] = {"user_dn": directory.service_dn, "password": directory.service_password}
+    ldap = directory.service_account_config()
     return make_api(document({"provider": "ldap", "ldap": ldap, **auth}, config={"max_tokens_per_user": 2}))
 
 

@@ -22,15 +22,6 @@ from tests.auth_api.documents import POOL, document
 from tests.harness import Harness, HarnessFactory, basic
 
 
-@pytest.fixture
-def leaver(slapd: SlapdServer) -> Iterator[tuple[str, str]]:
-    """A user of the test's own in the shared directory: (name, password); removed afterwards."""
-    name, password = f"leaver{secrets.token_hex(4)}", secrets.token_urlsafe(12)
-    dn = slapd.add_user(name, password)
-    yield name, password
-    slapd.remove(dn)
-
-
 def test_a_newcomers_password_does_not_read_the_departed_users_token_status(
         make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
         leaver: tuple[str, str]) -> None:
@@ -54,13 +45,6 @@ def test_a_newcomers_password_does_not_read_the_departed_users_token_status(
     assert api.call("GET", f"/api/v3/token/{new_token}", headers=newcomer).body[new_token]["user"] == name
 
 
-@pytest.fixture
-def private_slapd() -> Iterator[SlapdServer]:
-    """A slapd of the test's own, to kill and start again."""
-    with SlapdServer() as server:
-        yield server
-
-
 def test_the_directory_back_after_a_crash_is_every_user_back_at_the_first_retry(
         make_api: HarnessFactory, private_slapd: SlapdServer) -> None:
     """slapd killed (SIGKILL): logins, and tokens whose users' last answer is past the grace, are
@@ -70,8 +54,7 @@ def test_the_directory_back_after_a_crash_is_every_user_back_at_the_first_retry(
     a token's failed directory question was asked again only a minute later (every retry within
     that minute a 503)."""
     directory = private_slapd
-    ldap = directory.ldap_config()
-    ldap["service_account_hash"] = {"user_dn": directory.service_dn, "password": directory.service_password}
+    ldap = directory.service_account_config()
     api = make_api(document({"provider": "ldap", "ldap": ldap, "directory_check_minutes": 10,
                              "directory_outage_grace_minutes": 60}))
     api.fill(POOL)

@@ -5,6 +5,7 @@ API Gateway makes one."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any, Iterable, Iterator
 
 import pytest
@@ -20,6 +21,30 @@ from chalicelib.store import ReplicaAcks, connect
 from tests.core.test_reconcile_queue import Context, RecordingQueue
 from tests.infra.packaged_functions import api_event
 from tests.redis_pair import RedisPair
+
+SYNCED_ACK_WAIT_MS = 5_000
+"""How long a test's writes wait for a replica the link passes them on to: it acknowledges in
+milliseconds, and the bound matters only on a loaded machine (at 50 or 100 ms, acknowledgements
+through the test's forwarders came late at load 6 to 7: 503s and skipped passes the test did not
+mean). Under ``socket_timeout`` (10 s in these configs), as the config requires."""
+HELD_ACK_WAIT_MS = 100
+"""How long they wait where no acknowledgement can come, however long (the link held, no replica
+attached): each wait's length is then only the test's time."""
+
+
+def waiting_for_a_replica(services: Services, timeout_ms: int) -> None:
+    """``services``' writes wait ``timeout_ms`` for a replica from now on (``SYNCED_ACK_WAIT_MS``,
+    ``HELD_ACK_WAIT_MS``)."""
+    services.store.replica_acks = replace(services.store.replica_acks, timeout_ms=timeout_ms)
+
+
+def dummy_config(redis_options: str, pools: Iterable[str], size: int) -> str:
+    """A config of ``pools`` of ``size`` VMs each on the dummy provider, whose clones, boots and
+    destroys take no time; ``redis_options``: its ``:redis:`` block's (``socket_timeout: 5.0,
+    replica_ack_timeout: 300``)."""
+    return (f":redis: {{{redis_options}}}\n"
+            ":providers:\n  :dummy: {createvm_max_time: 0, boot_time: 0, destroyvm_max_time: 0}\n:pools:\n"
+            + "".join(f"  - {{name: {pool}, size: {size}, provider: dummy}}\n" for pool in pools))
 
 
 def serve(services: Services, monkeypatch: pytest.MonkeyPatch) -> Services:
@@ -40,11 +65,13 @@ def lambda_services(pair: RedisPair, config: str, replica_acks: int = 1) -> Serv
 
 def service_on(pair: RedisPair, config: str, hypervisor: redis.Redis, clock: FakeClock) -> Services:
     """One function of the service with ``config`` on the pair's endpoint, on ``clock``, waiting
-    for a replica as in AWS (100 ms); its dummy hypervisor on ``hypervisor``, a Redis no failover
-    touches (as vCenter keeps its own state)."""
+    for a replica as in AWS (as long as its ``redis.replica_ack_timeout`` says, its
+    ``redis.replica_loss_grace`` after the replica is lost); its dummy hypervisor on
+    ``hypervisor``, a Redis no failover touches (as vCenter keeps its own state)."""
     parsed = parse(config)
     services = Services(parsed, connect(parsed.redis, url=pair.endpoint.url), clock=clock)
-    services.store.replica_acks = ReplicaAcks(1, 100)
+    services.store.replica_acks = ReplicaAcks(1, parsed.redis.replica_ack_timeout_ms,
+                                              float(parsed.redis.replica_loss_grace))
     services._providers["dummy"] = DummyProvider(parsed.providers["dummy"], hypervisor, clock, prefix="hypervisor:")
     return services
 
@@ -67,6 +94,18 @@ def serving_fixture(config: str) -> Any:
     return api
 
 
+def hold_connections(services: Services, count: int) -> None:
+    """Open ``count`` pooled connections of ``services`` to the node the endpoint names now, as
+    ``count`` requests served at once leave them, idle in its pool."""
+    pool = services.client.connection_pool
+    connections = [pool.get_connection("PING") for _ in range(count)]
+    for connection in connections:
+        connection.send_command("PING")
+        assert connection.read_response() in (b"PONG", "PONG", True)
+    for connection in connections:
+        pool.release(connection)
+
+
 def call(method: str, resource: str, path: str, params: dict[str, str] | None = None, body: Any = None,
          headers: dict[str, str] | None = None) -> tuple[int, Any]:
     """One request to the API function: its status and JSON answer (None for an empty body)."""
@@ -79,6 +118,11 @@ def call(method: str, resource: str, path: str, params: dict[str, str] | None = 
 def check_out(pool: str) -> tuple[int, Any]:
     """``POST /api/v3/vm/<pool>``: one VM of ``pool``, without a token."""
     return call("POST", "/api/v3/vm/{name}", f"/api/v3/vm/{pool}", params={"name": pool})
+
+
+def hostname(answer: Any, pool: str) -> str:
+    """The short name of the VM of ``pool`` a checkout's 200 answer names."""
+    return str(answer[pool]["hostname"]).split(".")[0]
 
 
 def on_vm(method: str, hostname: str, body: Any = None) -> tuple[int, Any]:

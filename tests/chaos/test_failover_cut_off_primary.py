@@ -14,36 +14,29 @@ from __future__ import annotations
 import pytest
 
 from chalicelib.services import Services
-from tests.chaos.lambda_api import assert_still_checked_out, check_out, fill, lambda_services, serve, serving_fixture
+from tests.chaos.lambda_api import (
+    assert_still_checked_out,
+    check_out,
+    dummy_config,
+    fill,
+    hostname,
+    lambda_services,
+    serve,
+    serving_fixture,
+)
 from tests.redis_pair import RedisPair
-from tests.support import eventually
 
 POOL = "cut"
-CONFIG = f"""
-:redis: {{socket_timeout: 5.0, replica_ack_timeout: 300}}
-:providers:
-  :dummy: {{createvm_max_time: 0, boot_time: 0}}
-:pools:
-  - {{name: {POOL}, size: 3, provider: dummy}}
-"""
+CONFIG = dummy_config("socket_timeout: 5.0, replica_ack_timeout: 300", [POOL], 3)
 
 api = serving_fixture(CONFIG)
-
-
-def hostname(answer: dict) -> str:
-    return str(answer[POOL]["hostname"]).split(".")[0]
 
 
 def cut_the_link(pair: RedisPair) -> None:
     """The replication link reset: the primary counts its replica gone, the endpoint still
     names the primary."""
     pair.link.close()
-    primary = RedisPair.client(pair.primary)
-    try:
-        eventually(lambda: primary.info("replication").get("connected_slaves") == 0, 10,
-                   "the primary to count its replica gone")
-    finally:
-        primary.close()
+    pair.wait_alone(pair.primary)
 
 
 @pytest.mark.parametrize("process", ["warm", "cold"])
@@ -56,7 +49,7 @@ def test_a_checkout_on_a_primary_cut_off_from_its_replica_is_not_lost_by_the_lat
     fill(api, POOL)
     status, answer = check_out(POOL)  # the process looks its replica up, and the checkout waits for it
     assert status == 200, answer
-    held = [hostname(answer)]
+    held = [hostname(answer, POOL)]
     redis_pair.wait_synced()
 
     cut_the_link(redis_pair)
@@ -66,7 +59,7 @@ def test_a_checkout_on_a_primary_cut_off_from_its_replica_is_not_lost_by_the_lat
         monkeypatch.setattr(api.store, "_replicas_known_until", 0.0)  # its 5 s are up: it looks again
     answers = [check_out(POOL) for _ in range(2)]
     assert all(status in (200, 503) for status, _ in answers), answers
-    held += [hostname(answer) for status, answer in answers if status == 200]
+    held += [hostname(answer, POOL) for status, answer in answers if status == 200]
 
     redis_pair.kill_primary_and_promote()
     promoted = RedisPair.client(redis_pair.primary)
@@ -98,7 +91,7 @@ def test_a_process_waiting_on_a_cut_off_primary_follows_the_endpoint_to_the_prom
     answers = [check_out(POOL) for _ in range(2)]
     try:
         assert all(status in (200, 503) for status, _ in answers), answers
-        held = [hostname(answer) for status, answer in answers if status == 200]
+        held = [hostname(answer, POOL) for status, answer in answers if status == 200]
         assert held, f"no checkout served by the promoted replica: {answers}"
         assert_still_checked_out(promoted, held)  # else answered by the node left behind
     finally:

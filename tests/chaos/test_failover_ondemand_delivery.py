@@ -19,7 +19,7 @@ import redis
 from chalicelib.clock import FakeClock
 from chalicelib.services import Services
 from chalicelib.store.ondemand import OnDemandStore
-from tests.chaos.lambda_api import call, serve
+from tests.chaos.lambda_api import HELD_ACK_WAIT_MS, SYNCED_ACK_WAIT_MS, call, serve, waiting_for_a_replica
 from tests.chaos.test_failover_reconcile import reconcile
 from tests.chaos.test_failover_reconcile import service_on as reconcile_service_on
 from tests.redis_pair import RedisPair
@@ -35,8 +35,11 @@ def clock() -> FakeClock:
 def service_on(pair: RedisPair, hypervisor: redis.Redis, clock: FakeClock,
                monkeypatch: pytest.MonkeyPatch) -> Services:
     """A function of the service on the pair's endpoint (tests/chaos/test_failover_reconcile.py's:
-    a replica waited for, the dummy hypervisor on a Redis no failover touches), serving the API too."""
-    return serve(reconcile_service_on(pair, hypervisor, clock), monkeypatch)
+    a replica waited for, the dummy hypervisor on a Redis no failover touches), serving the API
+    too, its writes waiting ``SYNCED_ACK_WAIT_MS`` for the replica."""
+    services = serve(reconcile_service_on(pair, hypervisor, clock), monkeypatch)
+    waiting_for_a_replica(services, SYNCED_ACK_WAIT_MS)
+    return services
 
 
 def poll(request_id: str) -> tuple[int, Any]:
@@ -68,6 +71,7 @@ def test_vms_answered_ready_to_an_ondemand_request_survive_a_failover_that_lost_
     redis_pair.wait_synced()
 
     redis_pair.link.hold()  # the replica stops receiving: the passes below are on the primary only
+    waiting_for_a_replica(services, HELD_ACK_WAIT_MS)
     told: set[str] = set()
     for _ in range(4):
         reconcile(services)

@@ -8,36 +8,15 @@ handshake on ElastiCache. Now the client reconnects at most once per
 
 from __future__ import annotations
 
-from typing import Iterator
-
-import pytest
-
-from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.services import Services
 from chalicelib.store.connection import FAILOVER_RECONNECT_SECONDS
-from tests.chaos.lambda_api import call, serving
+from tests.chaos.lambda_api import check_out, dummy_config, fill, serving_fixture
 from tests.redis_pair import RedisPair
 
 POOL = "rc"
-CONFIG = f"""
-:redis: {{socket_timeout: 5.0, replica_ack_timeout: 300}}
-:providers:
-  :dummy: {{createvm_max_time: 0, boot_time: 0}}
-:pools:
-  - {{name: {POOL}, size: 3, provider: dummy}}
-"""
+CONFIG = dummy_config("socket_timeout: 5.0, replica_ack_timeout: 300", [POOL], 3)
 
-
-@pytest.fixture
-def api(redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
-    """The API function on the pair's endpoint, waiting for a replica as in AWS Lambda."""
-    services = serving(redis_pair, monkeypatch, CONFIG)
-    yield services
-    services.client.close()
-
-
-def check_out() -> tuple[int, dict]:
-    return call("POST", "/api/v3/vm/{name}", f"/api/v3/vm/{POOL}", params={"name": POOL})
+api = serving_fixture(CONFIG)
 
 
 def test_a_process_behind_a_stale_endpoint_reconnects_once_per_interval_not_per_request(
@@ -45,11 +24,8 @@ def test_a_process_behind_a_stale_endpoint_reconnects_once_per_interval_not_per_
     """40 checkouts refused by the demoted node within one interval open at most 2 connections
     (the first refusal's reconnection and its retry), each interval after at most 2 more; every
     answer a JSON 503 to try again. Before: 2 connections per checkout (80 here)."""
-    pool = api.pool(POOL)
-    assert pool is not None
-    for _ in range(3):
-        reconcile_pool(api.store, api.provider("dummy"), pool, api.clock, api.config.service)
-    assert check_out()[0] == 200
+    fill(api, POOL)
+    assert check_out(POOL)[0] == 200
     redis_pair.wait_synced()
     epoch, now = api.client.connection_pool.connection_kwargs["failover_epoch"], [100.0]
     epoch.monotonic = lambda: now[0]
@@ -63,7 +39,7 @@ def test_a_process_behind_a_stale_endpoint_reconnects_once_per_interval_not_per_
         opened = []
         for _ in range(3):  # three intervals of the failover
             before = connections_opened()
-            answers = [check_out() for _ in range(40)]
+            answers = [check_out(POOL) for _ in range(40)]
             opened.append(connections_opened() - before)
             assert {status for status, _ in answers} == {503}, answers
             assert all(answer["ok"] is False and "again" in answer["error"] for _, answer in answers), answers
@@ -73,4 +49,4 @@ def test_a_process_behind_a_stale_endpoint_reconnects_once_per_interval_not_per_
         demoted.close()
 
     redis_pair.endpoint.point_at(redis_pair.primary.port)  # the name updated
-    assert check_out()[0] == 200  # the interval is over: the first refusal reconnects, the retry served
+    assert check_out(POOL)[0] == 200  # the interval is over: the first refusal reconnects, the retry served

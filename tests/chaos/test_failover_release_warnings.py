@@ -13,17 +13,12 @@ import pytest
 import redis
 
 from chalicelib.clock import FakeClock
-from chalicelib.config import parse
 from chalicelib.manager import runner
-from chalicelib.providers.dummy import DummyProvider
-from chalicelib.services import Services
-from chalicelib.store import ReplicaAcks, connect
+from tests.chaos.lambda_api import HELD_ACK_WAIT_MS, SYNCED_ACK_WAIT_MS, dummy_config, service_on, waiting_for_a_replica
 from tests.redis_pair import RedisPair
 
 POOLS = [f"w{index}" for index in range(5)]
-CONFIG = (":redis: {socket_timeout: 10.0, replica_ack_timeout: 50}\n"
-          ":providers:\n  :dummy: {createvm_max_time: 0, boot_time: 0, destroyvm_max_time: 0}\n:pools:\n"
-          + "".join(f"  - {{name: {pool}, size: 2, provider: dummy}}\n" for pool in POOLS))
+CONFIG = dummy_config(f"socket_timeout: 10.0, replica_ack_timeout: {SYNCED_ACK_WAIT_MS}", POOLS, 2)
 
 
 def test_runs_skipped_for_unacknowledged_releases_are_logged_once_per_episode_with_their_count(
@@ -31,10 +26,8 @@ def test_runs_skipped_for_unacknowledged_releases_are_logged_once_per_episode_wi
     """Five pools' retries skipped four rounds, 2 s apart, the replica not receiving: one
     warning, not twenty; the link back, the first run that has its release acknowledged logs
     the episode's end with the 20 runs skipped and the 5 pools."""
-    config, clock = parse(CONFIG), FakeClock()
-    services = Services(config, connect(config.redis, url=redis_pair.endpoint.url), clock=clock)
-    services.store.replica_acks = ReplicaAcks(1, 50)
-    services._providers["dummy"] = DummyProvider(config.providers["dummy"], redis_client, clock, prefix="hypervisor:")
+    clock = FakeClock()
+    services = service_on(redis_pair, CONFIG, redis_client, clock)
     monkeypatch.setattr(runner, "RELEASE_WAITS", runner.ReleaseWaits())
     lines: list[tuple[str, dict[str, Any]]] = []
     warning = runner.logger.warning
@@ -44,6 +37,7 @@ def test_runs_skipped_for_unacknowledged_releases_are_logged_once_per_episode_wi
         runner.run_pool(services, pool)
     redis_pair.wait_synced()
     redis_pair.link.hold()  # the replica stops receiving: no release is acknowledged
+    waiting_for_a_replica(services, HELD_ACK_WAIT_MS)
     carried = {pool: runner.run_pool(services, pool).unreleased_lease for pool in POOLS}
     assert all(carried.values()), carried
     for _ in range(4):
@@ -56,6 +50,7 @@ def test_runs_skipped_for_unacknowledged_releases_are_logged_once_per_episode_wi
 
     redis_pair.link.release()
     redis_pair.wait_synced()
+    waiting_for_a_replica(services, SYNCED_ACK_WAIT_MS)
     clock.advance(runner.RETRY_SECONDS)
     lines.clear()
     for pool in POOLS:

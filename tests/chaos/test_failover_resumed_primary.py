@@ -12,7 +12,6 @@ still has in ready, to be handed out again.
 
 from __future__ import annotations
 
-import signal
 from typing import Any
 
 import pytest
@@ -21,62 +20,21 @@ from chalicelib.services import Services
 from tests.chaos.lambda_api import (
     assert_still_checked_out,
     check_out,
+    dummy_config,
     fill,
+    hold_connections,
+    hostname,
     lambda_services,
     on_vm,
     serve,
     serving_fixture,
 )
 from tests.redis_pair import RedisPair
-from tests.support import eventually
 
 POOL = "ha"
-CONFIG = f"""
-:redis: {{socket_timeout: 5.0, replica_ack_timeout: 1000}}
-:providers:
-  :dummy: {{createvm_max_time: 0, boot_time: 0}}
-:pools:
-  - {{name: {POOL}, size: 1, provider: dummy}}
-"""
+CONFIG = dummy_config("socket_timeout: 5.0, replica_ack_timeout: 1000", [POOL], 1)
 
 api = serving_fixture(CONFIG)
-
-
-def hold_connections(services: Services, count: int) -> None:
-    """Open ``count`` pooled connections of ``services`` to the node the endpoint names now, as
-    ``count`` requests served at once leave them, idle in its pool."""
-    pool = services.client.connection_pool
-    connections = [pool.get_connection("PING") for _ in range(count)]
-    for connection in connections:
-        connection.send_command("PING")
-        assert connection.read_response() in (b"PONG", "PONG", True)
-    for connection in connections:
-        pool.release(connection)
-
-
-def promote_while_the_primary_is_stopped(pair: RedisPair) -> RedisPair:
-    """The primary SIGSTOPped; its replica promoted and the endpoint moved to it; then the old
-    primary resumed, still a primary, alone. Returns the pair with its roles swapped (the old
-    primary not yet demoted)."""
-    old = pair.primary
-    assert old.process is not None
-    old.process.send_signal(signal.SIGSTOP)
-    try:
-        promoted = RedisPair.client(pair.replica)
-        promoted.execute_command("REPLICAOF", "NO", "ONE")
-        promoted.close()
-        pair.endpoint.point_at(pair.replica.port)
-    finally:
-        old.process.send_signal(signal.SIGCONT)
-    resumed = RedisPair.client(old)
-    try:
-        eventually(lambda: resumed.info("replication").get("connected_slaves") == 0, 10,
-                   "the resumed primary to count its replica gone")
-        assert resumed.info("replication").get("role") == "master"
-    finally:
-        resumed.close()
-    pair.primary, pair.replica = pair.replica, pair.primary
-    return pair
 
 
 def test_a_checkout_on_the_resumed_old_primary_is_never_handed_out_again(
@@ -89,11 +47,11 @@ def test_a_checkout_on_the_resumed_old_primary_is_never_handed_out_again(
     hold_connections(api, 8)  # a process that served requests at once keeps their connections
     new_primary = RedisPair.client(redis_pair.replica)
 
-    promote_while_the_primary_is_stopped(redis_pair)
+    redis_pair.stop_primary_and_promote(0, demote_after=None)  # the old primary resumed, not demoted
     # The pause outlasted the 5 s the process keeps its count of replicas: it looks them up again.
     monkeypatch.setattr(api.store, "_replicas_known_until", 0.0)
     answers = [check_out(POOL) for _ in range(3)]  # the first a 503 (asked again), then served
-    held = [answer[POOL]["hostname"].split(".")[0] for status, answer in answers if status == 200]
+    held = [hostname(answer, POOL) for status, answer in answers if status == 200]
     assert all(status in (200, 503) for status, _ in answers), answers
     assert held, f"no checkout served after the failover: {answers}"
     assert_still_checked_out(new_primary, held)
@@ -104,7 +62,7 @@ def test_a_checkout_on_the_resumed_old_primary_is_never_handed_out_again(
     started_after.client.close()
     new_primary.close()
     if status == 200:
-        assert answer[POOL]["hostname"].split(".")[0] not in held, "one VM handed to two callers"
+        assert hostname(answer, POOL) not in held, "one VM handed to two callers"
 
 
 @pytest.mark.parametrize("method, body", [("DELETE", None), ("PUT", {"lifetime": 12})], ids=["return", "lifetime"])
@@ -118,20 +76,20 @@ def test_a_change_made_on_the_resumed_old_primary_is_not_answered_200(
     fill(api, POOL)
     status, answer = check_out(POOL)
     assert status == 200, answer
-    hostname = answer[POOL]["hostname"].split(".")[0]
+    name = hostname(answer, POOL)
     redis_pair.wait_synced()
     hold_connections(api, 8)
     new_primary = RedisPair.client(redis_pair.replica)
 
-    promote_while_the_primary_is_stopped(redis_pair)
+    redis_pair.stop_primary_and_promote(0, demote_after=None)  # the old primary resumed, not demoted
     monkeypatch.setattr(api.store, "_replicas_known_until", 0.0)
-    answers = [on_vm(method, hostname, body) for _ in range(2)]  # the change, then its retry if asked
-    record = new_primary.hgetall(f"vmpool:vm:{hostname}")
+    answers = [on_vm(method, name, body) for _ in range(2)]  # the change, then its retry if asked
+    record = new_primary.hgetall(f"vmpool:vm:{name}")
     new_primary.close()
 
     assert answers[0][0] in (200, 503), answers
     assert answers[1][0] == 200, answers
     if method == "DELETE":
-        assert record.get("state") != "running", f"{hostname} was answered returned; the new primary has it running"
+        assert record.get("state") != "running", f"{name} was answered returned; the new primary has it running"
     else:
         assert record.get("lifetime") == "12", f"the lifetime was answered 200; the new primary has {record}"

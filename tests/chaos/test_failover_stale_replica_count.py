@@ -14,13 +14,20 @@ import redis
 from chalicelib.clock import FakeClock
 from chalicelib.manager import runner
 from chalicelib.services import Services
-from tests.chaos.lambda_api import check_out, fill, service_on, serving_fixture
+from tests.chaos.lambda_api import (
+    HELD_ACK_WAIT_MS,
+    SYNCED_ACK_WAIT_MS,
+    check_out,
+    dummy_config,
+    fill,
+    service_on,
+    serving_fixture,
+    waiting_for_a_replica,
+)
 from tests.redis_pair import RedisPair
 
 POOLS = [f"p{index}" for index in range(6)]
-CONFIG = (":redis: {socket_timeout: 10.0, replica_ack_timeout: 100}\n"
-          ":providers:\n  :dummy: {createvm_max_time: 0, boot_time: 0, destroyvm_max_time: 0}\n:pools:\n"
-          + "".join(f"  - {{name: {pool}, size: 4, provider: dummy}}\n" for pool in POOLS))
+CONFIG = dummy_config(f"socket_timeout: 10.0, replica_ack_timeout: {SYNCED_ACK_WAIT_MS}", POOLS, 4)
 
 
 def test_the_pools_whose_lease_releases_the_failover_lost_run_their_passes_right_after_it(
@@ -38,6 +45,7 @@ def test_the_pools_whose_lease_releases_the_failover_lost_run_their_passes_right
         runner.run_pool(services, pool)
     redis_pair.wait_synced()
     redis_pair.link.hold()  # the replica stops receiving: the runs' releases are on the primary only
+    waiting_for_a_replica(services, HELD_ACK_WAIT_MS)
     carried = {pool: runner.run_pool(services, pool).unreleased_lease for pool in POOLS}
     assert all(carried.values()), f"the premise: every release unacknowledged, carried to the retry: {carried}"
 
@@ -62,6 +70,7 @@ def test_checkouts_right_after_the_promotion_are_served_by_the_new_primary(
     redis_pair.wait_synced()
 
     redis_pair.kill_primary_and_promote()
+    waiting_for_a_replica(api, HELD_ACK_WAIT_MS)  # the promoted node has no replica to acknowledge
     answers = [check_out(POOLS[0]) for _ in range(3)]
     assert all(status in (200, 503) for status, _ in answers), answers
     assert [status for status, _ in answers][1:] == [200, 200], answers

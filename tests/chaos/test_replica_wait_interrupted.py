@@ -26,7 +26,7 @@ import pytest
 import app
 from chalicelib.services import Services
 from chalicelib.store.vm_tasks import VMTaskStore
-from tests.chaos.lambda_api import call, check_out, on_vm, serving_fixture
+from tests.chaos.lambda_api import call, check_out, dummy_config, on_vm, serving_fixture
 from tests.chaos.test_failover_lost_writes import post_task, running_vm
 from tests.core.test_reconcile_queue import Context
 from tests.infra.packaged_functions import api_event
@@ -34,13 +34,7 @@ from tests.redis_pair import RedisPair
 from tests.support import eventually, stop_process
 
 POOL = "ha"
-CONFIG = f"""
-:redis: {{socket_timeout: 1.0, replica_ack_timeout: 900}}
-:providers:
-  :dummy: {{createvm_max_time: 0, boot_time: 0}}
-:pools:
-  - {{name: {POOL}, size: 2, provider: dummy}}
-"""
+CONFIG = dummy_config("socket_timeout: 1.0, replica_ack_timeout: 900", [POOL], 2)
 
 api = serving_fixture(CONFIG)
 api_with_logins = serving_fixture(CONFIG + ":auth: {provider: dummy}\n")

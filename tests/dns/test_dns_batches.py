@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from chalicelib.config import build, parse
+from chalicelib.config import Config, build, parse
 from chalicelib.dns.base import DnsEntryRejected, DnsRejected
 from chalicelib.dns.registry import build_dns_plugin
 from chalicelib.manager.dns_records import REFUSED_NAME_BACKOFF_SECONDS
@@ -22,6 +22,17 @@ from tests.support import emf_documents
 
 BATCH = 50
 DENIED = ["batch-7", "batch-31"]
+
+
+def pool_published_by(bind: BindServer, size: int, timeout: int) -> Config:
+    """A config of one pool, ``dns``, of ``size`` dummy VMs that boot in 20 s (``timeout``: how
+    long a VM may stay pending), its records sent to ``bind`` through the entry ``zone``."""
+    return parse(yaml.safe_dump({
+        "config": {"timeout": timeout, "task_limit": size},
+        "providers": {"dummy": {"provider_class": "dummy", "seed": 5, "boot_time": 20}},
+        "dns_configs": {"zone": bind.dns_config()},
+        "pools": [{"name": "dns", "size": size, "provider": "dummy", "dns_plugin": "zone"}],
+    }))
 
 
 def plugin_for(bind: BindServer) -> Any:
@@ -91,12 +102,7 @@ def test_a_key_the_zone_refuses_is_still_the_entrys_refusal(policy_bind: BindSer
 def test_a_pass_publishes_the_vms_the_policy_allows_and_keeps_the_denied_ones_pending(
         make_harness: HarnessFactory, policy_bind: BindServer, capsys: pytest.CaptureFixture[str]) -> None:
     size = 10
-    world = make_harness(parse(yaml.safe_dump({
-        "config": {"timeout": 30, "task_limit": size},
-        "providers": {"dummy": {"provider_class": "dummy", "seed": 5, "boot_time": 20}},
-        "dns_configs": {"zone": policy_bind.dns_config()},
-        "pools": [{"name": "dns", "size": size, "provider": "dummy", "dns_plugin": "zone"}],
-    })))
+    world = make_harness(pool_published_by(policy_bind, size, timeout=30))
     world.passes("dns", 1)  # the clones: their names are known
     pending = sorted(world.hosts("dns", "pending"))
     assert len(pending) == size

@@ -8,12 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import yaml
 
-from chalicelib.config import parse
 from chalicelib.manager import dns_records
 from chalicelib.manager.dns_records import REFUSALS_PER_CALL
 from tests.dns.bind import BindServer
+from tests.dns.test_dns_batches import pool_published_by
 from tests.dns.test_dns_records import dns_of
 from tests.harness import HarnessFactory
 
@@ -22,12 +21,7 @@ SIZE = 12
 
 def test_names_the_server_refuses_do_not_keep_the_others_unpublished_pass_after_pass(
         make_harness: HarnessFactory, policy_bind: BindServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    world = make_harness(parse(yaml.safe_dump({
-        "config": {"timeout": 60, "task_limit": SIZE},
-        "providers": {"dummy": {"provider_class": "dummy", "seed": 5, "boot_time": 20}},
-        "dns_configs": {"zone": policy_bind.dns_config()},
-        "pools": [{"name": "dns", "size": SIZE, "provider": "dummy", "dns_plugin": "zone"}],
-    })))
+    world = make_harness(pool_published_by(policy_bind, SIZE, timeout=60))
     world.passes("dns", 1)  # the clones: their names are known
     pending = sorted(world.hosts("dns", "pending"))
     assert len(pending) == SIZE
