@@ -12,8 +12,8 @@ needed (Powertools caches them), and every resolved value is masked in the logs 
 
 from __future__ import annotations
 
+import operator
 import os
-from functools import cached_property
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 
 import redis
@@ -28,7 +28,7 @@ from chalicelib.auth.ratelimit import LoginLimiter
 from chalicelib.auth.secrets import SecretConfigError, SecretResolver, SecretUnavailable, default_resolver
 from chalicelib.auth.tokens import TokenStore
 from chalicelib.clock import Clock, SystemClock
-from chalicelib.config import Config, PoolConfig
+from chalicelib.config import AuthConfig, Config, PoolConfig
 from chalicelib.dns.base import DnsPlugin
 from chalicelib.dns.registry import build_dns_plugin
 from chalicelib.manager.refill import REFILL_QUEUE_ENV, NoRefill, RefillTrigger, SqsRefill
@@ -110,6 +110,15 @@ def demand_sized_pools(config: Config) -> dict[str, int]:
             if pool.sizing is not None and pool.sizing.demand is not None}
 
 
+_auth_block = operator.attrgetter("auth")
+"""The part of the config the authenticator, logins and directory check are built from."""
+
+
+def _token_settings(config: Config) -> tuple[Any, int]:
+    """The part of the config the token store is built from."""
+    return config.service.token_ttl, config.service.max_tokens_per_user
+
+
 class Services:
     """Config, store, clock, providers, authentication and the refill trigger, wired together."""
 
@@ -135,6 +144,9 @@ class Services:
         self._built_from: dict[tuple[str, str], tuple[Any, Any]] = {}
         """The config block each provider and DNS plugin was built from, with what was built
         (``_kept_for``)."""
+        self._auth_built: dict[str, tuple[Config, Any, Any]] = {}
+        """The authenticator, logins, directory check and token store, each with the config and
+        the part of it it was built from (``_built_for``)."""
         self._built_with: dict[tuple[str, str], str | None] = {}
         """The secret each provider (``("provider", name)``) and DNS plugin (``("dns", name)``)
         was built with, as resolved then: one built with a value since rotated is built again."""
@@ -190,14 +202,8 @@ class Services:
             self._providers = {}
         if config.dns_configs != self.config.dns_configs:
             self._dns_plugins = {}  # else an entry's new domain or server was never used
-        # Built from the config on first use: built again from the new one when it changed (a
-        # raised token_ttl, a new directory), else a warm process kept serving the old settings.
-        if config.auth != self.config.auth:
-            for built in ("authenticator", "logins", "directory_check"):
-                self.__dict__.pop(built, None)
-        if (config.service.token_ttl, config.service.max_tokens_per_user) != (
-                self.config.service.token_ttl, self.config.service.max_tokens_per_user):
-            self.__dict__.pop("tokens", None)
+        # The authenticator, logins, directory check and token store are built again from the
+        # new config when their part of it changed (``_built_for``, checked at each use).
         self.config = config
 
     def pool(self, name: str) -> PoolConfig | None:
@@ -320,25 +326,55 @@ class Services:
         """A config secret (plain or a reference), fetched and cached; masked in logs from now on."""
         return resolve_and_redact(self.secrets, value)
 
-    @cached_property
+    def _built_for(self, name: str, config: Config, source: Callable[[Config], Any],
+                   build: Callable[[Config], T]) -> T:
+        """What was built for ``name`` from ``config``'s part ``source`` (the only part it
+        depends on), built now from ``config`` when there is none or it was built from another.
+        Checked at each use, not cleared by ``use_config``: a build that began under the config
+        before a switch and ended after it was kept for good (the old LDAP server and base, or
+        the dummy authenticator, checked logins until the next edit of ``:auth:``), as
+        ``_kept_for`` says of providers. The same config object as last time answers at once."""
+        kept = self._auth_built.get(name)
+        if kept is not None:
+            built_config, built_source, made = kept
+            if built_config is config:
+                return made
+            if built_source == source(config):
+                self._auth_built[name] = (config, built_source, made)
+                return made
+        made = build(config)
+        self._auth_built[name] = (config, source(config), made)
+        return made
+
+    @property
     def authenticator(self) -> Authenticator | None:
         """The ``:auth:`` provider (None without ``:auth:``). Raises AuthConfigError."""
-        return build_authenticator(self.config.auth, self.resolve_secret, self.client, self.store.keys.prefix)
+        return self._built_for("authenticator", self.config, _auth_block, self._build_authenticator)
 
-    @cached_property
+    def _build_authenticator(self, config: Config) -> Authenticator | None:
+        return build_authenticator(config.auth, self.resolve_secret, self.client, self.store.keys.prefix)
+
+    @property
     def logins(self) -> LoginService | None:
         """HTTP Basic logins with the failed-login limiter; None without ``:auth:``."""
-        authenticator = self.authenticator
+        return self._built_for("logins", self.config, _auth_block, self._build_logins)
+
+    def _build_logins(self, config: Config) -> LoginService | None:
+        # The authenticator of this same config (not of one switched to meanwhile).
+        authenticator = self._built_for("authenticator", config, _auth_block, self._build_authenticator)
         if authenticator is None:
             return None
-        limiter = LoginLimiter.from_config(self.config.auth, self.client, prefix=self.store.keys.prefix)
+        limiter = LoginLimiter.from_config(config.auth, self.client, prefix=self.store.keys.prefix)
         return LoginService(authenticator, limiter)
 
-    @cached_property
+    @property
     def directory_check(self) -> DirectoryCheck:
         """Whether a token's user is still in the directory (asked every
         ``auth.directory_check_minutes``); off without ``:auth:`` or a directory to ask."""
-        auth = self.config.auth
+        return self._built_for("directory_check", self.config, _auth_block,
+                               lambda config: self._directory_check(config.auth))
+
+    def _directory_check(self, auth: AuthConfig | None) -> DirectoryCheck:
         lookup = None
         if auth is not None and auth.ldap is not None and auth.ldap.uses_service_account:
             # The authenticator (ldap3, ~80 ms to import) is built at the first question, not for
@@ -367,10 +403,13 @@ class Services:
             return found
         return authenticator.has_user(user)
 
-    @cached_property
+    @property
     def tokens(self) -> TokenStore:
         """API tokens (hash-only in Redis), expiring after ``config.token_ttl`` hours when set."""
+        return self._built_for("tokens", self.config, _token_settings, self._build_tokens)
+
+    def _build_tokens(self, config: Config) -> TokenStore:
         return TokenStore(
-            self.client, self.clock, ttl_hours=self.config.service.token_ttl, prefix=self.store.keys.prefix,
-            max_per_user=self.config.service.max_tokens_per_user, replicated=self.store.writes_replicated,
+            self.client, self.clock, ttl_hours=config.service.token_ttl, prefix=self.store.keys.prefix,
+            max_per_user=config.service.max_tokens_per_user, replicated=self.store.writes_replicated,
         )

@@ -14,6 +14,7 @@ whatever its event holds (``ScheduledEvent``).
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import threading
 from typing import Any, Sequence
@@ -129,7 +130,15 @@ class RequestLocalChalice(Chalice):
         self._request_state.context = context
 
     def __call__(self, event: Any, context: Any) -> dict[str, Any]:
-        """The API function: Chalice's routing of the event once it is checked."""
+        """The API function: Chalice's routing of the event once it is checked, in a context of
+        its own (``contextvars``): each request starts with none of another's keys (its log lines'
+        ``correlation_id``), and what it sets ends with it. A Lambda serves its invocations in one
+        context, and the local front starts a pipelined request's task inside the previous
+        request's answer (uvicorn), so the request before's id was on every line logged before
+        the view set its own, and on the front's lines about what the connection sent next."""
+        return contextvars.Context().run(self._serve, event, context)
+
+    def _serve(self, event: Any, context: Any) -> dict[str, Any]:
         try:
             event = checked_event(event, self.routes)
         except ApiError as refused:

@@ -19,7 +19,9 @@ class DummyAuthenticator:
     def __init__(self) -> None:
         logger.warning(
             "auth provider 'dummy' is for development only: any user name is accepted with any "
-            "password that differs from it; configure 'ldap' for production"
+            "password that differs from it; configure 'ldap' for production",
+            # About the process, not the request that happened to build it (built on first use).
+            extra={"correlation_id": None},
         )
 
     def authenticate(self, username: str, password: str) -> bool:
