@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--callgrind", action="store_true", help="zero and dump callgrind's counters around one batch")
     parser.add_argument("--profile", action="store_true", help="cProfile one batch; print the top functions")
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--pools", type=int, default=1,
+                        help="pools in the config (the others of size 1, never checked out from)")
     parser.add_argument("--refused", action="store_true",
                         help=f"refused checkouts of an empty pool of {REFUSED_POOL_SIZE} instead of cycles")
     args = parser.parse_args(argv)
@@ -69,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     from local.redis_server import RedisServer
     from local.stack import dummy_config
 
+    pools = [(POOL, pool_size), *((f"other-{n}", 1) for n in range(1, args.pools))]
     with RedisServer() as server:
-        os.environ.update({"VMPOOL_CONFIG": dummy_config([(POOL, pool_size)]), "VMPOOL_REDIS_URL": server.url,
+        os.environ.update({"VMPOOL_CONFIG": dummy_config(pools), "VMPOOL_REDIS_URL": server.url,
                            "POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": args.log_level})
         for name in ("VMPOOL_CONFIG_FILE", "VMPOOL_RECONCILE_QUEUE_URL"):
             os.environ.pop(name, None)
