@@ -17,6 +17,7 @@ import secrets
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Callable, Collection, Iterable, Mapping, Sequence, TypeVar, cast
 
 import redis
@@ -270,24 +271,39 @@ class Quota:
         """The set of the owner's on-demand requests Redis keeps (named by a hash of the owner)."""
         return keys.owner_requests(self.owner_hash)
 
-    @functools.cached_property
+    @property
     def owner_hash(self) -> str:
-        """What names the owner in its keys (hex: never a space or ``:``). Worked out once: a
-        checkout names it three times."""
-        return hashlib.sha256(self.owner.encode("utf-8")).hexdigest()[:32]
+        """What names the owner in its keys (hex: never a space or ``:``)."""
+        return _owner_hash(self.owner)
 
     def payload(self, keys: Keys, key_list: KeyList, ttl_seconds: int, now: float) -> dict[str, Any]:
         """What lua/quota.lua reads, its keys added to ``key_list``."""
-        return {"key": key_list.add(self.holdings_key(keys)), "ttl": ttl_seconds, "max_owner_vms": self.max_owner_vms,
-                "holders": key_list.add(keys.holders), "owner_hash": self.owner_hash, "now": now,
-                "max_holders": HOLDERS_KEPT, "holdings_template": keys.holdings(KEY_PART),
-                "max_vms": self.max_vms, "running": key_list.add(keys.running),
-                "counted": key_list.add(keys.running_counted),
-                "open_requests": key_list.add(keys.ondemand_open_requests),
-                "open_waiting": key_list.add(keys.ondemand_open_waiting),
-                "vm_template": keys.vm(KEY_PART), "request_template": keys.ondemand(KEY_PART),
-                "request_vms_template": keys.ondemand_vms(KEY_PART),
+        owner_hash = self.owner_hash
+        holders, running, counted, open_requests, open_waiting, templates = _quota_keys(keys)
+        return {"key": key_list.add(keys.holdings(owner_hash)), "ttl": ttl_seconds, "max_owner_vms": self.max_owner_vms,
+                "holders": key_list.add(holders), "owner_hash": owner_hash, "now": now,
+                "max_holders": HOLDERS_KEPT, "max_vms": self.max_vms, "running": key_list.add(running),
+                "counted": key_list.add(counted), "open_requests": key_list.add(open_requests),
+                "open_waiting": key_list.add(open_waiting), **templates,
                 "max_owner_requests": self.max_owner_requests, "max_requests": self.max_requests}
+
+
+@functools.lru_cache(maxsize=4096)
+def _owner_hash(owner: str) -> str:
+    """``Quota.owner_hash``: kept for the last 4,096 owners (a checkout names it three times, and
+    every checkout, refused ones too, hashed it again)."""
+    return hashlib.sha256(owner.encode("utf-8")).hexdigest()[:32]
+
+
+@functools.lru_cache(maxsize=16)
+def _quota_keys(keys: Keys) -> tuple[str, str, str, str, str, Mapping[str, str]]:
+    """The keys and key templates of ``Quota.payload`` that are the same for every owner:
+    worked out once per prefix instead of nine key names per checkout."""
+    return (keys.holders, keys.running, keys.running_counted, keys.ondemand_open_requests,
+            keys.ondemand_open_waiting,
+            MappingProxyType({"holdings_template": keys.holdings(KEY_PART), "vm_template": keys.vm(KEY_PART),
+                              "request_template": keys.ondemand(KEY_PART),
+                              "request_vms_template": keys.ondemand_vms(KEY_PART)}))
 
 
 RECOUNT = "recount"
