@@ -222,18 +222,19 @@ def run(quick: bool = False) -> dict[str, Any]:
     return result
 
 
-SMALL_POOL, SMALL_SIZE = "small", 20
+SMALL_POOL, SMALL_SIZE, SMALL_TASK_LIMIT, SMALL_CLIENTS = "small", 20, 10, 8
 
 
 def small_pool(seconds: float) -> dict[str, Any]:
     """8 clients on a pool of 20 (instant clones, task_limit 10): every returned VM is destroyed
-    and replaced, so the pool holds only while its refill keeps up with the cycles."""
-    config = dummy_config([(SMALL_POOL, SMALL_SIZE)], task_limit=10)
+    and replaced, so the pool holds only while its refill keeps up with the cycles. From the
+    command line, several runs on one stack: ``python -m bench.checkout --small-pool``."""
+    config = dummy_config([(SMALL_POOL, SMALL_SIZE)], task_limit=SMALL_TASK_LIMIT)
     with local_stack(config, interval=5.0) as stack:
         stack.wait_ready(SMALL_POOL, SMALL_SIZE, timeout=120)
-        run = _one_run(stack, 8, seconds, pool=SMALL_POOL)
+        run = _one_run(stack, SMALL_CLIENTS, seconds, pool=SMALL_POOL)
     run.pop("commands")
-    return {"pool_size": SMALL_SIZE, "clients": 8, **run}
+    return {"pool_size": SMALL_SIZE, "clients": SMALL_CLIENTS, **run}
 
 
 SUSTAINED_POOL, SUSTAINED_SIZE, SUSTAINED_SECONDS = "steady", 1000, 15.0
@@ -258,16 +259,19 @@ def _in_subprocess(function: Any) -> Any:
 
 
 def one_level(clients: int, seconds: float, runs: int, pool_size: int, workers: int | None = None,
-              http: str = "lean") -> dict[str, Any]:
+              http: str = "lean", task_limit: int | None = None) -> dict[str, Any]:
     """One concurrency level only, each run's figures (for A/B comparisons of two checkouts of
-    the repository, run alternately: see docs/performance.md)."""
-    with local_stack(dummy_config([(POOL, pool_size)]), workers=workers, interval=5.0) as stack:
+    the repository, run alternately: see docs/performance.md). ``task_limit``: the config's
+    (None: ``dummy_config``'s default, no limit in practice)."""
+    config = dummy_config([(POOL, pool_size)], **({} if task_limit is None else {"task_limit": task_limit}))
+    with local_stack(config, workers=workers, interval=5.0) as stack:
         stack.wait_ready(POOL, pool_size, timeout=600)
         results = []
         for _ in range(runs):
             stack.wait_ready(POOL, int(pool_size * 0.9), timeout=600)
             results.append(_one_run(stack, clients, seconds, http=http))
     return {"clients": clients, "http": http, "seconds": seconds, "pool_size": pool_size, "workers": workers,
+            "task_limit": task_limit,
             "cycles_per_second": [r["cycles_per_second"] for r in results],
             "sustained_cycles_per_second": [r["sustained_cycles_per_second"] for r in results],
             "refill_owed": [r["refill_owed"] for r in results],
@@ -318,19 +322,32 @@ if __name__ == "__main__":
     import os
 
     parser = argparse.ArgumentParser(description="checkout + delete cycles/s at one concurrency level (JSON)")
-    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--clients", type=int, default=None, help="default 8")
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--pool", type=int, default=6000)
+    parser.add_argument("--pool", type=int, default=None, help="its size (default 6,000)")
     parser.add_argument("--workers", type=int, default=None, help="local.run --workers (default: its own)")
+    parser.add_argument("--task-limit", type=int, default=None,
+                        help="the config's task_limit (default: dummy_config's, no limit in practice)")
+    parser.add_argument("--small-pool", action="store_true",
+                        help=(f"small_pool()'s figure: {SMALL_SIZE} VMs, task_limit {SMALL_TASK_LIMIT}, "
+                              f"{SMALL_CLIENTS} clients (unless --pool, --task-limit, --clients say otherwise)"))
     parser.add_argument("--http", choices=("lean", "stdlib"), default="lean",
                         help="the clients' HTTP: bench.http_client (default) or http.client")
     parser.add_argument("--compare-http", action="store_true",
                         help="alternate windows of both clients on one stack (--runs rounds)")
     options = parser.parse_args()
+    preset = ({"pool": SMALL_SIZE, "task_limit": SMALL_TASK_LIMIT, "clients": SMALL_CLIENTS}
+              if options.small_pool else {})
+    for name, default in (("pool", 6000), ("clients", 8)):
+        if getattr(options, name) is None:
+            setattr(options, name, preset.get(name, default))
+    if options.task_limit is None:
+        options.task_limit = preset.get("task_limit")
     if options.compare_http:
         medians = compare_clients(options.runs, options.seconds, options.pool)
         print(json.dumps({**medians, "load_average": os.getloadavg()}))
         raise SystemExit(0)
-    figures = one_level(options.clients, options.seconds, options.runs, options.pool, options.workers, options.http)
+    figures = one_level(options.clients, options.seconds, options.runs, options.pool, options.workers, options.http,
+                        options.task_limit)
     print(json.dumps({**figures, "load_average": os.getloadavg()}))

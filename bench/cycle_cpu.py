@@ -12,6 +12,13 @@ the measured cycles, so the dump holds those cycles only:
 
 Without valgrind it prints the process's CPU per cycle (``time.process_time``, median of
 ``--repeats`` batches); ``--profile`` prints cProfile's top functions over the measured cycles.
+
+``--refused`` measures a refused checkout instead of a cycle: every VM of a pool of 20 checked
+out, then ``POST /api/v3/vm/<pool>`` answered 503 (what the small pool's clients retry at once
+while its refill runs), the same counters and profile per refusal:
+
+    valgrind --tool=callgrind --callgrind-out-file=/tmp/refused.%p \\
+        .venv/bin/python -m bench.cycle_cpu --refused --cycles 500 --callgrind
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import time
 from typing import Any
 
 POOL = "big"
+REFUSED_POOL_SIZE = 20
 HEADERS = {"host": "127.0.0.1", "content-length": "0"}
 """What the benchmark's lean client sends (bench/http_client.py), as the ASGI front hands them on."""
 
@@ -52,15 +60,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--callgrind", action="store_true", help="zero and dump callgrind's counters around one batch")
     parser.add_argument("--profile", action="store_true", help="cProfile one batch; print the top functions")
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--pools", type=int, default=1,
+                        help="pools in the config (the others of size 1, never checked out from)")
+    parser.add_argument("--refused", action="store_true",
+                        help=f"refused checkouts of an empty pool of {REFUSED_POOL_SIZE} instead of cycles")
     args = parser.parse_args(argv)
     batches = 1 if args.callgrind or args.profile else args.repeats
-    pool_size = min(args.cycles * batches + 100, 10_000)
+    pool_size = REFUSED_POOL_SIZE if args.refused else min(args.cycles * batches + 100, 10_000)
 
     from local.redis_server import RedisServer
     from local.stack import dummy_config
 
+    pools = [(POOL, pool_size), *((f"other-{n}", 1) for n in range(1, args.pools))]
     with RedisServer() as server:
-        os.environ.update({"VMPOOL_CONFIG": dummy_config([(POOL, pool_size)]), "VMPOOL_REDIS_URL": server.url,
+        os.environ.update({"VMPOOL_CONFIG": dummy_config(pools), "VMPOOL_REDIS_URL": server.url,
                            "POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": args.log_level})
         for name in ("VMPOOL_CONFIG_FILE", "VMPOOL_RECONCILE_QUEUE_URL"):
             os.environ.pop(name, None)
@@ -74,7 +87,13 @@ def main(argv: list[str] | None = None) -> int:
             run_pool(services, POOL, 30.0)
         gateway = Gateway(app_module.app)
 
-        def cycles(count: int) -> None:
+        def refusals(count: int) -> None:
+            for _ in range(count):
+                status, _, body = gateway("POST", f"/api/v3/vm/{POOL}", HEADERS, b"", "127.0.0.1")
+                if status != 503:
+                    raise RuntimeError(f"checkout of an empty pool answered {status}: {body!r}")
+
+        def checkouts(count: int) -> None:
             for _ in range(count):
                 status, _, body = gateway("POST", f"/api/v3/vm/{POOL}", HEADERS, b"", "127.0.0.1")
                 if status != 200:
@@ -84,8 +103,16 @@ def main(argv: list[str] | None = None) -> int:
                 if status != 200:
                     raise RuntimeError(f"delete answered {status}: {body!r}")
 
+        if args.refused:
+            for _ in range(pool_size):  # every VM checked out and kept: the pool is empty
+                status, _, body = gateway("POST", f"/api/v3/vm/{POOL}", HEADERS, b"", "127.0.0.1")
+                if status != 200:
+                    raise RuntimeError(f"checkout answered {status}: {body!r}")
+            cycles = refusals
+        else:
+            cycles = checkouts
         cycles(min(50, args.cycles))  # warm: imports on first use, the connection pool, caches
-        result: dict[str, Any] = {"cycles": args.cycles}
+        result: dict[str, Any] = {"refusals" if args.refused else "cycles": args.cycles}
         if args.callgrind:
             _callgrind("-z")
             cycles(args.cycles)
@@ -103,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                 began = time.process_time()
                 cycles(args.cycles)
                 per_cycle.append((time.process_time() - began) / args.cycles * 1e6)
-            result["cpu_us_per_cycle"] = round(statistics.median(per_cycle), 1)
+            unit = "cpu_us_per_refusal" if args.refused else "cpu_us_per_cycle"
+            result[unit] = round(statistics.median(per_cycle), 1)
             result["batches_us"] = [round(value, 1) for value in per_cycle]
         print(json.dumps(result))
     return 0

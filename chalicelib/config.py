@@ -454,8 +454,12 @@ class Config:
     overlaps."""
     _pools_by_name: Mapping[str, PoolConfig] = field(default_factory=dict, repr=False)
     _aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
+    _pool_names: tuple[str, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
+        # Worked out once: every checkout, refused ones too, reads them (its quota's pools), and
+        # a tuple built per read made each O(pools) in Python.
+        object.__setattr__(self, "_pool_names", tuple(pool.name for pool in self.pools))
         by_name = {pool.name: pool for pool in self.pools}
         # Each alias's pools as an ordered set (a dict): a list searched before each append made
         # this quadratic in the pools sharing an alias, and it runs at every build (each cold
@@ -476,7 +480,7 @@ class Config:
 
     @property
     def pool_names(self) -> tuple[str, ...]:
-        return tuple(pool.name for pool in self.pools)
+        return self._pool_names
 
     def resolve(self, requested: str) -> tuple[str, ...]:
         """The pools a requested name may be served from: the pool of that name, then the pools

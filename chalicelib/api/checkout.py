@@ -233,10 +233,17 @@ def fallback_wanted(services: Services, request: ApiRequest, wanted: Mapping[str
         return True
     if asked in ("false", "0", "no"):
         return False
-    default = services.config.service.ondemand_fallback
-    pools = [services.config.pool(name) for requested in wanted for name in services.config.resolve(requested)]
-    return bool(pools) and all(
-        pool is not None and (default if pool.ondemand_fallback is None else pool.ondemand_fallback) for pool in pools)
+    config = services.config
+    default = config.service.ondemand_fallback
+    # Stops at the first pool without the fallback (every refused checkout asks: the pools were
+    # all looked up first, a list of them built per refusal).
+    pools = (config.pool(name) for requested in wanted for name in config.resolve(requested))
+    seen = False
+    for pool in pools:
+        seen = True
+        if pool is None or not (default if pool.ondemand_fallback is None else pool.ondemand_fallback):
+            return False
+    return seen
 
 
 def fallback_checkout(

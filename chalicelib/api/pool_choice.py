@@ -59,6 +59,8 @@ def preferences(config: Config, requested: str, count: int,
     """``preference`` for each of ``count`` VMs, each drawn on its own (the pools' weights are
     looked up once)."""
     pools = list(config.resolve(requested))
+    if len(pools) == 1:  # a pool's name: one order, no draw (a shuffle of one draws nothing)
+        return [list(pools) for _ in range(count)]
     weights = pool_weights(config, pools, live)
     orders = []
     for _ in range(count):

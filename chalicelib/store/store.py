@@ -13,10 +13,11 @@ import hashlib
 import itertools
 import json
 import math
-import secrets
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Callable, Collection, Iterable, Mapping, Sequence, TypeVar, cast
 
 import redis
@@ -271,24 +272,46 @@ class Quota:
         """The set of the owner's on-demand requests Redis keeps (named by a hash of the owner)."""
         return keys.owner_requests(self.owner_hash)
 
-    @functools.cached_property
+    @property
     def owner_hash(self) -> str:
-        """What names the owner in its keys (hex: never a space or ``:``). Worked out once: a
-        checkout names it three times."""
-        return hashlib.sha256(self.owner.encode("utf-8")).hexdigest()[:32]
+        """What names the owner in its keys (hex: never a space or ``:``)."""
+        return _owner_hash(self.owner)
 
     def payload(self, keys: Keys, key_list: KeyList, ttl_seconds: int, now: float) -> dict[str, Any]:
         """What lua/quota.lua reads, its keys added to ``key_list``."""
-        return {"key": key_list.add(self.holdings_key(keys)), "ttl": ttl_seconds, "max_owner_vms": self.max_owner_vms,
-                "holders": key_list.add(keys.holders), "owner_hash": self.owner_hash, "now": now,
-                "max_holders": HOLDERS_KEPT, "holdings_template": keys.holdings(KEY_PART),
-                "max_vms": self.max_vms, "running": key_list.add(keys.running),
-                "counted": key_list.add(keys.running_counted),
-                "open_requests": key_list.add(keys.ondemand_open_requests),
-                "open_waiting": key_list.add(keys.ondemand_open_waiting),
-                "vm_template": keys.vm(KEY_PART), "request_template": keys.ondemand(KEY_PART),
-                "request_vms_template": keys.ondemand_vms(KEY_PART),
+        owner_hash = self.owner_hash
+        holders, running, counted, open_requests, open_waiting, templates = _quota_keys(keys)
+        return {"key": key_list.add(keys.holdings(owner_hash)), "ttl": ttl_seconds, "max_owner_vms": self.max_owner_vms,
+                "holders": key_list.add(holders), "owner_hash": owner_hash, "now": now,
+                "max_holders": HOLDERS_KEPT, "max_vms": self.max_vms, "running": key_list.add(running),
+                "counted": key_list.add(counted), "open_requests": key_list.add(open_requests),
+                "open_waiting": key_list.add(open_waiting), **templates,
                 "max_owner_requests": self.max_owner_requests, "max_requests": self.max_requests}
+
+
+@functools.lru_cache(maxsize=4096)
+def _checkout_pool_keys(keys: Keys, pool: str) -> tuple[str, str, str, str]:
+    """A pool's keys a checkout names (ready, running, running_due, wake), kept for the last
+    4,096 pools (configured ones only reach a checkout): four key names less per pool and request."""
+    return keys.pool_state(pool, "ready"), keys.pool_state(pool, "running"), keys.running_due(pool), keys.wake(pool)
+
+
+@functools.lru_cache(maxsize=4096)
+def _owner_hash(owner: str) -> str:
+    """``Quota.owner_hash``: kept for the last 4,096 owners (a checkout names it three times, and
+    every checkout, refused ones too, hashed it again)."""
+    return hashlib.sha256(owner.encode("utf-8")).hexdigest()[:32]
+
+
+@functools.lru_cache(maxsize=16)
+def _quota_keys(keys: Keys) -> tuple[str, str, str, str, str, Mapping[str, str]]:
+    """The keys and key templates of ``Quota.payload`` that are the same for every owner:
+    worked out once per prefix instead of nine key names per checkout."""
+    return (keys.holders, keys.running, keys.running_counted, keys.ondemand_open_requests,
+            keys.ondemand_open_waiting,
+            MappingProxyType({"holdings_template": keys.holdings(KEY_PART), "vm_template": keys.vm(KEY_PART),
+                              "request_template": keys.ondemand(KEY_PART),
+                              "request_vms_template": keys.ondemand_vms(KEY_PART)}))
 
 
 RECOUNT = "recount"
@@ -718,7 +741,7 @@ class Store:
         and a reconcile pass returns them to ready after UNCONFIRMED_SECONDS. A failed
         confirmation releases them at once and raises StoreUnavailable (CheckoutNotDurable when
         no replica acknowledged in time)."""
-        checkout_id = secrets.token_hex(8)
+        checkout_id = os.urandom(8).hex()  # secrets.token_hex(8), without its two calls of Python
         key_list = KeyList()
         slots: list[dict[str, Any]] = []
         orders: list[list[str]] = []
@@ -734,10 +757,9 @@ class Store:
         pool_keys: dict[str, dict[str, int]] = {}
         for pool in dict.fromkeys([*(pool for r in requests for pool in r.pools),
                                    *(pool for slot in slots for pool in slot["pools"])]):
-            pool_keys[pool] = {"ready": key_list.add(self.keys.pool_state(pool, "ready")),
-                               "running": key_list.add(self.keys.pool_state(pool, "running")),
-                               "running_due": key_list.add(self.keys.running_due(pool)),
-                               "wake": key_list.add(self.keys.wake(pool))}
+            ready, running, running_due, wake = _checkout_pool_keys(self.keys, pool)
+            pool_keys[pool] = {"ready": key_list.add(ready), "running": key_list.add(running),
+                               "running_due": key_list.add(running_due), "wake": key_list.add(wake)}
             if pool in tracked:
                 pool_keys[pool]["demand"] = key_list.add(self.keys.demand(pool, day))
                 pool_keys[pool]["demand_max"] = self.demand_pools[pool]

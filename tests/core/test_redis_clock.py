@@ -3,6 +3,8 @@ read once and followed on this process's wall clock; its own clock while Redis c
 
 from __future__ import annotations
 
+import threading
+
 import redis
 
 from chalicelib.clock import FakeClock
@@ -64,3 +66,37 @@ def test_redis_down_is_the_process_own_clock_asked_again_later(closed_port: int)
     monotonic.value += RETRY_SECONDS
     clock.now()
     assert calls == [1, 1]
+
+
+def test_readings_while_one_thread_measures_use_the_offset_kept(redis_client: redis.Redis) -> None:
+    """Threads reading while another measures the offset again (its TIME in flight) answer the
+    offset kept at once and send no TIME of their own; once it is measured, every reading uses
+    the new one without a round trip (readings take no lock: store/redis_clock.py)."""
+    monotonic, wall = Monotonic(), FakeClock(1_800_000_000.0)
+    clock = RedisAlignedClock(redis_client, wall, monotonic)
+    first = clock.now()
+    real, calls = redis_client.time, []
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_time() -> tuple[int, int]:
+        calls.append(1)
+        entered.set()
+        assert release.wait(10)
+        return real()
+
+    redis_client.time = slow_time  # type: ignore[method-assign]
+    monotonic.value += OFFSET_KEPT_SECONDS
+    measuring = threading.Thread(target=clock.now)
+    measuring.start()
+    assert entered.wait(10)
+    answers = []
+    readers = [threading.Thread(target=lambda: answers.append(clock.now())) for _ in range(4)]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join(10)
+    assert answers == [first] * 4 and calls == [1]  # none waited for the measure, none sent TIME
+    release.set()
+    measuring.join(10)
+    assert not measuring.is_alive()
+    assert abs(clock.now() - float(real()[0])) < 2.0 and calls == [1]
