@@ -715,6 +715,10 @@ class _LoopServer(Server):
         """Connections this loop serves or is about to."""
         return self.handed - self.released
 
+    def turning(self) -> bool:
+        """Whether this loop has turned within ``ACCEPT_TAKEOVER_SECONDS``: not held by a request."""
+        return self.clock() - self.ticked <= ACCEPT_TAKEOVER_SECONDS
+
     def over_the_bound(self) -> bool:
         """Whether the worker holds more connections than its bound (read from any of its loops)."""
         first = self.accepting or self
@@ -795,8 +799,9 @@ class _LoopServer(Server):
     def _hand(self, connection: socket.socket, taker: "_LoopServer") -> None:
         """Give ``connection`` to the loop holding the fewest (this one, the accepting loop, last
         among equals; not this one when ``taker``, another loop, accepted it because this one is
-        stuck). At the worker's bound, to the loop with the most idle connections, which
-        closes its oldest idle one for it; with none idle anywhere, the new one is turned away.
+        stuck), of those turning (``turning``) if any is. At the worker's bound, to the loop with
+        the most idle connections, which closes its oldest idle one for it; with none idle
+        anywhere, the new one is turned away.
 
         Why a bound per worker and not per client is enough: a place is held for good only by a
         request in the app. Connections that send nothing, or a head or a body a byte a second
@@ -806,6 +811,9 @@ class _LoopServer(Server):
         as that client)."""
         loops = (*(follower for follower in self.followers if follower.started), self)
         candidates = loops if taker is self else loops[:-1]
+        # A loop that has not turned lately is held by a request (a login to a stopped directory):
+        # a connection given it would wait for that request while another loop is free.
+        candidates = tuple(loop for loop in candidates if loop.turning()) or candidates
         with self._handing:
             evict = self.max_connections is not None and sum(loop.held() for loop in loops) >= self.max_connections
             if evict:

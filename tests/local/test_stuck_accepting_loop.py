@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import socket
 import threading
-from typing import Any
+import time
+from typing import Any, Callable
 
 import pytest
 
@@ -118,6 +119,50 @@ def test_a_front_whose_accepting_loop_was_said_stuck_stops_without_waiting_for_i
         app.release.set()
         connections.close()
         front.stop(timeout=10)
+
+
+def test_a_new_connection_is_not_given_to_a_loop_held_by_a_request() -> None:
+    """The accepting loop gives a connection to the loop holding the fewest. With the other loop
+    held by a request and the two holding as many, the new connection went to the held loop (the
+    accepting one comes last among equals) and waited for that request: a GET /status behind a
+    login to a stopped directory, on a stack whose accepting loop was free."""
+    app = WhereItHangs(threads=2)
+    clock = FakeClock(1000.0)
+    port = free_port()
+    front = InProcessFront(lambda: app, "127.0.0.1", port, clock=clock.now)
+    accepting, other = front._server, front._loops[0].server
+    connections = Connections(port)
+    try:
+        assert front.start(timeout=30)
+        first = connections.connect()  # the other loop's (the accepting loop last among equals)
+        first.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_answer(first).startswith(b"HTTP/1.1 200")
+        kept = connections.connect()  # the accepting loop's: it holds fewer
+        kept.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_answer(kept).startswith(b"HTTP/1.1 200")
+        first.close()
+        wait_until(lambda: other.held() == 0, "the other loop to let its connection go")
+        connections.connect().sendall(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")  # the other loop's
+        assert app.entered.wait(20)
+        assert app.hung_on != "vmpool-http-loop-0" and (accepting.held(), other.held()) == (1, 1)
+
+        clock.advance(ACCEPT_TAKEOVER_SECONDS + 0.5)  # the held loop has not turned since
+        wait_until(lambda: accepting.ticked >= clock.now(), "the accepting loop to turn")
+        fresh = connections.connect()
+        fresh.sendall(b"GET /api/v3/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_answer(fresh).startswith(b"HTTP/1.1 200")  # before: no answer until the hang ended
+    finally:
+        app.release.set()
+        connections.close()
+        front.stop(timeout=10)
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` (the front's loops run on their own threads) for up to 20 s."""
+    deadline = time.monotonic() + 20
+    while not condition():
+        assert time.monotonic() < deadline, f"waited 20 s for {what}"
+        time.sleep(0.01)
 
 
 class BlockedOnASocket:
