@@ -37,6 +37,7 @@ from chalicelib.config import PoolConfig, ServiceConfig
 from chalicelib.dns.base import DnsEntryRejected, DnsError, DnsPlugin, DnsUnavailable
 from chalicelib.manager import inventory_view
 from chalicelib.manager.placement import PLACEMENT_FIELD, describe, placed_pool, placement_of
+from chalicelib.manager.task_reads import TaskReads
 from chalicelib.observability import emit, logger
 from chalicelib.providers.base import InventoryChanges, Provider, VMInfo
 from chalicelib.providers.failures import Failure, FailureKind
@@ -215,6 +216,8 @@ class PassContext:
     """The token of the run's lease on the pool (manager/runner.py), None outside a run: the
     template leases the pass takes are taken with it, so the retry that releases a run's lease
     it could not release (``stale_lease``) releases those too (templates.release_stale)."""
+    task_reads: TaskReads = field(default_factory=TaskReads)
+    """The states of the tasks the pass follows, read once before its steps (reconcile.read_tasks)."""
     config_generation: float = 0.0
     """The generation of the config ``pool`` was read from (``Config.generation``; 0: none to
     order): the clones reserved for it are refused once a newer config runs (manager/clones.py)."""

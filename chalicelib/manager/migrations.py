@@ -24,7 +24,7 @@ from chalicelib.manager.task_reads import TaskReads
 from chalicelib.manager.unanswered import ask_again
 from chalicelib.manager.vm_tasks import TAKER_GONE_SETTLE_SECONDS, TASK_SETTLE_SECONDS
 from chalicelib.observability import emit, logger
-from chalicelib.providers.base import UNREACHABLE, ProviderError, TaskState
+from chalicelib.providers.base import UNREACHABLE, Provider, ProviderError, TaskState
 from chalicelib.store import Store, VMRecord
 from chalicelib.store.leases import LeaseHolder, labelled_holder
 from chalicelib.store.migrations import ADOPTED, QUEUED, STALE_SLOT_SECONDS, STARTED, TAKER_GONE, MigrationStore
@@ -54,6 +54,14 @@ def abandon_unstarted(store: Store, pools: Iterable[str], taker_gone: Callable[[
     return marked
 
 
+def tasks_to_read(context: PassContext) -> list[tuple[Provider, str]]:
+    """The tasks of the pool's started migrations ``run`` follows, for the pass to read with its
+    other tasks in one call (reconcile.read_tasks; before, one call a VM, then one a step)."""
+    return [(context.provider, str(record.raw["migration_task"])) for record in context.snapshot.records.values()
+            if record.raw.get("migration") == STARTED and record.raw.get("migration_task")
+            and record.state == "running" and record.pool == context.pool.name and not context.elsewhere(record)]
+
+
 def run(context: PassContext) -> None:
     """Advance every migration of the pool's VMs by what is done now: first the ones that end
     (their slots free up), then the queued ones, oldest checkout first."""
@@ -61,11 +69,7 @@ def run(context: PassContext) -> None:
     limit = int(getattr(context.service, "migration_limit", 0) or 0)
     queued: list[VMRecord] = []
     reached = True  # False once the provider could not be reached or timed out in this step
-    reads = TaskReads()  # the started migrations' tasks, one call (before, one call a VM)
-    reads.read_ahead(context.provider, [
-        str(record.raw.get("migration_task") or "") for record in context.snapshot.records.values()
-        if record.raw.get("migration") == STARTED and record.state == "running"
-        and record.pool == context.pool.name and not context.elsewhere(record)])
+    reads = context.task_reads  # the started migrations' tasks, read with the pass's others (tasks_to_read)
     for hostname, record in context.snapshot.records.items():
         vm = context.inventory.get(hostname)
         state = record.raw.get("migration")

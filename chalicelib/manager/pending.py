@@ -174,6 +174,17 @@ def check_pending(context: PassContext) -> None:
     _follow(context, [record for record in found if not _left_behind(context, record, cloning)])
 
 
+def tasks_to_read(context: PassContext) -> list[tuple[Provider, str]]:
+    """The clone tasks ``check_pending`` follows (pending VMs made where their pool makes VMs,
+    their clone not ended), for the pass to read with its other tasks (reconcile.read_tasks)."""
+    wanted = []
+    for record in context.snapshot.records.values():
+        if record.state == "pending" and record.pool == context.pool.name and record.clone_end is None \
+                and record.clone_task and context.elsewhere(record) is None:
+            wanted.append((context.provider, record.clone_task))
+    return wanted
+
+
 def check_started(context: PassContext, records: list[VMRecord]) -> int:
     """The clones this pass started, looked at as the pending step does (a clone the provider
     finishes at once is done, its VM booted or not: manager/rounds.py): their ``records`` as the
@@ -196,8 +207,8 @@ def _follow(context: PassContext, records: list[VMRecord], started: bool = False
     if started:  # and the VMs of the ones that succeeded, with their tasks (one provider call)
         statuses, vms = context.provider.clone_outcomes(context.pool, tasks)
         context.saw(vms)
-    else:
-        statuses = context.provider.task_statuses(list(tasks.values()))
+    else:  # read with the pass's other tasks (reconcile.read_tasks)
+        statuses = context.task_reads.statuses(context.provider, tasks.values())
     unnoted = unnoted_clones_running(context, [record for record in cloning if not record.clone_task], math.inf)
     finished = [record for record in cloning
                 if _clone_finished(context, record, statuses, ages[record.name], unnoted)]

@@ -86,7 +86,17 @@ def end_pass(context: PassContext) -> None:
     report.counts = counts
 
 
+def read_tasks(context: PassContext) -> None:
+    """Read the tasks the steps below follow (pending clones, disk and snapshot tasks,
+    migrations) in one ``task_statuses`` call a provider (before, one call each step: three
+    vCenter retrievals a pass with all three in flight); each step takes its own from
+    ``context.task_reads``."""
+    context.task_reads.read_all([*pending.tasks_to_read(context), *vm_tasks.tasks_to_read(context),
+                                 *migrations.tasks_to_read(context)])
+
+
 STEPS: tuple[Step, ...] = (
+    read_tasks,
     pending.check_pending,  # clones finished, boots checked: pending -> ready (or running, on demand)
     ready.check_ready,
     running.check_running,

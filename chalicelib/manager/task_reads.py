@@ -6,11 +6,16 @@ A step reads ahead, then asks ``status`` of each task as it comes to it: the ans
 ``task_status`` of that one task would have given, so every per-task rule of the step holds (a
 task the provider could not read raises its ProviderError, with its kind, for that VM alone; a
 provider the read ahead could not reach is ``unreached``: the step asks it nothing more this pass,
-as when its first read of its own failed before)."""
+as when its first read of its own failed before).
+
+The pass reads once, before its steps (``reconcile.read_tasks``): the pending clones', the disk
+and snapshot tasks' and the migrations' tasks together, in one call a provider, carried by the
+pass's context (``PassContext.task_reads``); before, each of those three steps made a call of its
+own (vSphere: three PropertyCollector retrievals a pass with all three in flight)."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from chalicelib.providers.base import UNREACHABLE, Provider, ProviderError, TaskState, TaskStatus
 
@@ -37,6 +42,33 @@ class TaskReads:
             if error.kind in UNREACHABLE:
                 self._unreached.update(dict.fromkeys(refs, error))
                 self._providers_unreached[provider.name] = error
+
+    def read_all(self, wanted: Iterable[tuple[Provider, str]]) -> None:
+        """Read every task of ``wanted`` (its provider, its ref): one ``read_ahead`` a provider."""
+        groups: dict[str, tuple[Provider, list[str]]] = {}
+        for provider, ref in wanted:
+            groups.setdefault(provider.name, (provider, []))[1].append(ref)
+        for provider, refs in groups.values():
+            self.read_ahead(provider, refs)
+
+    def statuses(self, provider: Provider, task_refs: Iterable[str]) -> Mapping[str, TaskStatus]:
+        """``provider.task_statuses(task_refs)``, from the read ahead for the tasks it holds (an
+        UNKNOWN status given as is, as that call gives it) and in one call for the others; a
+        read ahead that could not reach ``provider`` raises its error, as that call would have."""
+        found: dict[str, TaskStatus] = {}
+        rest: list[str] = []
+        for ref in dict.fromkeys(task_refs):
+            unreached = self._unreached.pop(ref, None)
+            if unreached is not None:
+                raise unreached
+            status = self._read.pop(ref, None)
+            if status is None:
+                rest.append(ref)
+            else:
+                found[ref] = status
+        if rest:
+            found.update(provider.task_statuses(rest))
+        return found
 
     def unreached(self, provider: Provider) -> ProviderError | None:
         """The error of a read ahead that could not reach ``provider`` (then each further call

@@ -16,7 +16,6 @@ from chalicelib.manager.task_reads import TaskReads
 from chalicelib.manager.unanswered import ask_again
 from chalicelib.providers.base import UNREACHABLE, AnswerLost, Provider, ProviderError, TaskState
 from chalicelib.store.leases import LeaseHolder, labelled_holder
-from chalicelib.store.records import VMRecord
 from chalicelib.store.store import Store
 from chalicelib.store.vm_tasks import DISK, REVERT, SNAPSHOT, VMTaskStore, in_flight
 
@@ -79,7 +78,7 @@ def run_tasks(context: PassContext) -> None:
     # other task there (each would wait as long, and fail); they stay queued for the next pass.
     unreachable: set[str] = set()
     records = context.store.records(list(hostnames))
-    reads = _read_ahead(context, records)
+    reads = context.task_reads  # the tasks in flight, read with the pass's others (tasks_to_read)
     for hostname in hostnames:
         record = records.get(hostname)
         running = record is not None and record.state == "running" and record.pool == context.pool.name
@@ -126,22 +125,21 @@ def run_tasks(context: PassContext) -> None:
             context.checkpoint("vm_task")
 
 
-def _read_ahead(context: PassContext, records: Mapping[str, VMRecord]) -> TaskReads:
-    """The states of the started tasks in flight on ``records``' VMs, one ``task_statuses`` call
-    a provider (before, one call a VM: 10 VMs with a disk being added, 10 SOAP calls a pass)."""
-    groups: dict[str, tuple[Provider, list[str]]] = {}
-    for record in records.values():
+def tasks_to_read(context: PassContext) -> list[tuple[Provider, str]]:
+    """The started tasks in flight on the pool's running VMs (as the pass's snapshot has them),
+    for the pass to read with its other tasks, one ``task_statuses`` call a provider
+    (reconcile.read_tasks; before, one call a VM: 10 VMs with a disk being added, 10 SOAP calls
+    a pass). A task started after the snapshot was read is read on its own."""
+    wanted = []
+    for record in context.snapshot.records.values():
         task = in_flight(record)
         if task is None or not task.get("ref") or task.get("answer_lost") or record.state != "running" \
                 or record.pool != context.pool.name:
             continue
         reached = context.reach(record)
         if reached is not None:
-            groups.setdefault(reached[0].name, (reached[0], []))[1].append(str(task["ref"]))
-    reads = TaskReads()
-    for provider, refs in groups.values():
-        reads.read_ahead(provider, refs)
-    return reads
+            wanted.append((reached[0], str(task["ref"])))
+    return wanted
 
 
 def _start(reached: tuple[Provider, PoolConfig], context: PassContext, tasks: VMTaskStore, hostname: str,

@@ -139,3 +139,39 @@ def test_the_destroys_of_six_vms_are_read_with_each_read_made_once_for_all(
     assert eventually(lambda: set(read().values()) == {TaskState.SUCCESS}, 30, "the destroys to end", interval=0.2)
     assert len(calls) == 1, calls  # the VMs' one read: all gone
     assert provider.list_vms(pool) == []
+
+
+def test_a_pass_with_clones_disks_and_vmotions_in_flight_reads_all_their_tasks_in_one_call(
+        busy_vcsim: VcsimServer, make_harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three VMs checked out, each moving off the busy host and having a disk added, and their
+    three replacements cloning: the next pass reads the nine tasks in one retrieval. Before, the
+    pending, vm-task and migration steps each made one of their own (3 a pass)."""
+    stack = make_harness(vcsim_config(busy_vcsim, service={"migration_limit": 3}, pools=[{
+        "name": "mig", "size": 3, "folder": "vmpool/mig", "ready_check": "tools"}]), prefix="vall:")
+    fill(stack, busy_vcsim)
+    taken = stack.checkout_vms("mig", 3)
+    for host in taken:
+        assert stack.put(f"/api/v3/vm/{host}", {"disk": 4}).status == 200, stack.replies[-1].body
+    with monkeypatch.context() as hidden:
+        tasks_hidden_after_first_read(stack.provider, hidden)
+        stack.reconcile("mig")  # starts the moves, the disks and the refill; their states cannot be read
+    records = stack.store.records(taken)
+    disks = {str((in_flight(records[host]) or {}).get("ref") or "") for host in taken}
+    moves = {str(records[host].raw.get("migration_task") or "") for host in taken}
+    cloning = stack.store.records(stack.hosts("mig", "pending"))
+    clones = {record.clone_task for record in cloning.values() if record.clone_end is None}
+    assert len(cloning) == 3 and all(clones) and len(clones) == 3, {h: r.raw for h, r in cloning.items()}
+    task_ids = {ref.split(":")[1] for ref in disks | moves | clones}
+    assert len(task_ids) == 9 and all(task.startswith("task-") for task in task_ids), (disks, moves, clones)
+
+    reads: list[set[str]] = []
+    refuse_on_stub(stack.provider, monkeypatch, lambda method, args: reads.append(objects_read(method, args)))
+    report = stack.reconcile("mig")
+
+    assert reads_naming(reads, task_ids) == 1, reads
+    assert not [error for error in report.errors if "not read" in error], report.errors
+    actual = where(stack)
+    for host in taken:
+        told = stack.describe(host)
+        assert (told["disk"], told.get("migrated"), told["host"]) == (["+4gb"], "true", actual[host]), told
+    assert all(record.clone_end is not None for record in stack.store.records(list(cloning)).values())

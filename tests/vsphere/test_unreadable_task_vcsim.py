@@ -70,16 +70,16 @@ def test_a_clone_task_vcenter_cannot_read_does_not_stop_the_pool_refilling_or_re
         vcsim: VcsimServer, make_harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     harness = harness_for(vcsim, make_harness)
     provider = harness.provider
-    clone = provider.clone
+    clone_vms = provider.clone_vms  # how a pass starts its clones (one call for all)
     refused: list[str] = []
 
-    def cloning(pool: Any, hostname: str) -> str:
-        ref = str(clone(pool, hostname))
-        if not refused:
-            refused.append(ref)  # the pool's first clone: vCenter refuses to read its task from now on
-        return ref
+    def cloning(pool: Any, hostnames: Any, *args: Any, **named: Any) -> dict[str, Any]:
+        started = clone_vms(pool, hostnames, *args, **named)
+        if not refused:  # the pool's first clone: vCenter refuses to read its task from now on
+            refused.extend([ref for ref in started.values() if isinstance(ref, str)][:1])
+        return started
 
-    monkeypatch.setattr(provider, "clone", cloning)
+    monkeypatch.setattr(provider, "clone_vms", cloning)
     # vCenter refuses every read naming that task (the provider reads the pool's tasks together).
     refuse_on_stub(provider, monkeypatch, lambda method, args: vim.fault.NoPermission(msg=REFUSED_TEXT) if any(
         ref.split(":")[1] in objects_read(method, args) for ref in refused) else None)

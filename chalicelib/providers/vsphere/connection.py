@@ -175,19 +175,30 @@ def describe_fault(fault: BaseException) -> str:
     return text
 
 
-_FAULT_KINDS: tuple[tuple[tuple[type[BaseException], ...], FailureKind], ...] = (
-    ((vim.fault.NoPermission, vim.fault.InvalidLogin), FailureKind.PERMISSION),
-    ((vim.fault.InsufficientResourcesFault, vim.fault.NoDiskSpace), FailureKind.CAPACITY),
-    ((vim.fault.Timedout,), FailureKind.TIMEOUT),
-    ((vim.fault.HostConnectFault,), FailureKind.CONNECTION),
-)
+_FAULT_KINDS: dict[type[BaseException], FailureKind] = {
+    vim.fault.NoPermission: FailureKind.PERMISSION,  # NotAuthenticated among its subclasses
+    vim.fault.InvalidLogin: FailureKind.PERMISSION,  # PasswordExpired, InvalidClientCertificate
+    vim.fault.InsufficientResourcesFault: FailureKind.CAPACITY,  # host, cluster, storage variants
+    vim.fault.NoDiskSpace: FailureKind.CAPACITY,
+    vim.fault.Timedout: FailureKind.TIMEOUT,
+    vim.fault.HostConnectFault: FailureKind.CONNECTION,
+    # Subclasses of HostConnectFault that are a refusal of rights, not a host out of reach: an
+    # operator must grant them, the network is fine (and retrying cannot help).
+    vim.fault.NoPermissionOnHost: FailureKind.PERMISSION,
+    vim.fault.GatewayToHostAuthFault: FailureKind.PERMISSION,
+}
+"""vCenter fault types and the kind of failure each is, with their subclasses: a subclass listed
+too has its own kind (``fault_kind`` walks a fault's MRO, most specific first)."""
 
 
 def fault_kind(fault: BaseException) -> FailureKind:
-    """The kind of failure a vCenter fault is, by its type (NoPermission and its subclasses,
-    InsufficientResourcesFault and its host/cluster/vApp variants...)."""
-    for types, kind in _FAULT_KINDS:
-        if isinstance(fault, types):
+    """The kind of failure a vCenter fault is, by its most specific type listed in
+    ``_FAULT_KINDS`` (NoPermission and its subclasses, InsufficientResourcesFault and its
+    host/cluster/vApp variants...; NoPermissionOnHost a permission failure though a
+    HostConnectFault)."""
+    for cls in type(fault).__mro__:
+        kind = _FAULT_KINDS.get(cls)
+        if kind is not None:
             return kind
     return FailureKind.OTHER
 

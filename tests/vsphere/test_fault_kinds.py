@@ -1,0 +1,99 @@
+"""Each vCenter fault is reported with the kind of failure docs/vsphere.md gives it, its own
+kind before its base class's: ``NoPermissionOnHost`` is a ``HostConnectFault`` in pyVmomi, but
+a refusal of rights (``permission``, which an operator grants), not a host out of reach
+(``connection``, which sends the operator to the network)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pyVmomi import VmomiSupport, vim, vmodl
+
+from chalicelib.providers.failures import FailureKind
+from chalicelib.providers.vsphere.connection import fault_kind
+from tests.vsphere.test_bad_day import POOL, pool_harness
+from tests.vsphere.test_clone_failure_status_vcsim import failing_passes, pool_status
+from tests.vsphere.vcsim import VcsimServer, refuse_on_stub
+
+DOCUMENTED: dict[type[BaseException], FailureKind] = {
+    vim.fault.NoPermission: FailureKind.PERMISSION,
+    vim.fault.InvalidLogin: FailureKind.PERMISSION,
+    vim.fault.InsufficientResourcesFault: FailureKind.CAPACITY,
+    vim.fault.NoDiskSpace: FailureKind.CAPACITY,
+    vim.fault.Timedout: FailureKind.TIMEOUT,
+    vim.fault.HostConnectFault: FailureKind.CONNECTION,
+}
+"""docs/vsphere.md: each fault type named there and the kind it is, its subclasses with it."""
+
+REFUSALS_OF_RIGHTS: dict[type[BaseException], FailureKind] = {
+    vim.fault.NoPermissionOnHost: FailureKind.PERMISSION,  # vCenter's user lacks rights on the host
+    vim.fault.GatewayToHostAuthFault: FailureKind.PERMISSION,  # the gateway's credentials refused
+}
+"""Subclasses of a type above that are of another kind (docs/vsphere.md names them too)."""
+
+
+def pyvmomi_faults() -> list[type[BaseException]]:
+    """Every fault class pyVmomi knows (its types load on first use)."""
+    found = []
+    for name in list(VmomiSupport._dataDefMap):
+        try:
+            cls = VmomiSupport.GetVmodlType(name)
+        except Exception:  # noqa: BLE001 - a type of a version this pyVmomi cannot build
+            continue
+        if isinstance(cls, type) and issubclass(cls, vmodl.MethodFault):
+            found.append(cls)
+    return found
+
+
+def documented_kind(cls: type[BaseException]) -> FailureKind:
+    """The kind docs/vsphere.md gives a fault of type ``cls``."""
+    if cls in REFUSALS_OF_RIGHTS:
+        return REFUSALS_OF_RIGHTS[cls]
+    exceptions = [kind for base, kind in REFUSALS_OF_RIGHTS.items() if issubclass(cls, base)]
+    if exceptions:
+        return exceptions[0]
+    kinds = {kind for base, kind in DOCUMENTED.items() if issubclass(cls, base)}
+    assert len(kinds) <= 1, (cls, kinds)
+    return kinds.pop() if kinds else FailureKind.OTHER
+
+
+FAULTS = pyvmomi_faults()
+
+
+def test_pyvmomi_has_the_fault_types_the_table_names() -> None:
+    names = {cls.__name__ for cls in FAULTS}
+    assert {cls.__name__ for cls in [*DOCUMENTED, *REFUSALS_OF_RIGHTS]} <= names
+    assert len(FAULTS) > 500  # the whole catalogue, not the few already loaded
+
+
+@pytest.mark.parametrize("cls", [cls for cls in FAULTS if documented_kind(cls) is not FailureKind.OTHER],
+                         ids=lambda cls: cls.__name__)
+def test_each_fault_of_a_named_type_or_its_subclasses_has_its_documented_kind(cls: type[BaseException]) -> None:
+    assert fault_kind(cls()) is documented_kind(cls)
+
+
+def test_a_refusal_of_rights_on_a_host_is_a_permission_failure_not_a_connection_one() -> None:
+    fault = vim.fault.NoPermissionOnHost(msg="vpxuser may not log in to the host")
+    assert isinstance(fault, vim.fault.HostConnectFault)  # why it was counted as `connection`
+    assert fault_kind(fault) is FailureKind.PERMISSION
+    assert fault_kind(vim.fault.NoHost(name="esx-9")) is FailureKind.CONNECTION
+    assert fault_kind(vim.fault.InvalidState()) is FailureKind.OTHER
+
+
+def test_a_pool_whose_clones_vcenter_refuses_on_the_host_is_told_permission(
+        vcsim: VcsimServer, make_harness: Any) -> None:
+    """vCenter refuses each clone with NoPermissionOnHost (at the SOAP stub of a real vcsim):
+    /status says `permission` (before: `connection`, as if vCenter or the host were unreachable)."""
+    harness = pool_harness(make_harness, vcsim, size=2)
+    harness.provider.list_vms(harness.pool(POOL))  # logged in: the stub exists
+
+    def refused(method: str, args: Any) -> BaseException | None:
+        if method == "CloneVM_Task":
+            return vim.fault.NoPermissionOnHost(msg="Permission to perform this operation was denied.")
+        return None
+
+    with pytest.MonkeyPatch.context() as patch:
+        refuse_on_stub(harness.provider, patch, refused)
+        failing_passes(harness)
+        assert pool_status(harness)["clone_failure"] == "permission"
