@@ -53,9 +53,10 @@
   // The last answer of each feed and its ETag: the page asks with If-None-Match, and an answer
   // that did not change comes back 304 with no body (api/conditional.py). Resolves to
   // {body, changed}. One kept per feed (``slot``), not per path: the history's ranges share
-  // one, or each range clicked would keep megabytes for the life of the page.
+  // one, or each range clicked would keep megabytes for the life of the page. ``cancel`` (an
+  // AbortSignal): the page no longer wants the answer; the promise then fails ``superseded``.
   var kept = Object.create(null);
-  function getJSON(path, maxAge, slot) {
+  function getJSON(path, maxAge, slot, cancel) {
     slot = slot || path;
     var headers = { Accept: "application/json" };
     if (maxAge) { headers["Cache-Control"] = "max-age=" + maxAge; }
@@ -67,7 +68,8 @@
       error.timedOut = true;
       return error;
     }
-    var asked = fetch(url(path), { headers: headers, cache: "no-store", signal: deadline }).then(function (r) {
+    var signal = cancel ? AbortSignal.any([deadline, cancel]) : deadline;
+    var asked = fetch(url(path), { headers: headers, cache: "no-store", signal: signal }).then(function (r) {
       if (r.status === 304 && last) { return { body: last.body, changed: false }; }
       if (!r.ok) {
         var error = new Error(path + ": HTTP " + r.status);
@@ -89,7 +91,14 @@
         return { body: body, changed: true };
       });
     });
-    return asked.catch(function (error) { throw deadline.aborted && !error.timedOut ? timedOut() : error; });
+    return asked.catch(function (error) {
+      if (cancel && cancel.aborted) {
+        var superseded = new Error(path + ": no longer wanted");
+        superseded.superseded = true;
+        throw superseded;
+      }
+      throw deadline.aborted && !error.timedOut ? timedOut() : error;
+    });
   }
 
   // An error answer's text, on one line, cut to MAX_REASON characters and isolated (FSI..PDI):
@@ -146,8 +155,11 @@
     return node;
   }
 
-  function seconds(value) {
-    if (value === undefined || value === null || value === 0) { return "-"; }
+  // ``count``: how many the figure is of. The API gives averages to a tenth of a second: clones
+  // of 0.01 s averaged 0 and showed "-", as if none ran.
+  function seconds(value, count) {
+    if (value === undefined || value === null || (value === 0 && !(count > 0))) { return "-"; }
+    if (value < 0.1) { return "<0.1 s"; }
     if (value < 60) { return (Math.round(value * 10) / 10) + " s"; }
     return Math.floor(value / 60) + " m " + Math.round(value % 60) + " s";
   }
@@ -230,8 +242,10 @@
     setCard("total-running", queue.running, "", (queue.completed || 0) + " being destroyed");
     setCard("total-requested", queue.requested, "", "not cloning yet");
     var clone = status.clone || { duration: {}, count: {} }, boot = status.boot || { duration: {}, count: {} };
-    setCard("total-clone", seconds(clone.duration.average), "", (clone.count.total || 0) + " clones, max " + seconds(clone.duration.max));
-    setCard("total-boot", seconds(boot.duration.average), "", (boot.count.total || 0) + " boots, max " + seconds(boot.duration.max));
+    setCard("total-clone", seconds(clone.duration.average, clone.count.total), "", (clone.count.total || 0) + " clones, max " +
+      seconds(clone.duration.max, clone.count.total));
+    setCard("total-boot", seconds(boot.duration.average, boot.count.total), "", (boot.count.total || 0) + " boots, max " +
+      seconds(boot.duration.max, boot.count.total));
   }
 
   function renderHeader(status) {
@@ -280,10 +294,12 @@
 
   // --- pools ---------------------------------------------------------------------------------
 
+  // The pool's average of the day as the page shows it ("-": none ran today).
   function poolSummary(kind, name) {
     var section = state.summary && state.summary[kind];
     var pool = section && section.duration && own(section.duration.pool, name);
-    return pool ? pool.average : null;
+    var count = section && section.count && own(section.count.pool, name);
+    return pool ? seconds(pool.average, count ? count.total : pool.total > 0 ? 1 : 0) : "-";
   }
 
   function sortedNames(pools) {
@@ -373,8 +389,8 @@
 
     tr.appendChild(el("td", "num pending" + (p.pending ? " busy" : ""), p.pending));
     tr.appendChild(el("td", "num running" + (p.running ? " busy" : ""), p.running));
-    tr.appendChild(el("td", "num clone" + (clone ? "" : " none"), seconds(clone)));
-    tr.appendChild(el("td", "num boot" + (boot ? "" : " none"), seconds(boot)));
+    tr.appendChild(el("td", "num clone" + (clone !== "-" ? "" : " none"), clone));
+    tr.appendChild(el("td", "num boot" + (boot !== "-" ? "" : " none"), boot));
     tr.appendChild(el("td", "num last-boot" + (p.lastBoot ? "" : " none"), lastBoot));
 
     var spark = el("td", "spark");
@@ -530,7 +546,8 @@
   }
 
   // ``poll`` (a promise) noted as ``feed``'s answer or failure, for the live badge; it still
-  // fails, for its poller's back-off.
+  // fails, for its poller's back-off. A poll the page gave up for a newer one (a range clicked)
+  // is neither: the newer one tells.
   function noted(feed, poll) {
     return poll.then(function () {
       feed.lastOk = Date.now();
@@ -538,6 +555,7 @@
       feed.problem = "";
       showLive();
     }, function (error) {
+      if (error.superseded) { return; }
       feed.failing = true;
       feed.problem = error.undrawable ? "the API's answer could not be drawn"
         : error.timedOut ? "no answer from the API within " + ANSWER_WITHIN / 1000 + " s"
@@ -564,10 +582,20 @@
     });
   }
 
+  // The history request on its way, if any: a poll (a range clicked) aborts it. Each click
+  // started one more while the others still came (a week of 1,000 pools is megabytes each), all
+  // computed, sent and parsed, every one but the last thrown away.
+  var historyAsking = null;
   function pollHistory() {
     // The feed keeps an answer at most 30 s (api/feed_cache.py).
     var hours = state.hours;
-    return noted(feeds.history, getJSON("dashboard/stats/history?hours=" + hours, 30, "history").then(function (history) {
+    if (historyAsking) { historyAsking.abort(); }
+    var asking = historyAsking = new AbortController();
+    var asked = getJSON("dashboard/stats/history?hours=" + hours, 30, "history", asking.signal);
+    asked.then(null, function () { /* noted below */ }).then(function () {
+      if (historyAsking === asking) { historyAsking = null; }
+    });
+    return noted(feeds.history, asked.then(function (history) {
       // An answer for the range shown before a click (still on its way when it came) is not drawn.
       if (history.changed && hours === state.hours) {
         draw("history", history.body, "history", function (body) { return isObject(body) && isObject(body.pools); });

@@ -661,3 +661,13 @@ def test_a_replica_wait_longer_than_the_socket_timeout_is_warned_about() -> None
     no_replicas = parse(":redis: {server: r, socket_timeout: 0.5, replica_ack_timeout: 800, min_replica_acks: 0}\n")
     assert no_replicas.warnings == ()
     assert parse(":redis: {server: r}\n").warnings == ()  # 500 ms under 2 s
+
+
+def test_a_site_name_longer_than_the_page_shows_is_refused_with_its_length() -> None:
+    """``site_name`` had no bound: the page shows it three times (tab title, header, tooltip),
+    and 10,000 characters of it were 30,000 of every page load. At most 200, said clearly."""
+    most = "n" * config_module.SITE_NAME_MOST_CHARACTERS
+    assert parse(f"config: {{site_name: {most}}}\npools: []\n").service.site_name == most
+    with pytest.raises(ConfigError) as raised:
+        parse(f"config: {{site_name: {'n' * 10_000}}}\npools: []\n")
+    assert "config.site_name: must be at most 200 characters, got 10,000" in str(raised.value)
