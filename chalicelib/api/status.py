@@ -44,6 +44,7 @@ def status(services: Services, request: ApiRequest) -> ApiResponse:
     if "pools" in wanted:
         last_boots = services.store.last_boots()
         clone_failures = services.store.clone_failures()
+        dns_waiting = services.store.dns_waiting()
         pools: dict[str, Any] = {}
         for pool in pools_now:
             entry: dict[str, Any] = {
@@ -60,6 +61,11 @@ def status(services: Services, request: ApiRequest) -> ApiResponse:
             # red flag, which a pool's counts alone do not raise until it runs empty.
             if clone_failures.get(pool.name):
                 entry["clone_failures"] = min(clone_failures[pool.name], WIDEST_COUNT)
+            # Only for a pool whose last pass left pending VMs waiting on their DNS records (the
+            # DNS service refused them or did not answer): it looked as if it were refilling.
+            if pool.name in dns_waiting:
+                entry["dns_waiting"] = min(dns_waiting[pool.name][0], WIDEST_COUNT)
+                entry["dns_waiting_reason"] = dns_waiting[pool.name][1]
             pools[pool.name] = entry
         body["pools"] = pools
     if "queue" in wanted:

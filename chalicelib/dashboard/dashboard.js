@@ -250,11 +250,12 @@
 
   function renderHeader(status) {
     var s = status.status || {};
-    var failing = failingPools(status.pools || {});
+    var failing = failingPools(status.pools || {}), waiting = dnsWaitingPools(status.pools || {});
     var health = $("health");
     health.textContent = !s.ok ? (s.empty ? s.empty.length + " empty" : "problem")
-      : failing.length ? failing.length + " failing to clone" : "all pools ready";
-    health.className = "badge " + (s.ok && !failing.length ? "ok" : "bad");
+      : failing.length ? failing.length + " failing to clone"
+      : waiting.length ? waiting.length + " waiting on DNS" : "all pools ready";
+    health.className = "badge " + (s.ok && !failing.length && !waiting.length ? "ok" : "bad");
     $("message").textContent = s.message || "";
     $("uptime").textContent = s.uptime !== undefined ? "API up " + duration(s.uptime) : "";
     var alerts = $("alerts");
@@ -272,6 +273,13 @@
       clones.appendChild(document.createTextNode("these pools cannot refill; see the reconcile logs for why. "));
       named(clones, failing, function (name) { return name + " (" + status.pools[name].clone_failures + " in a row)"; });
       alerts.appendChild(clones);
+    }
+    if (waiting.length) {
+      var dns = el("p", "dns-waiting");
+      dns.appendChild(el("b", null, "Waiting on DNS: "));
+      dns.appendChild(document.createTextNode("these pools' new VMs stay pending until their DNS records are made. "));
+      named(dns, waiting, function (name) { return name + " (" + vms(status.pools[name].dns_waiting) + ")"; });
+      alerts.appendChild(dns);
     }
     alerts.hidden = !alerts.firstChild;
   }
@@ -292,6 +300,21 @@
     });
   }
 
+  // The pools whose new VMs wait on their DNS records (the DNS service refused them or did not
+  // answer), the most waiting first: they looked as if they were refilling.
+  function dnsWaitingPools(pools) {
+    return Object.keys(pools).filter(function (name) { return pools[name].dns_waiting > 0; }).sort(function (a, b) {
+      return pools[b].dns_waiting - pools[a].dns_waiting || byName(a, b);
+    });
+  }
+
+  function vms(count) { return count + (count === 1 ? " VM" : " VMs"); }
+
+  // A reason the API gives (the DNS service's words) as one line of text in a bidi isolate.
+  function isolated(text) {
+    return "\u2068" + String(text).replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u2066-\u2069]+/g, " ") + "\u2069";
+  }
+
   // --- pools ---------------------------------------------------------------------------------
 
   // The pool's average of the day as the page shows it ("-": none ran today).
@@ -305,7 +328,7 @@
   function sortedNames(pools) {
     var names = Object.keys(pools), how = $("sort").value;
     function fill(p) { return p.max ? p.ready / p.max : 1; }
-    function failing(p) { return p.clone_failures > 0 ? 1 : 0; }
+    function failing(p) { return p.clone_failures > 0 ? 2 : p.dns_waiting > 0 ? 1 : 0; }
     return names.sort(function (a, b) {
       var pa = pools[a], pb = pools[b];
       if (how === "running") { return pb.running - pa.running || byName(a, b); }
@@ -361,7 +384,7 @@
     tr.dataset.search = searchText(name, aliases);
     var empty = p.max > 0 && p.ready === 0, low = p.max > 0 && p.ready < p.max / 2;
     if (empty) { tr.classList.add("empty"); } else if (low) { tr.classList.add("low"); }
-    if (p.clone_failures > 0) { tr.classList.add("failing"); }
+    if (p.clone_failures > 0) { tr.classList.add("failing"); } else if (p.dns_waiting > 0) { tr.classList.add("dns"); }
 
     var nameCell = el("td", "name");
     nameCell.appendChild(el("b", null, name));
@@ -369,6 +392,14 @@
     // Where the size comes from when it is not simply the config's (docs/sizing.md).
     if (p.size_reason && p.size_reason !== "config") { nameCell.appendChild(el("span", "size-reason", "size: " + p.size_reason)); }
     if (p.clone_failures > 0) { nameCell.appendChild(el("span", "clone-failures", "clones failing: " + p.clone_failures + " in a row")); }
+    if (p.dns_waiting > 0) {
+      nameCell.appendChild(el("span", "dns-waiting", "waiting on DNS: " + vms(p.dns_waiting)));
+      if (p.dns_waiting_reason) {
+        var why = el("span", "dns-reason", isolated(p.dns_waiting_reason));
+        why.title = why.textContent;  // whole, where the cell cuts it
+        nameCell.appendChild(why);
+      }
+    }
     tr.appendChild(nameCell);
 
     var fillCell = el("td", "fill");

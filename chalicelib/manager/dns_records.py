@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from chalicelib.dns.base import (
     ADDRESS_TYPES,
@@ -50,6 +50,7 @@ from chalicelib.dns.base import (
     address_text,
     chosen_addresses,
     record_address,
+    without_arns,
 )
 from chalicelib.manager.context import PassContext
 from chalicelib.observability import logger
@@ -169,6 +170,22 @@ def publish_pending(context: PassContext, pending: Sequence[tuple[VMRecord, VMIn
         context.store.update_vms(notes)
     reasons.update(unpublished)
     return reasons
+
+
+WAITING_REASON_CHARACTERS = 120
+"""The most of a reason GET /status shows for a pool's VMs waiting on DNS (the whole is GET /vm's)."""
+
+
+def waiting_note(waiting: Mapping[str, str]) -> tuple[int, str]:
+    """What GET /status says of a pool's pending VMs waiting on DNS (``waiting``: hostname ->
+    why, ``PassReport.dns_waiting``): how many, and the first's reason on one line, its ARNs
+    withheld, cut to ``WAITING_REASON_CHARACTERS``; (0, "") when none."""
+    if not waiting:
+        return 0, ""
+    reason = " ".join(without_arns(next(iter(waiting.values()))).split())
+    if len(reason) > WAITING_REASON_CHARACTERS:
+        reason = reason[:WAITING_REASON_CHARACTERS - 1] + "\u2026"
+    return len(waiting), reason
 
 
 def _refusals(record: VMRecord, noted: str) -> tuple[int, float] | None:

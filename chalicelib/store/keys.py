@@ -57,6 +57,8 @@ family through these validators.
                                      deleted when a tick first records the config (store/fleet.py)
     clone_backoff            hash    pool -> "<failed passes in a row> <no burst before>" of the pools
                                      whose clones keep failing (manager/clones.py)
+    dns_waiting              hash    pool -> "<pending VMs>\n<first reason>" of the pools whose last
+                                     pass left VMs waiting on their DNS records (GET /status)
     feed_cache:<feed>:<...>  string  "<when computed>\n<JSON>": a dashboard feed's last answer, given to
                                      callers accepting one that old (api/feed_cache.py); the names
                                      are a fixed few, each expiring after MAX_AGE_SECONDS
@@ -344,6 +346,10 @@ class Keys:
     @property
     def clone_backoff(self) -> str:
         return f"{self.prefix}clone_backoff"
+
+    @property
+    def dns_waiting(self) -> str:
+        return f"{self.prefix}dns_waiting"
 
     def feed_cache(self, *name: str) -> str:
         """A dashboard feed's kept answer, named by a fixed few parts (api/feed_cache.entry_name)."""

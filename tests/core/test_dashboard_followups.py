@@ -1,6 +1,7 @@
-"""What a person looking at the dashboard noticed, in headless Chromium: a right-to-left override
-in the site name reversing the rest of the tab's title, clones faster than a tenth of a second
-shown as "-" (as if none ran), and range clicks each leaving a history request running.
+"""What a person looking at the dashboard noticed, in headless Chromium: a pool whose VMs wait on
+DNS looking as if it were refilling, a right-to-left override in the site name reversing the rest
+of the tab's title, clones faster than a tenth of a second shown as "-" (as if none ran), and
+range clicks each leaving a history request running.
 
 The page's feeds are answered by tests/core/dashboard_feeds.py (answers the test sets)."""
 
@@ -116,3 +117,38 @@ def test_a_range_clicked_gives_up_the_history_request_still_on_its_way(tmp_path:
         eventually(lambda: browser.evaluate("document.getElementById('graph-max').textContent") ==
                    "one point per minute", 30, "the week's graph")  # GOOD's step: 60 s
         assert badge(browser)[0] == "live ok"
+
+
+WAITING_ON_DNS = copy.deepcopy(GOOD)
+WAITING_ON_DNS["/api/v3/status"]["pools"][POOL].update(
+    ready=0, pending=2, dns_waiting=2,
+    dns_waiting_reason="DNS record not created: route53 create 2 names: AccessDenied: "
+                       "route53:ChangeResourceRecordSets denied to the role \u202eevil")
+WAITING_ON_DNS["/api/v3/status"]["pools"]["centos-9"].update(ready=0)
+"""A pool refilling in vain: its two new VMs wait on DNS records Route 53 refuses (GET /status);
+the other pool as empty, and first by name: the one waiting on DNS is still the first problem."""
+
+DNS_SHOWN = """(function () {
+  var row = document.querySelector('tr.pool[data-pool="debian-12"]');
+  if (!row) { return null; }
+  var flag = row.querySelector('.dns-waiting'), why = row.querySelector('.dns-reason');
+  return [flag && flag.textContent, why && why.textContent, row.classList.contains('dns'),
+          document.getElementById('health').textContent,
+          document.querySelector('tr.pool').dataset.pool,
+          document.getElementById('alerts').hidden ? '' : document.getElementById('alerts').textContent];
+}())"""
+
+
+def test_a_pool_whose_vms_wait_on_dns_is_flagged_not_shown_as_refilling(tmp_path: Path) -> None:
+    """Before: a pool whose new VMs could not get their DNS records showed pending VMs and
+    nothing else, as a pool refilling does, until they timed out. Now its row says how many
+    wait on DNS and why (as text in a bidi isolate), it sorts first among the problems, and the
+    header's badge and the alerts name it."""
+    with page_with(WAITING_ON_DNS, tmp_path / "profile") as (_, browser):
+        shown = eventually(lambda: (lambda s: s if s and s[0] else None)(browser.evaluate(DNS_SHOWN)), 60,
+                           "the pool's DNS flag")
+        flag, why, marked, health, first, alerts = shown
+        assert flag == "waiting on DNS: 2 VMs" and marked
+        assert why == "\u2068" + WAITING_ON_DNS["/api/v3/status"]["pools"][POOL]["dns_waiting_reason"] + "\u2069"
+        assert health == "1 waiting on DNS" and first == POOL
+        assert "Waiting on DNS: " in alerts and f"{POOL} (2 VMs)" in alerts
