@@ -63,7 +63,7 @@ def status(services: Services, request: ApiRequest) -> ApiResponse:
                 entry["clone_failures"] = min(clone_failures[pool.name], WIDEST_COUNT)
             # Only for a pool whose last pass left pending VMs waiting on their DNS records (the
             # DNS service refused them or did not answer): it looked as if it were refilling.
-            if pool.name in dns_waiting:
+            if pool.name in dns_waiting and pool.dns_plugin:  # (a plugin removed since: no more)
                 entry["dns_waiting"] = min(dns_waiting[pool.name][0], WIDEST_COUNT)
                 entry["dns_waiting_reason"] = dns_waiting[pool.name][1]
             pools[pool.name] = entry

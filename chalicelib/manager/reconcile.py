@@ -75,7 +75,8 @@ def end_pass(context: PassContext) -> None:
     counts, readdressed = context.store.end_pass(
         context.pool.name, ruby_time(context.now) if report.became_ready else None, day_of(context.now),
         report.samples, read_counts=context.counts is None, looks_forgotten=report.looks_forgotten,
-        ips=report.addresses_seen, ips_seen=context.now, dns_waiting=dns_records.waiting_note(report.dns_waiting))
+        ips=report.addresses_seen, ips_seen=context.now,
+        dns_waiting=dns_records.waiting_note(report.dns_waiting) if dns_records.manages_records(context) else None)
     context.checkpoint("done")  # every change of the pass is made
     for hostname in readdressed:
         logger.info("VM's address changed: GET /vm gives the new one", extra={

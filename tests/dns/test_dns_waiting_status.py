@@ -4,9 +4,11 @@ showed pending VMs and looked as if it were refilling until they timed out."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from chalicelib.manager.dns_records import WAITING_REASON_CHARACTERS, waiting_note
+from chalicelib.answer_sizes import STATUS_REASON_CHARACTERS
+from chalicelib.manager.dns_records import waiting_note
 from tests.dns.test_dns_records import dns_of, make_dns_world
 from tests.dns.test_dns_route53_calls import ACCOUNT, DOMAIN
 from tests.dns.test_dns_route53_denied import DeniedNames
@@ -27,7 +29,7 @@ def test_a_pool_whose_vms_wait_on_dns_is_flagged_in_status_with_why_until_they_a
     assert entry["pending"] == 2 and entry["dns_waiting"] == 2
     reason = entry["dns_waiting_reason"]
     assert reason.startswith("DNS record not created: route53 create") and "AccessDenied" in reason, reason
-    assert len(reason) <= WAITING_REASON_CHARACTERS and ACCOUNT not in reason and "arn:" not in reason
+    assert len(reason) <= STATUS_REASON_CHARACTERS and ACCOUNT not in reason and "arn:" not in reason
     assert "clone_failures" not in entry  # not a clone failure: its clones went well
 
     # IAM lets the role change them: published, ready, and the flag is gone with the next pass.
@@ -39,9 +41,13 @@ def test_a_pool_whose_vms_wait_on_dns_is_flagged_in_status_with_why_until_they_a
 
 
 def test_the_reason_status_shows_is_one_line_cut_and_names_no_arn() -> None:
-    said = f"DNS record not created: InvalidInput: Role arn:aws:iam::{ACCOUNT}:role/r\nmay not " + "x" * 500
+    """One line, no ARN, at most 120 characters JSON sends as one byte each: /status's widest
+    answer (answer_sizes.status_answer, what a config is checked against) counts as much."""
+    said = (f'DNS record not created: InvalidInput: Role arn:aws:iam::{ACCOUNT}:role/r\nmay "not" \\ \u202e\u00e9'
+            + "x" * 500)
     count, shown = waiting_note({"vm-1": said, "vm-2": "another reason"})
     assert count == 2
-    assert shown.startswith("DNS record not created: InvalidInput: Role (ARN withheld) may not xxx")
-    assert len(shown) == WAITING_REASON_CHARACTERS and shown.endswith("\u2026") and "\n" not in shown
+    assert shown.startswith("DNS record not created: InvalidInput: Role (ARN withheld) may 'not' ? ??xxx")
+    assert len(shown) == STATUS_REASON_CHARACTERS and shown.endswith("...")
+    assert len(json.dumps(shown)) == len(shown) + 2  # nothing escaped
     assert waiting_note({}) == (0, "")
