@@ -98,6 +98,9 @@ COUNT_DIGITS = 6
 overrides included) and its running VMs are checkouts of those (or on-demand requests of at most
 ``max_ondemand_instances_per_request``) until they expire: well under a million."""
 WIDEST_COUNT = 10**COUNT_DIGITS - 1
+STATUS_REASON_CHARACTERS = 120
+"""The most of a reason GET /status gives in a pool's entry (``dns_waiting_reason``), each a
+printable ASCII character JSON sends as it is: a byte each, at every pool of a 10,000-pool config."""
 WIDEST_SIZE = MAX_SIZE
 """A pool's size, runtime overrides included; its ready and pending VMs are clones made up to it."""
 WIDEST_TIME = "2026-12-05 04:40:59 +0000"
@@ -174,7 +177,8 @@ def status_answer(config: ShownConfig) -> Any:
         entry: dict[str, Any] = {"ready": WIDEST_SIZE, "running": WIDEST_COUNT, "pending": WIDEST_SIZE,
                                  "max": WIDEST_SIZE, "lastBoot": WIDEST_TIME,
                                  "size_reason": widest_reason(pool), "clone_failures": WIDEST_COUNT,
-                                 "clone_failure": WIDEST_CLONE_FAILURE}
+                                 "clone_failure": WIDEST_CLONE_FAILURE,
+                                 "dns_waiting": WIDEST_COUNT, "dns_waiting_reason": "x" * STATUS_REASON_CHARACTERS}
         if pool.alias:
             entry["alias"] = alias_as_written(pool)
         pools[pool.name] = entry

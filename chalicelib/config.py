@@ -62,6 +62,7 @@ from chalicelib.config_fields import (
     number,
     one_of,
     regex,
+    short_string,
     show,
     timezone_name,
     within,
@@ -108,6 +109,9 @@ SOCKET_TIMEOUT_LIMIT = 25.0
 wait on Redis must end well inside the local stack's 30 s loop watchdog."""
 
 Hours = Annotated[int, bounded(1, MAX_HOURS)]
+SITE_NAME_MOST_CHARACTERS = 200
+"""The longest ``site_name``: the page shows it three times (the tab's title, the header and its
+tooltip), and 10,000 characters of it were 30,000 of every page load."""
 
 
 class ConfigError(ValueError):
@@ -173,7 +177,8 @@ class ServiceConfig(VcenterResilienceKeys):
     """Clients each rate-limit class counts on their own at once; past it new ones share counters
     (api/limits.py): what the rate limits keep in Redis is bounded whatever their periods."""
     sizing_timezone: Annotated[str, checked_by(timezone_name)] = "UTC"
-    site_name: Str = "vmpool"
+    site_name: Annotated[str, checked_by(short_string(SITE_NAME_MOST_CHARACTERS))] = "vmpool"
+    """The dashboard's title (its header and the browser tab's); at most SITE_NAME_MOST_CHARACTERS."""
     deployment: Optional[Annotated[str, checked_by(deployment_name)]] = None
     """Which deployment this is, written into the annotation of every VM it makes: VMs another
     deployment made are never taken out of service or purged (docs/vsphere.md, "Two deployments on one vCenter").

@@ -459,6 +459,18 @@ def string(value: Any) -> str:
     invalid(f"must be a string, got {show(value)}")
 
 
+def short_string(most: int) -> Checker:
+    """A string (as ``string``) of at most ``most`` characters: text a page shows whole."""
+
+    def check(value: Any) -> str:
+        text = string(value)
+        if len(text) > most:
+            invalid(f"must be at most {most} characters, got {len(text):,}")
+        return text
+
+    return check
+
+
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 INVENTORY_NAME_LENGTH = 80

@@ -44,6 +44,7 @@ def status(services: Services, request: ApiRequest) -> ApiResponse:
     if "pools" in wanted:
         last_boots = services.store.last_boots()
         clone_failures = services.store.failing_clones()
+        dns_waiting = services.store.dns_waiting()
         pools: dict[str, Any] = {}
         for pool in pools_now:
             entry: dict[str, Any] = {
@@ -63,6 +64,11 @@ def status(services: Services, request: ApiRequest) -> ApiResponse:
                 entry["clone_failures"] = min(failed, WIDEST_COUNT)
                 if kind:  # why: the last one's kind (a backoff an older release wrote has none)
                     entry["clone_failure"] = kind
+            # Only for a pool whose last pass left pending VMs waiting on their DNS records (the
+            # DNS service refused them or did not answer): it looked as if it were refilling.
+            if pool.name in dns_waiting and pool.dns_plugin:  # (a plugin removed since: no more)
+                entry["dns_waiting"] = min(dns_waiting[pool.name][0], WIDEST_COUNT)
+                entry["dns_waiting_reason"] = dns_waiting[pool.name][1]
             pools[pool.name] = entry
         body["pools"] = pools
     if "queue" in wanted:

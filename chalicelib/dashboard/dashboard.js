@@ -53,9 +53,10 @@
   // The last answer of each feed and its ETag: the page asks with If-None-Match, and an answer
   // that did not change comes back 304 with no body (api/conditional.py). Resolves to
   // {body, changed}. One kept per feed (``slot``), not per path: the history's ranges share
-  // one, or each range clicked would keep megabytes for the life of the page.
+  // one, or each range clicked would keep megabytes for the life of the page. ``cancel`` (an
+  // AbortSignal): the page no longer wants the answer; the promise then fails ``superseded``.
   var kept = Object.create(null);
-  function getJSON(path, maxAge, slot) {
+  function getJSON(path, maxAge, slot, cancel) {
     slot = slot || path;
     var headers = { Accept: "application/json" };
     if (maxAge) { headers["Cache-Control"] = "max-age=" + maxAge; }
@@ -67,7 +68,8 @@
       error.timedOut = true;
       return error;
     }
-    var asked = fetch(url(path), { headers: headers, cache: "no-store", signal: deadline }).then(function (r) {
+    var signal = cancel ? AbortSignal.any([deadline, cancel]) : deadline;
+    var asked = fetch(url(path), { headers: headers, cache: "no-store", signal: signal }).then(function (r) {
       if (r.status === 304 && last) { return { body: last.body, changed: false }; }
       if (!r.ok) {
         var error = new Error(path + ": HTTP " + r.status);
@@ -89,7 +91,14 @@
         return { body: body, changed: true };
       });
     });
-    return asked.catch(function (error) { throw deadline.aborted && !error.timedOut ? timedOut() : error; });
+    return asked.catch(function (error) {
+      if (cancel && cancel.aborted) {
+        var superseded = new Error(path + ": no longer wanted");
+        superseded.superseded = true;
+        throw superseded;
+      }
+      throw deadline.aborted && !error.timedOut ? timedOut() : error;
+    });
   }
 
   // An error answer's text, on one line, cut to MAX_REASON characters and isolated (FSI..PDI):
@@ -146,8 +155,11 @@
     return node;
   }
 
-  function seconds(value) {
-    if (value === undefined || value === null || value === 0) { return "-"; }
+  // ``count``: how many the figure is of. The API gives averages to a tenth of a second: clones
+  // of 0.01 s averaged 0 and showed "-", as if none ran.
+  function seconds(value, count) {
+    if (value === undefined || value === null || (value === 0 && !(count > 0))) { return "-"; }
+    if (value < 0.1) { return "<0.1 s"; }
     if (value < 60) { return (Math.round(value * 10) / 10) + " s"; }
     return Math.floor(value / 60) + " m " + Math.round(value % 60) + " s";
   }
@@ -230,17 +242,20 @@
     setCard("total-running", queue.running, "", (queue.completed || 0) + " being destroyed");
     setCard("total-requested", queue.requested, "", "not cloning yet");
     var clone = status.clone || { duration: {}, count: {} }, boot = status.boot || { duration: {}, count: {} };
-    setCard("total-clone", seconds(clone.duration.average), "", (clone.count.total || 0) + " clones, max " + seconds(clone.duration.max));
-    setCard("total-boot", seconds(boot.duration.average), "", (boot.count.total || 0) + " boots, max " + seconds(boot.duration.max));
+    setCard("total-clone", seconds(clone.duration.average, clone.count.total), "", (clone.count.total || 0) + " clones, max " +
+      seconds(clone.duration.max, clone.count.total));
+    setCard("total-boot", seconds(boot.duration.average, boot.count.total), "", (boot.count.total || 0) + " boots, max " +
+      seconds(boot.duration.max, boot.count.total));
   }
 
   function renderHeader(status) {
     var s = status.status || {};
-    var failing = failingPools(status.pools || {});
+    var failing = failingPools(status.pools || {}), waiting = dnsWaitingPools(status.pools || {});
     var health = $("health");
     health.textContent = !s.ok ? (s.empty ? s.empty.length + " empty" : "problem")
-      : failing.length ? failing.length + " failing to clone" : "all pools ready";
-    health.className = "badge " + (s.ok && !failing.length ? "ok" : "bad");
+      : failing.length ? failing.length + " failing to clone"
+      : waiting.length ? waiting.length + " waiting on DNS" : "all pools ready";
+    health.className = "badge " + (s.ok && !failing.length && !waiting.length ? "ok" : "bad");
     $("message").textContent = s.message || "";
     $("uptime").textContent = s.uptime !== undefined ? "API up " + duration(s.uptime) : "";
     var alerts = $("alerts");
@@ -258,6 +273,13 @@
       clones.appendChild(document.createTextNode("these pools cannot refill; see the reconcile logs for why. "));
       named(clones, failing, function (name) { return name + " (" + status.pools[name].clone_failures + " in a row)"; });
       alerts.appendChild(clones);
+    }
+    if (waiting.length) {
+      var dns = el("p", "dns-waiting");
+      dns.appendChild(el("b", null, "Waiting on DNS: "));
+      dns.appendChild(document.createTextNode("these pools' new VMs stay pending until their DNS records are made. "));
+      named(dns, waiting, function (name) { return name + " (" + vms(status.pools[name].dns_waiting) + ")"; });
+      alerts.appendChild(dns);
     }
     alerts.hidden = !alerts.firstChild;
   }
@@ -278,18 +300,35 @@
     });
   }
 
+  // The pools whose new VMs wait on their DNS records (the DNS service refused them or did not
+  // answer), the most waiting first: they looked as if they were refilling.
+  function dnsWaitingPools(pools) {
+    return Object.keys(pools).filter(function (name) { return pools[name].dns_waiting > 0; }).sort(function (a, b) {
+      return pools[b].dns_waiting - pools[a].dns_waiting || byName(a, b);
+    });
+  }
+
+  function vms(count) { return count + (count === 1 ? " VM" : " VMs"); }
+
+  // A reason the API gives (the DNS service's words) as one line of text in a bidi isolate.
+  function isolated(text) {
+    return "\u2068" + String(text).replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u2066-\u2069]+/g, " ") + "\u2069";
+  }
+
   // --- pools ---------------------------------------------------------------------------------
 
+  // The pool's average of the day as the page shows it ("-": none ran today).
   function poolSummary(kind, name) {
     var section = state.summary && state.summary[kind];
     var pool = section && section.duration && own(section.duration.pool, name);
-    return pool ? pool.average : null;
+    var count = section && section.count && own(section.count.pool, name);
+    return pool ? seconds(pool.average, count ? count.total : pool.total > 0 ? 1 : 0) : "-";
   }
 
   function sortedNames(pools) {
     var names = Object.keys(pools), how = $("sort").value;
     function fill(p) { return p.max ? p.ready / p.max : 1; }
-    function failing(p) { return p.clone_failures > 0 ? 1 : 0; }
+    function failing(p) { return p.clone_failures > 0 ? 2 : p.dns_waiting > 0 ? 1 : 0; }
     return names.sort(function (a, b) {
       var pa = pools[a], pb = pools[b];
       if (how === "running") { return pb.running - pa.running || byName(a, b); }
@@ -345,7 +384,7 @@
     tr.dataset.search = searchText(name, aliases);
     var empty = p.max > 0 && p.ready === 0, low = p.max > 0 && p.ready < p.max / 2;
     if (empty) { tr.classList.add("empty"); } else if (low) { tr.classList.add("low"); }
-    if (p.clone_failures > 0) { tr.classList.add("failing"); }
+    if (p.clone_failures > 0) { tr.classList.add("failing"); } else if (p.dns_waiting > 0) { tr.classList.add("dns"); }
 
     var nameCell = el("td", "name");
     nameCell.appendChild(el("b", null, name));
@@ -353,6 +392,14 @@
     // Where the size comes from when it is not simply the config's (docs/sizing.md).
     if (p.size_reason && p.size_reason !== "config") { nameCell.appendChild(el("span", "size-reason", "size: " + p.size_reason)); }
     if (p.clone_failures > 0) { nameCell.appendChild(el("span", "clone-failures", "clones failing: " + p.clone_failures + " in a row")); }
+    if (p.dns_waiting > 0) {
+      nameCell.appendChild(el("span", "dns-waiting", "waiting on DNS: " + vms(p.dns_waiting)));
+      if (p.dns_waiting_reason) {
+        var why = el("span", "dns-reason", isolated(p.dns_waiting_reason));
+        why.title = why.textContent;  // whole, where the cell cuts it
+        nameCell.appendChild(why);
+      }
+    }
     tr.appendChild(nameCell);
 
     var fillCell = el("td", "fill");
@@ -373,8 +420,8 @@
 
     tr.appendChild(el("td", "num pending" + (p.pending ? " busy" : ""), p.pending));
     tr.appendChild(el("td", "num running" + (p.running ? " busy" : ""), p.running));
-    tr.appendChild(el("td", "num clone" + (clone ? "" : " none"), seconds(clone)));
-    tr.appendChild(el("td", "num boot" + (boot ? "" : " none"), seconds(boot)));
+    tr.appendChild(el("td", "num clone" + (clone !== "-" ? "" : " none"), clone));
+    tr.appendChild(el("td", "num boot" + (boot !== "-" ? "" : " none"), boot));
     tr.appendChild(el("td", "num last-boot" + (p.lastBoot ? "" : " none"), lastBoot));
 
     var spark = el("td", "spark");
@@ -530,7 +577,8 @@
   }
 
   // ``poll`` (a promise) noted as ``feed``'s answer or failure, for the live badge; it still
-  // fails, for its poller's back-off.
+  // fails, for its poller's back-off. A poll the page gave up for a newer one (a range clicked)
+  // is neither: the newer one tells.
   function noted(feed, poll) {
     return poll.then(function () {
       feed.lastOk = Date.now();
@@ -538,6 +586,7 @@
       feed.problem = "";
       showLive();
     }, function (error) {
+      if (error.superseded) { return; }
       feed.failing = true;
       feed.problem = error.undrawable ? "the API's answer could not be drawn"
         : error.timedOut ? "no answer from the API within " + ANSWER_WITHIN / 1000 + " s"
@@ -564,10 +613,20 @@
     });
   }
 
+  // The history request on its way, if any: a poll (a range clicked) aborts it. Each click
+  // started one more while the others still came (a week of 1,000 pools is megabytes each), all
+  // computed, sent and parsed, every one but the last thrown away.
+  var historyAsking = null;
   function pollHistory() {
     // The feed keeps an answer at most 30 s (api/feed_cache.py).
     var hours = state.hours;
-    return noted(feeds.history, getJSON("dashboard/stats/history?hours=" + hours, 30, "history").then(function (history) {
+    if (historyAsking) { historyAsking.abort(); }
+    var asking = historyAsking = new AbortController();
+    var asked = getJSON("dashboard/stats/history?hours=" + hours, 30, "history", asking.signal);
+    asked.then(null, function () { /* noted below */ }).then(function () {
+      if (historyAsking === asking) { historyAsking = null; }
+    });
+    return noted(feeds.history, asked.then(function (history) {
       // An answer for the range shown before a click (still on its way when it came) is not drawn.
       if (history.changed && hours === state.hours) {
         draw("history", history.body, "history", function (body) { return isObject(body) && isObject(body.pools); });

@@ -44,6 +44,7 @@ from chalicelib.dns.base import (
     DnsTimeout,
     DnsUnavailable,
     record_changes,
+    without_arns,
 )
 
 THROTTLED_RETRIES = 3
@@ -98,8 +99,6 @@ class _Denied(DnsEntryRejected):
 
 _DENIED_ACTION = re.compile(r"perform:? +([A-Za-z0-9-]+:[A-Za-z0-9]+)")
 """The action IAM's AccessDenied message names (``... is not authorized to perform: route53:X``)."""
-_ARN = re.compile(r"arn:aws[A-Za-z0-9-]*:[^\s,;]*")
-"""An ARN in an AWS message (a role's names the account's ID)."""
 
 LIST_PAGE_RECORDS = 300
 """Record sets a ListResourceRecordSets call lists at most when it reads several names (Route
@@ -187,7 +186,7 @@ class Route53Dns(DnsPlugin):
             operation = self.client.meta.method_to_api_mapping.get(method, method)
             denied = action.group(1) if action else f"route53:{operation}"
             return f"{failure.what}: {failure.code}: {denied} denied to the role"
-        return _ARN.sub("(ARN withheld)", str(failure))
+        return without_arns(str(failure))
 
     def _record_sets(self, what: str, fqdns: Sequence[str], entry_wide: bool = True) -> dict[str, list[dict[str, Any]]]:
         """The record sets (every type) at each of ``fqdns`` (keyed ``_key``), in as few

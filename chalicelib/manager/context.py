@@ -118,6 +118,8 @@ class PassReport:
     record's ``ip`` it could not compare (not read) or saw differ: noted with the pass's last
     writes, where it differs (``dns_records.follow_addresses``)."""
     errors: list[str] = field(default_factory=list)
+    dns_waiting: dict[str, str] = field(default_factory=dict)
+    """hostname -> why, of the pending VMs whose DNS records the pass could not publish (GET /status)."""
     clones_short: int = 0
     """Clones the pool still lacks after this pass reserved what its share of task_limit allowed."""
     clones_running: int = 0

@@ -39,8 +39,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+import re
+from typing import Mapping, Sequence
 
+from chalicelib.answer_sizes import STATUS_REASON_CHARACTERS
 from chalicelib.dns.base import (
     ADDRESS_TYPES,
     DnsEntryRejected,
@@ -50,6 +52,7 @@ from chalicelib.dns.base import (
     address_text,
     chosen_addresses,
     record_address,
+    without_arns,
 )
 from chalicelib.manager.context import PassContext
 from chalicelib.observability import logger
@@ -169,6 +172,30 @@ def publish_pending(context: PassContext, pending: Sequence[tuple[VMRecord, VMIn
         context.store.update_vms(notes)
     reasons.update(unpublished)
     return reasons
+
+
+def manages_records(context: PassContext) -> bool:
+    """Whether the pass publishes its pool's records (its ``dns_plugin`` names a plugin that does)."""
+    return context.dns is not None and context.dns.manages_records
+
+
+_NOT_SENT_AS_IS = re.compile(r'[^\x20-\x7e]|["\\]')
+"""What JSON would not send as one byte (quotes, backslashes, controls, anything not ASCII)."""
+
+
+def waiting_note(waiting: Mapping[str, str]) -> tuple[int, str]:
+    """What GET /status says of a pool's pending VMs waiting on DNS (``waiting``: hostname ->
+    why, ``PassReport.dns_waiting``): how many, and the first's reason on one line, its ARNs
+    withheld, as printable ASCII (``"`` as ``'``, anything else JSON would escape as ``?``), cut
+    to ``STATUS_REASON_CHARACTERS`` (the whole is GET /vm's); (0, "") when none. A byte a
+    character: /status's widest answer counts 120 at every pool (answer_sizes.status_answer)."""
+    if not waiting:
+        return 0, ""
+    reason = " ".join(without_arns(next(iter(waiting.values()))).split()).replace('"', "'")
+    reason = _NOT_SENT_AS_IS.sub("?", reason)
+    if len(reason) > STATUS_REASON_CHARACTERS:
+        reason = reason[:STATUS_REASON_CHARACTERS - 3] + "..."
+    return len(waiting), reason
 
 
 def _refusals(record: VMRecord, noted: str) -> tuple[int, float] | None:

@@ -311,6 +311,9 @@ def _check_boots(context: PassContext, records: list[VMRecord], ages: dict[str, 
             )
         elif readiness.reason != record.not_ready_reason:
             reasons[hostname] = {"not_ready_reason": readiness.reason}  # GET /vm shows it
+    # Still pending and waiting on DNS: GET /status flags the pool (reconcile.end_pass).
+    context.report.dns_waiting.update({hostname: reason for hostname, reason in unpublished.items()
+                                       if hostname not in context.report.completed})
     _note(context, finished, reasons, ready, ages, {record.name for record in records if record.not_ready_reason})
 
 

@@ -67,14 +67,16 @@ def end_pass(context: PassContext) -> None:
     """The pass's last writes, in one round trip with the pool's counts as the pass leaves it
     (when its own moves cannot say them: not read yet, or read before checkouts its rounds
     raced with): the pool's last boot time (GET /status shows it; once a pass, not once a VM)
-    the day's clone and boot durations, the next looks of VMs that left running for good, and the
-    addresses GET /vm gives for VMs whose address the pass saw (``dns_records.follow_addresses``).
+    the day's clone and boot durations, the next looks of VMs that left running for good, the
+    addresses GET /vm gives for VMs whose address the pass saw (``dns_records.follow_addresses``)
+    and the pending VMs waiting on DNS GET /status flags (``dns_records.waiting_note``).
     Then how many VMs the pool still lacks."""
     report = context.report
     counts, readdressed = context.store.end_pass(
         context.pool.name, ruby_time(context.now) if report.became_ready else None, day_of(context.now),
         report.samples, read_counts=context.counts is None, looks_forgotten=report.looks_forgotten,
-        ips=report.addresses_seen, ips_seen=context.now)
+        ips=report.addresses_seen, ips_seen=context.now,
+        dns_waiting=dns_records.waiting_note(report.dns_waiting) if dns_records.manages_records(context) else None)
     context.checkpoint("done")  # every change of the pass is made
     for hostname in readdressed:
         logger.info("VM's address changed: GET /vm gives the new one", extra={

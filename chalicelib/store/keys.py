@@ -59,6 +59,8 @@ family through these validators.
                                      whose clones keep failing (manager/clones.py)
     clone_failure            hash    pool -> the kind of the last clone failure of the same pools
                                      (GET /status shows it), cleared with their backoff
+    dns_waiting              hash    pool -> "<pending VMs>\n<first reason>" of the pools whose last
+                                     pass left VMs waiting on their DNS records (GET /status)
     feed_cache:<feed>:<...>  string  "<when computed>\n<JSON>": a dashboard feed's last answer, given to
                                      callers accepting one that old (api/feed_cache.py); the names
                                      are a fixed few, each expiring after MAX_AGE_SECONDS
@@ -354,6 +356,10 @@ class Keys:
     @property
     def clone_failure(self) -> str:
         return f"{self.prefix}clone_failure"
+
+    @property
+    def dns_waiting(self) -> str:
+        return f"{self.prefix}dns_waiting"
 
     def feed_cache(self, *name: str) -> str:
         """A dashboard feed's kept answer, named by a fixed few parts (api/feed_cache.entry_name)."""

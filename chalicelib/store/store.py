@@ -638,17 +638,24 @@ class Store:
 
     def end_pass(self, pool: str, last_boot: str | None, day: str, samples: Sequence[DurationSample],
                  read_counts: bool, looks_forgotten: Sequence[str] = (), ips: Mapping[str, str] | None = None,
-                 ips_seen: float = 0.0) -> tuple[dict[str, int] | None, list[str]]:
+                 ips_seen: float = 0.0,
+                 dns_waiting: tuple[int, str] | None = None) -> tuple[dict[str, int] | None, list[str]]:
         """A pass's last writes and read, in one round trip: the pool's ``last_boot`` (when VMs
         became ready: ``set_last_boot``), the day's duration ``samples`` (``record_durations``),
         the next looks of ``looks_forgotten`` (VMs that left running for good: a VM returned
         before its lifetime's end would otherwise keep its look until then, a lifetime a caller
         may set to ten years, long after its record expired), the addresses GET /vm is to give
         for ready and running VMs (``ips``: hostname -> the address the provider showed at
-        ``ips_seen``), noted where they differ unless a later look noted one (lua/vm_ip.lua) and,
-        with ``read_counts``, the pool's counts afterwards (else None). Returns those counts and
-        the hostnames whose address changed."""
+        ``ips_seen``), noted where they differ unless a later look noted one (lua/vm_ip.lua), the
+        pool's VMs waiting on DNS (``dns_waiting``: how many and the first's reason, for GET
+        /status: set, or cleared when none; None for a pool whose records are not managed, which
+        /status never flags) and, with ``read_counts``, the pool's counts
+        afterwards (else None). Returns those counts and the hostnames whose address changed."""
         commands: list[tuple[Any, ...]] = [("HSET", self.keys.last_boot, pool, last_boot)] if last_boot else []
+        if dns_waiting is not None:
+            waiting, reason = dns_waiting
+            commands.append(("HSET", self.keys.dns_waiting, pool, f"{waiting}\n{reason}") if waiting > 0
+                            else ("HDEL", self.keys.dns_waiting, pool))
         if looks_forgotten:
             commands.append(("ZREM", self.keys.running_due(pool), *looks_forgotten))
         ip_batches = _batches(ips or {})
@@ -1289,6 +1296,19 @@ class Store:
             if count > 0:
                 failing[pool] = (count, failures.get(pool, ""))
         return failing
+
+    def dns_waiting(self) -> dict[str, tuple[int, str]]:
+        """Pool -> (pending VMs waiting on their DNS records, the first one's reason), for the
+        pools whose last pass left some (``end_pass``: one field a pool, cleared by the next pass
+        that leaves none, so bounded by the pools)."""
+        with _translate_errors():
+            noted = cast("dict[str, str]", self.client.hgetall(self.keys.dns_waiting))
+        waiting: dict[str, tuple[int, str]] = {}
+        for pool, value in noted.items():
+            count, _, reason = value.partition("\n")
+            if count.isascii() and count.isdigit() and int(count) > 0:
+                waiting[pool] = (int(count), reason)
+        return waiting
 
     def cached_feed(self, name: tuple[str, ...]) -> tuple[float, str] | None:
         """A feed's kept answer (api/feed_cache.py): when it was computed and its JSON text; None

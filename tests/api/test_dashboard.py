@@ -67,11 +67,12 @@ def test_dashboard_page_is_one_self_contained_document(dash: Harness, path: str)
     assert page.headers["Content-Type"] == "text/html; charset=utf-8"
     assert "default-src 'none'" in page.headers["Content-Security-Policy"]
     text = page.raw.decode()
-    # site_name as text: vmpooler's HTML tags dropped, the rest escaped.
-    assert "<title>CI pools &amp; co dashboard</title>" in text
+    # site_name as text: vmpooler's HTML tags dropped, the rest escaped, isolated (FSI..PDI).
+    assert "<title>&#x2068;CI pools &amp; co&#x2069; dashboard</title>" in text
     assert "<b>CI</b>" not in text
     # Style and script inlined: nothing to fetch from anywhere, so it works offline.
-    assert "<script src" not in text and "<link" not in text and "@import" not in text
+    assert "<script src" not in text and "@import" not in text
+    assert re.findall(r"<link[^>]*>", text) == ['<link rel="icon" href="data:,">']  # no file: below
     assert "/*SCRIPT*/" not in text and "function renderPools" in text
     assert "/*STYLE*/" not in text and ".pools" in text
 
@@ -90,6 +91,16 @@ def test_dashboard_headers_let_only_its_own_script_and_style_run(dash: Harness) 
     assert policy["script-src"] == sha256_source(scripts[0]) and policy["style-src"] == sha256_source(styles[0])
     assert policy["default-src"] == policy["base-uri"] == policy["frame-ancestors"] == "'none'"
     assert page.headers["X-Frame-Options"] == "DENY" and page.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_the_page_names_an_icon_its_policy_allows(dash: Harness) -> None:
+    """A page that declares no icon has the browser ask /favicon.ico, which the page's policy
+    (default-src 'none') refuses: an error in the console of every load. The page declares an
+    empty data: icon, which its img-src allows, so nothing is asked and nothing refused."""
+    page = raw_get("/dashboard/")
+    policy = dict(part.strip().split(" ", 1) for part in page.headers["Content-Security-Policy"].split(";"))
+    icons = re.findall(r'<link rel="icon" href="([^"]*)">', page.raw.decode())
+    assert icons == ["data:,"] and "data:" in policy["img-src"].split()
 
 
 def sha256_source(text: str) -> str:

@@ -18,7 +18,8 @@ class FeedServer:
     """A loopback server of the dashboard page and ``answers`` (path -> JSON-able body, or bytes
     sent as they are); a context manager that serves while it is entered."""
 
-    def __init__(self, answers: Mapping[str, Any]) -> None:
+    def __init__(self, answers: Mapping[str, Any], site_name: str = "vmpool") -> None:
+        self.site_name = site_name  # the page's title, as the config gives it
         self.answers: dict[str, tuple[int, bytes]] = {}
         self.held: dict[str, int] = {}  # path -> requests for it held so far (``hold``)
         self._holding: set[str] = set()
@@ -73,8 +74,8 @@ class _FeedHandler(BaseHTTPRequestHandler):
         path = self.path.split("?")[0]
         headers = {"Content-Type": "application/json", "Cache-Control": "no-store"}
         if path == "/dashboard/":
-            template, policy = dashboard._template()
-            status, body = 200, template.replace("{{site_name}}", "vmpool").encode()
+            text, policy = dashboard.page_html(feeds.site_name)
+            status, body = 200, text.encode()
             headers = {"Content-Type": "text/html; charset=utf-8", "Content-Security-Policy": policy}
         elif path in feeds.answers:
             feeds.wait_if_held(path)

@@ -675,3 +675,13 @@ def test_a_redis_socket_timeout_past_the_loop_watchdog_is_refused(seconds: str, 
 
 def test_a_redis_socket_timeout_of_25_s_loads() -> None:
     assert parse("redis: {socket_timeout: 25}\npools: []\n").redis.socket_timeout == 25.0
+
+
+def test_a_site_name_longer_than_the_page_shows_is_refused_with_its_length() -> None:
+    """``site_name`` had no bound: the page shows it three times (tab title, header, tooltip),
+    and 10,000 characters of it were 30,000 of every page load. At most 200, said clearly."""
+    most = "n" * config_module.SITE_NAME_MOST_CHARACTERS
+    assert parse(f"config: {{site_name: {most}}}\npools: []\n").service.site_name == most
+    with pytest.raises(ConfigError) as raised:
+        parse(f"config: {{site_name: {'n' * 10_000}}}\npools: []\n")
+    assert "config.site_name: must be at most 200 characters, got 10,000" in str(raised.value)

@@ -47,7 +47,7 @@ rest as text."""
 POOL = "debian-12-x86_64"
 SCREENSHOT = REPO_ROOT / "build" / "dashboard-hostile.png"
 YAML_CONFIG = f"""\
-config: {{domain: example.com, check_loop_delay_min: 0.2, task_limit: 10, site_name: {json.dumps(SITE_NAME)}}}
+config: {{domain: example.com, check_loop_delay_min: 0.2, task_limit: 10}}
 providers:
   dummy: {{provider_class: dummy, createvm_max_time: 0.2, boot_time: 0.1, destroyvm_max_time: 0.1}}
 pools:
@@ -56,10 +56,12 @@ pools:
 
 
 def hand_written_config() -> str:
-    """YAML_CONFIG as canonical JSON, its pool's aliases replaced by ALIASES: an object written
-    by hand (not through config-push, whose validation refuses them), which the functions build
-    without checking names, as the local stack does."""
+    """YAML_CONFIG as canonical JSON, its pool's aliases replaced by ALIASES and its site name
+    SITE_NAME: an object written by hand (not through config-push, whose validation refuses
+    them: a site name of more than 200 characters too), which the functions build without
+    checking names, as the local stack does."""
     document = json.loads(canonical_json(parse(YAML_CONFIG)))
+    document["config"]["site_name"] = SITE_NAME
     document["pools"][0]["alias"] = ALIASES
     return json.dumps(document)
 
@@ -97,7 +99,7 @@ def test_hostile_site_name_and_aliases_show_as_text_and_never_run(stack: tuple[s
     page = PoolRows()
     page.feed(dom)
     title = re.search(r"<title>(.*?)</title>", dom, re.S)
-    assert title and html.unescape(title.group(1)) == f"{SHOWN_SITE_NAME} dashboard"
+    assert title and html.unescape(title.group(1)) == f"\u2068{SHOWN_SITE_NAME}\u2069 dashboard"  # isolated
     assert page.texts["site-name"] == SHOWN_SITE_NAME
     row = page.rows[POOL]
     assert row["aliases"] == "alias: " + ", ".join(ALIASES)
