@@ -19,16 +19,17 @@ from chalicelib.manager.reconcile import PassReport, reconcile_pool
 from chalicelib.services import Services
 from chalicelib.store import CheckoutRequest
 from tests.chaos import lambda_api
+from tests.chaos.lambda_api import HELD_ACK_WAIT_MS, SYNCED_ACK_WAIT_MS, waiting_for_a_replica
 from tests.redis_pair import RedisPair
 
-CONFIG = """
-:config: {task_limit: 10, vm_lifetime: 1}
-:redis: {socket_timeout: 10.0, replica_ack_timeout: 100}
+CONFIG = f"""
+:config: {{task_limit: 10, vm_lifetime: 1}}
+:redis: {{socket_timeout: 10.0, replica_ack_timeout: {SYNCED_ACK_WAIT_MS}}}
 :providers:
-  :dummy: {createvm_max_time: 0, boot_time: 0, destroyvm_max_time: 0}
+  :dummy: {{createvm_max_time: 0, boot_time: 0, destroyvm_max_time: 0}}
 :pools:
-  - {name: a, size: 1, provider: dummy, folder: f/a}
-  - {name: b, size: 1, provider: dummy, folder: f/b}
+  - {{name: a, size: 1, provider: dummy, folder: f/a}}
+  - {{name: b, size: 1, provider: dummy, folder: f/b}}
 """
 WORD = "bold-comet"
 
@@ -72,6 +73,7 @@ def test_a_word_name_whose_clone_record_a_failover_lost_is_not_cloned_again_in_a
     in_use = {check_out(services, "a"), check_out(services, "b")}  # both pools need a clone
     redis_pair.wait_synced()
     redis_pair.link.hold()
+    waiting_for_a_replica(services, HELD_ACK_WAIT_MS)  # no acknowledgement can come
 
     def word_first(count: int, prefix: str = "") -> list[str]:
         return [WORD, *(random_name(prefix) for _ in range(2 * count))]
@@ -83,6 +85,7 @@ def test_a_word_name_whose_clone_record_a_failover_lost_is_not_cloned_again_in_a
     redis_pair.kill_primary_and_promote()  # the replica never received a's clone of WORD
 
     after = service_on(redis_pair, redis_client, services.clock)
+    waiting_for_a_replica(after, HELD_ACK_WAIT_MS)  # the promoted node has no replica to acknowledge
     for _ in range(4):
         services.clock.advance(5)
         for pool in ("b", "a"):

@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from chalicelib.clock import FakeClock
+from chalicelib.config import build
 from chalicelib.manager.dispatch import look_at
 from chalicelib.manager.pool_queue import TICK, PoolMessage
 from chalicelib.manager.reconcile import PassReport, reconcile_pool
@@ -23,17 +24,20 @@ from chalicelib.store import CheckoutRequest, ReplicaAcks, connect
 from chalicelib.store.keys import template_lease_name
 from chalicelib.store.vm_tasks import EnqueueResult, VMTaskStore, new_task
 from tests.chaos import lambda_api
+from tests.chaos.lambda_api import HELD_ACK_WAIT_MS, SYNCED_ACK_WAIT_MS, waiting_for_a_replica
 from tests.core.test_reconcile_queue import RecordingQueue
 from tests.redis_pair import RedisPair
-from tests.vsphere.vcsim import VcsimServer, vcsim_config
+from tests.vsphere.vcsim import VcsimServer, vcsim_document
 
 POOL = "ha"
 # socket_timeout: what is held here is the replicas' acknowledgement (replica_ack_timeout), never
 # Redis's answer; at 1 s, Redis or the endpoint's threads not run for a second on a loaded machine
-# failed a pass with StoreUnavailable (seen at load 18 on 2 cores).
+# failed a pass with StoreUnavailable (seen at load 18 on 2 cores). replica_ack_timeout: a synced
+# replica's wait (SYNCED_ACK_WAIT_MS; at 100 ms a late ack through the link failed a checkout
+# or held a pass's destroys); HELD_ACK_WAIT_MS while the link is held or no replica is attached.
 CONFIG = f"""
 :config: {{task_limit: 10, ready_ttl: 1}}
-:redis: {{socket_timeout: 10.0, replica_ack_timeout: 100}}
+:redis: {{socket_timeout: 10.0, replica_ack_timeout: {SYNCED_ACK_WAIT_MS}}}
 :providers:
   :dummy: {{createvm_max_time: 0, boot_time: 0, destroyvm_max_time: 0}}
 :pools:
@@ -42,9 +46,18 @@ CONFIG = f"""
 
 
 def service_on(pair: RedisPair, hypervisor: redis.Redis, clock: FakeClock) -> Services:
-    """One function of the service on the pair's endpoint, waiting for a replica as in AWS; its
-    dummy hypervisor on ``hypervisor`` (neither replicated nor failed over)."""
+    """One function of the service on the pair's endpoint, waiting for a replica as in AWS
+    (``SYNCED_ACK_WAIT_MS``); its dummy hypervisor on ``hypervisor`` (neither replicated nor
+    failed over)."""
     return lambda_api.service_on(pair, CONFIG, hypervisor, clock)
+
+
+def promoted_service_on(pair: RedisPair, hypervisor: redis.Redis, clock: FakeClock) -> Services:
+    """``service_on`` after ``kill_primary_and_promote``: the promoted node has no replica to
+    acknowledge, so its writes wait ``HELD_ACK_WAIT_MS``."""
+    services = service_on(pair, hypervisor, clock)
+    waiting_for_a_replica(services, HELD_ACK_WAIT_MS)
+    return services
 
 
 def reconcile(services: Services) -> PassReport:
@@ -61,14 +74,22 @@ def in_hypervisor(services: Services) -> set[str]:
 
 def filled(pair: RedisPair, hypervisor: redis.Redis) -> Services:
     """The pool full, every write on the replica, then the replication link cut (a partition,
-    a replica far behind)."""
+    a replica far behind); its writes wait ``HELD_ACK_WAIT_MS`` (``released`` undoes both)."""
     services = service_on(pair, hypervisor, FakeClock())
     for _ in range(3):
         reconcile(services)
     assert services.store.counts([POOL])[POOL]["ready"] == 2
     pair.wait_synced()
     pair.link.hold()
+    waiting_for_a_replica(services, HELD_ACK_WAIT_MS)
     return services
+
+
+def released(pair: RedisPair, services: Services) -> None:
+    """The replication link passes writes on again: ``services``' writes wait for the replica
+    ``SYNCED_ACK_WAIT_MS``."""
+    pair.link.release()
+    waiting_for_a_replica(services, SYNCED_ACK_WAIT_MS)
 
 
 def test_a_vm_destroyed_on_a_write_the_promoted_replica_lost_is_never_handed_out(
@@ -79,7 +100,7 @@ def test_a_vm_destroyed_on_a_write_the_promoted_replica_lost_is_never_handed_out
         reconcile(services)
     redis_pair.kill_primary_and_promote()  # the replica never received those moves
 
-    api = service_on(redis_pair, redis_client, services.clock)  # an API function after the failover
+    api = promoted_service_on(redis_pair, redis_client, services.clock)  # an API function after the failover
     result = api.store.checkout([CheckoutRequest(POOL, [POOL], 1)], services.clock.now(), {"lifetime": "2"})
 
     assert result.ok
@@ -97,7 +118,7 @@ def test_destroys_held_while_no_replica_acknowledges_go_ahead_once_one_does(
     assert leaving <= in_hypervisor(services), "destroyed while no replica had the move"
     assert held.errors and held.work_in_flight
 
-    redis_pair.link.release()
+    released(redis_pair, services)
     for _ in range(3):
         reconcile(services)
 
@@ -108,7 +129,7 @@ def test_destroys_held_while_no_replica_acknowledges_go_ahead_once_one_does(
 def test_a_disk_task_taken_before_a_failover_that_lost_the_take_is_added_once(
         redis_pair: RedisPair, redis_client: redis.Redis) -> None:
     services = filled(redis_pair, redis_client)
-    redis_pair.link.release()
+    released(redis_pair, services)
     clock, store = services.clock, services.store
     hostname = store.checkout([CheckoutRequest(POOL, [POOL], 1)], clock.now(), {"lifetime": "2"}).vms[0].hostname
     record = store.get_vm(hostname)
@@ -117,10 +138,11 @@ def test_a_disk_task_taken_before_a_failover_that_lost_the_take_is_added_once(
     assert queued is EnqueueResult.QUEUED, queued
     redis_pair.wait_synced()
     redis_pair.link.hold()  # the user's request is on the replica; what the pass does next is not
+    waiting_for_a_replica(services, HELD_ACK_WAIT_MS)
     reconcile(services)
     redis_pair.kill_primary_and_promote()
 
-    after = service_on(redis_pair, redis_client, clock)  # the next reconcile function, on the new primary
+    after = promoted_service_on(redis_pair, redis_client, clock)  # the next reconcile function, on the new primary
     for _ in range(3):
         clock.advance(30)
         reconcile(after)
@@ -138,7 +160,7 @@ def test_a_lease_released_while_the_replica_lagged_does_not_hold_the_pool_after_
     Promoted, the replica holds the pool's lease for a run long over: the next runs must not
     wait for it to expire (a minute with no refill while callers are answered 503)."""
     services = filled(redis_pair, redis_client)
-    redis_pair.link.release()
+    released(redis_pair, services)
     services.clock.advance(120)  # the ready VMs are due to leave: the pass has work to do
 
     held: list[str] = []
@@ -147,13 +169,14 @@ def test_a_lease_released_while_the_replica_lagged_does_not_hold_the_pool_after_
         if not held:
             redis_pair.wait_synced()  # the replica has the lease...
             redis_pair.link.hold()  # ...and nothing after: the pass's release is on the primary only
+            waiting_for_a_replica(services, HELD_ACK_WAIT_MS)
             held.append(step)
 
     queue = RecordingQueue()
     look_at(services, PoolMessage(POOL, TICK), queue, checkpoint=replica_stops_receiving)
     redis_pair.kill_primary_and_promote()
 
-    after = service_on(redis_pair, redis_client, services.clock)  # the next function, on the new primary
+    after = promoted_service_on(redis_pair, redis_client, services.clock)  # the next function, on the new primary
     messages = [message for message, _ in queue.sent] or [PoolMessage(POOL, TICK)]
     report = look_at(after, messages[0], RecordingQueue())
     assert report is not None and report.leased, f"{messages[0]}: the pool's lease outlived its run"
@@ -171,7 +194,7 @@ def test_a_vm_checked_out_after_a_failover_is_not_dropped_by_a_pass_whose_mark_t
         services.store.mark_changes()
     clock = services.clock
     clock.advance(61)  # past vm_checktime: the pass compares the whole inventory, as with vSphere
-    after = service_on(redis_pair, redis_client, clock)
+    after = promoted_service_on(redis_pair, redis_client, clock)  # used after the failover below
     checked_out: list[str] = []
 
     def failover_after_the_inventory(step: str) -> None:
@@ -206,17 +229,18 @@ def test_a_template_lease_released_while_the_replica_lagged_does_not_hold_the_pr
     template step; the replica has the take, not the release. Promoted, it holds the lease of a
     pass long over, and every pool on the template holds its clones until the lease expires
     (up to a minute), unless the retry that releases the run's pool lease releases it too."""
-    config = vcsim_config(private_vcsim, [{"name": POOL, "folder": "vmpool/failover", "size": 1}],
-                          service={"create_template_delta_disks": True})
+    document = vcsim_document(private_vcsim, [{"name": POOL, "folder": "vmpool/failover", "size": 1}],
+                              service={"create_template_delta_disks": True})
+    config = build({**document, "redis": {"socket_timeout": 10.0}})  # outlasting SYNCED_ACK_WAIT_MS, as CONFIG
     clock = FakeClock()
 
-    def function() -> Services:
-        """One reconcile function on the pair's endpoint, waiting for a replica as in AWS."""
+    def function(wait_ms: int) -> Services:
+        """One reconcile function on the pair's endpoint, waiting ``wait_ms`` for a replica as in AWS."""
         services = Services(config, connect(config.redis, url=redis_pair.endpoint.url), clock=clock)
-        services.store.replica_acks = ReplicaAcks(1, 100)
+        services.store.replica_acks = ReplicaAcks(1, wait_ms)
         return services
 
-    services = function()
+    services = function(SYNCED_ACK_WAIT_MS)
     pool = services.pool(POOL)
     assert pool is not None
     lease = template_lease_name(pool.provider, pool.template)
@@ -227,6 +251,7 @@ def test_a_template_lease_released_while_the_replica_lagged_does_not_hold_the_pr
         if name == lease and not held:
             redis_pair.wait_synced()  # the replica has the template's lease and the preparation...
             redis_pair.link.hold()  # ...and nothing after: the lease's release is on the primary only
+            waiting_for_a_replica(services, HELD_ACK_WAIT_MS)
             held.append(token)
         release(name, token)
 
@@ -236,7 +261,7 @@ def test_a_template_lease_released_while_the_replica_lagged_does_not_hold_the_pr
     assert held, "the premise: the pass prepared the template under its lease"
     redis_pair.kill_primary_and_promote()
 
-    after = function()  # the next function, on the new primary
+    after = function(HELD_ACK_WAIT_MS)  # the next function, on the new primary: no replica
     retries = [message for message, _ in queue.sent if message.lease]
     assert retries, "the run's release was not replicated either: its retry releases it"
     look_at(after, retries[0], RecordingQueue())

@@ -20,13 +20,20 @@ from chalicelib.clock import FakeClock
 from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.services import Services
 from chalicelib.store.ondemand import OnDemandStore
-from tests.chaos.lambda_api import call, serve, service_on
+from tests.chaos.lambda_api import (
+    HELD_ACK_WAIT_MS,
+    SYNCED_ACK_WAIT_MS,
+    call,
+    serve,
+    service_on,
+    waiting_for_a_replica,
+)
 from tests.redis_pair import RedisPair
 
 POOL = "ha"
 CONFIG = f"""
 :config: {{task_limit: 10}}
-:redis: {{socket_timeout: 10.0, replica_ack_timeout: 100}}
+:redis: {{socket_timeout: 10.0, replica_ack_timeout: {SYNCED_ACK_WAIT_MS}}}
 :auth: {{provider: dummy}}
 :providers:
   :dummy: {{createvm_max_time: 0, boot_time: 0, destroyvm_max_time: 0}}
@@ -37,8 +44,9 @@ BASIC = {"Authorization": "Basic " + base64.b64encode(b"alice:right password").d
 
 
 def serving_on(pair: RedisPair, hypervisor: redis.Redis, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> Services:
-    """The API function and the passes on the pair's endpoint, waiting for a replica as in AWS;
-    the dummy hypervisor on a Redis no failover touches, as vCenter."""
+    """The API function and the passes on the pair's endpoint, waiting for a replica as in AWS
+    (``SYNCED_ACK_WAIT_MS``: at 100 ms a late ack through the link answered POST /token 503 at
+    load ~20); the dummy hypervisor on a Redis no failover touches, as vCenter."""
     return serve(service_on(pair, CONFIG, hypervisor, clock), monkeypatch)
 
 
@@ -74,6 +82,7 @@ def test_the_vms_a_token_lists_are_there_after_a_failover_that_lost_their_delive
     redis_pair.wait_synced()
 
     redis_pair.link.hold()  # the replica stops receiving: the deliveries below are on the primary only
+    waiting_for_a_replica(services, HELD_ACK_WAIT_MS)
     for _ in range(4):
         reconcile(services, clock)
     assert OnDemandStore(services.store).get(request_id).state == "ready"  # type: ignore[union-attr]
@@ -81,6 +90,7 @@ def test_the_vms_a_token_lists_are_there_after_a_failover_that_lost_their_delive
     redis_pair.kill_primary_and_promote()
 
     after = serving_on(redis_pair, redis_client, clock, monkeypatch)
+    waiting_for_a_replica(after, HELD_ACK_WAIT_MS)  # the promoted node has no replica to acknowledge
     # ...and acts on them: each one it was shown is there.
     assert {host: vm_state(host) for host in seen if vm_state(host) != (200, "running")} == {}, \
         f"listed under the token, then unknown after the failover: {seen}"
@@ -103,10 +113,12 @@ def test_a_delivered_vm_is_listed_under_its_token_once_a_replica_has_it(
                           headers={"X-AUTH-TOKEN": token})
     assert status == 201, answer
     redis_pair.link.hold()
+    waiting_for_a_replica(services, HELD_ACK_WAIT_MS)
     for _ in range(4):
         reconcile(services, clock)
     assert listed(token) == []  # delivered on the primary only
     redis_pair.link.release()
     redis_pair.wait_synced()
+    waiting_for_a_replica(services, SYNCED_ACK_WAIT_MS)
     (host,) = listed(token)
     assert vm_state(host) == (200, "running")

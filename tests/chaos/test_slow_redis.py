@@ -43,7 +43,7 @@ from chalicelib.store import (
     StoreUnavailable,
     connect,
 )
-from chalicelib.store.names import NamesStore
+from chalicelib.store.names import NAMES_PER_CALL, NamesStore
 from chalicelib.store.ondemand import FAILED, OPEN, READY, OnDemandEntry, OnDemandStore
 from chalicelib.store.pool_overrides import PoolOverride, PoolOverrides
 from chalicelib.store.scripts import script_source
@@ -917,29 +917,62 @@ def test_a_confirmation_whose_reply_is_lost_over_tls_is_undone(
         proxy.close()
 
 
+class SlowLinkProxy(InterposedProxy):
+    """A TCP proxy to Redis that passes commands on at ``bytes_per_second`` (a slow network) and
+    Redis's replies at once: a pipeline of large calls reaches Redis over seconds, each call run
+    (on Redis's clock) as its last byte arrives, however fast or loaded the machine is."""
+
+    def __init__(self, upstream_port: int, bytes_per_second: float) -> None:
+        self.bytes_per_second = bytes_per_second
+        super().__init__(upstream_port)
+
+    def _serve(self, client: socket.socket, server: socket.socket) -> None:
+        threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+        threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket, slow: bool) -> None:
+        while True:
+            try:
+                data = source.recv(8192)
+                if not data:
+                    target.shutdown(socket.SHUT_WR)
+                    return
+                if slow:
+                    time.sleep(len(data) / self.bytes_per_second)
+                target.sendall(data)
+            except OSError:
+                return
+
+
+NAMES_TIMEOUT = 2.0
+"""The socket timeout of the names test: no answer on a loaded machine comes that late (at 0.2 s,
+with Redis's own speed making the calls long, answers and the mark's window were lost at load ~20)."""
+
+
 def test_a_names_read_held_by_calls_longer_than_the_socket_timeout_is_marked(
         redis_server: RedisServer, redis_client: redis.Redis) -> None:
-    """Over 5,000 names are held by several calls in one pipeline, then the mark by a last call.
-    Redis answers each call as it runs, so the client (waiting for each answer within its socket
-    timeout) waits out a pipeline longer than the timeout. One deadline for those calls passed
-    meanwhile and refused the later ones: a read of 200,000 names at a 0.2 s timeout was never
-    marked (0 times of 3; random clone names for good, a claim lapsing and a full vCenter read
-    every 40 s; twice as many here, for a faster machine). Only the last call, sent alone, takes
-    a deadline now. A pipeline whose answer did time out is given up (StoreUnavailable): tried
-    again on a later clock."""
-    config = parse(f":redis: {{server: 127.0.0.1, port: {redis_server.port}, socket_timeout: {SOCKET_TIMEOUT}}}\n")
-    names = NamesStore(Store(connect(config.redis)))
-    found = [f"word-name-{index:07d}" for index in range(400_000)]
-    outcomes: list[bool | str] = []
-    for attempt in range(3):  # a loaded machine may stall one answer past the timeout
-        now = 100.0 + 100 * attempt
-        assert names.claim("vsphere", now, 40.0, f"reader-{attempt}")
-        try:
-            outcomes.append(names.hold("vsphere", found, now, 3600, f"reader-{attempt}"))
-        except StoreUnavailable:
-            outcomes.append("timed out")
-            continue
-        break
-    assert outcomes[-1] is True, outcomes
+    """Names held by several calls in one pipeline, then the mark by a last call. Redis answers
+    each call as it runs, so the client (waiting for each answer within its socket timeout) waits
+    out a pipeline longer than the timeout. One deadline for those calls passed meanwhile and
+    refused the later ones: a read of 200,000 names at a 0.2 s timeout was never marked (random
+    clone names for good, a claim lapsing and a full vCenter read every 40 s). Only the last
+    call, sent alone, takes a deadline now. Here the link to Redis passes each call on in a
+    quarter of the timeout, the six calls together in 1.5 times it: on Redis's clock the pipeline
+    outlasts the timeout on any machine, and each answer comes well within it."""
+    calls = 6
+    found = [f"word-name-{index:07d}" for index in range(calls * NAMES_PER_CALL)]
+    call_bytes = sum(len(f"${len(name)}\r\n{name}\r\n") for name in found[:NAMES_PER_CALL])
+    proxy = SlowLinkProxy(redis_server.port, bytes_per_second=call_bytes / (NAMES_TIMEOUT / 4))
+    try:
+        config = parse(f":redis: {{server: 127.0.0.1, port: {proxy.port}, socket_timeout: {NAMES_TIMEOUT}}}\n")
+        names = NamesStore(Store(connect(config.redis)))
+        assert names.claim("vsphere", 100.0, 40.0, "reader")
+        started = time.monotonic()
+        marked = names.hold("vsphere", found, 100.0, 3600, "reader")
+        took = time.monotonic() - started
+    finally:
+        proxy.close()
+    assert took > NAMES_TIMEOUT, f"the premise: the calls outlast the socket timeout ({took:.1f} s)"
+    assert marked is True
     assert redis_client.zcard(names.keys.names_held) == len(found)
     assert redis_client.exists(names.keys.names_known("vsphere"))
