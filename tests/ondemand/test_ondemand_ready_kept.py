@@ -10,22 +10,9 @@ from __future__ import annotations
 
 from chalicelib.store.ondemand import READY_REQUEST_KEPT_SECONDS, OnDemandStore
 from tests.harness import PREFIX, Harness
+from tests.ondemand.kept import advance
 
 DAY = 24 * 3600
-
-
-def advance(stack: Harness, seconds: float) -> None:
-    """Let ``seconds`` pass for the service and for Redis's expiries alike."""
-    stack.clock.advance(seconds)
-    client = stack.services.client
-    for key in list(client.scan_iter(match=f"{PREFIX}*", count=1000)):
-        left = client.pttl(key)
-        if left < 0:
-            continue  # no expiry (or gone meanwhile)
-        if left <= seconds * 1000:
-            client.delete(key)
-        else:
-            client.pexpire(key, left - int(seconds * 1000))
 
 
 def ready_request(stack: Harness) -> tuple[str, list[str]]:
