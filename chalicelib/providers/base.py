@@ -295,6 +295,15 @@ class Provider(abc.ABC):
         is not cloned, and left out), ``on_started`` after each clone that started. This default
         clones one VM at a time (``on_asking`` once per VM); a provider that can start many in
         one call (the dummy: one Redis round trip) overrides it."""
+        return self._clone_one_at_a_time(hostnames, lambda hostname: self.clone(pool, hostname), on_started,
+                                         on_asking)
+
+    @staticmethod
+    def _clone_one_at_a_time(hostnames: Sequence[str], start: Callable[[str], str], on_started: Started,
+                             on_asking: Asking) -> dict[str, str | ProviderError]:
+        """``clone_vms`` for a provider that sends one clone a request: ``start`` (hostname -> task
+        ref, or raises ProviderError) for each name ``on_asking`` lets through, until the backend
+        is unreachable (the rest then fail as ``not started``)."""
         started: dict[str, str | ProviderError] = {}
         unreachable: ProviderError | None = None
         for hostname in hostnames:
@@ -304,7 +313,7 @@ class Provider(abc.ABC):
             if hostname not in on_asking([hostname]):
                 continue
             try:
-                started[hostname] = self.clone(pool, hostname)
+                started[hostname] = start(hostname)
             except ProviderError as error:
                 started[hostname] = error
                 if error.kind in UNREACHABLE:
