@@ -453,6 +453,17 @@ class TokenCaller:
             self.last_lost = time.monotonic()  # not vmpooler's bare 503 of an empty pool: nothing ran
         return response.status, answer
 
+    def give_back(self, path: str) -> None:
+        """DELETE until 200 (or 404: gone already), trying a minute: only then does it hold nothing
+        (a problem recorded otherwise)."""
+        given_up = time.monotonic() + 60
+        while time.monotonic() < given_up:
+            answer = self.send("DELETE", path)
+            if answer and answer[0] in (200, 404):
+                return
+            time.sleep(0.3)
+        self.record.problem(f"user{self.number}: DELETE {path} never answered 200")
+
 
 class Runner(Caller, Protocol):
     def run(self) -> None:

@@ -166,16 +166,6 @@ class User(TokenCaller):
             holding.returned = time.monotonic()
         self.give_back(f"/ondemandvm/{request_id}")
 
-    def give_back(self, path: str) -> None:
-        """DELETE until 200 (or 404: gone already): only then does it hold nothing."""
-        given_up = time.monotonic() + 60
-        while time.monotonic() < given_up:
-            answer = self.send("DELETE", path)
-            if answer and answer[0] in (200, 404):
-                return
-            time.sleep(0.3)
-        self.record.problem(f"user{self.number}: DELETE {path} never answered 200")
-
 
 def status_matches_redis(stack: Stack) -> str | None:
     """None when /status's ready and running counts are the pools' sets in Redis."""

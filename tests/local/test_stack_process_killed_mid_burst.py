@@ -93,15 +93,6 @@ class Caller(TokenCaller):
             time.sleep(0.5)
         self.record.problem(f"user{self.number}: its {host} never answered a change")
 
-    def give_back(self, path: str) -> None:
-        given_up = time.monotonic() + 60
-        while time.monotonic() < given_up:
-            answer = self.send("DELETE", path)
-            if answer and answer[0] in (200, 404):
-                return
-            time.sleep(0.3)
-        self.record.problem(f"user{self.number}: DELETE {path} never answered 200")
-
 
 class Observer:
     """Every 0.3 s: a VM held through the whole read is running for its caller in Redis and is in

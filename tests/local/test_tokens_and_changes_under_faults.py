@@ -155,15 +155,6 @@ class Churner(TokenCaller):
             time.sleep(0.3)
         self.record.problem(f"user{self.number}: DELETE /token never answered 200")
 
-    def give_back(self, path: str) -> None:
-        given_up = time.monotonic() + 60
-        while time.monotonic() < given_up:
-            answer = self.send("DELETE", path)
-            if answer and answer[0] in (200, 404):
-                return
-            time.sleep(0.3)
-        self.record.problem(f"user{self.number}: DELETE {path} never answered 200")
-
 
 def against_redis(stack: Stack, users: list[Churner]) -> list[str]:
     """What Redis holds against what each caller was told."""
