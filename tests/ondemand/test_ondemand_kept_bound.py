@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from tests.harness import Harness
-from tests.ondemand.kept import advance
+from tests.ondemand.kept import advance, assert_three_new_requests_forget
 
 DAY = 24 * 3600
 LONG_LIFETIME_HOURS = 365 * 24
@@ -42,25 +42,6 @@ def long_lived_request(stack: Harness, pushed: str) -> str:
     for name in body.get("debian-12", {}).get("hostname", []) + body.get("win-2022", {}).get("hostname", []):
         assert stack.answer("DELETE", f"/api/v3/vm/{name.split('.')[0]}") == (200, {"ok": True})
     return request_id
-
-
-def request_records(stack: Harness) -> int:
-    client = stack.services.client
-    return sum(1 for key in client.scan_iter(stack.services.store.keys.ondemand("*")) if client.type(key) == "hash")
-
-
-def assert_three_new_requests_forget(stack: Harness, old: list[str]) -> None:
-    """Three new requests, a second apart, make the bound forget the ``old`` three: they answer
-    404, the new ones 202 (waiting), and Redis holds three request records."""
-    new = []
-    for _ in range(3):
-        stack.clock.advance(1)
-        status, body = stack.answer("POST", "/api/v3/ondemandvm", {"win-2022": 1})
-        assert status == 201
-        new.append(body["request_id"])
-    answers = [stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")[0] for request_id in old + new]
-    assert answers == [404] * 3 + [202] * 3
-    assert request_records(stack) == 3
 
 
 @pytest.mark.parametrize("pushed", ["when_ready", "while_open"])
