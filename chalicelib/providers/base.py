@@ -298,6 +298,14 @@ class Provider(abc.ABC):
         return self._clone_one_at_a_time(hostnames, lambda hostname: self.clone(pool, hostname), on_started,
                                          on_asking)
 
+    def _clone_through_clone_vms(self, pool: PoolConfig, hostname: str) -> str:
+        """``clone`` for a provider whose ``clone_vms`` is its own (it starts many at once): the
+        one clone's reference, or the ProviderError it failed with raised."""
+        started = self.clone_vms(pool, [hostname])[hostname]
+        if isinstance(started, ProviderError):
+            raise started
+        return started
+
     @staticmethod
     def _clone_one_at_a_time(hostnames: Sequence[str], start: Callable[[str], str], on_started: Started,
                              on_asking: Asking) -> dict[str, str | ProviderError]:

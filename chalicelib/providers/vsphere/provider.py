@@ -163,10 +163,7 @@ class VSphereProvider(Provider):
         returns a reference that reads as an ERROR with the reason. A failure once
         ``CloneVM_Task`` was sent (its answer timed out or the connection broke, a proxy's 5xx,
         the task's queue time unread) raises AnswerLost: vCenter may be cloning it."""
-        started = self.clone_vms(pool, [hostname])[hostname]
-        if isinstance(started, ProviderError):
-            raise started
-        return started
+        return self._clone_through_clone_vms(pool, hostname)
 
     def clone_vms(self, pool: PoolConfig, hostnames: Sequence[str], on_started: Started = nothing_started,
                   on_asking: Asking = ask_all) -> dict[str, str | ProviderError]:
