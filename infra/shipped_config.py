@@ -37,6 +37,7 @@ from chalicelib.config import (
     parse,
     read_config_file,
 )
+from infra.config_walk import values_of_type
 
 REFERENCE_HINT = ("secrets travel to the functions as references only: write each as one the stage's functions "
                   "may read, e.g. "
@@ -57,20 +58,7 @@ def inline_secrets(config: Config) -> list[str]:
 
 
 def _secrets(value: Any, path: str, seen: set[int]) -> Iterator[tuple[str, Secret]]:
-    if isinstance(value, Secret):
-        yield path, value
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type) and id(value) not in seen:
-        seen.add(id(value))
-        for item in dataclasses.fields(value):
-            if not item.name.startswith("_"):
-                key = path if item.name == "settings" else f"{path}.{item.name}".lstrip(".")
-                yield from _secrets(getattr(value, item.name), _yaml_path(key), seen)
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            yield from _secrets(item, f"{path}.{key}", seen)
-    elif isinstance(value, (tuple, list)):
-        for index, item in enumerate(value):
-            yield from _secrets(item, f"{path}[{index}]", seen)
+    return values_of_type(Secret, value, path, seen, _yaml_path)
 
 
 def _yaml_path(path: str) -> str:

@@ -18,13 +18,14 @@ Lambda needs and X-Ray's write actions, which take no resource.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator
+
+from infra import config_walk
 
 if TYPE_CHECKING:
     from chalicelib.auth.secrets import SecretReference
@@ -482,20 +483,7 @@ def _secret_references(value: Any, path: str, seen: set[int]) -> Iterator[tuple[
     are dataclasses, mappings and tuples)."""
     from chalicelib.auth.secrets import SecretReference
 
-    if isinstance(value, SecretReference):
-        yield path, value
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type) and id(value) not in seen:
-        seen.add(id(value))
-        for item in dataclasses.fields(value):
-            if not item.name.startswith("_"):
-                key = path if item.name == "settings" else f"{path}.{item.name}".lstrip(".")
-                yield from _secret_references(getattr(value, item.name), key, seen)
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            yield from _secret_references(item, f"{path}.{key}", seen)
-    elif isinstance(value, (tuple, list)):
-        for index, item in enumerate(value):
-            yield from _secret_references(item, f"{path}[{index}]", seen)
+    return config_walk.values_of_type(SecretReference, value, path, seen)
 
 
 def rendered_files() -> dict[Path, str]:

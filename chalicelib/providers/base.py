@@ -295,6 +295,23 @@ class Provider(abc.ABC):
         is not cloned, and left out), ``on_started`` after each clone that started. This default
         clones one VM at a time (``on_asking`` once per VM); a provider that can start many in
         one call (the dummy: one Redis round trip) overrides it."""
+        return self._clone_one_at_a_time(hostnames, lambda hostname: self.clone(pool, hostname), on_started,
+                                         on_asking)
+
+    def _clone_through_clone_vms(self, pool: PoolConfig, hostname: str) -> str:
+        """``clone`` for a provider whose ``clone_vms`` is its own (it starts many at once): the
+        one clone's reference, or the ProviderError it failed with raised."""
+        started = self.clone_vms(pool, [hostname])[hostname]
+        if isinstance(started, ProviderError):
+            raise started
+        return started
+
+    @staticmethod
+    def _clone_one_at_a_time(hostnames: Sequence[str], start: Callable[[str], str], on_started: Started,
+                             on_asking: Asking) -> dict[str, str | ProviderError]:
+        """``clone_vms`` for a provider that sends one clone a request: ``start`` (hostname -> task
+        ref, or raises ProviderError) for each name ``on_asking`` lets through, until the backend
+        is unreachable (the rest then fail as ``not started``)."""
         started: dict[str, str | ProviderError] = {}
         unreachable: ProviderError | None = None
         for hostname in hostnames:
@@ -304,7 +321,7 @@ class Provider(abc.ABC):
             if hostname not in on_asking([hostname]):
                 continue
             try:
-                started[hostname] = self.clone(pool, hostname)
+                started[hostname] = start(hostname)
             except ProviderError as error:
                 started[hostname] = error
                 if error.kind in UNREACHABLE:

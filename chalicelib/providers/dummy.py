@@ -327,10 +327,7 @@ class DummyProvider(Provider):
         return json.dumps({"pool": pool.name, **made_by})
 
     def clone(self, pool: PoolConfig, hostname: str) -> str:
-        started = self.clone_vms(pool, [hostname])[hostname]
-        if isinstance(started, ProviderError):
-            raise started
-        return started
+        return self._clone_through_clone_vms(pool, hostname)
 
     def clone_vms(self, pool: PoolConfig, hostnames: Sequence[str], on_started: Started = nothing_started,
                   on_asking: Asking = ask_all) -> dict[str, str | ProviderError]:

@@ -13,11 +13,12 @@ from chalicelib.config import parse
 from chalicelib.manager import dns_records
 from tests.dns.bind import BindServer
 from tests.dns.test_dns_records import dns_of
-from tests.harness import HarnessFactory, Killed
+from tests.harness import Harness, HarnessFactory, Killed
 
 
-def test_a_refusal_noted_by_a_stale_pass_after_another_published_the_vm_blocks_nothing(
-        make_harness: HarnessFactory, policy_bind: BindServer, monkeypatch: pytest.MonkeyPatch) -> None:
+def pending_vm_refused_by(make_harness: HarnessFactory, policy_bind: BindServer) -> tuple[Harness, str]:
+    """A pool ``dns`` of one VM whose names go to ``policy_bind``'s zone, after one pass: the harness
+    and its VM, still pending (booting), whose name the server now refuses to update."""
     world = make_harness(parse(yaml.safe_dump({
         "config": {"timeout": 60, "task_limit": 2},
         "providers": {"dummy": {"provider_class": "dummy", "seed": 5, "boot_time": 20}},
@@ -27,6 +28,12 @@ def test_a_refusal_noted_by_a_stale_pass_after_another_published_the_vm_blocks_n
     world.passes("dns", 1)
     (host,) = world.hosts("dns", "pending")
     policy_bind.refuse_updates_of([host])
+    return world, host
+
+
+def test_a_refusal_noted_by_a_stale_pass_after_another_published_the_vm_blocks_nothing(
+        make_harness: HarnessFactory, policy_bind: BindServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    world, host = pending_vm_refused_by(make_harness, policy_bind)
     plugin: Any = dns_of(world)
     create_many = plugin.create_many
     stale: list[bool] = []
@@ -55,15 +62,7 @@ def test_a_refusal_noted_by_a_stale_pass_after_another_published_the_vm_blocks_n
 
 def test_a_pass_killed_between_a_refused_update_and_its_note_leaves_the_name_sent_again_then_held_back(
         make_harness: HarnessFactory, policy_bind: BindServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    world = make_harness(parse(yaml.safe_dump({
-        "config": {"timeout": 60, "task_limit": 2},
-        "providers": {"dummy": {"provider_class": "dummy", "seed": 5, "boot_time": 20}},
-        "dns_configs": {"zone": policy_bind.dns_config()},
-        "pools": [{"name": "dns", "size": 1, "provider": "dummy", "dns_plugin": "zone"}],
-    })))
-    world.passes("dns", 1)
-    (host,) = world.hosts("dns", "pending")
-    policy_bind.refuse_updates_of([host])
+    world, host = pending_vm_refused_by(make_harness, policy_bind)
     plugin: Any = dns_of(world)
     create_many = plugin.create_many
     sent: list[str] = []

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import redis
+import yaml
 
 from chalicelib.store.keys import Keys
 from chalicelib.store.store import UNCONFIRMED_SECONDS
@@ -42,6 +43,20 @@ AUDIT_WORKERS = int(os.environ.get("VMPOOL_AUDIT_WORKERS", "2"))
 """The stack's HTTP workers (``--workers``): 0 audits the one-process layout (``WORKERS=0``), whose
 HTTP loops run in the scheduler's process: there the worker faults find no worker (a no-op, noted)
 and the scheduler's SIGSTOP pauses the front too."""
+
+
+def dummy_pools_config(pools: dict[str, int], createvm_max_time: float, boot_time: float,
+                       destroyvm_max_time: float, **config: Any) -> str:
+    """The YAML config of an audited stack: dummy auth, every pool (name: size) on the dummy
+    provider with these clone/boot/destroy times, short checks (0.2 s) and one-hour default
+    lifetimes; ``config`` adds to (or overrides) the ``config`` section."""
+    return yaml.safe_dump({
+        "config": {"domain": "example.com", "check_loop_delay_min": 0.2, "vm_lifetime": 1, **config},
+        "auth": {"provider": "dummy"},
+        "providers": {"dummy": {"provider_class": "dummy", "createvm_max_time": createvm_max_time,
+                                "boot_time": boot_time, "destroyvm_max_time": destroyvm_max_time}},
+        "pools": [{"name": name, "size": size, "provider": "dummy"} for name, size in pools.items()],
+    })
 
 
 def dummy_inventory(client: redis.Redis, pools: Iterable[str]) -> dict[str, set[str]]:
@@ -437,6 +452,17 @@ class TokenCaller:
         if creates and response.status == 503 and isinstance(answer, dict) and "error" in answer:
             self.last_lost = time.monotonic()  # not vmpooler's bare 503 of an empty pool: nothing ran
         return response.status, answer
+
+    def give_back(self, path: str) -> None:
+        """DELETE until 200 (or 404: gone already), trying a minute: only then does it hold nothing
+        (a problem recorded otherwise)."""
+        given_up = time.monotonic() + 60
+        while time.monotonic() < given_up:
+            answer = self.send("DELETE", path)
+            if answer and answer[0] in (200, 404):
+                return
+            time.sleep(0.3)
+        self.record.problem(f"user{self.number}: DELETE {path} never answered 200")
 
 
 class Runner(Caller, Protocol):

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.local.stack import wait_for
 from tests.local.stack_audit import (
@@ -34,19 +33,14 @@ from tests.local.stack_audit import (
     Stack,
     TokenCaller,
     dummy_inventory,
+    dummy_pools_config,
     run_callers,
     serving,
 )
 
 POOLS = {"alpha": 2, "beta": 1}
-CONFIG = yaml.safe_dump({
-    "config": {"domain": "example.com", "check_loop_delay_min": 0.2, "vm_lifetime": 1, "vm_lifetime_auth": 1,
-               "ondemand_request_ttl": 5, "max_ondemand_instances_per_request": 3},
-    "auth": {"provider": "dummy"},
-    "providers": {"dummy": {"provider_class": "dummy", "createvm_max_time": 1.5, "boot_time": 0.5,
-                            "destroyvm_max_time": 0.3}},
-    "pools": [{"name": name, "size": size, "provider": "dummy"} for name, size in POOLS.items()],
-})
+CONFIG = dummy_pools_config(POOLS, createvm_max_time=1.5, boot_time=0.5, destroyvm_max_time=0.3,
+                            vm_lifetime_auth=1, ondemand_request_ttl=5, max_ondemand_instances_per_request=3)
 USERS = 6
 KILLS = int(os.environ.get("VMPOOL_ONDEMAND_KILLS", "4"))
 READY_SECONDS = 60.0

@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from chalicelib.store.keys import Keys
 from tests.local.stack import wait_for
@@ -49,20 +48,15 @@ from tests.local.stack_audit import (
     Stack,
     TokenCaller,
     dummy_inventory,
+    dummy_pools_config,
     run_callers,
 )
 
 KEYS = Keys()
 POOLS = {"alpha": 6, "beta": 5}
-CONFIG = yaml.safe_dump({
-    "config": {"domain": "example.com", "check_loop_delay_min": 0.2, "vm_lifetime": 1, "vm_lifetime_auth": 1,
-               "max_lifetime_upper_limit": 4, "ready_ttl": 60, "max_running_vms_per_user": 1,
-               "max_ondemand_requests_per_user": 1},
-    "auth": {"provider": "dummy"},
-    "providers": {"dummy": {"provider_class": "dummy", "createvm_max_time": 0.4, "boot_time": 0.2,
-                            "destroyvm_max_time": 0.2}},
-    "pools": [{"name": name, "size": size, "provider": "dummy"} for name, size in POOLS.items()],
-})
+CONFIG = dummy_pools_config(POOLS, createvm_max_time=0.4, boot_time=0.2, destroyvm_max_time=0.2,
+                            vm_lifetime_auth=1, max_lifetime_upper_limit=4, ready_ttl=60,
+                            max_running_vms_per_user=1, max_ondemand_requests_per_user=1)
 USERS = 20
 STOPS = int(os.environ.get("VMPOOL_BURST_STOPS", "4"))
 REQUEST_TIMEOUT = 20.0
@@ -171,16 +165,6 @@ class User(TokenCaller):
         if holding is not None:
             holding.returned = time.monotonic()
         self.give_back(f"/ondemandvm/{request_id}")
-
-    def give_back(self, path: str) -> None:
-        """DELETE until 200 (or 404: gone already): only then does it hold nothing."""
-        given_up = time.monotonic() + 60
-        while time.monotonic() < given_up:
-            answer = self.send("DELETE", path)
-            if answer and answer[0] in (200, 404):
-                return
-            time.sleep(0.3)
-        self.record.problem(f"user{self.number}: DELETE {path} never answered 200")
 
 
 def status_matches_redis(stack: Stack) -> str | None:

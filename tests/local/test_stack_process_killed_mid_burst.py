@@ -26,7 +26,6 @@ from pathlib import Path
 
 import pytest
 import redis
-import yaml
 
 from chalicelib.store.keys import Keys
 from tests.local.stack import wait_for
@@ -37,20 +36,15 @@ from tests.local.stack_audit import (
     Stack,
     TokenCaller,
     dummy_inventory,
+    dummy_pools_config,
     run_callers,
     serving,
 )
 
 KEYS = Keys()
 POOLS = {"alpha": 5, "beta": 4}
-CONFIG = yaml.safe_dump({
-    "config": {"domain": "example.com", "check_loop_delay_min": 0.2, "vm_lifetime": 1, "vm_lifetime_auth": 1,
-               "max_lifetime_upper_limit": 4, "ready_ttl": 60},
-    "auth": {"provider": "dummy"},
-    "providers": {"dummy": {"provider_class": "dummy", "createvm_max_time": 0.6, "boot_time": 0.3,
-                            "destroyvm_max_time": 0.3}},
-    "pools": [{"name": name, "size": size, "provider": "dummy"} for name, size in POOLS.items()],
-})
+CONFIG = dummy_pools_config(POOLS, createvm_max_time=0.6, boot_time=0.3, destroyvm_max_time=0.3,
+                            vm_lifetime_auth=1, max_lifetime_upper_limit=4, ready_ttl=60)
 CALLERS = 8
 KILLS = int(os.environ.get("VMPOOL_KILLED_MID_BURST_KILLS", "3"))
 REQUEST_TIMEOUT = 20.0
@@ -98,15 +92,6 @@ class Caller(TokenCaller):
                 return
             time.sleep(0.5)
         self.record.problem(f"user{self.number}: its {host} never answered a change")
-
-    def give_back(self, path: str) -> None:
-        given_up = time.monotonic() + 60
-        while time.monotonic() < given_up:
-            answer = self.send("DELETE", path)
-            if answer and answer[0] in (200, 404):
-                return
-            time.sleep(0.3)
-        self.record.problem(f"user{self.number}: DELETE {path} never answered 200")
 
 
 class Observer:

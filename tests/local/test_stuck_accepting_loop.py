@@ -12,10 +12,11 @@ its listening socket open meanwhile, new connections queued there and then reset
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -67,15 +68,28 @@ def hang_on_the_accepting_loop(app: WhereItHangs, connections: Connections) -> s
     return kept
 
 
-def test_new_connections_are_served_while_the_accepting_loop_is_stuck_in_a_request() -> None:
+@contextlib.contextmanager
+def hanging_front() -> Iterator[tuple[WhereItHangs, FakeClock, int, InProcessFront, Connections]]:
+    """A started in-process front of two loops over a ``WhereItHangs`` app on a fake clock, with
+    the test's connections; on leaving, the hang is released, the connections closed and the
+    front stopped."""
     app = WhereItHangs(threads=2)
     clock = FakeClock(1000.0)
     port = free_port()
     front = InProcessFront(lambda: app, "127.0.0.1", port, clock=clock.now)
     connections = Connections(port)
-    connect = connections.connect
     try:
         assert front.start(timeout=30)
+        yield app, clock, port, front, connections
+    finally:
+        app.release.set()
+        connections.close()
+        front.stop(timeout=10)
+
+
+def test_new_connections_are_served_while_the_accepting_loop_is_stuck_in_a_request() -> None:
+    with hanging_front() as (app, clock, _port, _front, connections):
+        connect = connections.connect
         kept = hang_on_the_accepting_loop(app, connections)
 
         clock.advance(ACCEPT_TAKEOVER_SECONDS + 0.5)  # the accepting loop has not turned since
@@ -84,20 +98,10 @@ def test_new_connections_are_served_while_the_accepting_loop_is_stuck_in_a_reque
         assert read_answer(fresh).startswith(b"HTTP/1.1 200")  # before: unaccepted until the hang ended
         kept.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_answer(kept).startswith(b"HTTP/1.1 200")
-    finally:
-        app.release.set()
-        connections.close()
-        front.stop(timeout=10)
 
 
 def test_a_front_whose_accepting_loop_was_said_stuck_stops_without_waiting_for_it() -> None:
-    app = WhereItHangs(threads=2)
-    clock = FakeClock(1000.0)
-    port = free_port()
-    front = InProcessFront(lambda: app, "127.0.0.1", port, clock=clock.now)
-    connections = Connections(port)
-    try:
-        assert front.start(timeout=30)
+    with hanging_front() as (app, clock, port, front, connections):
         hang_on_the_accepting_loop(app, connections)
         stuck = None
         for _ in range(int(WORKER_TIMEOUT_SECONDS) + 1):
@@ -115,10 +119,6 @@ def test_a_front_whose_accepting_loop_was_said_stuck_stops_without_waiting_for_i
             refused.close()
             raise AssertionError("the front still listens once stopped")
         assert not any(loop.is_alive() for loop in front._loops)  # the other loop stopped
-    finally:
-        app.release.set()
-        connections.close()
-        front.stop(timeout=10)
 
 
 def test_a_new_connection_is_not_given_to_a_loop_held_by_a_request() -> None:
@@ -126,14 +126,8 @@ def test_a_new_connection_is_not_given_to_a_loop_held_by_a_request() -> None:
     held by a request and the two holding as many, the new connection went to the held loop (the
     accepting one comes last among equals) and waited for that request: a GET /status behind a
     login to a stopped directory, on a stack whose accepting loop was free."""
-    app = WhereItHangs(threads=2)
-    clock = FakeClock(1000.0)
-    port = free_port()
-    front = InProcessFront(lambda: app, "127.0.0.1", port, clock=clock.now)
-    accepting, other = front._server, front._loops[0].server
-    connections = Connections(port)
-    try:
-        assert front.start(timeout=30)
+    with hanging_front() as (app, clock, _port, front, connections):
+        accepting, other = front._server, front._loops[0].server
         first = connections.connect()  # the other loop's (the accepting loop last among equals)
         first.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_answer(first).startswith(b"HTTP/1.1 200")
@@ -151,10 +145,6 @@ def test_a_new_connection_is_not_given_to_a_loop_held_by_a_request() -> None:
         fresh = connections.connect()
         fresh.sendall(b"GET /api/v3/status HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_answer(fresh).startswith(b"HTTP/1.1 200")  # before: no answer until the hang ended
-    finally:
-        app.release.set()
-        connections.close()
-        front.stop(timeout=10)
 
 
 def wait_until(condition: Callable[[], bool], what: str) -> None:

@@ -37,21 +37,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from chalicelib.store.keys import Keys
-from tests.local.stack_audit import Faults, Holding, Record, Stack, TokenCaller, dummy_inventory, run_callers
+from tests.local.stack_audit import (
+    Faults,
+    Holding,
+    Record,
+    Stack,
+    TokenCaller,
+    dummy_inventory,
+    dummy_pools_config,
+    run_callers,
+)
 
 KEYS = Keys()
 POOLS = {"alpha": 6, "beta": 5}
-CONFIG = yaml.safe_dump({
-    "config": {"domain": "example.com", "check_loop_delay_min": 0.2, "vm_lifetime": 1, "vm_lifetime_auth": 2,
-               "max_lifetime_upper_limit": 48, "ready_ttl": 60},
-    "auth": {"provider": "dummy"},
-    "providers": {"dummy": {"provider_class": "dummy", "createvm_max_time": 0.4, "boot_time": 0.2,
-                            "destroyvm_max_time": 0.2}},
-    "pools": [{"name": name, "size": size, "provider": "dummy"} for name, size in POOLS.items()],
-})
+CONFIG = dummy_pools_config(POOLS, createvm_max_time=0.4, boot_time=0.2, destroyvm_max_time=0.2,
+                            vm_lifetime_auth=2, max_lifetime_upper_limit=48, ready_ttl=60)
 USERS = 12
 SECONDS = float(os.environ.get("VMPOOL_TOKENS_SECONDS", "60"))
 REQUEST_TIMEOUT = 20.0
@@ -152,15 +154,6 @@ class Churner(TokenCaller):
                 return
             time.sleep(0.3)
         self.record.problem(f"user{self.number}: DELETE /token never answered 200")
-
-    def give_back(self, path: str) -> None:
-        given_up = time.monotonic() + 60
-        while time.monotonic() < given_up:
-            answer = self.send("DELETE", path)
-            if answer and answer[0] in (200, 404):
-                return
-            time.sleep(0.3)
-        self.record.problem(f"user{self.number}: DELETE {path} never answered 200")
 
 
 def against_redis(stack: Stack, users: list[Churner]) -> list[str]:

@@ -12,24 +12,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.harness import PREFIX, Harness
+from tests.harness import Harness
+from tests.ondemand.kept import advance, assert_three_new_requests_forget
 
 DAY = 24 * 3600
 LONG_LIFETIME_HOURS = 365 * 24
-
-
-def advance(stack: Harness, seconds: float) -> None:
-    """Let ``seconds`` pass for the service and for Redis's expiries alike."""
-    stack.clock.advance(seconds)
-    client = stack.services.client
-    for key in list(client.scan_iter(match=f"{PREFIX}*", count=1000)):
-        left = client.pttl(key)
-        if left < 0:
-            continue  # no expiry (or gone meanwhile)
-        if left <= seconds * 1000:
-            client.delete(key)
-        else:
-            client.pexpire(key, left - int(seconds * 1000))
 
 
 def long_lived_request(stack: Harness, pushed: str) -> str:
@@ -57,11 +44,6 @@ def long_lived_request(stack: Harness, pushed: str) -> str:
     return request_id
 
 
-def request_records(stack: Harness) -> int:
-    client = stack.services.client
-    return sum(1 for key in client.scan_iter(stack.services.store.keys.ondemand("*")) if client.type(key) == "hash")
-
-
 @pytest.mark.parametrize("pushed", ["when_ready", "while_open"])
 def test_requests_kept_a_year_still_count_against_the_bound_after_40_quiet_days(make_stack, pushed):
     """Three requests kept a year and one ordinary request the day after (cap 4); 40 days
@@ -81,15 +63,7 @@ def test_requests_kept_a_year_still_count_against_the_bound_after_40_quiet_days(
     longest = max(client.ttl(keys.ondemand(request_id)) for request_id in old)
     owned_left = [client.ttl(key) for key in client.scan_iter(keys.owner_requests("*"))]
 
-    new = []
-    for _ in range(3):
-        stack.clock.advance(1)
-        status, body = stack.answer("POST", "/api/v3/ondemandvm", {"win-2022": 1})
-        assert status == 201
-        new.append(body["request_id"])
-    answers = [stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")[0] for request_id in old + new]
-    assert answers == [404] * 3 + [202] * 3
-    assert request_records(stack) == 3
+    assert_three_new_requests_forget(stack, old)
     assert longest > 300 * DAY and owned_left and min(owned_left) >= longest
 
 
@@ -112,14 +86,6 @@ def test_requests_deleted_just_before_the_counting_sets_expire_still_count(make_
     owned_left = [client.ttl(key) for key in client.scan_iter(keys.owner_requests("*"))]
     advance(stack, 2 * DAY)
     assert [stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")[0] for request_id in old] == [200] * 3
-    new = []
-    for _ in range(3):
-        stack.clock.advance(1)
-        status, body = stack.answer("POST", "/api/v3/ondemandvm", {"win-2022": 1})
-        assert status == 201
-        new.append(body["request_id"])
-    answers = [stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")[0] for request_id in old + new]
-    assert answers == [404] * 3 + [202] * 3
-    assert request_records(stack) == 3
+    assert_three_new_requests_forget(stack, old)
     # The owner's requests set was kept as long as its deleted requests too.
     assert deleted_left > 6 * DAY and owned_left and min(owned_left) >= deleted_left

@@ -10,22 +10,9 @@ from __future__ import annotations
 
 from chalicelib.store.ondemand import READY_REQUEST_KEPT_SECONDS, OnDemandStore
 from tests.harness import PREFIX, Harness
+from tests.ondemand.kept import advance, assert_three_new_requests_forget
 
 DAY = 24 * 3600
-
-
-def advance(stack: Harness, seconds: float) -> None:
-    """Let ``seconds`` pass for the service and for Redis's expiries alike."""
-    stack.clock.advance(seconds)
-    client = stack.services.client
-    for key in list(client.scan_iter(match=f"{PREFIX}*", count=1000)):
-        left = client.pttl(key)
-        if left < 0:
-            continue  # no expiry (or gone meanwhile)
-        if left <= seconds * 1000:
-            client.delete(key)
-        else:
-            client.pexpire(key, left - int(seconds * 1000))
 
 
 def ready_request(stack: Harness) -> tuple[str, list[str]]:
@@ -136,17 +123,7 @@ def test_ready_requests_kept_past_a_quiet_week_still_count_against_the_services_
     advance(stack, 8 * DAY)
     stack.run_passes("debian-12", passes=2)  # their VMs' lifetimes ended: they hold nothing
     assert all(stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")[0] == 200 for request_id in old)
-    new = []
-    for _ in range(3):
-        stack.clock.advance(1)
-        status, body = stack.answer("POST", "/api/v3/ondemandvm", {"win-2022": 1})
-        assert status == 201
-        new.append(body["request_id"])
-    answers = [stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")[0] for request_id in old + new]
-    assert answers == [404] * 3 + [202] * 3
-    keys = stack.services.store.keys
-    assert sum(1 for key in stack.services.client.scan_iter(keys.ondemand("*"))
-               if stack.services.client.type(key) == "hash") == 3
+    assert_three_new_requests_forget(stack, old)
 
 
 def test_a_request_made_ready_by_the_previous_release_is_kept_once_its_vms_lifetime_is_extended(make_stack):
