@@ -37,7 +37,7 @@ from chalicelib.config import RedisConfig
 from chalicelib.providers.base import UNREACHABLE, Provider, ProviderError, TaskStatus
 from chalicelib.store import connect
 from chalicelib.store.store import RECOUNT
-from local.redis_server import free_port
+from local.redis_server import RedisServer, free_port
 
 __all__ = ["RedisRoundTrips", "clone_failures_by_reason", "counts_by_reason", "doc_prose", "emf_documents", "emitted",
            "eventually", "free_port", "free_ports", "listeners_carrying", "port_in_use", "json_lines",
@@ -366,3 +366,16 @@ def refuse_task_reads(monkeypatch: pytest.MonkeyPatch, provider: Provider,
 
     monkeypatch.setattr(provider, "task_status", task_status)
     monkeypatch.setattr(provider, "task_statuses", task_statuses)
+
+
+@contextmanager
+def pausable_redis_server(data_dir: Path | None = None) -> Iterator[RedisServer]:
+    """A redis-server of a test's own, which the test may stop (SIGSTOP) and continue: continued
+    before it is stopped for good, so a test ending while it is paused leaves no frozen server."""
+    server = RedisServer(data_dir=data_dir).start()
+    try:
+        yield server
+    finally:
+        if server.process is not None:
+            server.process.send_signal(signal.SIGCONT)
+        server.stop()

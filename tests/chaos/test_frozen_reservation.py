@@ -30,7 +30,7 @@ from chalicelib.store import names as names_store
 from chalicelib.store.names import NamesStore
 from chalicelib.store.ondemand import CLONE_CLAIMED, OnDemandEntry, OnDemandStore
 from local.redis_server import RedisServer
-from tests.support import eventually
+from tests.support import eventually, pausable_redis_server
 
 SOCKET_TIMEOUT = 0.3
 FROZEN_AFTER_TIMEOUT = 0.5
@@ -40,13 +40,8 @@ FROZEN_AFTER_TIMEOUT = 0.5
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
     """A redis-server of this test's own: it is frozen, and never the session's."""
-    server = RedisServer().start()
-    try:
+    with pausable_redis_server() as server:
         yield server
-    finally:
-        if server.process is not None:
-            server.process.send_signal(signal.SIGCONT)
-        server.stop()
 
 
 def test_a_reservation_run_after_a_freeze_holds_no_clone_slot(own_redis: RedisServer) -> None:

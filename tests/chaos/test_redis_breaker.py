@@ -24,7 +24,7 @@ from chalicelib.store.breaker import OPEN_SECONDS
 from local.redis_server import RedisServer
 from tests.harness import Harness, HarnessFactory
 from tests.redis_pair import Endpoint
-from tests.support import eventually
+from tests.support import eventually, pausable_redis_server
 
 SOCKET_TIMEOUT = 0.3
 CONNECTION_COMMANDS = {"ping", "hello", "client", "info", "auth", "select"}
@@ -34,13 +34,8 @@ CONNECTION_COMMANDS = {"ping", "hello", "client", "info", "auth", "select"}
 @pytest.fixture
 def stoppable(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server of this test's own, to stop and continue."""
-    server = RedisServer(data_dir=tmp_path / "redis").start()
-    try:
+    with pausable_redis_server(tmp_path / "redis") as server:
         yield server
-    finally:
-        if server.process is not None:
-            server.process.send_signal(signal.SIGCONT)
-        server.stop()
 
 
 def _harness(make_harness: HarnessFactory, server: RedisServer) -> Harness:
