@@ -66,15 +66,26 @@ TAG_FIELD_PREFIX = "tag:"
 concurrent change of another tag."""
 
 
+TAG_ORDER_FIELD = "tag_order"
+"""The record's tag names in the order each was first set (a JSON list, lua/vm_modify.lua):
+Redis keeps a hash's fields in that order only while the hash is small."""
+
+
 def _tags(data: Mapping[str, str]) -> dict[str, str]:
     """The tags of a record: its ``tag:<key>`` fields, over the JSON ``tags`` field older
-    versions wrote."""
+    versions wrote; in the order first set (``tag_order``). A tag it does not name was set by a
+    version before it, so before those it names: first, in Redis's order."""
     text = data.get("tags")
     tags = dict(_json(text, {})) if text else {}
     prefix, length = TAG_FIELD_PREFIX, len(TAG_FIELD_PREFIX)
-    for name in data:
-        if name[:length] == prefix:
-            tags[name[length:]] = data[name]
+    found = {name[length:]: data[name] for name in data if name[:length] == prefix}
+    listed = _json(data.get(TAG_ORDER_FIELD), [])
+    if not found or not isinstance(listed, list):
+        tags.update(found)
+        return tags
+    later = {name: found.pop(name) for name in listed if isinstance(name, str) and name in found}
+    tags.update(found)
+    tags.update(later)
     return tags
 
 

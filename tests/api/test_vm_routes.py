@@ -160,6 +160,39 @@ def test_tags_are_answered_in_the_order_first_set_as_vmpooler_does(full: Harness
         assert list(tags.items()) == [("url", "a.example"), ("project", "ci"), ("owner", "alice")]
 
 
+def test_tags_keep_the_order_first_set_after_disks_and_snapshots(full: Harness) -> None:
+    """A disk or snapshot (its task in flight, two snapshot ids) made the VM's Redis hash hold a
+    field over 64 bytes: Redis turned it into a hash table, and GET /vm (and ``floaty list
+    --active``) answered the tags in that table's order, not the order first set. vmpooler keeps
+    its tasks and snapshot times out of such long fields: its order held (specrun21, floaty
+    1.9.1: ``modify --tags``, ``modify --disk 8``, ``snapshot``, then ``query``)."""
+    host = full.checkout("pool1")
+    assert full.put(f"/api/v3/vm/{host}", {"tags": {"url": "a.example", "project": "ci"}}).status == 200
+    assert full.post(f"/api/v3/vm/{host}/disk/8").status == 202
+    for _ in range(2):
+        assert full.post(f"/api/v3/vm/{host}/snapshot").status == 202
+        full.run_passes("pool1")
+    assert full.put(f"/api/v3/vm/{host}", {"tags": {"owner": "alice", "url": "b.example",
+                                                    "created_by": "floaty"}}).status == 200
+    vm = full.get(f"/api/v3/vm/{host}").json[host]
+    assert (len(vm["snapshots"]), vm["disk"]) == (2, ["+8gb"])  # the tasks ran
+    for version in (1, 3):
+        tags = full.get(f"/api/v{version}/vm/{host}").json[host]["tags"]
+        assert list(tags.items()) == [("url", "b.example"), ("project", "ci"), ("owner", "alice"),
+                                      ("created_by", "floaty")]
+
+
+def test_tags_set_before_tag_order_was_kept_stay_first(full: Harness) -> None:
+    """A VM tagged by a release that kept no ``tag_order`` (the field absent), tagged again after
+    the upgrade: its earlier tags are answered first, then the new ones in the order set."""
+    host = full.checkout("pool1")
+    assert full.put(f"/api/v3/vm/{host}", {"tags": {"url": "a.example", "project": "ci"}}).status == 200
+    full.client.hdel(full.store.keys.vm(host), "tag_order")
+    assert full.put(f"/api/v3/vm/{host}", {"tags": {"owner": "alice", "created_by": "floaty"}}).status == 200
+    tags = full.get(f"/api/v3/vm/{host}").json[host]["tags"]
+    assert list(tags) == ["url", "project", "owner", "created_by"]
+
+
 def test_tags_are_stored_filtered_and_counted(full: Harness) -> None:
     host = full.checkout("pool1")
     reply = full.put(f"/api/v3/vm/{host}", {"tags": {

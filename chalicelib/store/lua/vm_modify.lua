@@ -2,7 +2,10 @@
 -- changes at once both land (no read-modify-write of a shared blob), and only while the VM is
 -- still checked out by the checkout the API looked at (its ownership was checked against that
 -- one: a VM returned, or handed to someone else, meanwhile is not changed: lua/vm_owner.lua). Tags are fields
--- 'tag:<key>'; at most ARGV[1] of them per VM. A disk asked for in the same PUT is queued in the
+-- 'tag:<key>'; at most ARGV[1] of them per VM. Their names, in the order each was first set, are
+-- the field 'tag_order' (a JSON list): GET /vm answers the tags in that order, as vmpooler does,
+-- whatever order Redis keeps the fields in (a hash table's once a field is over 64 bytes: a task
+-- in flight, two snapshots). A disk asked for in the same PUT is queued in the
 -- same step (lua/vm_task_queue.lua): the fields and the disk land together or not at all, so a
 -- request killed or refused half way leaves no disk queued without the rest. The tags are
 -- counted in the day's tag statistics (lua/tag_stats.lua) in the same step too, each only when
@@ -66,14 +69,27 @@ if ARGV[6] ~= '' then
     return -3
   end
 end
-local lifetime_changed, counted = false, {}
+local lifetime_changed, counted, tag_order = false, {}, nil
 for i = first_field, #ARGV, 2 do
-  if string.sub(ARGV[i], 1, 4) == 'tag:' and redis.call('HGET', key, ARGV[i]) ~= ARGV[i + 1] then
-    counted[#counted + 1] = string.sub(ARGV[i], 5)
-    counted[#counted + 1] = ARGV[i + 1]
+  if string.sub(ARGV[i], 1, 4) == 'tag:' then
+    local was = redis.call('HGET', key, ARGV[i])
+    if was ~= ARGV[i + 1] then
+      counted[#counted + 1] = string.sub(ARGV[i], 5)
+      counted[#counted + 1] = ARGV[i + 1]
+    end
+    if not was then
+      if not tag_order then
+        local ok, listed = pcall(cjson.decode, redis.call('HGET', key, 'tag_order') or '[]')
+        tag_order = (ok and type(listed) == 'table') and listed or {}
+      end
+      tag_order[#tag_order + 1] = string.sub(ARGV[i], 5)
+    end
   end
   redis.call('HSET', key, ARGV[i], ARGV[i + 1])
   lifetime_changed = lifetime_changed or ARGV[i] == 'lifetime'
+end
+if tag_order then
+  redis.call('HSET', key, 'tag_order', cjson.encode(tag_order))
 end
 if lifetime_changed then
   -- A running VM's next look was scheduled at its old end: bring it to now, so a shortened
