@@ -118,10 +118,11 @@ def test_stale_overlapping_passes_fill_each_request_once_and_destroy_nothing_in_
     assert stack.services.store.cloning_count() == 0
 
 
-def test_a_pass_paused_between_its_inventory_and_its_snapshot_keeps_a_vm_delivered_meanwhile(make_stack):
+@pytest.mark.parametrize("meanwhile", ["cloned", "cloned and handed over"])
+def test_a_pass_paused_between_its_inventory_and_its_snapshot_keeps_a_vm_built_meanwhile(make_stack, meanwhile):
     """The pass read the provider's inventory, then paused; meanwhile other passes cloned a VM
-    for a request and handed it over. The paused pass's snapshot has the VM running, its
-    inventory does not: it is not "gone from the provider", the request stays ready with it."""
+    for a request (and handed it over, booted). The paused pass's snapshot has the VM, its
+    inventory does not: it is not "gone from the provider", the request gets it, once."""
     stack = make_stack(size=0)
     status, body = stack.answer("POST", "/api/v3/ondemandvm", {"debian-12": 1})
     assert status == 201, body
@@ -132,18 +133,23 @@ def test_a_pass_paused_between_its_inventory_and_its_snapshot_keeps_a_vm_deliver
         if name == "inventory" and not paused:
             paused.append(name)
             stack.reconcile(POOL)  # reserves and clones the request's VM
-            stack.clock.advance(31)
-            stack.reconcile(POOL)  # hands it over, booted
+            if meanwhile == "cloned and handed over":
+                stack.clock.advance(31)
+                stack.reconcile(POOL)  # hands it over, booted
     pool = stack.config.pool(POOL)
     assert pool is not None
     services = stack.services
     context = PassContext.read(stack.store, services.provider(pool.provider), pool, stack.clock, stack.config.service,
                                others_meanwhile, fleet=lambda: stack.config.pools)
-    [host] = stack.hosts(POOL, "running")
-    assert host not in context.inventory and host in context.snapshot.hostnames("running")
+    state = "running" if meanwhile == "cloned and handed over" else "pending"
+    [host] = stack.hosts(POOL, state)
+    assert host not in context.inventory and host in context.snapshot.hostnames(state)
     for step in STEPS:
         step(context)
+    assert stack.state_of(host) == state and host in stack.provider_vms(POOL)
+    assert_consistent(stack, POOL)
 
+    stack.run_passes(POOL)
     assert stack.state_of(host) == "running" and host in stack.provider_vms(POOL)
     status, body = stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")
     assert (status, body["ready"], body[POOL]["hostname"]) == (200, True, [f"{host}.example.com"])
