@@ -67,11 +67,11 @@ def alias_as_written(pool: ShownPool) -> str | list[str]:
     return written if isinstance(written, str) else list(pool.alias)
 
 
-def configuration_entry(pool: ShownPool, size: int | None = None) -> dict[str, Any]:
+def configuration_entry(pool: ShownPool, size: int | None = None, template_ready: bool = True) -> dict[str, Any]:
     """A pool as /config shows it (``pool`` with its runtime overrides applied; ``size`` instead of
-    its own)."""
+    its own; ``template_ready``: false while its clones wait for its template's preparation)."""
     settings = {key: value for key, value in pool.settings.items() if key not in UNWRITTEN_WHEN_EMPTY or value}
-    settings.update(name=pool.name, size=pool.size if size is None else size, template_ready=True)
+    settings.update(name=pool.name, size=pool.size if size is None else size, template_ready=template_ready)
     if pool.template:
         settings["template"] = pool.template
     if pool.alias:
@@ -128,7 +128,9 @@ def widest_reason(pool: ShownPool) -> str:
 
 def config_answer(config: ShownConfig) -> Any:
     """GET /config at its widest, runtime templates and clone targets aside (``override_room``)."""
-    return {"pool_configuration": [configuration_entry(pool, WIDEST_SIZE) for pool in config.pools],
+    # template_ready false: a byte longer than true.
+    return {"pool_configuration": [configuration_entry(pool, WIDEST_SIZE, template_ready=False)
+                                   for pool in config.pools],
             "status": {"ok": True}}
 
 

@@ -10,6 +10,8 @@ from chalicelib.api.summary import day_metrics
 from chalicelib.services import Services
 from chalicelib.sizing.controller import current_sizes
 from chalicelib.store.ondemand import OnDemandStore
+from chalicelib.store.templates import TemplateStore, template_key
+from chalicelib.template_names import template_names
 from chalicelib.timestamps import day_of
 
 STATUS_VIEWS = ("boot", "capacity", "clone", "pools", "queue")
@@ -147,9 +149,14 @@ def pool_configuration(services: Services, request: ApiRequest) -> ApiResponse:
     """GET /config: each pool as the config wrote it, its runtime overrides (size, template,
     clone target) applied, and ``template_ready``, as vmpooler shows it: keys the config did not
     give are not made up (vmpooler's clients read ``alias`` or ``template`` as given, and an empty
-    one is truthy in Ruby). Only pool keys are shown, and pools hold no secrets."""
+    one is truthy in Ruby). Only pool keys are shown, and pools hold no secrets.
+    ``template_ready`` is false while the pool's clones wait for its template's preparation
+    (``create_template_delta_disks``: manager/templates.py), true otherwise."""
     if not services.config.pools:
         raise not_found(error="no pools configured")
-    pools = [configuration_entry(pool) for pool in services.pools()]
+    waiting = (TemplateStore(services.store).clones_waiting()
+               if services.config.service.create_template_delta_disks else set())
+    pools = [configuration_entry(pool, template_ready=not any(
+        template_key(pool.provider, name) in waiting for name in template_names(pool))) for pool in services.pools()]
     return ApiResponse(200, {"pool_configuration": pools, "status": {"ok": True}})
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 from chalicelib import observability as metric
 from chalicelib.aws_clients import AWS_CALL_BOUND_SECONDS
 from chalicelib.config import Config, PoolConfig
+from chalicelib.dns.registry import manages_records
 from chalicelib.manager import templates
 from chalicelib.manager.context import Checkpoint, no_checkpoint
 from chalicelib.manager.pool_queue import (
@@ -158,6 +159,7 @@ class Ticker:
         sweep_holders(services)
         if newest:  # a push behind would drop what the newer config's pools use
             templates.forget_unused(services.store, services.pools())
+            drop_unmanaged_dns_flags(services)
             services.tokens.align_expiries()  # token_ttl changed: every token's expiry follows it
         return TickReport(configured=len(configured), draining=draining, messages=len(messages) - len(not_queued),
                           empty=empty, running=running, not_queued=not_queued)
@@ -254,6 +256,26 @@ def sweep_holders(services: "Services") -> int:
         logger.warning("owners with a holdings set past the bound after this tick's sweep",
                        extra={"dropped": dropped, "over_bound": left})
     return dropped
+
+
+def drop_unmanaged_dns_flags(services: "Services") -> list[str]:
+    """Drop the DNS waiting flags (GET /status ``pools.<p>.dns_waiting``, noted by each pass of a
+    pool whose records it publishes: reconcile.end_pass) of the pools no pass will note again:
+    removed from the config, or whose ``dns_plugin`` no longer names an entry that publishes
+    records (an entry made unmanaged, another entry). Their flag stayed for good, and /status
+    showed it while the pool named any plugin. One read a tick (the flags are few); returns them."""
+    config = services.config
+    stale = sorted(pool for pool in services.store.dns_waiting(raw=True) if not _publishes_records(config, pool))
+    if stale:
+        services.store.forget_dns_waiting(stale)
+    return stale
+
+
+def _publishes_records(config: Config, name: str) -> bool:
+    """Whether the passes of the configured pool ``name`` publish its DNS records."""
+    pool = config.pool(name)
+    entry = config.dns_configs.get(pool.dns_plugin) if pool is not None and pool.dns_plugin else None
+    return entry is not None and manages_records(entry.settings)
 
 
 def report_ignored_overrides(services: "Services") -> list[str]:

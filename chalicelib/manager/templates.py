@@ -28,12 +28,13 @@ from chalicelib import observability as metric
 from chalicelib.config import PoolConfig
 from chalicelib.manager.context import PassContext
 from chalicelib.observability import emit, logger
-from chalicelib.providers.base import ProviderError, TaskState, bare_template, configured_template
+from chalicelib.providers.base import ProviderError, TaskState
 from chalicelib.providers.failures import FailureKind
 from chalicelib.store import Store
 from chalicelib.store.keys import template_lease_name
 from chalicelib.store.pool_overrides import PoolOverrides
 from chalicelib.store.templates import DONE, TemplateStore, Underway, template_key
+from chalicelib.template_names import template_names
 
 LEASE_SECONDS = 60.0
 """How long a pass may advance a template's preparation before another pass may take over (a
@@ -70,14 +71,6 @@ def ready_for_clones(context: PassContext) -> bool:
     if ready is None:  # another pass is at it: still, clones wait no longer for one given up
         return bool(state) and templates.given_up(template_key(pool.provider, template), state or "")
     return ready
-
-
-def template_names(pool: PoolConfig, template: str | None = None) -> set[str]:
-    """The names the pool's template (or ``template``) may be recorded and leased under, from the
-    config alone: the provider's ``template_name`` is one of them (as configured, or without its
-    ``<datacenter>/vm/``: vSphere's for a pool naming the default datacenter)."""
-    configured = configured_template(pool, template)
-    return {configured, bare_template(configured)}
 
 
 def forget_unused(store: Store, pools: Iterable[PoolConfig]) -> list[str]:

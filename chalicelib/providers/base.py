@@ -15,6 +15,7 @@ from typing import Callable, Collection, Mapping, Sequence
 
 from chalicelib.config import PoolConfig
 from chalicelib.providers.failures import Failure, FailureKind
+from chalicelib.template_names import configured_template
 
 UNREACHABLE = frozenset({FailureKind.CONNECTION, FailureKind.TIMEOUT})
 """Failures that say the backend cannot be reached now: the next call would fail the same way."""
@@ -203,23 +204,6 @@ def nothing_tracked(names: Collection[str]) -> Collection[str]:
 def never() -> bool:
     """The ``out_of_time`` of a caller whose time does not run out (tests, the local stack)."""
     return False
-
-
-def configured_template(pool: PoolConfig, template: str | None = None) -> str:
-    """The pool's template (or ``template``) named from the config alone: qualified with the
-    pool's own ``datacenter`` when it has one (``<datacenter>/vm/<template>``, the inventory
-    path), as ``templates/t`` in DC0 and in DC1 are two templates; as configured otherwise."""
-    template = (template if template is not None else pool.template).strip("/")
-    datacenter = pool.datacenter
-    if not datacenter or template.startswith(f"{datacenter}/vm/"):
-        return template
-    return f"{datacenter}/vm/{template}"
-
-
-def bare_template(name: str) -> str:
-    """A template name without an inventory path's ``<datacenter>/vm/`` in front."""
-    _, marker, inside = name.partition("/vm/")
-    return inside if marker and inside else name
 
 
 class Provider(abc.ABC):

@@ -83,8 +83,10 @@ class Fleet(SubStore):
     def forget(self, pool: str) -> None:
         """The pool is drained: drop it, and what passes kept about it (marks, its share of the
         task limit, its backoff, last boot, demand size), so pools removed over the years leave
-        nothing behind. Its runtime overrides stay (a pool of that name pushed back gets them,
-        as in vmpooler); its history and daily stats expire by themselves."""
+        nothing behind (its DNS waiting flag stayed: a pool of that name pushed back showed in GET
+        /status the VMs the old one's last pass left waiting on DNS). Its runtime overrides stay (a
+        pool of that name pushed back gets them, as in vmpooler); its history and daily stats
+        expire by themselves."""
         keys = self.keys
         with _translate_errors():
             pipe = self.client.pipeline(transaction=True)
@@ -94,7 +96,7 @@ class Fleet(SubStore):
             pipe.zrem(keys.clone_demand, pool)
             pipe.zrem(keys.clone_demand_renewed, pool)
             for fields in (keys.clone_backoff, keys.clone_failure, keys.last_boot, keys.sizing_state,
-                           keys.ready_fence):
+                           keys.ready_fence, keys.dns_waiting):
                 pipe.hdel(fields, pool)
             pipe.execute()
 

@@ -1297,10 +1297,12 @@ class Store:
                 failing[pool] = (count, failures.get(pool, ""))
         return failing
 
-    def dns_waiting(self) -> dict[str, tuple[int, str]]:
+    def dns_waiting(self, raw: bool = False) -> dict[str, tuple[int, str]]:
         """Pool -> (pending VMs waiting on their DNS records, the first one's reason), for the
         pools whose last pass left some (``end_pass``: one field a pool, cleared by the next pass
-        that leaves none, so bounded by the pools)."""
+        that leaves none, so bounded by the pools; the tick drops those of pools whose passes no
+        longer note it, ``dispatch.drop_unmanaged_dns_flags``, and ``Fleet.forget`` a removed
+        pool's). ``raw``: every field, unreadable ones too (as (0, ""))."""
         with _translate_errors():
             noted = cast("dict[str, str]", self.client.hgetall(self.keys.dns_waiting))
         waiting: dict[str, tuple[int, str]] = {}
@@ -1308,7 +1310,15 @@ class Store:
             count, _, reason = value.partition("\n")
             if count.isascii() and count.isdigit() and int(count) > 0:
                 waiting[pool] = (int(count), reason)
+            elif raw:
+                waiting[pool] = (0, "")
         return waiting
+
+    def forget_dns_waiting(self, pools: Sequence[str]) -> None:
+        """Drop the DNS waiting flags of ``pools`` (``dns_waiting``)."""
+        if pools:
+            with _translate_errors():
+                self.client.hdel(self.keys.dns_waiting, *pools)
 
     def cached_feed(self, name: tuple[str, ...]) -> tuple[float, str] | None:
         """A feed's kept answer (api/feed_cache.py): when it was computed and its JSON text; None

@@ -55,6 +55,22 @@ class TemplateStore(SubStore):
             found = self.client.hgetall(self.keys.templates_prepared)
         return {str(key): str(value) for key, value in found.items()}
 
+    def clones_waiting(self) -> set[str]:
+        """The templates (``<provider>:<template>``) whose pools' clones wait for a preparation
+        under way (manager/templates.ready_for_clones): recorded, not done, not given up (it
+        outlasted its timeout). One round trip."""
+        with _translate_errors():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hgetall(self.keys.templates_prepared)
+            pipe.hgetall(self.keys.templates_preparing)
+            prepared, preparing = pipe.execute()
+        waiting = set()
+        for key, state in prepared.items():
+            underway = Underway.parse(preparing.get(key))
+            if state != DONE and not (underway is not None and underway.ref == state and underway.given_up):
+                waiting.add(str(key))
+        return waiting
+
     def started(self, template_key: str, task_ref: str) -> bool:
         """Record the preparing task unless another pass recorded one first."""
         with _translate_errors():

@@ -611,6 +611,9 @@ def test_a_pool_removed_from_the_config_drains_and_is_forgotten(services: Servic
     assert status == 200, body
     in_use = json.loads(body)["centos"]["hostname"].split(".")[0]
 
+    # Its last pass left VMs waiting on DNS, and no pass of it manages records any more (its
+    # DNS entry left the config with it): the flag GET /status shows goes with the pool.
+    services.client.hset(services.store.keys.dns_waiting, "centos", "1\nDNS record not created: refused")
     services.use_config(parse(CONFIG.replace("  - {name: centos, size: 1, provider: dummy}\n", "")))
     _tick_drains(services, queue, ticker, "centos")
     counts = services.store.counts(["centos"])["centos"]
@@ -632,7 +635,7 @@ def test_a_pool_removed_from_the_config_drains_and_is_forgotten(services: Servic
     kept = [key for key in client.keys(f"{keys.prefix}*centos*")
             if client.ttl(key) < 0 and ":dummy:" not in key]  # the dummy's own folder marks aside
     assert kept == []
-    for fields in (keys.clone_backoff, keys.last_boot, keys.sizing_state, keys.known_pools):
+    for fields in (keys.clone_backoff, keys.last_boot, keys.sizing_state, keys.known_pools, keys.dns_waiting):
         assert not client.hexists(fields, "centos"), fields
     for scored in (keys.clone_demand, keys.clone_demand_renewed):
         assert client.zscore(scored, "centos") is None, scored

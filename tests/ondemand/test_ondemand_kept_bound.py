@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from tests.harness import Harness
-from tests.ondemand.kept import advance, assert_three_new_requests_forget
+from tests.ondemand.kept import advance, assert_three_new_requests_forget, request_records
 
 DAY = 24 * 3600
 LONG_LIFETIME_HOURS = 365 * 24
@@ -89,3 +89,29 @@ def test_requests_deleted_just_before_the_counting_sets_expire_still_count(make_
     assert_three_new_requests_forget(stack, old)
     # The owner's requests set was kept as long as its deleted requests too.
     assert deleted_left > 6 * DAY and owned_left and min(owned_left) >= deleted_left
+
+
+def test_requests_kept_for_their_running_vms_are_bounded_by_the_services_running_limit(make_stack):
+    """The bound never forgets a request whose VM runs for it, so what a caller keeps past
+    ``max_ondemand_requests_kept`` by keeping its VMs is bounded by ``max_running_vms`` (each such
+    request runs one at least): past it, a clear 503 with Retry-After, nothing recorded. Once
+    the VMs are returned, new requests bring Redis back within the bound."""
+    stack = make_stack(size=0, max_running_vms=3, max_ondemand_requests_kept=2)
+    kept = []
+    for _ in range(3):
+        stack.clock.advance(1)
+        status, body = stack.answer("POST", "/api/v3/ondemandvm", {"debian-12": 1})
+        assert status == 201, body
+        kept.append(body["request_id"])
+        stack.run_passes("debian-12")
+    reply = stack.post("/api/v3/ondemandvm", {"debian-12": 1})
+    assert (reply.status, reply.json, reply.headers.get("Retry-After")) == (
+        503, {"ok": False, "message": "the service runs its maximum of 3 VMs; try again later"}, "60")
+    assert request_records(stack) == 3  # over the bound of 2 by the requests whose VMs run, only
+    for request_id in kept:
+        assert stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")[1]["ready"] is True
+
+    for request_id in kept:
+        assert stack.answer("DELETE", f"/api/v3/ondemandvm/{request_id}") == (200, {"ok": True})
+    stack.run_passes("debian-12", passes=1)
+    assert_three_new_requests_forget(stack, kept)

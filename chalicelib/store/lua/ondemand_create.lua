@@ -85,23 +85,15 @@ for i = 1, tonumber(ARGV[7]) do
   redis.call('EXPIRE', wake_key, 60)
 end
 
--- Whether the request 'old' (its key part) still matters to its owner's limits: open, or ready
--- with a VM of it running.
+-- Whether the request 'old_id' still matters to its owner's limits: open, or ready with a VM of
+-- it running (one running under a name it had is another's: quota.lua, request_vms_running).
 local request_template, request_vms_template, vm_template = ARGV[10], ARGV[11], ARGV[12]
-local function holding(old)
-  local state = redis.call('HGET', key_of(request_template, old), 'state')
+local function holding(old_id)
+  local state = redis.call('HGET', key_of(request_template, request_part(old_id)), 'state')
   if state == 'open' then
     return true
   end
-  if state ~= 'ready' then
-    return false
-  end
-  for _, host in ipairs(redis.call('ZRANGE', key_of(request_vms_template, old), 0, -1)) do
-    if redis.call('HGET', key_of(vm_template, host), 'state') == 'running' then
-      return true
-    end
-  end
-  return false
+  return state == 'ready' and request_vms_running(old_id, request_vms_template, vm_template) > 0
 end
 
 -- The owner keeps its newest requests only: each one it opens forgets its oldest that ended
@@ -122,7 +114,7 @@ if owned_index > 0 then
         break
       end
       local old = request_part(old_id)
-      if not holding(old) then
+      if not holding(old_id) then
         redis.call('DEL', key_of(request_template, old), key_of(request_vms_template, old))
         redis.call('ZREM', owned, old_id)
         redis.call('ZREM', kept_key, owner .. ' ' .. old_id)
@@ -153,7 +145,7 @@ if excess > 0 then
     local at = string.find(member, ' ', 1, true)
     local old_owner, old_id = string.sub(member, 1, at - 1), string.sub(member, at + 1)
     local old = request_part(old_id)
-    if holding(old) then
+    if holding(old_id) then
       redis.call('ZADD', kept_key, now, member)
     else
       redis.call('DEL', key_of(request_template, old), key_of(request_vms_template, old))

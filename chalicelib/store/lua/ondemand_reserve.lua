@@ -17,7 +17,7 @@
 -- in reserve_clones.lua),
 -- KEYS[11] the names held (keys.names_held: a candidate held is skipped), KEYS[12..] the
 -- records of the candidate hostnames.
--- ARGV: request id, pool, clone_limit, max_retries, now, template, domain, record ttl seconds,
+-- ARGV: request id, pool, clone_limit, max_retries, now, template, domain, record ttl seconds (unused),
 --       vm_template (the records of the request's VMs and of the VMs cloning: keys.DERIVED_KEYS),
 --       reserver (the process reserving, which starts the clones: store/leases.py holder_label),
 --       the reason of a VM dropped as gone from the provider while running (manager/running.py),
@@ -47,7 +47,7 @@ local key, vms_key, open_key, cloning_key, pending_key = KEYS[1], KEYS[2], KEYS[
 local pool_clones_key, counted_key = KEYS[6], KEYS[7]
 local id, pool = ARGV[1], ARGV[2]
 local clone_limit, max_retries, now = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
-local template, domain, ttl, vm_template, reserver = ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[10]
+local template, domain, vm_template, reserver = ARGV[6], ARGV[7], ARGV[9], ARGV[10]
 local gone_reason, names_checked, reserver_lease = ARGV[11], ARGV[12] == '1', ARGV[14]
 local request = redis.call('HMGET', key, 'state', 'entries', 'expires', 'lifetime', 'token_user', 'token_id',
   'confirm_by', 'token_entry')
@@ -148,5 +148,11 @@ end
 if not asked then
   redis.call('ZREM', open_key, id)
 end
-redis.call('EXPIRE', vms_key, ttl)
+-- The VM set lives as long as the request, never longer (nor shorter: a lifetime extended since
+-- pushed both out, lua/vm_modify.lua). Set to data_ttl from each reservation, it outlived a request
+-- still open when its record expired, and a new request under the id took its VMs over.
+local left = redis.call('PTTL', key)
+if left > 0 then
+  redis.call('PEXPIRE', vms_key, left)
+end
 return cjson.encode({state = 'open', reserved = reserved, failed = failed, lacking = lacking})

@@ -37,6 +37,22 @@ local function quota_lapsed(window, now_ms)
   return now_ms.value > window
 end
 
+-- How many VMs of the on-demand request 'id' run for it: the records under the names of its VM
+-- set (templates: keys.DERIVED_KEYS) that are running and name the request. A name is given out
+-- again once a destroyed VM's record is gone (data_ttl; a ready request is kept 30 days), so a
+-- record under it may be another caller's VM: counted, it charged the request's owner for it and
+-- kept the request from the bound on kept requests (lua/ondemand_create.lua) while it ran.
+local function request_vms_running(id, request_vms_template, vm_template)
+  local running = 0
+  for _, host in ipairs(redis.call('ZRANGE', key_of(request_vms_template, request_part(id)), 0, -1)) do
+    local vm = redis.call('HMGET', key_of(vm_template, host), 'state', 'request')
+    if vm[1] == 'running' and vm[2] == id then
+      running = running + 1
+    end
+  end
+  return running
+end
+
 -- VMs the owner holds now, and its open on-demand requests; or those of the owner whose hash is
 -- 'owner' (lua/holders_sweep.lua, which gives only the templates). An unconfirmed checkout or
 -- request past its confirmation window holds nothing (quota_lapsed).
@@ -75,11 +91,7 @@ local function quota_held(quota, owner)
         live = weight
         open_requests = open_requests + 1
       elseif state == 'ready' then
-        for _, host in ipairs(redis.call('ZRANGE', key_of(quota.request_vms_template, request_part(name)), 0, -1)) do
-          if redis.call('HGET', key_of(quota.vm_template, host), 'state') == 'running' then
-            live = live + 1
-          end
-        end
+        live = request_vms_running(name, quota.request_vms_template, quota.vm_template)
       end
     end
     if live == 0 then
