@@ -200,7 +200,8 @@ class LdapAuthenticator:
         entry itself (OpenLDAP's memberof overlay, 389's and FreeIPA's memberOf plugin, Active
         Directory's back link), when the entry is put in the group: a new entry at an old DN has
         none. ``memberUid`` names a user by name only (RFC 2307): whoever holds the name is the
-        member, as on every host reading the group (docs/auth.md).
+        member, as on every host reading the group (docs/auth.md); a name no entry holds (or
+        several do) is nobody's, and in no group.
 
         ``entry``: the stable id of the entry the caller's login bound as (None: unknown). When
         the name finds another entry now (the name given to someone else), that entry's groups
@@ -214,6 +215,12 @@ class LdapAuthenticator:
             # match, so the directory compares the DNs (case, spaces, escapes) as it wrote them.
             wanted = "".join(f"(memberOf={escape_filter_chars(group)})" for group in groups)
             found = self._find_entries(connection, username)
+            if not found:
+                # No entry holds the name (or several do): nobody is its member, not even through
+                # memberUid, which names the name's holder. Before, a memberUid group kept a
+                # deleted or renamed person's token an administrator's while the token worked
+                # (directory_check_minutes: 0, or until the next check), where memberOf did not.
+                return False
             if any(other_entry(entry, entry_id(attributes)) for attributes in found.values()):
                 logger.warning("the name %s is another directory entry's now: not in its groups", _identity(username))
                 return False
