@@ -15,6 +15,7 @@ from __future__ import annotations
 import operator
 import os
 import threading
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, TypeVar
 
 import redis
@@ -146,12 +147,12 @@ class BuildCache(Generic[T]):
         self._building: dict[str, threading.RLock] = {}
 
     def get(self, name: str, source: Any, build: Callable[[], T],
-            current: Callable[[T], bool] = lambda _: True) -> T:
+            current: Callable[[T], bool] | None = None) -> T:
         """What is kept for ``name`` when it was built from ``source`` (compared by identity,
-        then by value) and ``current`` accepts it, else what ``build`` makes now (only one
-        thread builds; the others wait for it and use what it made)."""
+        then by value) and ``current`` (when given) accepts it, else what ``build`` makes now
+        (only one thread builds; the others wait for it and use what it made)."""
         made = self._kept(name, source)
-        if made is not _MISSING and current(made):
+        if made is not _MISSING and (current is None or current(made)):
             return made
         with self._lock(name):
             rebuilt = self._kept(name, source)
@@ -372,7 +373,7 @@ class Services:
         """What was built for ``name`` from ``config``'s part ``source`` (the only part it
         depends on), built now from ``config`` when there is none or it was built from another
         (``BuildCache``)."""
-        made: T = self._auth_builds.get(name, source(config), lambda: build(config))
+        made: T = self._auth_builds.get(name, source(config), partial(build, config))
         return made
 
     @property
