@@ -315,7 +315,9 @@ class LdapAuthenticator:
             try:
                 connection.open(read_server_info=False)
             except LDAPException:
-                if not self._server.resolve_again():
+                # Only with time left: a look-up is not bounded by the deadline (a resolver that
+                # does not answer takes its own timeouts), and no new address could be tried.
+                if time.monotonic() >= deadline or not self._server.resolve_again():
                     raise
                 logger.warning("%s: no address it had reached it; its name now gives other addresses: "
                                "trying them", self._where)
