@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import operator
 import os
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
+import threading
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, TypeVar
 
 import redis
 
@@ -119,6 +121,69 @@ def _token_settings(config: Config) -> tuple[Any, int]:
     return config.service.token_ttl, config.service.max_tokens_per_user
 
 
+_MISSING: Any = object()
+
+
+class BuildCache(Generic[T]):
+    """Objects of one kind built from a part of the config, by name (a provider, a DNS plugin,
+    the authenticator...), each kept with the part it was built from: built on first use, once
+    however many threads ask at once, and again when that part changed or ``current`` says so.
+
+    The part is compared at each use, not only cleared when the config changes: a build that
+    began under the config before a switch and ended after it was kept for good (the local
+    stack's scheduler threads build a pool's provider while its main loop reloads an edited
+    config: the passes cloned on the old vCenter, and the old LDAP server or the dummy's
+    any-password rule checked logins, until the next edit). One build per name at a time: two
+    first requests at once each built their own (a directory check each, each asking the
+    directory about the same user), the last one kept.
+
+    ``objects`` holds what is in use, by name: one put there by hand (tests do) is used as it is;
+    one built is used while its part is the config's."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, T] = {}
+        self._built_from: dict[str, tuple[Any, T]] = {}
+        self._guard = threading.Lock()
+        self._building: dict[str, threading.RLock] = {}
+
+    def get(self, name: str, source: Any, build: Callable[[], T],
+            current: Callable[[T], bool] | None = None) -> T:
+        """What is kept for ``name`` when it was built from ``source`` (compared by identity,
+        then by value) and ``current`` (when given) accepts it, else what ``build`` makes now
+        (only one thread builds; the others wait for it and use what it made)."""
+        made = self._kept(name, source)
+        if made is not _MISSING and (current is None or current(made)):
+            return made
+        with self._lock(name):
+            rebuilt = self._kept(name, source)
+            if rebuilt is not _MISSING and rebuilt is not made:
+                return rebuilt  # built by another thread meanwhile
+            rebuilt = build()
+            self.objects[name] = rebuilt
+            self._built_from[name] = (source, rebuilt)
+            return rebuilt
+
+    def _kept(self, name: str, source: Any) -> Any:
+        """What is in use for ``name`` when it may serve ``source``, else ``_MISSING``."""
+        kept = self.objects.get(name, _MISSING)
+        recorded = self._built_from.get(name)
+        if kept is _MISSING or recorded is None:
+            return kept  # nothing, or put by hand
+        built_from, made = recorded
+        if made is not kept:
+            return _MISSING
+        if built_from is not source:
+            if built_from != source:
+                return _MISSING
+            # The same part in a new config: compared by identity from now on.
+            self._built_from[name] = (source, made)
+        return kept
+
+    def _lock(self, name: str) -> threading.RLock:
+        with self._guard:
+            return self._building.setdefault(name, threading.RLock())
+
+
 class Services:
     """Config, store, clock, providers, authentication and the refill trigger, wired together."""
 
@@ -139,14 +204,14 @@ class Services:
         self.store = Store(client, prefix=prefix, data_ttl_hours=config.redis.data_ttl_hours,
                            replica_acks=ReplicaAcks.from_config(config.redis, environ={}))
         self.store.demand_pools = demand_sized_pools(config)
-        self._providers: dict[str, Provider] = {}
-        self._dns_plugins: dict[str, DnsPlugin] = {}
-        self._built_from: dict[tuple[str, str], tuple[Any, Any]] = {}
-        """The config block each provider and DNS plugin was built from, with what was built
-        (``_kept_for``)."""
-        self._auth_built: dict[str, tuple[Config, Any, Any]] = {}
-        """The authenticator, logins, directory check and token store, each with the config and
-        the part of it it was built from (``_built_for``)."""
+        self._provider_builds: BuildCache[Provider] = BuildCache()
+        self._providers = self._provider_builds.objects
+        """The providers in use, by name (a test may put its own here)."""
+        self._dns_builds: BuildCache[DnsPlugin] = BuildCache()
+        self._dns_plugins = self._dns_builds.objects
+        self._auth_builds: BuildCache[Any] = BuildCache()
+        """The authenticator, logins, directory check and token store, each built from its part
+        of the config (``:auth:``, the token settings)."""
         self._built_with: dict[tuple[str, str], str | None] = {}
         """The secret each provider (``("provider", name)``) and DNS plugin (``("dns", name)``)
         was built with, as resolved then: one built with a value since rotated is built again."""
@@ -199,11 +264,11 @@ class Services:
         if config is self.config:
             return
         if config.providers != self.config.providers:
-            self._providers = {}
+            self._providers.clear()
         if config.dns_configs != self.config.dns_configs:
-            self._dns_plugins = {}  # else an entry's new domain or server was never used
-        # The authenticator, logins, directory check and token store are built again from the
-        # new config when their part of it changed (``_built_for``, checked at each use).
+            self._dns_plugins.clear()  # else an entry's new domain or server was never used
+        # Anything else built from the config is built again when its part of it changed
+        # (``BuildCache``, checked at each use).
         self.config = config
 
     def pool(self, name: str) -> PoolConfig | None:
@@ -239,42 +304,22 @@ class Services:
 
         config = self.config  # one config for the whole build: use_config may switch it meanwhile
         block = config.providers[name]
-        kept = self._kept_for(("provider", name), self._providers.get(name), block)
-        if not self._still_current(("provider", name), kept is not None, provider_secret(block)):
-            kept = build_provider(
-                block, config, self.client, self.clock,
-                resolve_secret=self._remembered(("provider", name)), prefix=self.store.keys.prefix,
-            )
-            self._providers[name] = kept
-            self._built_from[("provider", name)] = (block, kept)
-        assert kept is not None
-        return kept
+        built = ("provider", name)
+        return self._provider_builds.get(
+            name, block,
+            lambda: build_provider(block, config, self.client, self.clock,
+                                   resolve_secret=self._remembered(built), prefix=self.store.keys.prefix),
+            lambda _: self._still_current(built, provider_secret(block)))
 
-    def _kept_for(self, built: tuple[str, str], kept: T | None, block: Any) -> T | None:
-        """``kept`` when it was built from ``block`` (or put in place by hand, as tests do), else
-        None: checked at each use, not only cleared by ``use_config``, for a build that began
-        under the config before a switch ends after it (the local stack's scheduler threads
-        build a pool's provider while its main loop reloads an edited config), and was kept for
-        good, built from the old block: the passes cloned on the old vCenter until the next edit."""
-        if kept is None:
-            return None
-        recorded = self._built_from.get(built)
-        if recorded is None:
-            return kept
-        source, made = recorded
-        return kept if made is kept and (source is block or source == block) else None
-
-    def _still_current(self, built: tuple[str, str], exists: bool, secret: Any) -> bool:
-        """Whether what was built for ``built`` may be used as it is: it exists and the secret it
-        logs in with (``secret``: plain or a reference, None for none) resolves to the value it was
+    def _still_current(self, built: tuple[str, str], secret: Any) -> bool:
+        """Whether what was built for ``built`` may be used as it is: the secret it logs in with
+        (``secret``: plain or a reference, None for none) resolves to the value it was
         built with. The provider and the DNS plugin resolve their secret when built, so a warm
         function kept a rotated vSphere password or TSIG secret until its next cold start (hours):
         a vCenter re-login failed every pass (``ReconcileErrors`` reason ``permission``) although
         docs/deploy.md promised the new value within the secrets' 5-minute cache. The resolver's
         cache makes this a dictionary look-up; when the secret cannot be fetched now (AWS away),
         the value in hand is kept rather than failing a pass that could still log in."""
-        if not exists:
-            return False
         if secret is None:
             return True
         try:
@@ -314,13 +359,10 @@ class Services:
         if dns_config is None:
             return None
         built = ("dns", dns_config.name)
-        kept = self._kept_for(built, self._dns_plugins.get(dns_config.name), dns_config)
-        if not self._still_current(built, kept is not None, getattr(dns_config.settings, "tsig_secret", None)):
-            kept = build_dns_plugin(dns_config, self._remembered(built))
-            self._dns_plugins[dns_config.name] = kept
-            self._built_from[built] = (dns_config, kept)
-        assert kept is not None
-        return kept
+        return self._dns_builds.get(
+            dns_config.name, dns_config,
+            lambda: build_dns_plugin(dns_config, self._remembered(built)),
+            lambda _: self._still_current(built, getattr(dns_config.settings, "tsig_secret", None)))
 
     def resolve_secret(self, value: Any) -> str | None:
         """A config secret (plain or a reference), fetched and cached; masked in logs from now on."""
@@ -329,21 +371,9 @@ class Services:
     def _built_for(self, name: str, config: Config, source: Callable[[Config], Any],
                    build: Callable[[Config], T]) -> T:
         """What was built for ``name`` from ``config``'s part ``source`` (the only part it
-        depends on), built now from ``config`` when there is none or it was built from another.
-        Checked at each use, not cleared by ``use_config``: a build that began under the config
-        before a switch and ended after it was kept for good (the old LDAP server and base, or
-        the dummy authenticator, checked logins until the next edit of ``:auth:``), as
-        ``_kept_for`` says of providers. The same config object as last time answers at once."""
-        kept = self._auth_built.get(name)
-        if kept is not None:
-            built_config, built_source, made = kept
-            if built_config is config:
-                return made
-            if built_source == source(config):
-                self._auth_built[name] = (config, built_source, made)
-                return made
-        made = build(config)
-        self._auth_built[name] = (config, source(config), made)
+        depends on), built now from ``config`` when there is none or it was built from another
+        (``BuildCache``)."""
+        made: T = self._auth_builds.get(name, source(config), partial(build, config))
         return made
 
     @property

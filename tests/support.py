@@ -91,12 +91,13 @@ def free_ports(count: int) -> list[int]:
 
 
 @contextmanager
-def unanswered_port() -> Iterator[int]:
+def unanswered_port(address: str = "127.0.0.1", port: int = 0) -> Iterator[int]:
     """A loopback port whose connects time out: a listener whose accept queue is full (Linux
     drops a SYN then, and the client sends it again until its timeout), as a host that never
     answers. A port nothing listens on is refused at once instead; one listening but not
-    accepting answers the SYN (the kernel queues the connection)."""
-    listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+    accepting answers the SYN (the kernel queues the connection). ``address`` and ``port``: where
+    (another loopback address, a port another one uses there); a free port when 0."""
+    listener = socket.create_server((address, port), backlog=0)
     port = listener.getsockname()[1]
     queued: list[socket.socket] = []
     try:
@@ -104,7 +105,7 @@ def unanswered_port() -> Iterator[int]:
             filler = socket.socket()
             filler.settimeout(0.2)
             try:
-                filler.connect(("127.0.0.1", port))
+                filler.connect((address, port))
             except socket.timeout:
                 filler.close()
                 break

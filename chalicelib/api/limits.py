@@ -36,8 +36,8 @@ def quota(services: Services, request: ApiRequest, caller: Caller | None) -> Quo
     """The limits a checkout or on-demand request by this caller is held to."""
     config = services.config.service
     return Quota(
-        # By the directory entry too: a departed person's VMs, still running under the name, used
-        # the quota of the newcomer given the name.
+        # By the directory entry: a departed person's VMs, still running under the name, used
+        # the quota of the newcomer given the name; a renamed user's were counted apart.
         owner=quota_owner(canonical_user(caller.user) if caller else None, address_key(request.source_ip) or "unknown",
                           caller.entry_id if caller else None),
         max_owner_vms=int(config.max_running_vms_per_user),
@@ -129,10 +129,10 @@ def _token_user(services: Services, request: ApiRequest) -> str | None:
 
 def rate_client(user: str, entry_id: str | None) -> str:
     """Whom a token's requests are counted as: its canonical user and, when known, the directory
-    entry its login bound as (after a line break, which no user name holds), as quotas count
-    (``quota_owner``). A name given to a newcomer while the departed person's tokens still work
-    (``directory_check_minutes: 0``) is another client: the departed person's CI spent the
-    newcomer's budget. A token without an entry id counts under the name alone, as before."""
+    entry its login bound as (after a line break, which no user name holds); quotas count by the
+    entry alone (``quota_owner``). A name given to a newcomer while the departed person's tokens
+    still work (``directory_check_minutes: 0``) is another client: the departed person's CI spent
+    the newcomer's budget. A token without an entry id counts under the name alone, as before."""
     canonical = canonical_user(user)
     return f"{canonical}\n{entry_id}" if entry_id else canonical
 

@@ -239,9 +239,10 @@ class DirectoryCheck:
                 return standing
             # Nothing to go by (a 503 either way): asked again at the client's retry, so the
             # directory back is the user back.
-        if (present in ("0", "1") or retrying) and not self._claim(keys=[self._key(user)],
-                                                                    args=[repr(now), CLAIM_SECONDS, self._record_ttl]):
-            # Another request is asking right now: its answer comes in a moment.
+        if (present in ("0", "1") or retrying) and not self._claim(
+                keys=[self._key(user)], args=[repr(now), CLAIM_SECONDS, self._record_ttl, fields.get("asked") or ""]):
+            # Another request is asking right now (its answer comes in a moment), or has just
+            # answered (the record read is that old answer).
             return last_answer() if retrying else answered(present == "1", kept_entry)
         try:
             found = self._shared_question(user, now)

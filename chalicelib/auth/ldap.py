@@ -35,6 +35,7 @@ import ssl
 import time
 import uuid
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Callable, Iterator, Sequence
 
 from ldap3 import BASE, NONE, SIMPLE, SUBTREE, SYNC, Connection, Server, Tls
@@ -105,7 +106,7 @@ class LdapAuthenticator:
             resolve_secret = default_resolve
         self._resolve_secret = resolve_secret
         self._tls = self._make_tls() if settings.encryption != "plain" else None
-        self._server = Server(
+        self._server = _DirectoryServer(
             settings.host,
             port=settings.port,
             use_ssl=settings.encryption == "simple_tls",
@@ -199,7 +200,8 @@ class LdapAuthenticator:
         entry itself (OpenLDAP's memberof overlay, 389's and FreeIPA's memberOf plugin, Active
         Directory's back link), when the entry is put in the group: a new entry at an old DN has
         none. ``memberUid`` names a user by name only (RFC 2307): whoever holds the name is the
-        member, as on every host reading the group (docs/auth.md).
+        member, as on every host reading the group (docs/auth.md); a name no entry holds (or
+        several do) is nobody's, and in no group.
 
         ``entry``: the stable id of the entry the caller's login bound as (None: unknown). When
         the name finds another entry now (the name given to someone else), that entry's groups
@@ -213,6 +215,12 @@ class LdapAuthenticator:
             # match, so the directory compares the DNs (case, spaces, escapes) as it wrote them.
             wanted = "".join(f"(memberOf={escape_filter_chars(group)})" for group in groups)
             found = self._find_entries(connection, username)
+            if not found:
+                # No entry holds the name (or several do): nobody is its member, not even through
+                # memberUid, which names the name's holder. Before, a memberUid group kept a
+                # deleted or renamed person's token an administrator's while the token worked
+                # (directory_check_minutes: 0, or until the next check), where memberOf did not.
+                return False
             if any(other_entry(entry, entry_id(attributes)) for attributes in found.values()):
                 logger.warning("the name %s is another directory entry's now: not in its groups", _identity(username))
                 return False
@@ -303,7 +311,17 @@ class LdapAuthenticator:
             # sent, the client's retry after Retry-After: 5 too. With every address so marked,
             # each is tried again; a dead one beside a live one is still skipped.
             self._server.reset_availability()
-        connection.open(read_server_info=False)
+        with self._server.trying_addresses_until(deadline):
+            try:
+                connection.open(read_server_info=False)
+            except LDAPException:
+                # Only with time left: a look-up is not bounded by the deadline (a resolver that
+                # does not answer takes its own timeouts), and no new address could be tried.
+                if time.monotonic() >= deadline or not self._server.resolve_again():
+                    raise
+                logger.warning("%s: no address it had reached it; its name now gives other addresses: "
+                               "trying them", self._where)
+                connection.open(read_server_info=False)
         connection.socket = _DeadlineSocket(connection.socket, deadline, connection.receive_timeout)
         if self.settings.encryption == "start_tls":
             # Raises LDAPStartTLSError (a certificate error included) rather than binding in clear.
@@ -529,6 +547,62 @@ def entry_id(attributes: dict[str, Any]) -> str | None:
         except (ValueError, UnicodeDecodeError):
             logger.warning("an LDAP entry's %s is not a UUID: not used to tell entries apart", name)
     return None
+
+
+_ADDRESSES_TRIED_UNTIL: ContextVar[float | None] = ContextVar("vmpool_ldap_addresses_tried_until", default=None)
+"""When the connection being opened in this thread stops trying further addresses (monotonic)."""
+
+
+class _DirectoryServer(Server):
+    """ldap3's Server, for a host name that gives several addresses, or other addresses later.
+
+    Several addresses (an Active Directory domain's name gives every domain controller's, in
+    IPv6 and IPv4): ldap3 tries each in turn, waiting ``connect_timeout`` for each, outside the
+    task's deadline. With 6 addresses dropping packets (controllers of another site, firewalled)
+    a login took 6 x 5 s = 30 s: past the API Lambda's 29 s (a 504, the attempt left in flight
+    in the failed-login limiter) and the local front's 30 s watchdog. Now no address is tried once
+    the task's deadline has passed (``trying_addresses_until``): the connection, if any, is open
+    within ``login_timeout + connect_timeout`` (at most 25 s, ldap_settings), and the task a 503.
+
+    Other addresses later (the directory moved, a failover that changes its DNS record): ldap3
+    keeps the addresses the name gave for 300 s, so every login of a warm process was a 503 for
+    up to 5 minutes, trying the old, dead address. When no address is reached, the name is
+    resolved again (``resolve_again``), and addresses it did not give before are tried at once."""
+
+    def candidate_addresses(self) -> Any:
+        candidates = super().candidate_addresses()
+        until = _ADDRESSES_TRIED_UNTIL.get()
+        return candidates if until is None else _tried_until(candidates, until)
+
+    @contextmanager
+    def trying_addresses_until(self, deadline: float) -> Iterator[None]:
+        """Inside, a connection being opened in this thread tries no further address after ``deadline``."""
+        token = _ADDRESSES_TRIED_UNTIL.set(deadline)
+        try:
+            yield
+        finally:
+            _ADDRESSES_TRIED_UNTIL.reset(token)
+
+    def resolve_again(self) -> bool:
+        """Forget the addresses the host name gave and look it up again: whether it now gives an
+        address it did not give before. The addresses given again keep what ldap3 knows of them
+        (one just found unreachable is not tried again at once)."""
+        resolved: list[list[Any]] = self._address_info
+        before = {tuple(address[:5]): address[5:] for address in resolved}
+        self._address_info: list[list[Any]] = []
+        after: list[list[Any]] = self.address_info
+        for address in after:
+            known = before.get(tuple(address[:5]))
+            if known is not None:
+                address[5:] = known
+        return any(tuple(address[:5]) not in before for address in after)
+
+
+def _tried_until(candidates: list[Any], until: float) -> Iterator[Any]:
+    for candidate in candidates:
+        if time.monotonic() >= until:
+            return
+        yield candidate
 
 
 class _StartTlsRefused(LDAPException):

@@ -617,13 +617,13 @@ def template_lease_name(provider: str, template: str) -> str:
 
 
 def quota_owner(user: str | None, address: str, entry: str | None = None) -> str:
-    """Who a quota counts, hashed into ``holdings:<owner hash>``: ``user:<canonical user>`` for a
-    token's user (then a line break, which no user name holds, and the stable id of the directory
-    entry its login bound as, when known: a name given to a newcomer is another owner), else
-    ``addr:<address>``."""
+    """Who a quota counts, hashed into ``holdings:<owner hash>``: ``entry:<stable id>`` of the
+    directory entry a token's login bound as, when known (a name given to a newcomer is another
+    owner; a user renamed is the same one: by name and entry, what they held under the old name
+    was counted apart), else ``user:<canonical user>`` for a token's user, else ``addr:<address>``."""
     if user is None:
         return f"addr:{address}"
-    return f"user:{user}\n{entry}" if entry else f"user:{user}"
+    return f"entry:{entry}" if entry else f"user:{user}"
 
 
 def rate_limit_client(user: str | None, address: str, login: str | None = None) -> str:

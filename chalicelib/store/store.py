@@ -251,8 +251,8 @@ class Quota:
     takes the VMs (store/lua/quota.lua), so concurrent requests cannot pass them together."""
 
     owner: str
-    """Who takes the VMs: ``user:<canonical name>`` for a token's user, ``addr:<address>`` for an
-    anonymous client."""
+    """Who takes the VMs (``keys.quota_owner``): ``entry:<id>`` or ``user:<canonical name>`` for
+    a token's user, ``addr:<address>`` for an anonymous client."""
     max_owner_vms: int
     max_vms: int
     pools: Sequence[str]

@@ -353,6 +353,14 @@ class SlapdServer:
         with self._as_administrator() as connection:
             connection.modify(group, {"member": [(MODIFY_ADD, [dn])]})
 
+    def add_posix_group(self, cn: str, member_uids: list[str]) -> str:
+        """A new RFC 2307 posixGroup ``cn=<cn>`` under ou=groups naming these ``memberUid`` values
+        (for a test that removes it again); its DN."""
+        dn = f"cn={cn},{GROUPS_OU}"
+        with self._as_administrator() as connection:
+            connection.add(dn, ["posixGroup"], {"cn": cn, "gidNumber": 5001, "memberUid": member_uids})
+        return dn
+
     def remove_member(self, group: str, dn: str) -> None:
         """Take ``dn`` out of the groupOfNames ``group`` (not a member: nothing)."""
         from ldap3 import MODIFY_DELETE
