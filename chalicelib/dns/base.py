@@ -3,19 +3,11 @@
 import abc
 import functools
 import ipaddress
-import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable, ClassVar, Iterable, Mapping, Optional, Sequence, TypeVar
 
+from chalicelib.aws_clients import without_arns as without_arns  # where the DNS plugins import it from
 from chalicelib.config_fields import Bool, Check, DnsName, SettingsModel, Str, number
-
-ARN = re.compile(r"arn:aws[A-Za-z0-9-]*:[^\s,;]*")
-"""An ARN in an AWS message (a role's names the account's ID): withheld wherever a reason is shown."""
-
-
-def without_arns(text: str) -> str:
-    """``text`` with every ARN in it withheld."""
-    return ARN.sub("(ARN withheld)", text)
 
 
 class DnsError(Exception):

@@ -494,6 +494,33 @@ def test_a_page_instead_of_s3s_answer_keeps_the_config_and_is_counted(
     assert source.current().pool_names == ("debian", "fedora")  # S3 answers again: the push is live
 
 
+S3_DENIED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code><Message>User: '
+             b'arn:aws:sts::123456789012:assumed-role/vmpool-dev-reconcile/vmpool-dev-reconcile is not authorized to '
+             b'perform: s3:GetObject on resource: "arn:aws:s3:::vmpool-dev-config-123456789012-us-east-1/config/'
+             b'vmpool.yaml" because no identity-based policy allows the s3:GetObject action</Message>'
+             b"<RequestId>R</RequestId><HostId>H</HostId></Error>")
+"""S3's 403 to a role without ``s3:GetObject`` on the object, as S3 writes it since 2024."""
+
+
+def test_an_s3_refusal_is_logged_without_the_accounts_arns(
+        s3: Any, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    """S3 refuses a function's config refresh (its role lost ``s3:GetObject``): the warning says
+    what S3 said, the code and the action denied, with the role's and the bucket's ARNs and the
+    account ID withheld, as a route53 refusal's are. Before, the line logged them whole
+    (``User: arn:aws:sts::123456789012:assumed-role/...``) to whoever reads the logs."""
+    initial = parse(PACKAGED)
+    denied = boto3.client("s3")
+    answer_with_page(denied, 403, S3_DENIED)
+    source = ConfigSource(initial, S3Fetch(BUCKET, DEFAULT_CONFIG_KEY, lambda: denied), FakeClock())
+
+    assert source.current() is initial
+    [line] = [record for record in caplog.records if record.getMessage().startswith("config not refreshed")]
+    error = vars(line)["error"]
+    assert error.startswith("s3 get config: AccessDenied: User: (ARN withheld) is not authorized to perform: "
+                            "s3:GetObject on resource: ")
+    assert "123456789012" not in error and "arn:" not in error and "vmpool-dev-reconcile" not in error
+
+
 DNS_CONFIG = """\
 :providers:
   :dummy: {}
