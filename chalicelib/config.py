@@ -177,8 +177,11 @@ class ServiceConfig(VcenterResilienceKeys):
     """Clients each rate-limit class counts on their own at once; past it new ones share counters
     (api/limits.py): what the rate limits keep in Redis is bounded whatever their periods."""
     sizing_timezone: Annotated[str, checked_by(timezone_name)] = "UTC"
-    site_name: Annotated[str, checked_by(short_string(SITE_NAME_MOST_CHARACTERS))] = "vmpool"
-    """The dashboard's title (its header and the browser tab's); at most SITE_NAME_MOST_CHARACTERS."""
+    site_name: Annotated[str, checked_by(short_string(SITE_NAME_MOST_CHARACTERS),
+                                         trusted=short_string(SITE_NAME_MOST_CHARACTERS))] = "vmpool"
+    """The dashboard's title (its header and the browser tab's); at most SITE_NAME_MOST_CHARACTERS
+    whatever the config's format: the canonical JSON a function builds is held to it too (before,
+    only the YAML was, and an object written otherwise put its whole name on every page)."""
     deployment: Optional[Annotated[str, checked_by(deployment_name)]] = None
     """Which deployment this is, written into the annotation of every VM it makes: VMs another
     deployment made are never taken out of service or purged (docs/vsphere.md, "Two deployments on one vCenter").

@@ -139,6 +139,25 @@ def test_a_canonical_file_of_the_wrong_shape_is_refused_with_its_key_path(
     assert any(found.startswith(problem) for found in raised.value.problems), raised.value.problems
 
 
+@pytest.mark.parametrize("length", [200, 201, 1_000_000])
+def test_the_site_name_bound_holds_whatever_the_configs_format(length: int) -> None:
+    """``site_name`` is at most 200 characters in YAML, and in the canonical JSON a function
+    builds (an object put in the bucket by another tool or by hand): the same answer either way.
+    Before, the canonical form skipped the bound, and a name of a million characters went on every
+    dashboard page three times."""
+    yaml = f"config: {{site_name: {'x' * length}}}\npools: [{{name: a, size: 1, provider: dummy}}]\n"
+    document = {**canonical(parse("pools: [{name: a, size: 1, provider: dummy}]"))}
+    document["config"] = {**document["config"], "site_name": "x" * length}
+    answers = []
+    for text in (yaml, json.dumps(document)):
+        try:
+            answers.append(len(from_text(text).service.site_name))
+        except ConfigError as error:
+            answers.append(error.problems)
+    expected = length if length <= 200 else [f"config.site_name: must be at most 200 characters, got {length:,}"]
+    assert answers == [expected, expected]
+
+
 def test_json_without_the_format_key_is_read_as_the_yaml_it_also_is() -> None:
     config = from_text(json.dumps({"pools": [{"name": "p", "size": 1, "provider": "dummy"}]}))
 
