@@ -698,3 +698,37 @@ def test_config_push_refuses_a_route53_zone_the_stages_functions_may_not_change(
     assert "dns_configs.aws: hosted zone Z0123456789ABC" in output
     assert "chalicelib/vmpool.yaml" in output and "make deploy STAGE=dev" in output
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET)
+
+
+INLINE_PASSWORD = "hunter2-vcenter"
+WITH_INLINE_SECRET = (":providers:\n  :vs: {provider_class: vsphere, server: vc, username: u, password: %s}\n"
+                      "  :dummy: {}\n:pools:\n  - {name: debian, size: 1, provider: dummy}\n")
+WITH_REFERENCE = WITH_INLINE_SECRET % "{secret: vmpool/dev/vsphere, key: vs}"
+
+
+def test_a_push_names_the_older_versions_still_holding_a_secret_written_inline(
+        s3: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The versioned bucket keeps a config pushed before config-push refused inline secrets (or
+    copied in by hand) for 90 days, password and all. The push that moves the password to a
+    reference says which versions hold one (by key path, never the value), that the secret is to be
+    rotated, and how to delete each version; once they are deleted, the next push says nothing.
+    Before, nothing said the password was still readable in the bucket."""
+    old = [s3.put_object(Bucket=BUCKET, Key=DEFAULT_CONFIG_KEY,
+                         Body=text.encode())["VersionId"]
+           for text in (canonical_json(parse(WITH_INLINE_SECRET % INLINE_PASSWORD)), WITH_INLINE_SECRET % "other-pw")]
+
+    code, output = push_file(tmp_path, WITH_REFERENCE, capsys)
+
+    assert code == 0, output
+    assert INLINE_PASSWORD not in output and "other-pw" not in output
+    assert (f"config-push: warning: 2 version(s) of s3://{BUCKET}/{DEFAULT_CONFIG_KEY} hold secrets written inline "
+            "(providers.vs.password), readable by whoever may read the bucket") in output
+    assert "rotate those secrets" in output
+    commands = [line.strip() for line in output.splitlines() if line.strip().startswith("aws s3api delete-object")]
+    assert sorted(commands) == sorted(f"aws s3api delete-object --bucket {BUCKET} --key {DEFAULT_CONFIG_KEY} "
+                                      f"--version-id {version}" for version in old)
+    for version in old:  # what the commands do
+        s3.delete_object(Bucket=BUCKET, Key=DEFAULT_CONFIG_KEY, VersionId=version)
+
+    code, output = push_file(tmp_path, WITH_REFERENCE, capsys)
+    assert code == 0 and "written inline" not in output, output
