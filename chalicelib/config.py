@@ -1488,8 +1488,13 @@ def _auth_block(auth: AuthConfig) -> dict[str, Any]:
 
 
 def canonical_json(config: Config) -> str:
-    """``canonical(config)`` as JSON text (what packaging and config-push write)."""
-    return json.dumps(canonical(config), separators=(",", ":"), default=str)
+    """``canonical(config)`` as JSON text (what packaging and config-push write). ASCII only: a
+    character past it is written as its ``\\uXXXX`` escape (``"Pööl"`` is ``"P\\u00f6\\u00f6l"``),
+    so the text's bytes are its characters, and ``MAX_CONFIG_CHARACTERS``, which config-push and
+    packaging count in characters, is the bytes a function reads at most. The same config gives
+    the same bytes in every process (no set, no hash order): a push of an unchanged config has the
+    digest of the config in use, which no function builds again (``config_source``)."""
+    return json.dumps(canonical(config), separators=(",", ":"), default=str, ensure_ascii=True)
 
 
 def _block(settings: SettingsModel) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -225,3 +226,25 @@ def test_a_config_objects_generation_is_its_push_or_when_s3_wrote_it(metadata: d
                                                                       generation: float) -> None:
     assert object_generation(WRITTEN, metadata) == generation
     assert next_generation(generation, WRITTEN.timestamp() - 3600) > generation  # a pusher's clock behind
+
+
+def test_the_canonical_json_is_ascii_and_the_same_bytes_in_every_process() -> None:
+    """What packaging and config-push write for a config with text past ASCII (a site name in
+    German, a snowman, a character outside the BMP): 7-bit ASCII, escapes in JSON's ``\\uXXXX``
+    form, so its bytes are its characters (the 16 MiB a push allows is what a function reads),
+    read back to the same config, and the same bytes from a process of another hash seed (an
+    unchanged config pushed again is the config in use: no function builds it again)."""
+    import subprocess
+    import sys
+
+    yaml = "config: {site_name: 'Pööl ☃ \U0001F600'}\npools: [{name: a, size: 1, provider: dummy}]\n"
+    text = canonical_json(parse(yaml))
+
+    assert text.isascii() and len(text.encode("utf-8")) == len(text)
+    assert '"site_name":"P\\u00f6\\u00f6l \\u2603 \\ud83d\\ude00"' in text
+    assert from_text(text).service.site_name == "Pööl ☃ \U0001F600"
+    script = ("import sys; from chalicelib.config import canonical_json, parse; "
+              "sys.stdout.write(canonical_json(parse(sys.stdin.read())))")
+    other = subprocess.run([sys.executable, "-c", script], input=yaml, capture_output=True, text=True, check=True,
+                           cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": "12345"}).stdout
+    assert other == text
