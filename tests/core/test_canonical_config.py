@@ -159,6 +159,41 @@ def test_the_site_name_bound_holds_whatever_the_configs_format(length: int) -> N
     assert answers == [expected, expected]
 
 
+@pytest.mark.parametrize("section, key, value", [("pools", "size", 10_001), ("pools", "size", -1),
+                                                  ("pools", "ready_ttl", 0), ("config", "task_limit", 0),
+                                                  ("config", "check_loop_delay_min", 0.01)])
+def test_a_numbers_bounds_hold_whatever_the_configs_format(section: str, key: str, value: float) -> None:
+    """A number outside its bounds is refused with the same problem from YAML and from the
+    canonical JSON a function builds (an object put in the bucket by another tool or by hand).
+    Before, the canonical form checked the type alone: a pool of size 10**9 was built as it came."""
+    document = canonical(parse("pools: [{name: a, size: 1, provider: dummy}]"))
+    if section == "pools":
+        yaml = f"pools: [{{name: a, provider: dummy, {'' if key == 'size' else 'size: 1, '}{key}: {value}}}]\n"
+        document["pools"] = [{**document["pools"][0], key: value}]
+    else:
+        yaml = f"config: {{{key}: {value}}}\npools: [{{name: a, size: 1, provider: dummy}}]\n"
+        document["config"] = {**document["config"], key: value}
+    problems = []
+    for text in (yaml, json.dumps(document)):
+        with pytest.raises(ConfigError) as refused:
+            from_text(text)
+        problems.append([problem for problem in refused.value.problems if key in problem])
+    assert problems[0] and problems[1] == problems[0]
+
+
+def test_a_pushed_dns_timeout_over_the_bound_added_later_still_loads() -> None:
+    """A DNS plugin's ``timeout`` over 10 s is refused where a config is validated, but a canonical
+    object pushed before that bound keeps loading (docs/deploy.md, "Configs a newer release
+    refuses"), with its lower bound held."""
+    document = canonical(parse("dns_configs: {d: {dns_class: dynamic-dns, domain: x.example.com}}\n"
+                               "pools: [{name: a, size: 1, provider: dummy, dns_plugin: d}]"))
+    document["dns_configs"]["d"]["timeout"] = 30
+    assert from_text(json.dumps(document)).dns_configs["d"].settings.timeout == 30
+    document["dns_configs"]["d"]["timeout"] = 0.0
+    with pytest.raises(ConfigError, match=r"dns_configs\.d\.timeout: must be a finite number >= 0\.1"):
+        from_text(json.dumps(document))
+
+
 def test_json_without_the_format_key_is_read_as_the_yaml_it_also_is() -> None:
     config = from_text(json.dumps({"pools": [{"name": "p", "size": 1, "provider": "dummy"}]}))
 
