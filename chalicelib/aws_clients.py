@@ -8,6 +8,7 @@ as a 503). Route 53 has its own timeout setting (dns/route53.py)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 CONNECT_TIMEOUT_SECONDS = 1.0
@@ -118,9 +119,23 @@ def failure_of(error: BaseException, what: str = "") -> AwsCallFailed | None:
 
 DETAIL_CHARS = 200
 
+ARN = re.compile(r"arn:aws[A-Za-z0-9-]*:[^\s,;]*")
+"""An ARN in an AWS message (a role's names the account's ID): withheld wherever a reason is shown."""
+ACCOUNT_ID = re.compile(r"(?<![0-9A-Za-z])[0-9]{12}(?![0-9A-Za-z])")
+"""An account ID outside an ARN (a queue's URL, ``account 123456789012``)."""
+
+
+def without_arns(text: str) -> str:
+    """``text`` with every ARN in it withheld (a DNS plugin's reasons too: dns/base.py)."""
+    return ARN.sub("(ARN withheld)", text)
+
 
 def _one_line(text: str) -> str:
-    flat = " ".join(text.split())
+    """AWS's message as a failure carries it: one line, its ARNs and account IDs withheld (IAM's
+    ``AccessDenied`` names the caller's role, ``arn:aws:sts::<account id>:assumed-role/...``, and
+    the resource's), cut at ``DETAIL_CHARS``. Before, the S3 config refresh's warning
+    (``config not refreshed: S3 failed``) logged them whole."""
+    flat = " ".join(ACCOUNT_ID.sub("(account withheld)", without_arns(text)).split())
     return flat if len(flat) <= DETAIL_CHARS else flat[:DETAIL_CHARS] + "..."
 
 

@@ -177,8 +177,11 @@ class ServiceConfig(VcenterResilienceKeys):
     """Clients each rate-limit class counts on their own at once; past it new ones share counters
     (api/limits.py): what the rate limits keep in Redis is bounded whatever their periods."""
     sizing_timezone: Annotated[str, checked_by(timezone_name)] = "UTC"
-    site_name: Annotated[str, checked_by(short_string(SITE_NAME_MOST_CHARACTERS))] = "vmpool"
-    """The dashboard's title (its header and the browser tab's); at most SITE_NAME_MOST_CHARACTERS."""
+    site_name: Annotated[str, checked_by(short_string(SITE_NAME_MOST_CHARACTERS),
+                                         trusted=short_string(SITE_NAME_MOST_CHARACTERS))] = "vmpool"
+    """The dashboard's title (its header and the browser tab's); at most SITE_NAME_MOST_CHARACTERS
+    whatever the config's format: the canonical JSON a function builds is held to it too (before,
+    only the YAML was, and an object written otherwise put its whole name on every page)."""
     deployment: Optional[Annotated[str, checked_by(deployment_name)]] = None
     """Which deployment this is, written into the annotation of every VM it makes: VMs another
     deployment made are never taken out of service or purged (docs/vsphere.md, "Two deployments on one vCenter").
@@ -1485,8 +1488,13 @@ def _auth_block(auth: AuthConfig) -> dict[str, Any]:
 
 
 def canonical_json(config: Config) -> str:
-    """``canonical(config)`` as JSON text (what packaging and config-push write)."""
-    return json.dumps(canonical(config), separators=(",", ":"), default=str)
+    """``canonical(config)`` as JSON text (what packaging and config-push write). ASCII only: a
+    character past it is written as its ``\\uXXXX`` escape (``"Pööl"`` is ``"P\\u00f6\\u00f6l"``),
+    so the text's bytes are its characters, and ``MAX_CONFIG_CHARACTERS``, which config-push and
+    packaging count in characters, is the bytes a function reads at most. The same config gives
+    the same bytes in every process (no set, no hash order): a push of an unchanged config has the
+    digest of the config in use, which no function builds again (``config_source``)."""
+    return json.dumps(canonical(config), separators=(",", ":"), default=str, ensure_ascii=True)
 
 
 def _block(settings: SettingsModel) -> dict[str, Any]:

@@ -6,6 +6,8 @@ every problem listed and nothing is published. The canonical JSON of a valid one
 to the stage's config bucket (the stack output ``ConfigBucket``), where every function
 picks it up within ``chalicelib.config_source.REFRESH_SECONDS`` (30 s) of its next invocation.
 The bucket is versioned: rolling back is pushing the previous file (or restoring a version).
+Versions that still hold a secret written inline (pushed before config-push refused them, or by
+hand) are named in a warning at each push, with how to delete them: the secrets are to be rotated.
 
     python -m infra.config_push --stage dev --file my-vmpool.yaml [--bucket NAME]
 """
@@ -15,16 +17,26 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import ClientError
 
+from chalicelib.aws_clients import failure_of
 from chalicelib.clock import Clock, SystemClock
-from chalicelib.config import Config, ConfigError, canonical_json, parse, read_config_file
+from chalicelib.config import (
+    MAX_CONFIG_CHARACTERS,
+    Config,
+    ConfigError,
+    canonical_json,
+    from_text,
+    parse,
+    read_config_file,
+)
 from chalicelib.config_source import DEFAULT_CONFIG_KEY, GENERATION_METADATA, next_generation, object_generation
 from infra.deploy import said_in_one_line
-from infra.shipped_config import shipping_problems
+from infra.shipped_config import inline_secrets, shipping_problems
 from infra.sync_config import (
     STAGES,
     VCENTER_PORT,
@@ -167,10 +179,98 @@ def push(text: str, bucket: str, s3: Any, source: str = "config", config: Config
     for warning in config.warnings:
         print(f"config-push: warning: {warning}", file=sys.stderr)
     generation = next_generation(_published_generation(s3, bucket), (clock or SystemClock()).now())
+    warn_of_versions_with_inline_secrets(s3, bucket)
     answer = s3.put_object(Bucket=bucket, Key=DEFAULT_CONFIG_KEY, Body=body.encode("utf-8"),
                            ContentType="application/json",
-                           Metadata={"pools": str(len(config.pools)), GENERATION_METADATA: repr(generation)})
+                           Metadata={"pools": str(len(config.pools)), GENERATION_METADATA: repr(generation),
+                                     SECRETS_METADATA: REFERENCES_ONLY})
     return str(answer.get("VersionId") or answer.get("ETag"))
+
+
+SECRETS_METADATA = "secrets"
+REFERENCES_ONLY = "references"
+"""User metadata of every object config-push writes (it refuses a secret written inline): such a
+version is known to hold none, and is not read again to be checked."""
+MAX_VERSIONS_CHECKED = 200
+"""Older versions of the config object a push reads at most (the newest first): the bucket keeps
+each for 90 days, and a site pushing many times a day would otherwise download them all."""
+VERSIONS_LISTED = 10
+"""Versions a warning names with their delete command (the rest are counted)."""
+VERSION_READS_AT_ONCE = 8
+
+
+def versions_with_inline_secrets(s3: Any, bucket: str) -> tuple[list[tuple[str, list[str]]], int]:
+    """The versions of the config object (its current one included: a push makes it an older one)
+    that hold a secret written inline, each with the secrets' key paths (never their values), and
+    how many could not be checked (unreadable, no config, past ``MAX_VERSIONS_CHECKED``). They
+    were written before config-push refused inline secrets (2026-12-07), or by hand: the bucket
+    keeps every version 90 days, readable by whoever may read the bucket."""
+    listed: list[str] = []
+    unchecked = 0
+    pages = s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=DEFAULT_CONFIG_KEY)
+    for page in pages:
+        for version in page.get("Versions", []):
+            if version.get("Key") != DEFAULT_CONFIG_KEY:
+                continue
+            if len(listed) < MAX_VERSIONS_CHECKED:
+                listed.append(str(version.get("VersionId")))
+            else:
+                unchecked += 1
+    # A HEAD each (a version config-push wrote is not read further), several at once: 200 one
+    # after the other are seconds of round trips at every push.
+    with ThreadPoolExecutor(max_workers=VERSION_READS_AT_ONCE) as pool:
+        checked = list(pool.map(lambda version_id: _inline_secrets_of(s3, bucket, version_id), listed))
+    found = [(version_id, paths) for version_id, paths in zip(listed, checked, strict=True) if paths]
+    unchecked += sum(1 for paths in checked if paths is None)
+    return found, unchecked
+
+
+def _inline_secrets_of(s3: Any, bucket: str, version_id: str) -> list[str] | None:
+    """The key paths of the secrets written inline in one version of the config object (None: it
+    is no config this release reads, or too large to be one)."""
+    head = s3.head_object(Bucket=bucket, Key=DEFAULT_CONFIG_KEY, VersionId=version_id)
+    if (head.get("Metadata") or {}).get(SECRETS_METADATA) == REFERENCES_ONLY:
+        return []
+    if int(head.get("ContentLength") or 0) > 4 * MAX_CONFIG_CHARACTERS:  # UTF-8: 4 bytes a character at most
+        return None
+    body = s3.get_object(Bucket=bucket, Key=DEFAULT_CONFIG_KEY, VersionId=version_id)["Body"]
+    try:
+        text = body.read().decode("utf-8")
+        return inline_secrets(from_text(text, f"version {version_id}"))
+    except (UnicodeDecodeError, ConfigError):
+        return None
+    finally:
+        body.close()
+
+
+def warn_of_versions_with_inline_secrets(s3: Any, bucket: str) -> None:
+    """Say which versions of the config object hold a secret written inline, and what to do: delete
+    them, and rotate those secrets (whoever could read the bucket may have them). Said, never a
+    refusal: the push that moves the secrets to references is what the operator needs. Without
+    the right to list or read versions (``s3:ListBucketVersions``, ``s3:GetObjectVersion``), a
+    warning that they were not checked."""
+    try:
+        found, unchecked = versions_with_inline_secrets(s3, bucket)
+    except Exception as error:  # an AWS failure (no s3:ListBucketVersions, a proxy's page): said; a bug raised
+        failure = failure_of(error)
+        if failure is None:
+            raise
+        code = failure.code
+        print(f"config-push: warning: the config object's older versions could not be checked for secrets written "
+              f"inline ({code}); docs/deploy.md, \"Secrets left in older config versions\"", file=sys.stderr)
+        return
+    if not found:
+        return
+    paths = sorted({path for _, version_paths in found for path in version_paths})
+    commands = [f"  aws s3api delete-object --bucket {bucket} --key {DEFAULT_CONFIG_KEY} --version-id {version_id}"
+                for version_id, _ in found[:VERSIONS_LISTED]]
+    more = len(found) - VERSIONS_LISTED
+    print(f"config-push: warning: {len(found)} version(s) of s3://{bucket}/{DEFAULT_CONFIG_KEY} hold secrets written "
+          f"inline ({', '.join(paths)}), readable by whoever may read the bucket for the 90 days it keeps them: rotate "
+          "those secrets (the values in the config's references must be new ones), then delete the versions "
+          "(docs/deploy.md, \"Secrets left in older config versions\"):\n" + "\n".join(commands)
+          + (f"\n  ... and {more} more" if more > 0 else "")
+          + (f"\n  ({unchecked} version(s) not checked)" if unchecked else ""), file=sys.stderr)
 
 
 def _published_generation(s3: Any, bucket: str) -> float:

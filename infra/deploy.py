@@ -157,6 +157,35 @@ def check_concurrency(session: Any, stage: Stage) -> None:
             f"executions' of at least {stage.reserved_concurrency + UNRESERVED_MINIMUM + quota - unreserved}")
 
 
+PACKAGED_PARAMETER = "VpcId"
+"""A parameter of the stage's merged template (infra/template.yaml): a template without it is
+Chalice's own, which has none of the stack's infrastructure."""
+
+
+def refuse_what_package_sh_did_not_build(package: Path, stage: str) -> None:
+    """Refuse, before anything is uploaded, a ``--package`` folder that is not the stage's package
+    (``infra/package.sh``, which ``make package`` and ``make deploy`` run): missing, or a plain
+    ``chalice package`` output. Chalice's own template has no VPC, Redis, queue or config bucket,
+    and its zip carries the AWS SDK, pydantic and the config as written (a secret inline too) for
+    the Python that ran it. Before, such a folder was refused for its first parameter
+    (``VpcId is no parameter of the stack (its parameters: ;``), or, given none, deployed:
+    functions outside the VPC with no Redis to reach."""
+    build = f"infra/package.sh {stage} {package} (make package STAGE={stage} builds build/package)"
+    missing = [name for name in ("sam.json", "deployment.zip") if not (package / name).is_file()]
+    if missing:
+        raise DeployError(f"{package} holds no {' or '.join(missing)}: it is not a packaged stage; build it with "
+                          f"{build}")
+    try:
+        declared = json.loads((package / "sam.json").read_text()).get("Parameters") or {}
+    except ValueError:
+        declared = {}
+    if PACKAGED_PARAMETER not in declared:
+        raise DeployError(f"{package} is a plain `chalice package` output (its template has no {PACKAGED_PARAMETER} "
+                          "parameter: none of the stack's VPC, Redis, queue or config bucket), not the stage's "
+                          f"package; build it with {build}, which runs chalice package with the stack merged in and "
+                          "slims the zip")
+
+
 def refuse_values_not_allowed(template: dict[str, Any], given: dict[str, str]) -> None:
     """Refuse, before anything is uploaded, a given parameter the template does not have (a
     typo) or a value its declaration refuses: outside ``AllowedValues`` (``RedisMinReplicaAcks=2``:
@@ -341,6 +370,7 @@ def deploy(session: Any, stage: str, bucket: str, package: Path | None, given: d
 
         template = build(STAGES[stage], infra_only=True)
     else:
+        refuse_what_package_sh_did_not_build(package, stage)
         code = (package / "deployment.zip").read_bytes()
         code_key = f"{prefix}/code-{_digest(code)}.zip"
         template = with_code_location(json.loads((package / "sam.json").read_text()), bucket, code_key)

@@ -3,19 +3,11 @@
 import abc
 import functools
 import ipaddress
-import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable, ClassVar, Iterable, Mapping, Optional, Sequence, TypeVar
 
+from chalicelib.aws_clients import without_arns as without_arns  # where the DNS plugins import it from
 from chalicelib.config_fields import Bool, Check, DnsName, SettingsModel, Str, number
-
-ARN = re.compile(r"arn:aws[A-Za-z0-9-]*:[^\s,;]*")
-"""An ARN in an AWS message (a role's names the account's ID): withheld wherever a reason is shown."""
-
-
-def without_arns(text: str) -> str:
-    """``text`` with every ARN in it withheld."""
-    return ARN.sub("(ARN withheld)", text)
 
 
 class DnsError(Exception):
@@ -50,8 +42,11 @@ TIMEOUT_MAX_SECONDS = 10.0
 or DNS took ``DNS_SECONDS_PER_PASS`` (15 s) of it, but waits for the call under way: with no
 bound, ``timeout: 30`` (connect and read) held a pass of the 60 s reconcile function a minute."""
 
-DnsTimeout = Annotated[float, Check(number(0.1, TIMEOUT_MAX_SECONDS))]
-"""A plugin's ``timeout`` key: seconds of one call, 0.1 to ``TIMEOUT_MAX_SECONDS``."""
+DnsTimeout = Annotated[float, Check(number(0.1, TIMEOUT_MAX_SECONDS), trusted=number(0.1))]
+"""A plugin's ``timeout`` key: seconds of one call, 0.1 to ``TIMEOUT_MAX_SECONDS``. Its upper
+bound came after configs were pushed without it: the canonical form a function builds holds the
+lower one only, so such a pushed config keeps loading (docs/deploy.md, "Configs a newer release
+refuses")."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -139,6 +140,60 @@ def test_a_canonical_file_of_the_wrong_shape_is_refused_with_its_key_path(
     assert any(found.startswith(problem) for found in raised.value.problems), raised.value.problems
 
 
+@pytest.mark.parametrize("length", [200, 201, 1_000_000])
+def test_the_site_name_bound_holds_whatever_the_configs_format(length: int) -> None:
+    """``site_name`` is at most 200 characters in YAML, and in the canonical JSON a function
+    builds (an object put in the bucket by another tool or by hand): the same answer either way.
+    Before, the canonical form skipped the bound, and a name of a million characters went on every
+    dashboard page three times."""
+    yaml = f"config: {{site_name: {'x' * length}}}\npools: [{{name: a, size: 1, provider: dummy}}]\n"
+    document = {**canonical(parse("pools: [{name: a, size: 1, provider: dummy}]"))}
+    document["config"] = {**document["config"], "site_name": "x" * length}
+    answers = []
+    for text in (yaml, json.dumps(document)):
+        try:
+            answers.append(len(from_text(text).service.site_name))
+        except ConfigError as error:
+            answers.append(error.problems)
+    expected = length if length <= 200 else [f"config.site_name: must be at most 200 characters, got {length:,}"]
+    assert answers == [expected, expected]
+
+
+@pytest.mark.parametrize("section, key, value", [("pools", "size", 10_001), ("pools", "size", -1),
+                                                  ("pools", "ready_ttl", 0), ("config", "task_limit", 0),
+                                                  ("config", "check_loop_delay_min", 0.01)])
+def test_a_numbers_bounds_hold_whatever_the_configs_format(section: str, key: str, value: float) -> None:
+    """A number outside its bounds is refused with the same problem from YAML and from the
+    canonical JSON a function builds (an object put in the bucket by another tool or by hand).
+    Before, the canonical form checked the type alone: a pool of size 10**9 was built as it came."""
+    document = canonical(parse("pools: [{name: a, size: 1, provider: dummy}]"))
+    if section == "pools":
+        yaml = f"pools: [{{name: a, provider: dummy, {'' if key == 'size' else 'size: 1, '}{key}: {value}}}]\n"
+        document["pools"] = [{**document["pools"][0], key: value}]
+    else:
+        yaml = f"config: {{{key}: {value}}}\npools: [{{name: a, size: 1, provider: dummy}}]\n"
+        document["config"] = {**document["config"], key: value}
+    problems = []
+    for text in (yaml, json.dumps(document)):
+        with pytest.raises(ConfigError) as refused:
+            from_text(text)
+        problems.append([problem for problem in refused.value.problems if key in problem])
+    assert problems[0] and problems[1] == problems[0]
+
+
+def test_a_pushed_dns_timeout_over_the_bound_added_later_still_loads() -> None:
+    """A DNS plugin's ``timeout`` over 10 s is refused where a config is validated, but a canonical
+    object pushed before that bound keeps loading (docs/deploy.md, "Configs a newer release
+    refuses"), with its lower bound held."""
+    document = canonical(parse("dns_configs: {d: {dns_class: dynamic-dns, domain: x.example.com}}\n"
+                               "pools: [{name: a, size: 1, provider: dummy, dns_plugin: d}]"))
+    document["dns_configs"]["d"]["timeout"] = 30
+    assert from_text(json.dumps(document)).dns_configs["d"].settings.timeout == 30
+    document["dns_configs"]["d"]["timeout"] = 0.0
+    with pytest.raises(ConfigError, match=r"dns_configs\.d\.timeout: must be a finite number >= 0\.1"):
+        from_text(json.dumps(document))
+
+
 def test_json_without_the_format_key_is_read_as_the_yaml_it_also_is() -> None:
     config = from_text(json.dumps({"pools": [{"name": "p", "size": 1, "provider": "dummy"}]}))
 
@@ -206,3 +261,25 @@ def test_a_config_objects_generation_is_its_push_or_when_s3_wrote_it(metadata: d
                                                                       generation: float) -> None:
     assert object_generation(WRITTEN, metadata) == generation
     assert next_generation(generation, WRITTEN.timestamp() - 3600) > generation  # a pusher's clock behind
+
+
+def test_the_canonical_json_is_ascii_and_the_same_bytes_in_every_process() -> None:
+    """What packaging and config-push write for a config with text past ASCII (a site name in
+    German, a snowman, a character outside the BMP): 7-bit ASCII, escapes in JSON's ``\\uXXXX``
+    form, so its bytes are its characters (the 16 MiB a push allows is what a function reads),
+    read back to the same config, and the same bytes from a process of another hash seed (an
+    unchanged config pushed again is the config in use: no function builds it again)."""
+    import subprocess
+    import sys
+
+    yaml = "config: {site_name: 'Pööl ☃ \U0001F600'}\npools: [{name: a, size: 1, provider: dummy}]\n"
+    text = canonical_json(parse(yaml))
+
+    assert text.isascii() and len(text.encode("utf-8")) == len(text)
+    assert '"site_name":"P\\u00f6\\u00f6l \\u2603 \\ud83d\\ude00"' in text
+    assert from_text(text).service.site_name == "Pööl ☃ \U0001F600"
+    script = ("import sys; from chalicelib.config import canonical_json, parse; "
+              "sys.stdout.write(canonical_json(parse(sys.stdin.read())))")
+    other = subprocess.run([sys.executable, "-c", script], input=yaml, capture_output=True, text=True, check=True,
+                           cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": "12345"}).stdout
+    assert other == text

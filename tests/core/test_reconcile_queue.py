@@ -1110,3 +1110,55 @@ def test_a_pool_whose_run_raises_is_counted_and_named_and_its_messages_return(
     [line] = [line for line in json_lines(log_output.getvalue()) if line.get("pool") == "debian"
               and line["message"].startswith("pool not reconciled")]
     assert line["ids"] == ["m0"] and "KeyError" in line["exception"]
+
+
+TEN_POOLS = ":providers:\n  :dummy: {createvm_max_time: 30, boot_time: 10}\n:pools:\n" + "".join(
+    f"  - {{name: p{n}, size: 1, provider: dummy}}\n" for n in range(10))
+
+
+def test_a_full_batch_with_one_slow_pool_answers_in_time_failing_that_message_alone(
+        redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ten messages the tick put on (moto's) SQS, received as Lambda's event source receives them,
+    given to the real consumer with 7.5 s of its invocation left; one pool's vCenter hangs. The
+    consumer answers while that pass still hangs (it keeps SAFETY_SECONDS back), reports that
+    message alone as a batch item failure (SQS deletes the nine others and delivers it again), and
+    the nine other pools are reconciled: a clone each, and a follow-up each on the queue."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    services = Services(parse(TEN_POOLS), redis_client, clock=FakeClock(), prefix="tenbatch:")
+    monkeypatch.setattr(app, "_services", services)
+    monkeypatch.setattr(app, "_config", None)
+    provider = services.provider("dummy")
+    list_vms, release = provider.list_vms, threading.Event()
+
+    def hanging_for_p3(pool: Any) -> Any:
+        if pool.name == "p3":
+            release.wait(30)
+        return list_vms(pool)
+
+    monkeypatch.setattr(provider, "list_vms", hanging_for_p3)
+    given_up: list[Future[Any]] = []
+    with mock_aws():
+        sqs = boto3.client("sqs")
+        url = sqs.create_queue(QueueName="vmpool-dev-reconcile")["QueueUrl"]
+        monkeypatch.setattr(app, "_queue", SqsPoolQueue(url, client_factory=lambda: sqs))
+        app._queue.send([(PoolMessage(f"p{n}"), 0.0) for n in range(10)])
+        received = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, AttributeNames=["All"])["Messages"]
+        assert len(received) == 10
+        event = {"Records": [{"messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "body": m["Body"],
+                              "attributes": m["Attributes"], "eventSource": "aws:sqs",
+                              "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:vmpool-dev-reconcile"}
+                             for m in received]}
+        slow = next(m["MessageId"] for m in received if json.loads(m["Body"])["pool"] == "p3")
+        try:
+            answer = app.reconcile(event, Context(int((PASS_STOP_SECONDS + 0.5) * 1000)))
+            given_up = [future for future in dispatch._given_up if not future.done()]
+            counts = services.store.counts([f"p{n}" for n in range(10)])  # while p3's pass still hangs
+        finally:
+            release.set()
+        futures.wait(given_up, timeout=30)  # the given-up pass ends here, not in the next test
+        delayed = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
+
+    assert answer == {"batchItemFailures": [{"itemIdentifier": slow}]} and len(given_up) == 1
+    assert {pool: c["pending"] for pool, c in counts.items()} == {f"p{n}": int(n != 3) for n in range(10)}
+    queued = delayed["Attributes"]  # beside the ten received: the follow-ups (p3's too, once released)
+    assert int(queued["ApproximateNumberOfMessages"]) + int(queued["ApproximateNumberOfMessagesDelayed"]) >= 9

@@ -494,6 +494,33 @@ def test_a_page_instead_of_s3s_answer_keeps_the_config_and_is_counted(
     assert source.current().pool_names == ("debian", "fedora")  # S3 answers again: the push is live
 
 
+S3_DENIED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code><Message>User: '
+             b'arn:aws:sts::123456789012:assumed-role/vmpool-dev-reconcile/vmpool-dev-reconcile is not authorized to '
+             b'perform: s3:GetObject on resource: "arn:aws:s3:::vmpool-dev-config-123456789012-us-east-1/config/'
+             b'vmpool.yaml" because no identity-based policy allows the s3:GetObject action</Message>'
+             b"<RequestId>R</RequestId><HostId>H</HostId></Error>")
+"""S3's 403 to a role without ``s3:GetObject`` on the object, as S3 writes it since 2024."""
+
+
+def test_an_s3_refusal_is_logged_without_the_accounts_arns(
+        s3: Any, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    """S3 refuses a function's config refresh (its role lost ``s3:GetObject``): the warning says
+    what S3 said, the code and the action denied, with the role's and the bucket's ARNs and the
+    account ID withheld, as a route53 refusal's are. Before, the line logged them whole
+    (``User: arn:aws:sts::123456789012:assumed-role/...``) to whoever reads the logs."""
+    initial = parse(PACKAGED)
+    denied = boto3.client("s3")
+    answer_with_page(denied, 403, S3_DENIED)
+    source = ConfigSource(initial, S3Fetch(BUCKET, DEFAULT_CONFIG_KEY, lambda: denied), FakeClock())
+
+    assert source.current() is initial
+    [line] = [record for record in caplog.records if record.getMessage().startswith("config not refreshed")]
+    error = vars(line)["error"]
+    assert error.startswith("s3 get config: AccessDenied: User: (ARN withheld) is not authorized to perform: "
+                            "s3:GetObject on resource: ")
+    assert "123456789012" not in error and "arn:" not in error and "vmpool-dev-reconcile" not in error
+
+
 DNS_CONFIG = """\
 :providers:
   :dummy: {}
@@ -671,3 +698,37 @@ def test_config_push_refuses_a_route53_zone_the_stages_functions_may_not_change(
     assert "dns_configs.aws: hosted zone Z0123456789ABC" in output
     assert "chalicelib/vmpool.yaml" in output and "make deploy STAGE=dev" in output
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET)
+
+
+INLINE_PASSWORD = "hunter2-vcenter"
+WITH_INLINE_SECRET = (":providers:\n  :vs: {provider_class: vsphere, server: vc, username: u, password: %s}\n"
+                      "  :dummy: {}\n:pools:\n  - {name: debian, size: 1, provider: dummy}\n")
+WITH_REFERENCE = WITH_INLINE_SECRET % "{secret: vmpool/dev/vsphere, key: vs}"
+
+
+def test_a_push_names_the_older_versions_still_holding_a_secret_written_inline(
+        s3: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The versioned bucket keeps a config pushed before config-push refused inline secrets (or
+    copied in by hand) for 90 days, password and all. The push that moves the password to a
+    reference says which versions hold one (by key path, never the value), that the secret is to be
+    rotated, and how to delete each version; once they are deleted, the next push says nothing.
+    Before, nothing said the password was still readable in the bucket."""
+    old = [s3.put_object(Bucket=BUCKET, Key=DEFAULT_CONFIG_KEY,
+                         Body=text.encode())["VersionId"]
+           for text in (canonical_json(parse(WITH_INLINE_SECRET % INLINE_PASSWORD)), WITH_INLINE_SECRET % "other-pw")]
+
+    code, output = push_file(tmp_path, WITH_REFERENCE, capsys)
+
+    assert code == 0, output
+    assert INLINE_PASSWORD not in output and "other-pw" not in output
+    assert (f"config-push: warning: 2 version(s) of s3://{BUCKET}/{DEFAULT_CONFIG_KEY} hold secrets written inline "
+            "(providers.vs.password), readable by whoever may read the bucket") in output
+    assert "rotate those secrets" in output
+    commands = [line.strip() for line in output.splitlines() if line.strip().startswith("aws s3api delete-object")]
+    assert sorted(commands) == sorted(f"aws s3api delete-object --bucket {BUCKET} --key {DEFAULT_CONFIG_KEY} "
+                                      f"--version-id {version}" for version in old)
+    for version in old:  # what the commands do
+        s3.delete_object(Bucket=BUCKET, Key=DEFAULT_CONFIG_KEY, VersionId=version)
+
+    code, output = push_file(tmp_path, WITH_REFERENCE, capsys)
+    assert code == 0 and "written inline" not in output, output

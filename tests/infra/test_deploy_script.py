@@ -523,3 +523,36 @@ def test_an_update_with_a_template_that_dropped_a_parameter_passes_no_previous_v
     keys = [p["ParameterKey"] for p in parameters]
     assert "RedisMinReplicaAcks" not in keys and {"VpcId", "PoolEmptyMinutes"} <= set(keys)
     assert {"ParameterKey": "PoolEmptyMinutes", "UsePreviousValue": True} in parameters
+
+
+def test_a_plain_chalice_package_is_refused_saying_how_to_build_the_stages_package(
+        aws: boto3.Session, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``chalice package out`` run by hand writes Chalice's own template (the three functions and
+    the API: no VPC, Redis, queue or config bucket) and its unslimmed zip. ``--package out`` is
+    refused in one line naming how to build the stage's package, with or without parameters, and
+    nothing is uploaded. Before, it was refused for its first parameter (``VpcId is no parameter
+    of the stack (its parameters: ;``) or, given none, deployed: functions with no Redis to reach."""
+    out = tmp_path / "out"
+    out.mkdir()
+    function = {"Type": "AWS::Serverless::Function",
+                "Properties": {"Runtime": "python3.11", "Handler": "app.tick", "CodeUri": "./deployment.zip"}}
+    (out / "sam.json").write_text(json.dumps({
+        "AWSTemplateFormatVersion": "2010-09-09", "Transform": "AWS::Serverless-2016-10-31",
+        "Outputs": {"APIHandlerName": {"Value": {"Ref": "APIHandler"}}},
+        "Resources": {"Tick": function, "Reconcile": function, "APIHandler": function}}))
+    (out / "deployment.zip").write_bytes(b"PK\x05\x06" + b"\x00" * 18)  # an empty zip: never read
+    for parameters in (["VpcId=vpc-0abc", "PrivateSubnetIds=subnet-1,subnet-2", "VCenterCidr=10.1.0.0/16"], []):
+        code = deploy.main(["--stage", "dev", "--bucket", BUCKET, "--package", str(out), "--poll", "0.1",
+                            *parameters], session=aws)
+        err = capsys.readouterr().err
+        assert code == 1 and err == (
+            f"deploy: {out} is a plain `chalice package` output (its template has no VpcId parameter: none of the "
+            "stack's VPC, Redis, queue or config bucket), not the stage's package; build it with infra/package.sh "
+            f"dev {out} (make package STAGE=dev builds build/package), which runs chalice package with the stack "
+            "merged in and slims the zip\n"), err
+    (out / "sam.json").unlink()
+    assert deploy.main(["--stage", "dev", "--bucket", BUCKET, "--package", str(out)], session=aws) == 1
+    assert capsys.readouterr().err.startswith(f"deploy: {out} holds no sam.json: it is not a packaged stage; ")
+    assert aws.client("s3").list_objects_v2(Bucket=BUCKET)["KeyCount"] == 0
+    with pytest.raises(ClientError):
+        aws.client("cloudformation").describe_stacks(StackName="vmpool-dev")
