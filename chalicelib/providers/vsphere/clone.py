@@ -30,6 +30,20 @@ LINKED = "moveChildMostDiskBacking"
 FULL = "moveAllDiskBackingsAndConsolidate"
 
 
+HOSTS_TRIED = 3
+"""The most hosts one clone is sent to when vCenter says it cannot reach the host picked for it
+(``HostUnreached``): each is avoided after (hosts.HostSelector.avoid), the next clone of the
+pass going to another one."""
+
+
+class HostUnreached(Exception):
+    """vCenter refused a clone because it cannot reach the host selection picked for it."""
+
+    def __init__(self, fault: BaseException) -> None:
+        super().__init__(describe_fault(fault))
+        self.fault = fault
+
+
 class CloneRefused(Exception):
     """The clone cannot start for a reason an operator must fix (missing template, folder...)."""
 
@@ -253,7 +267,8 @@ def send(
     fault: it started nothing) and the clone is tried again, so that a failure of the second try
     before its own ``CloneVM_Task`` is not taken for a lost answer."""
     plans = plans if plans is not None else Plans()
-    try:
+
+    def attempt() -> tuple[Any, Any]:
         try:
             return _send(connection, config, service, selector, pool, hostname, now, sending, plans)
         except vmodl.fault.ManagedObjectNotFound:
@@ -264,6 +279,17 @@ def send(
             selector.forget()
             plans.forget()
             return _send(connection, config, service, selector, pool, hostname, now, sending, plans)
+
+    try:
+        for _ in range(HOSTS_TRIED):
+            try:
+                return attempt()
+            except HostUnreached as unreached:
+                # vCenter cannot reach the host picked (now avoided): sent to another one.
+                # Nothing was started: vCenter refused.
+                sending(False)
+                fault = unreached.fault
+        return tasks.failed_ref(f"vCenter refused the clone: {describe_fault(fault)}", FailureKind.HOST)
     except CloneRefused as refused:
         return tasks.failed_ref(str(refused), refused.kind)
     except LookupError as missing:
@@ -359,6 +385,7 @@ def _send(
     relocate = vim.vm.RelocateSpec(pool=planned.resource_pool)
     if planned.datastore is not None:
         relocate.datastore = planned.datastore
+    host = None
     if planned.cluster is not None:
         try:
             host = selector.pick(connection, planned.cluster, (planned.datacenter, planned.cluster._moId),
@@ -379,4 +406,10 @@ def _send(
     if linked and planned.snapshot is not None:
         spec.snapshot = planned.snapshot
     sending(True)
-    return planned.template.CloneVM_Task(folder=planned.folder, name=hostname, spec=spec), planned.folder
+    try:
+        return planned.template.CloneVM_Task(folder=planned.folder, name=hostname, spec=spec), planned.folder
+    except vmodl.MethodFault as fault:
+        if host is not None and fault_kind(fault) is FailureKind.HOST:
+            selector.avoid(host)
+            raise HostUnreached(fault) from None
+        raise

@@ -11,6 +11,12 @@ The cache holds host references, and lives as long as the session it was read on
 a host it was given no longer exists (``forget``; vCenter gives ids anew after a restart or a
 host's removal). Before, references from before a restart were used for up to a minute, and
 clones placed on them failed.
+
+A host vCenter refused a clone on because it cannot reach it (HostNotConnected,
+HostNotReachable: failure kind ``host``) is ``avoid``-ed for ``host_selection_cache_seconds``,
+even when a new survey still shows it connected (vCenter notices a host not responding only
+after a while). Before, it was picked again at each turn of the rotation until the cache
+expired, and one clone in three failed.
 """
 
 from __future__ import annotations
@@ -86,6 +92,8 @@ class HostSelector:
         self._turn: dict[tuple[str, str], int] = {}
         self._session: object | None = None
         """The mark of the session the cache was read on (``_session_of``)."""
+        self._avoided: dict[str, float] = {}
+        """Hosts (by id) vCenter could not reach for a clone, and until when they are not picked."""
 
     def hosts(self, connection: Connection, container: Any, key: tuple[str, str], limit: float) -> list[HostUsage]:
         """The surveyed hosts of ``container`` (cached for the session, ``cache_seconds`` at most)."""
@@ -104,9 +112,11 @@ class HostSelector:
     def pick(self, connection: Connection, container: Any, key: tuple[str, str], limit: float) -> HostUsage:
         """The next eligible host. Raises LookupError (with each host's reason) when none is."""
         surveyed = self.hosts(connection, container, key, limit)
-        eligible = [host for host in surveyed if host.eligible]
+        now = self._now()
+        avoided = {ref for ref, until in self._avoided.items() if until > now}
+        eligible = [host for host in surveyed if host.eligible and _id(host.ref) not in avoided]
         if not eligible:
-            reasons = "; ".join(f"{host.name}: {host.why_not}" for host in surveyed) or "no hosts"
+            reasons = "; ".join(f"{host.name}: {_why_not(host, avoided)}" for host in surveyed) or "no hosts"
             raise LookupError(f"no host is eligible for a clone ({reasons})")
         turn = self._turn.get(key, 0)
         self._turn[key] = turn + 1
@@ -115,6 +125,26 @@ class HostSelector:
     def forget(self) -> None:
         """Survey again on the next pick (a host it gave is gone)."""
         self._cache.clear()
+
+    def avoid(self, host: HostUsage) -> None:
+        """Pick ``host`` for no clone for ``cache_seconds`` (vCenter cannot reach it), and survey
+        again on the next pick (the other hosts' state may have changed too)."""
+        now = self._now()
+        self._avoided = {ref: until for ref, until in self._avoided.items() if until > now}
+        self._avoided[_id(host.ref)] = now + self._cache_seconds
+        self.forget()
+
+
+def _id(ref: Any) -> str:
+    """A host reference's id (vCenter's managed object id)."""
+    return str(getattr(ref, "_moId", ref))
+
+
+def _why_not(host: HostUsage, avoided: set[str]) -> str:
+    """Why ``host`` is not picked, as ``pick`` says it."""
+    if host.eligible and _id(host.ref) in avoided:
+        return "vCenter could not reach it for a clone just now"
+    return host.why_not
 
 
 SESSION_MARK = "host_selection_session"
