@@ -453,9 +453,22 @@ class Route53Dns(DnsPlugin):
         return found
 
 
+_ESCAPE = re.compile(r"\\([0-7]{3})")
+"""An escape in a name Route 53 answers with: each character other than ``a-z``, ``0-9``, ``-`` and
+``_`` as three octal digits (``*`` is ``\\052``, not RFC 1035's decimal ``\\042``)."""
+
+
 def _key(fqdn: str) -> str:
-    """A name as ``_record_sets`` keys it: lower case, no final dot (Route 53 answers with one)."""
-    return fqdn.rstrip(".").lower()
+    """A name as ``_record_sets`` keys it: lower case, no final dot (Route 53 answers with one),
+    Route 53's escapes (``_ESCAPE``) read back to their characters, which Route 53 sorts by (a
+    dot inside a label stays ``\\.``: never a label's end). Before, a listed name was kept as
+    the escaped text: a page ending at ``web\\0521`` (``web*1``) counted ``web0``, listed after it,
+    as read, and free."""
+    def character(escape: re.Match[str]) -> str:
+        char = chr(int(escape.group(1), 8))
+        return "\\." if char == "." else char
+
+    return _ESCAPE.sub(character, fqdn.rstrip(".")).lower()
 
 
 def _orders(name: str) -> tuple[str, str]:
