@@ -24,16 +24,10 @@ from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere import inventory, tasks
 from chalicelib.providers.vsphere.config import vsphere_settings
 from chalicelib.providers.vsphere.connection import Connection, describe_fault, fault_kind
-from chalicelib.providers.vsphere.hosts import HostSelector
+from chalicelib.providers.vsphere.hosts import HOSTS_TRIED, HostSelector
 
 LINKED = "moveChildMostDiskBacking"
 FULL = "moveAllDiskBackingsAndConsolidate"
-
-
-HOSTS_TRIED = 3
-"""The most hosts one clone is sent to when vCenter says it cannot reach the host picked for it
-(``HostUnreached``): each is avoided after (hosts.HostSelector.avoid), the next clone of the
-pass going to another one."""
 
 
 class HostUnreached(Exception):

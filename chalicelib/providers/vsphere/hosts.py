@@ -29,6 +29,11 @@ from pyVmomi import vim
 from chalicelib.providers.vsphere import inventory
 from chalicelib.providers.vsphere.connection import Connection
 
+HOSTS_TRIED = 3
+"""The most hosts one clone or migration is sent to when vCenter says it cannot reach the host
+picked for it (HostNotConnected, HostNotReachable): each is avoided after (``HostSelector.avoid``),
+and the next clones and migrations go to another one."""
+
 
 @dataclass(frozen=True)
 class HostUsage:
@@ -112,11 +117,9 @@ class HostSelector:
     def pick(self, connection: Connection, container: Any, key: tuple[str, str], limit: float) -> HostUsage:
         """The next eligible host. Raises LookupError (with each host's reason) when none is."""
         surveyed = self.hosts(connection, container, key, limit)
-        now = self._now()
-        avoided = {ref for ref, until in self._avoided.items() if until > now}
-        eligible = [host for host in surveyed if host.eligible and _id(host.ref) not in avoided]
+        eligible = [host for host in surveyed if self.usable(host)]
         if not eligible:
-            reasons = "; ".join(f"{host.name}: {_why_not(host, avoided)}" for host in surveyed) or "no hosts"
+            reasons = "; ".join(f"{host.name}: {self._why_not(host)}" for host in surveyed) or "no hosts"
             raise LookupError(f"no host is eligible for a clone ({reasons})")
         turn = self._turn.get(key, 0)
         self._turn[key] = turn + 1
@@ -125,6 +128,14 @@ class HostSelector:
     def forget(self) -> None:
         """Survey again on the next pick (a host it gave is gone)."""
         self._cache.clear()
+
+    def usable(self, host: HostUsage) -> bool:
+        """Whether ``host`` may take a clone or a migration now: eligible, and not ``avoid``-ed."""
+        return host.eligible and self._avoided.get(_id(host.ref), 0.0) <= self._now()
+
+    def _why_not(self, host: HostUsage) -> str:
+        """Why ``host`` is not picked, as ``pick`` says it."""
+        return host.why_not if not host.eligible else "vCenter could not reach it just now"
 
     def avoid(self, host: HostUsage) -> None:
         """Pick ``host`` for no clone for ``cache_seconds`` (vCenter cannot reach it), and survey
@@ -138,13 +149,6 @@ class HostSelector:
 def _id(ref: Any) -> str:
     """A host reference's id (vCenter's managed object id)."""
     return str(getattr(ref, "_moId", ref))
-
-
-def _why_not(host: HostUsage, avoided: set[str]) -> str:
-    """Why ``host`` is not picked, as ``pick`` says it."""
-    if host.eligible and _id(host.ref) in avoided:
-        return "vCenter could not reach it for a clone just now"
-    return host.why_not
 
 
 SESSION_MARK = "host_selection_session"
