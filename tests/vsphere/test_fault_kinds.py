@@ -156,3 +156,31 @@ def test_a_host_vcenter_cannot_reach_is_not_picked_again_for_a_clone(
         placed = {(admin.vm_details(provider, f"DC0/vm/{harness.pool(POOL).folder}/{vm.name}") or {})
                   .get("extra_config", {}).get("vcsim.host") for vm in provider.list_vms(harness.pool(POOL))}
         assert placed and unreachable not in placed, placed
+
+
+def test_a_cluster_whose_every_host_vcenter_cannot_reach_is_told_host_not_capacity(
+        vcsim: VcsimServer, make_harness: Any) -> None:
+    """Host selection on; vCenter refuses clones onto each of the cluster's hosts with
+    HostNotConnected: each host is tried once, then avoided, and /status says `host` (before this
+    was told apart, the clones after the first found every host avoided and said `capacity`,
+    sending the operator to look for room)."""
+    harness = pool_harness(make_harness, vcsim, size=3, service={"manage_host_selection": True})
+    harness.provider.list_vms(harness.pool(POOL))  # logged in: the stub exists
+    aimed: list[str] = []
+
+    def refused(method: str, args: Any) -> BaseException | None:
+        if method != "CloneVM_Task":
+            return None
+        aimed.append(args[2].location.host._moId)
+        return vmodl.fault.HostNotConnected(msg="The host is not connected.")
+
+    kinds: list[str] = []
+    with pytest.MonkeyPatch.context() as patch:
+        refuse_on_stub(harness.provider, patch, refused)
+        for _ in range(2):  # the clones, then their failures read (within the selection's cache)
+            report = harness.reconcile(POOL)
+            kinds.extend(failure.kind.value for failure in report.clone_failures.values())
+            harness.clock.advance(20)
+    assert kinds == ["host"] * 3, kinds  # the metric's reasons, each clone's failure
+    assert pool_status(harness)["clone_failure"] == "host"
+    assert len(aimed) == len(set(aimed)) == 3, aimed  # each host once

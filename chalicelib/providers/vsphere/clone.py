@@ -24,7 +24,7 @@ from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere import inventory, tasks
 from chalicelib.providers.vsphere.config import vsphere_settings
 from chalicelib.providers.vsphere.connection import Connection, describe_fault, fault_kind
-from chalicelib.providers.vsphere.hosts import HOSTS_TRIED, HostSelector
+from chalicelib.providers.vsphere.hosts import HOSTS_TRIED, HostSelector, HostsUnreached
 
 LINKED = "moveChildMostDiskBacking"
 FULL = "moveAllDiskBackingsAndConsolidate"
@@ -385,7 +385,8 @@ def _send(
             host = selector.pick(connection, planned.cluster, (planned.datacenter, planned.cluster._moId),
                                  service.utilization_limit)
         except LookupError as none_eligible:
-            raise CloneRefused(str(none_eligible), FailureKind.CAPACITY) from None
+            kind = FailureKind.HOST if isinstance(none_eligible, HostsUnreached) else FailureKind.CAPACITY
+            raise CloneRefused(str(none_eligible), kind) from None
         relocate.host = host.ref
 
     linked = is_linked(pool, service)

@@ -35,6 +35,10 @@ picked for it (HostNotConnected, HostNotReachable): each is avoided after (``Hos
 and the next clones and migrations go to another one."""
 
 
+class HostsUnreached(LookupError):
+    """No host may take a clone: each eligible one is avoided (vCenter could not reach it)."""
+
+
 @dataclass(frozen=True)
 class HostUsage:
     """One host as host selection sees it."""
@@ -120,7 +124,8 @@ class HostSelector:
         eligible = [host for host in surveyed if self.usable(host)]
         if not eligible:
             reasons = "; ".join(f"{host.name}: {self._why_not(host)}" for host in surveyed) or "no hosts"
-            raise LookupError(f"no host is eligible for a clone ({reasons})")
+            unreached = any(host.eligible for host in surveyed)  # each one avoided: not a lack of room
+            raise (HostsUnreached if unreached else LookupError)(f"no host is eligible for a clone ({reasons})")
         turn = self._turn.get(key, 0)
         self._turn[key] = turn + 1
         return eligible[turn % len(eligible)]
