@@ -406,6 +406,7 @@ class Route53Dns(DnsPlugin):
             if max_refusals is not None and refused >= max_refusals:
                 break
             if refused >= DENIED_ALONE_BEFORE_ENTRY and None not in outcome.values():
+                denial.refused_alone = frozenset(outcome)
                 raise denial  # unbounded callers too (a withdrawal): not 50 denied calls
             try:
                 send()
@@ -418,6 +419,9 @@ class Route53Dns(DnsPlugin):
             else:
                 outcome[hostname] = None
         if None not in outcome.values():
+            # Each name tried was denied: the entry's refusal, and each of them its own (it goes
+            # after the others next time, so names IAM grants behind them are tried).
+            denial.refused_alone = frozenset(outcome)
             raise denial
         return outcome
 

@@ -292,8 +292,8 @@ def _publish_many(context: PassContext, plugin: DnsPlugin,
                 continue
             failure = outcome[hostname]
             if failure is not None:
-                if refused_names is not None and isinstance(failure, DnsRejected) \
-                        and not isinstance(failure, DnsEntryRejected) \
+                alone = not isinstance(failure, DnsEntryRejected) or hostname in failure.refused_alone
+                if refused_names is not None and isinstance(failure, DnsRejected) and alone \
                         and all(_publishable(address) for address in publications[hostname][0]):
                     refused_names.add(hostname)  # by the service (not an address no record can hold)
                 context.dns_failed(hostname, "record creation", failure)
