@@ -30,7 +30,7 @@ LINKED = "moveChildMostDiskBacking"
 FULL = "moveAllDiskBackingsAndConsolidate"
 
 
-class HostUnreached(Exception):
+class PickedHostUnreached(Exception):
     """vCenter refused a clone because it cannot reach the host selection picked for it."""
 
     def __init__(self, fault: BaseException) -> None:
@@ -278,7 +278,7 @@ def send(
         for _ in range(HOSTS_TRIED):
             try:
                 return attempt()
-            except HostUnreached as unreached:
+            except PickedHostUnreached as unreached:
                 # vCenter cannot reach the host picked (now avoided): sent to another one.
                 # Nothing was started: vCenter refused.
                 sending(False)
@@ -406,5 +406,5 @@ def _send(
     except vmodl.MethodFault as fault:
         if host is not None and fault_kind(fault) is FailureKind.HOST:
             selector.avoid(host)
-            raise HostUnreached(fault) from None
+            raise PickedHostUnreached(fault) from None
         raise

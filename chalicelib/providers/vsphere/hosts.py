@@ -109,6 +109,7 @@ class HostSelector:
         session = _session_of(connection)
         if session is not self._session:
             self.forget()
+            self._avoided.clear()  # ids of the former session's hosts (vCenter gives them anew)
             self._session = session
         cached = self._cache.get(key)
         now = self._now()
