@@ -271,7 +271,7 @@
       var clones = el("p", "failing");
       clones.appendChild(el("b", null, "Clones failing: "));
       clones.appendChild(document.createTextNode("these pools cannot refill; see the reconcile logs for why. "));
-      named(clones, failing, function (name) { return name + " (" + status.pools[name].clone_failures + " in a row)"; });
+      named(clones, failing, function (name) { return name + " (" + failedInARow(status.pools[name]) + ")"; });
       alerts.appendChild(clones);
     }
     if (waiting.length) {
@@ -290,6 +290,12 @@
     if (names.length > MAX_NAMED) {
       parent.appendChild(el("span", "more", "and " + (names.length - MAX_NAMED).toLocaleString() + " more"));
     }
+  }
+
+  // How many clones of a failing pool failed in a row, and the kind of the last failure (/status's
+  // clone_failure: template, permission, capacity, host...), which says where to look.
+  function failedInARow(p) {
+    return p.clone_failures + " in a row" + (p.clone_failure ? ", " + p.clone_failure : "");
   }
 
   // The pools whose clones are failing now (/status's clone_failures: failed in a row since the
@@ -391,7 +397,7 @@
     if (aliases.length) { nameCell.appendChild(aliasList(aliases)); }
     // Where the size comes from when it is not simply the config's (docs/sizing.md).
     if (p.size_reason && p.size_reason !== "config") { nameCell.appendChild(el("span", "size-reason", "size: " + p.size_reason)); }
-    if (p.clone_failures > 0) { nameCell.appendChild(el("span", "clone-failures", "clones failing: " + p.clone_failures + " in a row")); }
+    if (p.clone_failures > 0) { nameCell.appendChild(el("span", "clone-failures", "clones failing: " + failedInARow(p))); }
     if (p.dns_waiting > 0) {
       nameCell.appendChild(el("span", "dns-waiting", "waiting on DNS: " + vms(p.dns_waiting)));
       if (p.dns_waiting_reason) {

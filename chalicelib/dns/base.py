@@ -36,6 +36,11 @@ class DnsEntryRejected(DnsRejected):
     call. Every call of the entry meets it until an operator fixes the config, so a pass sends
     that entry nothing more once one call met it (``PassContext.dns_call``)."""
 
+    refused_alone: frozenset[str] = frozenset()
+    """Hostnames the service refused one by one before the refusal was taken for the entry's
+    (Route 53's AccessDenied to each name of a batch tried alone): their own refusals too, so
+    they wait their back-off and go after the others (``dns_records.publish_pending``)."""
+
 
 TIMEOUT_MAX_SECONDS = 10.0
 """The longest ``timeout`` of a plugin's call. A pass stops calling DNS once a call got no answer

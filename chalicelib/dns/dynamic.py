@@ -56,6 +56,13 @@ LOOKUPS_IN_FLIGHT = 50
 """Lookups ``addresses_many`` writes on the connection before it reads their answers: 50 queries
 and their answers (about 100 bytes each) stay far below the sockets' buffers."""
 
+WILDCARD_PROBE = "_vmpool-wildcard-probe"
+"""A name no VM has (no hostname holds ``_``), looked up with each ``addresses_many``: what it
+leads to is what a wildcard record of the domain (``*.<domain>``) makes the server answer for
+every name that holds no record of its own. A name leading exactly there holds nothing of its
+own: it is free (before, a zone with a wildcard record had every new name refused as already in
+DNS, and its pools never cloned)."""
+
 TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha512", "hmac-sha384", "hmac-sha224", "hmac-sha1", "hmac-md5")
 
 
@@ -431,12 +438,18 @@ class DynamicDns(DnsPlugin):
                 names[hostname] = self._name(f"look up {self.fqdn(hostname)}", hostname)
             except DnsError as error:
                 outcome[hostname] = error
+        probing = bool(names) and bool(self.domain) and WILDCARD_PROBE not in names
+        if probing:
+            names[WILDCARD_PROBE] = self._name("look up a name no VM has", WILDCARD_PROBE)
         found: dict[str, list[str]] = {hostname: [] for hostname in names}
         for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-            asked = list(names)
-            for start in range(0, len(asked), LOOKUPS_IN_FLIGHT):
-                chunk = asked[start:start + LOOKUPS_IN_FLIGHT]
-                what = f"look up {self.fqdn(chunk[0])}" if len(chunk) == 1 else f"look up {len(chunk)} names"
+            asked = [hostname for hostname in names if hostname != WILDCARD_PROBE]
+            chunks = [asked[start:start + LOOKUPS_IN_FLIGHT] for start in range(0, len(asked), LOOKUPS_IN_FLIGHT)]
+            if WILDCARD_PROBE in names:  # with the first chunk: no round trip of its own
+                chunks = [[WILDCARD_PROBE, *(chunks[0] if chunks else [])], *chunks[1:]]
+            for chunk in chunks:
+                shown = [hostname for hostname in chunk if hostname != WILDCARD_PROBE] or chunk
+                what = f"look up {self.fqdn(shown[0])}" if len(shown) == 1 else f"look up {len(shown)} names"
                 queries = [dns.message.make_query(names[hostname], rdtype) for hostname in chunk]
                 answers = self._sent(what, functools.partial(self._send_many, queries))
                 for hostname, answer in zip(chunk, answers, strict=True):
@@ -449,6 +462,11 @@ class DynamicDns(DnsPlugin):
                         outcome.setdefault(hostname, found[hostname])
                         del names[hostname]  # answered: no AAAA question
         outcome.update({hostname: found[hostname] for hostname in names})
+        wildcard = outcome.pop(WILDCARD_PROBE, None) if probing else None
+        if isinstance(wildcard, list) and wildcard:
+            # What a wildcard record answers for any name: not a record of the name's own.
+            outcome.update({hostname: [] for hostname, leads in outcome.items()
+                            if isinstance(leads, list) and sorted(leads) == sorted(wildcard)})
         return {hostname: outcome[hostname] for hostname in hostnames}
 
     @staticmethod

@@ -406,6 +406,7 @@ class Route53Dns(DnsPlugin):
             if max_refusals is not None and refused >= max_refusals:
                 break
             if refused >= DENIED_ALONE_BEFORE_ENTRY and None not in outcome.values():
+                denial.refused_alone = frozenset(outcome)
                 raise denial  # unbounded callers too (a withdrawal): not 50 denied calls
             try:
                 send()
@@ -418,6 +419,9 @@ class Route53Dns(DnsPlugin):
             else:
                 outcome[hostname] = None
         if None not in outcome.values():
+            # Each name tried was denied: the entry's refusal, and each of them its own (it goes
+            # after the others next time, so names IAM grants behind them are tried).
+            denial.refused_alone = frozenset(outcome)
             raise denial
         return outcome
 
@@ -453,9 +457,22 @@ class Route53Dns(DnsPlugin):
         return found
 
 
+_ESCAPE = re.compile(r"\\([0-7]{3})")
+"""An escape in a name Route 53 answers with: each character other than ``a-z``, ``0-9``, ``-`` and
+``_`` as three octal digits (``*`` is ``\\052``, not RFC 1035's decimal ``\\042``)."""
+
+
 def _key(fqdn: str) -> str:
-    """A name as ``_record_sets`` keys it: lower case, no final dot (Route 53 answers with one)."""
-    return fqdn.rstrip(".").lower()
+    """A name as ``_record_sets`` keys it: lower case, no final dot (Route 53 answers with one),
+    Route 53's escapes (``_ESCAPE``) read back to their characters, which Route 53 sorts by (a
+    dot inside a label stays ``\\.``: never a label's end). Before, a listed name was kept as
+    the escaped text: a page ending at ``web\\0521`` (``web*1``) counted ``web0``, listed after it,
+    as read, and free."""
+    def character(escape: re.Match[str]) -> str:
+        char = chr(int(escape.group(1), 8))
+        return "\\." if char == "." else char
+
+    return _ESCAPE.sub(character, fqdn.rstrip(".")).lower()
 
 
 def _orders(name: str) -> tuple[str, str]:

@@ -139,9 +139,7 @@ def publish_pending(context: PassContext, pending: Sequence[tuple[VMRecord, VMIn
             noted_refused.add(record.name)
         refused = _refusals(record, noted)
         if refused is not None:
-            count, at = refused
-            if context.now < at + min(REFUSED_NAME_BACKOFF_SECONDS * 2 ** (count - 1),
-                                      REFUSED_NAME_BACKOFF_MAX_SECONDS):
+            if _backing_off(context, refused):
                 reasons[record.name] = record.not_ready_reason or "DNS record not created: the DNS service refused it"
                 continue
             refusals[record.name] = refused
@@ -156,22 +154,40 @@ def publish_pending(context: PassContext, pending: Sequence[tuple[VMRecord, VMIn
     reasons.update({hostname: "DNS record not created: a later look at the VM claimed it, "
                               "or its former record is still to be deleted"
                     for hostname, claim in claims.items() if claim.version < 0})
-    # The VMs never refused first, then the refused ones whose back-off is over, the longest
-    # waiting first: a service refusing some names alone never keeps the others unsent.
-    order = sorted((hostname for hostname, claim in claims.items() if claim.version > 0),
-                   key=lambda hostname: (hostname in refusals, refusals.get(hostname, (0, 0.0))[1]))
+    order = _refused_last([hostname for hostname, claim in claims.items() if claim.version > 0], refusals)
     refused_now: set[str] = set()
     unpublished = _publish_many(context, plugin, {
         hostname: (addresses[hostname], wanted[hostname][1], claims[hostname]) for hostname in order}, refused_now)
+    _note_refusals(context, {hostname: wanted[hostname][1] for hostname in order}, refusals, refused_now,
+                   noted_refused, unpublished)
+    reasons.update(unpublished)
+    return reasons
+
+
+def _backing_off(context: PassContext, refused: tuple[int, float]) -> bool:
+    """Whether a name refused ``refused`` (its refusals in a row, the time of the last:
+    ``_refusals``) still waits out its back-off (``REFUSED_NAME_BACKOFF_SECONDS``, doubling)."""
+    count, at = refused
+    return context.now < at + min(REFUSED_NAME_BACKOFF_SECONDS * 2 ** (count - 1), REFUSED_NAME_BACKOFF_MAX_SECONDS)
+
+
+def _refused_last(hostnames: Sequence[str], refusals: Mapping[str, tuple[int, float]]) -> list[str]:
+    """The VMs never refused first, then the refused ones whose back-off is over, the longest
+    waiting first: a service refusing some names alone never keeps the others unsent."""
+    return sorted(hostnames, key=lambda hostname: (hostname in refusals, refusals.get(hostname, (0, 0.0))[1]))
+
+
+def _note_refusals(context: PassContext, sent: Mapping[str, str], refusals: Mapping[str, tuple[int, float]],
+                   refused_now: set[str], noted_refused: set[str], unpublished: Mapping[str, str]) -> None:
+    """Note on the VMs sent (hostname -> the addresses' note) each refusal of their name
+    (``REFUSED_NOTE``: one more in a row), and clear the note of those published, in one write."""
     notes: dict[str, dict[str, str | None]] = {
-        hostname: {REFUSED_NOTE: f"{refusals.get(hostname, (0, 0.0))[0] + 1} {context.now!r} {wanted[hostname][1]}"}
+        hostname: {REFUSED_NOTE: f"{refusals.get(hostname, (0, 0.0))[0] + 1} {context.now!r} {sent[hostname]}"}
         for hostname in refused_now}
-    notes.update({hostname: {REFUSED_NOTE: None} for hostname in order  # published
+    notes.update({hostname: {REFUSED_NOTE: None} for hostname in sent  # published
                   if hostname in noted_refused and hostname not in unpublished})
     if notes:
         context.store.update_vms(notes)
-    reasons.update(unpublished)
-    return reasons
 
 
 def manages_records(context: PassContext) -> bool:
@@ -276,8 +292,8 @@ def _publish_many(context: PassContext, plugin: DnsPlugin,
                 continue
             failure = outcome[hostname]
             if failure is not None:
-                if refused_names is not None and isinstance(failure, DnsRejected) \
-                        and not isinstance(failure, DnsEntryRejected) \
+                alone = not isinstance(failure, DnsEntryRejected) or hostname in failure.refused_alone
+                if refused_names is not None and isinstance(failure, DnsRejected) and alone \
                         and all(_publishable(address) for address in publications[hostname][0]):
                     refused_names.add(hostname)  # by the service (not an address no record can hold)
                 context.dns_failed(hostname, "record creation", failure)
@@ -323,6 +339,8 @@ def follow_addresses(context: PassContext) -> None:
     ips: dict[str, str] = {}
     seen: dict[str, tuple[str, str]] = {}
     sent: dict[str, tuple[str, ...]] = {}
+    refusals: dict[str, tuple[int, float]] = {}
+    noted_refused: set[str] = set()
     for state in ("ready", "running"):
         for hostname in context.snapshot.hostnames(state):
             vm = context.inventory.get(hostname)
@@ -340,6 +358,13 @@ def follow_addresses(context: PassContext) -> None:
             fqdn = plugin.fqdn(hostname)
             if record is not None and _published_there(record, plugin, fqdn, noted):
                 continue
+            refused = _refusals(record, noted) if record is not None else None
+            if refused is not None:
+                if _backing_off(context, refused):
+                    continue  # its name refused alone a moment ago: sent again after its back-off
+                refusals[hostname] = refused
+            if record is not None and record.raw.get(REFUSED_NOTE):
+                noted_refused.add(hostname)
             states[hostname], seen[hostname], sent[hostname] = state, (fqdn, noted), addresses
     context.report.addresses_seen.update(ips)
     if plugin is None or not seen:
@@ -347,13 +372,20 @@ def follow_addresses(context: PassContext) -> None:
     claims = context.store.claim_dns(context.now, plugin.name, seen, plugin.domain)
     moved = [hostname for hostname, claim in claims.items() if claim.version == DNS_ELSEWHERE][:MOVED_RECORDS_PER_PASS]
     claims.update(_moved(context, plugin, moved, seen))
-    claimed = {hostname: claim for hostname, claim in claims.items() if claim.version > 0}
+    claimed = {hostname: claims[hostname]
+               for hostname in _refused_last([name for name, claim in claims.items() if claim.version > 0], refusals)}
     for hostname, claim in claimed.items():
         logger.info("VM's address or name changed: its DNS record is published again", extra={
             "pool": context.pool.name, "hostname": hostname, "fqdn": seen[hostname][0],
             "addresses": seen[hostname][1], "published": claim.published})
+    refused_now: set[str] = set()
     reasons = _publish_many(context, plugin, {hostname: (sent[hostname], seen[hostname][1], claim)
-                                              for hostname, claim in claimed.items()})
+                                              for hostname, claim in claimed.items()}, refused_now)
+    # A running VM's name refused alone waits out the same back-off as a pending one's (before,
+    # each pass sent it again first, and once REFUSALS_PER_CALL such names were refused the
+    # others whose address changed were never sent: their names led to their former addresses).
+    _note_refusals(context, {hostname: seen[hostname][1] for hostname in claimed}, refusals, refused_now,
+                   noted_refused, reasons)
     for hostname in claimed:
         reason = reasons.get(hostname, "")
         noted = seen[hostname][1]

@@ -31,6 +31,11 @@ class FailureKind(enum.Enum):
     """The backend or the call timed out."""
     CONNECTION = "connection"
     """The backend could not be reached."""
+    HOST = "host"
+    """The backend answers, but a host it manages does not (vCenter's HostNotConnected,
+    HostNotReachable): retried, on another host when the provider picks them (it avoids that one
+    for a while); the backend's other hosts and calls still work, so unlike ``connection`` it
+    stops no other call of the pass."""
     OTHER = "other"
     """Anything else: retried like a passing fault."""
 

@@ -32,7 +32,8 @@ pools:
   - {name: ubuntu-2404-x86_64, size: 4, provider: dummy, alias: [ubuntu, linux]}
   - {name: centos-9-x86_64, size: 3, provider: dummy, alias: centos,
      sizing: {schedule: [{days: daily, start: "00:00", end: "24:00", size: 3}]}}
-  - {name: win-2022-x86_64, size: 2, provider: dummy, domain: win.example.com, createvm_fail_percent: 100}
+  - {name: win-2022-x86_64, size: 2, provider: dummy, domain: win.example.com, createvm_fail_percent: 100,
+     createvm_fail_kind: host}
 """
 HEALTHY = ("debian-12-x86_64", "ubuntu-2404-x86_64", "centos-9-x86_64")
 BROKEN = "win-2022-x86_64"
@@ -180,9 +181,10 @@ def test_dashboard_renders_live_pool_counts_in_chromium(tmp_path: Path) -> None:
     # Its clones fail, and the page says so: first among the problems, flagged in its row and the
     # alerts (before, it looked like a pool refilling until it was empty, then like any empty one).
     assert next(iter(page.rows)) == BROKEN and "failing" in broken["classes"]
-    assert re.fullmatch(r"clones failing: \d+ in a row", broken["clone-failures"]), broken
-    assert f"Clones failing: these pools cannot refill; see the reconcile logs for why. {BROKEN} (" in (
-        page.texts["alerts"])
+    # With the kind of the last failure, which says where to look (before, the count alone).
+    assert re.fullmatch(r"clones failing: \d+ in a row, host", broken["clone-failures"]), broken
+    assert re.search(rf"Clones failing: these pools cannot refill; see the reconcile logs for why. {BROKEN} "
+                     r"\(\d+ in a row, host\)", page.texts["alerts"]), page.texts["alerts"]
     assert not any("failing" in page.rows[name]["classes"] or "clone-failures" in page.rows[name] for name in HEALTHY)
     # The history graph drew the seeded hour: a point per minute for each line.
     assert page.graph_points["ready"] >= 59 and page.graph_points["running"] >= 59

@@ -174,7 +174,7 @@ def test_clone_failures_are_counted_under_the_kind_the_provider_reported(
     assert clone_failures_by_reason(emf_documents(capsys.readouterr().out)) == {
         "network": 2, "template": 1, "permission": 1, "other": 1}
     assert set(m.CLONE_FAILURE_REASONS) == {
-        "template", "network", "placement", "permission", "capacity", "timeout", "connection", "other"}
+        "template", "network", "placement", "permission", "capacity", "timeout", "connection", "host", "other"}
 
 
 def test_reconcile_passes_and_the_tick_emit_only_registered_metrics(redis_client: redis.Redis, clock: FakeClock,

@@ -12,6 +12,7 @@ from pyVmomi import VmomiSupport, vim, vmodl
 
 from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere.connection import fault_kind
+from tests.vsphere import admin
 from tests.vsphere.test_bad_day import POOL, pool_harness
 from tests.vsphere.test_clone_failure_status_vcsim import failing_passes, pool_status
 from tests.vsphere.vcsim import VcsimServer, refuse_on_stub
@@ -23,6 +24,8 @@ DOCUMENTED: dict[type[BaseException], FailureKind] = {
     vim.fault.NoDiskSpace: FailureKind.CAPACITY,
     vim.fault.Timedout: FailureKind.TIMEOUT,
     vim.fault.HostConnectFault: FailureKind.CONNECTION,
+    vmodl.fault.HostCommunication: FailureKind.HOST,  # HostNotConnected, HostNotReachable: were `other`
+    vim.fault.DvsNotAuthorized: FailureKind.PERMISSION,  # was `other`
 }
 """docs/vsphere.md: each fault type named there and the kind it is, its subclasses with it."""
 
@@ -97,3 +100,87 @@ def test_a_pool_whose_clones_vcenter_refuses_on_the_host_is_told_permission(
         refuse_on_stub(harness.provider, patch, refused)
         failing_passes(harness)
         assert pool_status(harness)["clone_failure"] == "permission"
+
+
+@pytest.mark.parametrize(("fault", "kind"), [
+    (vmodl.fault.HostNotConnected(msg="The host is not connected."), "host"),
+    (vmodl.fault.HostNotReachable(msg="Cannot contact the specified host."), "host"),
+    (vim.fault.DvsNotAuthorized(sessionExtensionKey="", dvsExtensionKey="com.vmware.nsx"), "permission"),
+], ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else value)
+def test_a_pool_whose_clones_vcenter_refuses_for_its_host_or_switch_is_told_why(
+        vcsim: VcsimServer, make_harness: Any, fault: BaseException, kind: str) -> None:
+    """vCenter refuses each clone (no host selection: vCenter places it) because the host it
+    needs is not connected, or the port group's switch belongs to an extension: /status says
+    `host` or `permission` (before: `other` for each, nothing to tell the operator where to look;
+    and an on-demand request spent every attempt on a switch only an operator can fix)."""
+    harness = pool_harness(make_harness, vcsim, size=2)
+    harness.provider.list_vms(harness.pool(POOL))  # logged in: the stub exists
+
+    def refused(method: str, args: Any) -> BaseException | None:
+        return fault if method == "CloneVM_Task" else None
+
+    with pytest.MonkeyPatch.context() as patch:
+        refuse_on_stub(harness.provider, patch, refused)
+        failing_passes(harness)
+        assert pool_status(harness)["clone_failure"] == kind
+
+
+def test_a_host_vcenter_cannot_reach_is_not_picked_again_for_a_clone(
+        vcsim: VcsimServer, make_harness: Any) -> None:
+    """Host selection on; vCenter refuses clones onto DC0_C0_H1 with HostNotConnected while its
+    survey still shows the host connected (vCenter notices a host not responding after a while).
+    The clone sent there goes to another host in the same pass, and the host gets none for the
+    selection's cache time: the pool fills, no clone fails. Before, one clone in three failed
+    (kind `other`; its VM taken out of service, a clone more to make) at each turn of the
+    rotation until the survey's cache expired."""
+    harness = pool_harness(make_harness, vcsim, size=3, service={"manage_host_selection": True})
+    provider = harness.provider
+    unreachable = provider._run("find DC0_C0_H1", lambda connection: admin._host_named(connection, "DC0_C0_H1"))._moId
+    aimed: list[str] = []
+
+    def refused(method: str, args: Any) -> BaseException | None:
+        if method != "CloneVM_Task":
+            return None
+        host = args[2].location.host
+        aimed.append(host._moId)
+        return vmodl.fault.HostNotConnected(msg="The host is not connected.") if host._moId == unreachable else None
+
+    with pytest.MonkeyPatch.context() as patch:
+        refuse_on_stub(harness.provider, patch, refused)
+        for _ in range(2):  # within the selection's 60 s cache
+            harness.reconcile(POOL)
+            harness.clock.advance(20)
+        counts = harness.store.counts([POOL])[POOL]
+        assert (counts["pending"] + counts["ready"], counts["completed"]) == (3, 0), counts  # no clone failed
+        assert aimed.count(unreachable) == 1, aimed  # tried once, then avoided
+        placed = {(admin.vm_details(provider, f"DC0/vm/{harness.pool(POOL).folder}/{vm.name}") or {})
+                  .get("extra_config", {}).get("vcsim.host") for vm in provider.list_vms(harness.pool(POOL))}
+        assert placed and unreachable not in placed, placed
+
+
+def test_a_cluster_whose_every_host_vcenter_cannot_reach_is_told_host_not_capacity(
+        vcsim: VcsimServer, make_harness: Any) -> None:
+    """Host selection on; vCenter refuses clones onto each of the cluster's hosts with
+    HostNotConnected: each host is tried once, then avoided, and /status says `host` (before this
+    was told apart, the clones after the first found every host avoided and said `capacity`,
+    sending the operator to look for room)."""
+    harness = pool_harness(make_harness, vcsim, size=3, service={"manage_host_selection": True})
+    harness.provider.list_vms(harness.pool(POOL))  # logged in: the stub exists
+    aimed: list[str] = []
+
+    def refused(method: str, args: Any) -> BaseException | None:
+        if method != "CloneVM_Task":
+            return None
+        aimed.append(args[2].location.host._moId)
+        return vmodl.fault.HostNotConnected(msg="The host is not connected.")
+
+    kinds: list[str] = []
+    with pytest.MonkeyPatch.context() as patch:
+        refuse_on_stub(harness.provider, patch, refused)
+        for _ in range(2):  # the clones, then their failures read (within the selection's cache)
+            report = harness.reconcile(POOL)
+            kinds.extend(failure.kind.value for failure in report.clone_failures.values())
+            harness.clock.advance(20)
+    assert kinds == ["host"] * 3, kinds  # the metric's reasons, each clone's failure
+    assert pool_status(harness)["clone_failure"] == "host"
+    assert len(aimed) == len(set(aimed)) == 3, aimed  # each host once

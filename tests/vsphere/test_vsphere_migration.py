@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from pyVmomi import vim, vmodl
 
 from chalicelib.manager.migrations import MIGRATION_START_GRACE_SECONDS
 from chalicelib.providers.vsphere import inventory
@@ -16,7 +17,7 @@ from tests.harness import Harness, HarnessFactory, Killed
 from tests.support import eventually
 from tests.vsphere import admin
 from tests.vsphere.test_bad_day import paused_after_inventory
-from tests.vsphere.vcsim import VcsimServer, vcsim_config
+from tests.vsphere.vcsim import VcsimServer, refuse_on_stub, vcsim_config
 
 
 def loaded_vcsim(directory: Path, percent: float) -> Iterator[VcsimServer]:
@@ -232,3 +233,49 @@ def test_moves_are_looked_for_in_the_vms_own_tasks_not_vcenters_whole_list(
     monkeypatch.setattr(inventory, "properties", counted)
     assert len(stack.provider.recent_migrations(stack.pool("mig"), vm, 600) or []) == 1
     assert sum(read) <= 20, read
+
+
+def test_a_vmotion_vcenter_cannot_reach_the_target_of_goes_to_another_host(
+        busy_vcsim: VcsimServer, make_harness: HarnessFactory) -> None:
+    """vCenter refuses the move to the least used host with HostNotConnected (at the SOAP stub of
+    the real vcsim; its survey still shows the host connected): the VM moves to the next host in
+    the same pass, and that host is avoided. Before, the migration failed to start (`other`) and
+    each checkout of that minute was aimed at the same host and failed alike."""
+    stack = stack_on(busy_vcsim, make_harness, size=3)
+    [busy_host] = set(fill(stack, busy_vcsim).values())
+    aimed: list[str] = []
+
+    def refused(method: str, args: Any) -> BaseException | None:
+        if method != "RelocateVM_Task":
+            return None
+        aimed.append(args[0].host._moId)
+        return vmodl.fault.HostNotConnected(msg="The host is not connected.") if len(set(aimed)) == 1 else None
+
+    with pytest.MonkeyPatch.context() as patch:
+        refuse_on_stub(stack.provider, patch, refused)
+        taken = stack.checkout_vms("mig", 2)
+        for _ in range(6):
+            stack.reconcile("mig")
+            if all(stack.describe(host).get("migrated") == "true" for host in taken):
+                break
+    unreachable = aimed[0]
+    hosts = {ref: name for name, ref in _host_refs(stack).items()}
+    actual = where(stack)
+    for host in taken:
+        assert stack.describe(host).get("migrated") == "true", stack.describe(host)
+        assert actual[host] not in (busy_host, hosts[unreachable])
+    assert aimed.count(unreachable) == 1, aimed  # tried once, then avoided
+
+
+def _host_refs(stack: Harness) -> dict[str, str]:
+    """Each host's name and id."""
+
+    def read(connection: Any) -> dict[str, str]:
+        view = inventory.container_view(connection, connection.content.rootFolder, vim.HostSystem, True)
+        try:
+            return {item["name"]: item["_obj"]._moId
+                    for item in inventory.view_contents(connection, view, vim.HostSystem, ["name"])}
+        finally:
+            inventory.destroy_view(view)
+
+    return stack.provider._run("host ids", read)

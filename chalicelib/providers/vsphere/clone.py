@@ -24,10 +24,18 @@ from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere import inventory, tasks
 from chalicelib.providers.vsphere.config import vsphere_settings
 from chalicelib.providers.vsphere.connection import Connection, describe_fault, fault_kind
-from chalicelib.providers.vsphere.hosts import HostSelector
+from chalicelib.providers.vsphere.hosts import HOSTS_TRIED, HostSelector, HostsUnreached
 
 LINKED = "moveChildMostDiskBacking"
 FULL = "moveAllDiskBackingsAndConsolidate"
+
+
+class PickedHostUnreached(Exception):
+    """vCenter refused a clone because it cannot reach the host selection picked for it."""
+
+    def __init__(self, fault: BaseException) -> None:
+        super().__init__(describe_fault(fault))
+        self.fault = fault
 
 
 class CloneRefused(Exception):
@@ -253,7 +261,8 @@ def send(
     fault: it started nothing) and the clone is tried again, so that a failure of the second try
     before its own ``CloneVM_Task`` is not taken for a lost answer."""
     plans = plans if plans is not None else Plans()
-    try:
+
+    def attempt() -> tuple[Any, Any]:
         try:
             return _send(connection, config, service, selector, pool, hostname, now, sending, plans)
         except vmodl.fault.ManagedObjectNotFound:
@@ -264,6 +273,17 @@ def send(
             selector.forget()
             plans.forget()
             return _send(connection, config, service, selector, pool, hostname, now, sending, plans)
+
+    try:
+        for _ in range(HOSTS_TRIED):
+            try:
+                return attempt()
+            except PickedHostUnreached as unreached:
+                # vCenter cannot reach the host picked (now avoided): sent to another one.
+                # Nothing was started: vCenter refused.
+                sending(False)
+                fault = unreached.fault
+        return tasks.failed_ref(f"vCenter refused the clone: {describe_fault(fault)}", FailureKind.HOST)
     except CloneRefused as refused:
         return tasks.failed_ref(str(refused), refused.kind)
     except LookupError as missing:
@@ -359,12 +379,14 @@ def _send(
     relocate = vim.vm.RelocateSpec(pool=planned.resource_pool)
     if planned.datastore is not None:
         relocate.datastore = planned.datastore
+    host = None
     if planned.cluster is not None:
         try:
             host = selector.pick(connection, planned.cluster, (planned.datacenter, planned.cluster._moId),
                                  service.utilization_limit)
         except LookupError as none_eligible:
-            raise CloneRefused(str(none_eligible), FailureKind.CAPACITY) from None
+            kind = FailureKind.HOST if isinstance(none_eligible, HostsUnreached) else FailureKind.CAPACITY
+            raise CloneRefused(str(none_eligible), kind) from None
         relocate.host = host.ref
 
     linked = is_linked(pool, service)
@@ -379,4 +401,10 @@ def _send(
     if linked and planned.snapshot is not None:
         spec.snapshot = planned.snapshot
     sending(True)
-    return planned.template.CloneVM_Task(folder=planned.folder, name=hostname, spec=spec), planned.folder
+    try:
+        return planned.template.CloneVM_Task(folder=planned.folder, name=hostname, spec=spec), planned.folder
+    except vmodl.MethodFault as fault:
+        if host is not None and fault_kind(fault) is FailureKind.HOST:
+            selector.avoid(host)
+            raise PickedHostUnreached(fault) from None
+        raise

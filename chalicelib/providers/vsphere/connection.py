@@ -186,6 +186,12 @@ _FAULT_KINDS: dict[type[BaseException], FailureKind] = {
     # operator must grant them, the network is fine (and retrying cannot help).
     vim.fault.NoPermissionOnHost: FailureKind.PERMISSION,
     vim.fault.GatewayToHostAuthFault: FailureKind.PERMISSION,
+    # vCenter answered, but the host the call needs does not (disconnected, not responding, its
+    # agent unreachable): not vCenter out of reach (``connection`` stops the pass's other calls).
+    vmodl.fault.HostCommunication: FailureKind.HOST,  # HostNotConnected, HostNotReachable
+    # The port group's distributed switch belongs to an extension (NSX...) that alone may change
+    # it: a refusal of rights an operator settles, not a passing fault.
+    vim.fault.DvsNotAuthorized: FailureKind.PERMISSION,
 }
 """vCenter fault types and the kind of failure each is, with their subclasses: a subclass listed
 too has its own kind (``fault_kind`` walks a fault's MRO, most specific first)."""

@@ -11,6 +11,12 @@ The cache holds host references, and lives as long as the session it was read on
 a host it was given no longer exists (``forget``; vCenter gives ids anew after a restart or a
 host's removal). Before, references from before a restart were used for up to a minute, and
 clones placed on them failed.
+
+A host vCenter refused a clone on because it cannot reach it (HostNotConnected,
+HostNotReachable: failure kind ``host``) is ``avoid``-ed for ``host_selection_cache_seconds``,
+even when a new survey still shows it connected (vCenter notices a host not responding only
+after a while). Before, it was picked again at each turn of the rotation until the cache
+expired, and one clone in three failed.
 """
 
 from __future__ import annotations
@@ -22,6 +28,15 @@ from pyVmomi import vim
 
 from chalicelib.providers.vsphere import inventory
 from chalicelib.providers.vsphere.connection import Connection
+
+HOSTS_TRIED = 3
+"""The most hosts one clone or migration is sent to when vCenter says it cannot reach the host
+picked for it (HostNotConnected, HostNotReachable): each is avoided after (``HostSelector.avoid``),
+and the next clones and migrations go to another one."""
+
+
+class HostsUnreached(LookupError):
+    """No host may take a clone: each eligible one is avoided (vCenter could not reach it)."""
 
 
 @dataclass(frozen=True)
@@ -86,12 +101,15 @@ class HostSelector:
         self._turn: dict[tuple[str, str], int] = {}
         self._session: object | None = None
         """The mark of the session the cache was read on (``_session_of``)."""
+        self._avoided: dict[str, float] = {}
+        """Hosts (by id) vCenter could not reach for a clone, and until when they are not picked."""
 
     def hosts(self, connection: Connection, container: Any, key: tuple[str, str], limit: float) -> list[HostUsage]:
         """The surveyed hosts of ``container`` (cached for the session, ``cache_seconds`` at most)."""
         session = _session_of(connection)
         if session is not self._session:
             self.forget()
+            self._avoided.clear()  # ids of the former session's hosts (vCenter gives them anew)
             self._session = session
         cached = self._cache.get(key)
         now = self._now()
@@ -104,10 +122,11 @@ class HostSelector:
     def pick(self, connection: Connection, container: Any, key: tuple[str, str], limit: float) -> HostUsage:
         """The next eligible host. Raises LookupError (with each host's reason) when none is."""
         surveyed = self.hosts(connection, container, key, limit)
-        eligible = [host for host in surveyed if host.eligible]
+        eligible = [host for host in surveyed if self.usable(host)]
         if not eligible:
-            reasons = "; ".join(f"{host.name}: {host.why_not}" for host in surveyed) or "no hosts"
-            raise LookupError(f"no host is eligible for a clone ({reasons})")
+            reasons = "; ".join(f"{host.name}: {self._why_not(host)}" for host in surveyed) or "no hosts"
+            unreached = any(host.eligible for host in surveyed)  # each one avoided: not a lack of room
+            raise (HostsUnreached if unreached else LookupError)(f"no host is eligible for a clone ({reasons})")
         turn = self._turn.get(key, 0)
         self._turn[key] = turn + 1
         return eligible[turn % len(eligible)]
@@ -115,6 +134,27 @@ class HostSelector:
     def forget(self) -> None:
         """Survey again on the next pick (a host it gave is gone)."""
         self._cache.clear()
+
+    def usable(self, host: HostUsage) -> bool:
+        """Whether ``host`` may take a clone or a migration now: eligible, and not ``avoid``-ed."""
+        return host.eligible and self._avoided.get(_id(host.ref), 0.0) <= self._now()
+
+    def _why_not(self, host: HostUsage) -> str:
+        """Why ``host`` is not picked, as ``pick`` says it."""
+        return host.why_not if not host.eligible else "vCenter could not reach it just now"
+
+    def avoid(self, host: HostUsage) -> None:
+        """Pick ``host`` for no clone for ``cache_seconds`` (vCenter cannot reach it), and survey
+        again on the next pick (the other hosts' state may have changed too)."""
+        now = self._now()
+        self._avoided = {ref: until for ref, until in self._avoided.items() if until > now}
+        self._avoided[_id(host.ref)] = now + self._cache_seconds
+        self.forget()
+
+
+def _id(ref: Any) -> str:
+    """A host reference's id (vCenter's managed object id)."""
+    return str(getattr(ref, "_moId", ref))
 
 
 SESSION_MARK = "host_selection_session"

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyVmomi import vim
+from pyVmomi import vim, vmodl
 
 from chalicelib.providers.base import Migration, TargetChosen, no_target_noted
+from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere import inventory, tasks
-from chalicelib.providers.vsphere.connection import Connection
-from chalicelib.providers.vsphere.hosts import HostSelector
+from chalicelib.providers.vsphere.connection import Connection, fault_kind
+from chalicelib.providers.vsphere.hosts import HOSTS_TRIED, HostSelector
 
 RELOCATES = frozenset({"VirtualMachine.relocate", "VirtualMachine.relocateVm"})
 """The ``descriptionId`` of a RelocateVM_Task's task: vCenter's, and vcsim's (named after its
@@ -40,22 +41,31 @@ def start(connection: Connection, selector: HostSelector, datacenter: str, limit
     cluster = (inventory.one(connection, placed, ["parent"]) or {}).get("parent")
     if not isinstance(cluster, vim.ClusterComputeResource):
         return None  # a standalone host: nowhere to go
-    surveyed = selector.hosts(connection, cluster, (datacenter, cluster._moId), limit)
-    current = next((host for host in surveyed if host.ref._moId == placed._moId), None)
-    candidates = [
-        host for host in surveyed
-        if host.eligible and host.ref._moId != placed._moId
-        and (current is None or host.cpu_model == current.cpu_model)
-    ]
-    if not candidates:
-        return None
-    target = min(candidates, key=lambda host: (host.load, host.name))
-    if current is not None and current.eligible and current.load - target.load < MIN_GAIN_PERCENT:
-        return None
-    chosen(target.name)
-    task = vm.RelocateVM_Task(spec=vim.vm.RelocateSpec(host=target.ref))
-    from_host = current.name if current is not None else placed._moId
-    return Migration(tasks.migrate_ref(connection, task, vm, target.ref), from_host, target.name)
+    for tried in range(1, HOSTS_TRIED + 1):
+        surveyed = selector.hosts(connection, cluster, (datacenter, cluster._moId), limit)
+        current = next((host for host in surveyed if host.ref._moId == placed._moId), None)
+        candidates = [
+            host for host in surveyed
+            if selector.usable(host) and host.ref._moId != placed._moId
+            and (current is None or host.cpu_model == current.cpu_model)
+        ]
+        if not candidates:
+            return None
+        target = min(candidates, key=lambda host: (host.load, host.name))
+        if current is not None and current.eligible and current.load - target.load < MIN_GAIN_PERCENT:
+            return None
+        chosen(target.name)
+        try:
+            task = vm.RelocateVM_Task(spec=vim.vm.RelocateSpec(host=target.ref))
+        except vmodl.MethodFault as fault:
+            if fault_kind(fault) is not FailureKind.HOST or tried == HOSTS_TRIED:
+                raise
+            # vCenter cannot reach the target: avoided (by clones too), the next one tried.
+            selector.avoid(target)
+            continue
+        from_host = current.name if current is not None else placed._moId
+        return Migration(tasks.migrate_ref(connection, task, vm, target.ref), from_host, target.name)
+    return None
 
 
 def recent_relocations(connection: Connection, vm: Any, within: float) -> list[str]:
