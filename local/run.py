@@ -46,7 +46,7 @@ import time
 import traceback
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
     from local.http_front import InProcessFront
@@ -589,6 +589,18 @@ def _positive_seconds(text: str) -> float:
     return seconds
 
 
+BANNER_POOLS = 10
+"""How many pool names the start-up banner shows; the rest are counted. Every name was listed:
+12 KB on one line at 1,000 pools (``GET /api/v3/config`` lists them all)."""
+
+
+def pool_list(names: Sequence[str], shown_at_most: int = BANNER_POOLS) -> str:
+    """The banner's pools: the first ``shown_at_most`` names, then how many more there are."""
+    if len(names) <= shown_at_most:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown_at_most])} and {len(names) - shown_at_most:,} more ({len(names):,} in all)"
+
+
 class _StopWhileStarting:
     """SIGTERM while the stack starts (its config checked, redis-server started, the HTTP workers
     forked) stops it as Ctrl-C does: what was started is stopped, "vmpool: stopped", exit 0.
@@ -722,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
         scheduler = LocalScheduler(chalice_app.services(), interval_seconds=args.interval)
         scheduler.start()
         stop = StopRequests(signal.SIGTERM)  # served from here: the main loop looks for it
-        pools = ", ".join(chalice_app.CONFIG.pool_names)
+        pools = pool_list(chalice_app.CONFIG.pool_names)
         plural = "" if workers == 1 else "s"
         serving = (f"in this process ({args.threads} event loops beside the scheduler)" if workers == 0
                    else f"with {workers} worker{plural}")
