@@ -143,6 +143,16 @@ of a header's value while we read it as a line end would pass a header it never 
 ``nc`` without ``-C`` was told only that it was malformed."""
 LINE_END_REFUSAL = "malformed HTTP request: lines must end in CRLF (a bare LF or CR is refused)"
 
+
+def bare_line_end(reason: str, data: bytes) -> bool:
+    """Whether llhttp refused ``data`` for a line not ended by CRLF. Most such reasons say so
+    (``LINE_END_ERROR``); a head whose empty last line is a bare LF (``...\r\n\n``) is read as a
+    header field beginning with a LF instead ("Invalid header field char"), which got the generic
+    "malformed HTTP request"."""
+    if LINE_END_ERROR.search(reason):
+        return True
+    return reason == "Invalid header field char" and (b"\r\n\n" in data or data.startswith(b"\n"))
+
 HOST_VALUE = re.compile(rb"(\[[0-9A-Za-z:.~!$&'()*+,;=_-]*\]|[0-9A-Za-z.~%!$&'()*+,;=_-]*)(:[0-9]*)?\Z")
 """A Host field value as RFC 9110 (7.2) has it, ``uri-host [":" port]``, empty included (a
 request for a URI without an authority); anything else is a 400 (RFC 9112, 3.2)."""
@@ -397,7 +407,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             except httptools.HttpParserError as error:
                 client = self.client[0] if self.client else None
                 INVALID_REQUESTS.note(self.loop.call_later, client=client, reason=str(error))
-                if self._refusal is None and LINE_END_ERROR.search(str(error)):
+                if self._refusal is None and bare_line_end(str(error), data):
                     self._refusal = Refused(400, LINE_END_REFUSAL)
                 self.send_400_response("Invalid HTTP request received.")
             return

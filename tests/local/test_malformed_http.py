@@ -141,6 +141,7 @@ def test_malformed_request_gets_a_json_4xx_or_a_clean_close(stack: RunningStack,
     ("typed into nc without -C", f"POST /api/v3/vm/{POOL} HTTP/1.1\nHost: x\nContent-Length: 0\n\n".encode()),
     ("a bare LF after a header", f"POST /api/v3/vm/{POOL} HTTP/1.1\r\nHost: x\nContent-Length: 0\r\n\r\n".encode()),
     ("a bare CR line end", f"POST /api/v3/vm/{POOL} HTTP/1.1\rHost: x\r\nContent-Length: 0\r\n\r\n".encode()),
+    ("a head ending CRLF LF", f"POST /api/v3/vm/{POOL} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\n".encode()),
     # Read as one header by a proxy that keeps a bare LF in a value, as two by a lenient server.
     ("a Transfer-Encoding after a bare LF",
      request(POST + "X-A: a").rstrip(b"\r\n") + b"\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n"),
