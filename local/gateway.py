@@ -42,7 +42,11 @@ in 1-byte chunks up to that cost the front a million parser callbacks (3 s of CP
 
 
 MALFORMED_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
-"""A ``%`` of a query string not followed by two hex digits: API Gateway answers 400 for it."""
+"""A ``%`` not followed by two hex digits, in the path or the query: API Gateway answers 400 for
+it before it routes the request (a known route or not; ustayready/fireprox#27: "when a percentage
+symbol is sent anywhere in the URL, the request is not proxied and 400 response is received")."""
+
+MALFORMED_ESCAPE_ERROR = ("Bad Request: the URL has a % not followed by two hex digits (send a % as %25)")
 
 SLASH_RUNS = re.compile(r"//+")
 """Empty path segments, which vmpooler's Rack::Protection (PathTraversal) dropped before routing:
@@ -128,6 +132,11 @@ class Gateway:
         path = merged_slashes(path)
         if path == "*":
             return asterisk_form(method, self.matcher.allowed)
+        if MALFORMED_ESCAPE.search(path) or MALFORMED_ESCAPE.search(query_string):
+            # Before routing, as API Gateway refuses it: parse_qs kept "%zz" or a lone "%" as
+            # text, and the app answered as if it had been sent so; on a path no route has it
+            # was a 404 locally and API Gateway's 400 in AWS.
+            return 400, dict(JSON_HEADERS), json_text({"ok": False, "error": MALFORMED_ESCAPE_ERROR}).encode()
         found = self.matcher.match(path)
         if found is None:
             return 404, dict(JSON_HEADERS), NOT_FOUND
@@ -147,12 +156,6 @@ class Gateway:
             # first, a 1.4 MB query of 350,000 parameters took 0.9-1.5 s before the app's 414.
             refusal = oversized("multiValueQueryStringParameters")
             return refusal.status, dict(JSON_HEADERS), json_text(refusal.body).encode()
-        if MALFORMED_ESCAPE.search(query_string):
-            # API Gateway refuses such a query itself (400); parse_qs kept "%zz" or a lone "%" as
-            # text, and the app answered as if it had been sent so.
-            malformed = {"ok": False, "error": "Bad Request: the query string has a % not followed by two hex "
-                                               "digits (send a % as %25)"}
-            return 400, dict(JSON_HEADERS), json_text(malformed).encode()
         # Decoded as API Gateway decodes it: "+" is a space, "%2B" a "+", "a" and "a=" are "",
         # a repeated name is every value in the multi-value form and its last in the other, and
         # bytes that are not UTF-8 are U+FFFD.

@@ -70,8 +70,8 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import Server
 
+from chalicelib.api.http import JSON_POLICY, json_text
 from chalicelib.api.http import MAX_BODY_BYTES as API_MAX_BODY_BYTES
-from chalicelib.api.http import json_text
 from local.front_logs import BoundedWarning, json_stderr_handler
 
 CLIENT_TIMEOUT_SECONDS = float(os.environ.get("VMPOOL_HTTP_CLIENT_TIMEOUT", "10"))
@@ -653,7 +653,8 @@ def json_error_response(status: int, message: str) -> bytes:
         reason = "Error"
     body = json_text({"ok": False, "error": f"{reason}: {message[:200]}" if message else reason}).encode()
     head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
-            f"X-Content-Type-Options: nosniff\r\nContent-Length: {len(body)}\r\n"
+            f"X-Content-Type-Options: nosniff\r\nX-Frame-Options: DENY\r\nContent-Security-Policy: {JSON_POLICY}\r\n"
+            f"Content-Length: {len(body)}\r\n"
             "Connection: close\r\n\r\n")
     return head.encode("latin-1") + body
 

@@ -28,9 +28,15 @@ TOO_LARGE = 10**MAX_NUMBER_DIGITS
 """What ``whole_number`` answers for a number with more digits: larger than any maximum, so the
 caller's own range check refuses it with its own message."""
 
-JSON_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+JSON_POLICY = "default-src 'none'; frame-ancestors 'none'"
+"""The Content-Security-Policy of a JSON answer: a browser that opens one loads nothing for it and
+lets no page frame it (the dashboard's page has a policy of its own)."""
+JSON_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
+                "X-Frame-Options": "DENY", "Content-Security-Policy": JSON_POLICY}
 """Every JSON answer: it carries tokens, owners and live pool state, none of which a browser or a
-proxy between the caller and API Gateway may keep (``no-store``) or read as anything but JSON."""
+proxy between the caller and API Gateway may keep (``no-store``), read as anything but JSON
+(``nosniff``), or show inside another site's page (``frame-ancestors``, and ``X-Frame-Options``
+for browsers without CSP): the dashboard's page had these, the JSON answers only the first two."""
 
 
 def json_text(body: Any, pretty: bool = False) -> str:

@@ -145,14 +145,21 @@ def test_a_query_is_read_alike(
     assert status in (200, 400), answer
 
 
-@pytest.mark.parametrize("query", ["from=%", "from=%zz", "from=100%", "from=%2", "a%%=1"])
-def test_a_query_with_a_malformed_escape_is_a_400_as_api_gateway_answers_it(full: Harness, query: str) -> None:
-    """API Gateway refuses such a query itself (400): the Lambda never sees it. The local front
-    read ``%zz`` as the text ``%zz`` and served the request."""
-    status, headers, body = through_front(AsgiApp(app.app), "GET", f"{SUMMARY}?{query}", [])
-    assert status == 400 and headers["content-type"] == "application/json", body
-    answer = json.loads(body)
-    assert answer["ok"] is False and "%25" in answer["error"], answer
+@pytest.mark.parametrize("target", [
+    *(f"{SUMMARY}?{query}" for query in ["from=%", "from=%zz", "from=100%", "from=%2", "a%%=1"]),
+    "/api/v3/no-such-route?from=%zz", "/api/v3/no-such-route%zz", "/api/v3/vm/a%2", "/api/v3/vm/100%",
+    "/api/v3/%/status",
+], ids=["lone", "not-hex", "trailing", "one-digit", "in-a-name", "unknown-route-query", "unknown-route-path",
+        "path-parameter", "path-parameter-trailing", "path-segment"])
+def test_a_url_with_a_malformed_escape_is_a_400_as_api_gateway_answers_it(full: Harness, target: str) -> None:
+    """API Gateway refuses such a URL itself (400), before routing: the Lambda never sees it. The
+    local front read ``%zz`` in a query as the text ``%zz`` and served the request, answered a
+    path no route has 404, and handed a path parameter (``a%2``) to the app."""
+    for method in ("GET", "POST"):
+        status, headers, body = through_front(AsgiApp(app.app), method, target, [])
+        assert status == 400 and headers["content-type"] == "application/json", body
+        answer = json.loads(body)
+        assert answer["ok"] is False and "%25" in answer["error"], answer
 
 
 def test_a_percent_escaped_path_parameter_is_read_alike(full: Harness, raw_redis: redis.Redis) -> None:
@@ -177,8 +184,8 @@ def test_pools_joined_by_an_escaped_plus_in_the_path_are_checked_out_alike(
     assert status == 200 and {"pool1", "pool2"} <= set(answer), answer
 
 
-@pytest.mark.parametrize("segment", ["a%2Fb", "a%25b", "a%2", "%FF%FE", "a+b"],
-                         ids=["encoded-slash", "encoded-percent", "broken-escape", "not-utf8", "plus"])
+@pytest.mark.parametrize("segment", ["a%2Fb", "a%25b", "%FF%FE", "a+b"],
+                         ids=["encoded-slash", "encoded-percent", "not-utf8", "plus"])
 def test_a_path_segment_with_escapes_is_one_segment_answered_alike(
         full: Harness, raw_redis: redis.Redis, segment: str) -> None:
     """``%2F`` does not split the segment (API Gateway routes the path as sent); the hostname it
@@ -263,3 +270,46 @@ def test_the_local_front_hands_the_app_the_event_api_gateway_delivered_live() ->
     assert seen["multiValueHeaders"]["x-voker-probe"] == ["first", "second"]
     assert seen["headers"]["content-type"] == "application/json"
     assert seen["body"] == body.decode()
+
+
+# --- the headers every answer carries -------------------------------------------------------------
+
+SAFE_HEADERS = {"x-content-type-options": "nosniff", "x-frame-options": "DENY",
+                "content-security-policy": "default-src 'none'; frame-ancestors 'none'"}
+"""What keeps a browser from sniffing a JSON answer as HTML or framing it in another site's page
+(the dashboard's page has its own, stricter policy)."""
+
+
+@pytest.mark.parametrize("method, target, resource, status", [
+    ("GET", "/api/v3/status", "/api/v3/status", 200),
+    ("HEAD", "/api/v3/status", "/api/v3/status", 200),
+    ("GET", "/api/v3/vm/no-such-host", "/api/v3/vm/{name}", 404),
+    ("GET", "/api/v3/vm/not_a_hostname", "/api/v3/vm/{name}", 400),
+    ("GET", "/", "/", 302),
+    ("POST", "/api/v3/status", None, 405),  # the local front's; API Gateway's own 404 in AWS
+    ("GET", "/api/v3/no-such-route", None, 404),
+    ("GET", "/api/v3/summary?from=%zz", None, 400),
+], ids=["200", "head", "404", "400", "302", "405", "unknown-route", "malformed-query"])
+def test_every_json_answer_carries_nosniff_and_a_frame_ancestors_policy(
+        full: Harness, method: str, target: str, resource: str | None, status: int) -> None:
+    """Only the dashboard's page had a Content-Security-Policy and X-Frame-Options; a JSON answer
+    (tokens, owners, hostnames a caller chose) could be framed by any site. Locally and from the
+    Lambda alike (API Gateway's own answers carry X-Frame-Options too: infra/stage_settings.py)."""
+    got, headers, _ = through_front(AsgiApp(app.app), method, target, [])
+    assert got == status, headers
+    assert {name: headers.get(name) for name in SAFE_HEADERS} == SAFE_HEADERS, headers
+    if resource is not None:  # what the Lambda answers API Gateway
+        path = target.partition("?")[0]
+        params = {"name": path.rsplit("/", 1)[1]} if "{name}" in resource else None
+        answer = app.app(api_gateway_event(method, resource, path, params=params), Context())
+        assert answer["statusCode"] == status, answer
+        lambda_headers = {name.lower(): value for name, value in answer["headers"].items()}
+        assert {name: lambda_headers.get(name) for name in SAFE_HEADERS} == SAFE_HEADERS, answer["headers"]
+
+
+def test_a_revalidated_answer_keeps_the_headers(full: Harness) -> None:
+    """A 304 (the dashboard's If-None-Match on /status) carries the 200's headers."""
+    _, first, _ = through_front(AsgiApp(app.app), "GET", "/api/v3/status", [])
+    status, headers, _ = through_front(AsgiApp(app.app), "GET", "/api/v3/status", [("If-None-Match", first["etag"])])
+    assert status == 304, headers
+    assert {name: headers.get(name) for name in SAFE_HEADERS} == SAFE_HEADERS, headers

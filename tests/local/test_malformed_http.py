@@ -156,6 +156,10 @@ def test_a_line_not_ended_by_crlf_is_refused_and_the_answer_says_why(stack: Runn
     answer = exchange(stack.port, raw)
     assert assert_refused(answer, 400) == 400
     assert "lines must end in CRLF" in json.loads(answer.partition(b"\r\n\r\n")[2])["error"], answer
+    # The front's own refusals carry every JSON answer's headers (they had nosniff only).
+    head = answer.partition(b"\r\n\r\n")[0].lower()
+    assert b"\r\nx-frame-options: deny\r\n" in head, answer
+    assert b"\r\ncontent-security-policy: default-src 'none'; frame-ancestors 'none'\r\n" in head, answer
     assert call("GET", f"{stack.api}/status?view=pools")[1]["pools"][POOL]["running"] == running  # no VM taken
 
 
