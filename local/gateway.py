@@ -23,6 +23,7 @@ from typing import Any, Callable
 from urllib.parse import parse_qs
 
 from chalice import Chalice
+from chalice.app import _matches_content_type
 
 from chalicelib.api.chalice_app import RequestLocalChalice
 from chalicelib.api.conditional import COMPRESS_FROM_BYTES
@@ -40,6 +41,10 @@ MiB per connection of bodies it would refuse (a GiB at its 1,000 connections), a
 in 1-byte chunks up to that cost the front a million parser callbacks (3 s of CPU per request;
 4 such clients took a checkout's p50 from 8 to 174 ms)."""
 
+
+MAX_CONTENT_TYPE_CHARS = 256
+"""Of a request's Content-Type, what is matched against the binary media types (a bound on the
+match's work; no media type is longer)."""
 
 MALFORMED_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 """A ``%`` not followed by two hex digits, in the path or the query: API Gateway answers 400 for
@@ -115,6 +120,8 @@ class Gateway:
     def __init__(self, app: Chalice) -> None:
         self.app = app
         self.matcher = RouteMatcher(app)
+        binary_types = list(app.api.binary_types)
+        self._binary: Callable[[str], bool] = lambda content_type: _matches_content_type(content_type, binary_types)
         self._one_at_a_time: threading.Lock | None = None if isinstance(app, RequestLocalChalice) else threading.Lock()
 
     def __call__(
@@ -179,9 +186,20 @@ class Gateway:
                 "path": path,
                 "identity": {"sourceIp": client_ip},
             },
-            "body": base64.b64encode(body).decode() if body else None,
-            "isBase64Encoded": bool(body),
+            "body": None,
+            "isBase64Encoded": False,
         }
+        if body:
+            # As API Gateway hands a body over: base64 for the API's binary media types, text for
+            # any other (application/json, none, curl -d's form type), its bytes that are not
+            # UTF-8 each U+FFFD. Always base64 before, so a Latin-1 body was a 400 "not UTF-8
+            # text" locally and read with U+FFFD where its bad bytes were in AWS.
+            content_type = next((values[-1] for name, values in header_values.items()
+                                 if name.lower() == "content-type"), "")
+            if content_type and self._binary(content_type[:MAX_CONTENT_TYPE_CHARS]):
+                event["body"], event["isBase64Encoded"] = base64.b64encode(body).decode(), True
+            else:
+                event["body"] = body.decode("utf-8", "replace")
         if self._one_at_a_time is None:
             response = self.app(event, _LocalContext())
         else:

@@ -81,7 +81,7 @@ def api_gateway_event(method: str, resource: str, path: str, *, params: dict[str
         "requestContext": {"resourcePath": resource, "httpMethod": method, "path": STAGE + path,
                            "stage": STAGE.strip("/"), "requestId": "c0ffee00-0000-4000-8000-000000000000",
                            "identity": {"sourceIp": "10.0.0.1"}},
-        "body": (base64.b64encode(body).decode() if binary else body.decode()) if body else None,
+        "body": (base64.b64encode(body).decode() if binary else body.decode("utf-8", "replace")) if body else None,
         "isBase64Encoded": bool(body) and binary,
     }
 
@@ -220,6 +220,23 @@ def test_a_checkout_body_is_read_alike_whatever_its_content_type(
     status, answer = answered_alike(raw_redis, "POST", path, api_gateway_event("POST", path, path, headers=headers,
                                                                           body=body), headers, body)
     assert status == 200 and "pool1" in answer, answer
+
+
+@pytest.mark.parametrize("content_type", [None, "application/json", "application/json; charset=iso-8859-1"],
+                         ids=["none", "json", "json-latin1"])
+def test_a_body_that_is_not_utf8_is_read_alike(
+        full: Harness, raw_redis: redis.Redis, content_type: str | None) -> None:
+    """A Latin-1 tag (``caf\xe9``, from a client that does not write UTF-8) sent with a text type:
+    API Gateway hands the body over as text, the bad byte U+FFFD, which no tag value may hold (a
+    400 naming the tag's value); the local front sent every body base64, so the app read the
+    bytes and answered another 400, "Invalid JSON: the body is not UTF-8 text"."""
+    host = full.checkout("pool1")
+    path = f"/api/v3/vm/{host}"
+    body = '{"tags": {"project": "caf\xe9"}}'.encode("latin-1")
+    headers = [("Content-Type", content_type)] if content_type else []
+    status, answer = answered_alike(raw_redis, "PUT", path, api_gateway_event(
+        "PUT", "/api/v3/vm/{name}", path, params={"name": host}, headers=headers, body=body), headers, body)
+    assert status == 400 and "Tag value" in answer["failure"][0], answer
 
 
 def test_a_get_with_a_body_is_answered_alike(full: Harness, raw_redis: redis.Redis) -> None:
