@@ -162,6 +162,32 @@ def test_a_url_with_a_malformed_escape_is_a_400_as_api_gateway_answers_it(full: 
         assert answer["ok"] is False and "%25" in answer["error"], answer
 
 
+@pytest.mark.parametrize("method, path, name", [
+    ("GET", "/api/v3/status", "view"), ("GET", "/api/v1/poolstat", "pool"), ("GET", SUMMARY, "to"),
+    ("GET", "/dashboard/stats/vmpooler/pool", "history"), ("GET", "/dashboard/stats/history", "hours"),
+    ("POST", "/api/v3/vm/pool1", "ondemand"),
+], ids=["status-view", "poolstat-pool", "summary-to", "history-flag", "history-hours", "checkout-ondemand"])
+@pytest.mark.parametrize("escaped", ["%FF", "%C0%AF", "%E2%82", "%ED%A0%80"],
+                         ids=["not-utf8", "overlong-slash", "cut-short", "surrogate"])
+def test_a_query_value_that_is_not_utf8_is_read_alike_on_every_route_reading_one(
+        full: Harness, raw_redis: redis.Redis, method: str, path: str, name: str, escaped: str) -> None:
+    """Escapes that decode to no UTF-8 (a lone byte, an overlong ``/``, a sequence cut short, half
+    a surrogate pair) are U+FFFD per bad sequence on both, as Python's and API Gateway's decoders
+    read them: the app answers them as the value they make (never a 500); an overlong ``%C0%AF``
+    is no ``/``."""
+    query = {name: [bytes.fromhex(escaped.replace("%", "")).decode("utf-8", "replace")]}
+    event = (api_gateway_event(method, "/api/v3/vm/{name}", path, params={"name": "pool1"}, query=query)
+             if method == "POST" else api_gateway_event(method, path, path, query=query))
+    status, answer = answered_alike(raw_redis, method, f"{path}?{name}={escaped}", event)
+    assert status < 500, answer
+
+
+def test_a_query_that_is_not_utf8_on_an_unknown_route_is_a_404(full: Harness) -> None:
+    """Refused for its path, as API Gateway routes before the function reads any query."""
+    status, _, body = through_front(AsgiApp(app.app), "GET", "/api/v3/no-such-route?view=%FF%C0%AF", [])
+    assert (status, json.loads(body)) == (404, {"ok": False})
+
+
 def test_a_percent_escaped_path_parameter_is_read_alike(full: Harness, raw_redis: redis.Redis) -> None:
     """API Gateway hands the app a path parameter as sent (``%2D``, not ``-``); the local front
     decoded it. ``GET /vm/<host>`` with an escaped letter (a client quoting every path segment)
