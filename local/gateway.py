@@ -3,7 +3,8 @@
 `chalice local` serves one request at a time through a slow matcher; this gateway matches the
 app's routes with precompiled patterns and hands Chalice the same proxy event API Gateway sends.
 ``AsgiApp`` puts it behind an ASGI server (`make run`: ``local.http_front``), which runs a few
-event loops per worker process, each on its own thread, each calling the app inline: the
+event loops per worker process, each on its own thread, each calling the app inline (the feeds,
+reads of every pool, on a few threads of their own off the loops: ``AsgiApp.offloaded``): the
 service's app keeps the request being served per thread, and any other Chalice app is served
 by one loop, one request at a time (and the Gateway itself lets such an app serve one request
 at a time, whoever calls it: tests/in_process_http.py's thread per connection).
@@ -18,8 +19,9 @@ import os
 import re
 import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs
 
 from chalice import Chalice
@@ -66,6 +68,12 @@ class _Resource:
     methods: frozenset[str]
 
 
+def resource_regex(path: str) -> str:
+    """The regular expression of the request paths a Chalice resource (``/vm/{name}``) serves,
+    with or without a trailing slash."""
+    return "^" + re.sub(r"{[^}]+}", "([^/]+)", re.escape(path).replace(r"\{", "{").replace(r"\}", "}")) + "/?$"
+
+
 def merged_slashes(path: str) -> str:
     """The path with every run of slashes one slash (the path the app is given and routed by)."""
     return SLASH_RUNS.sub("/", path)
@@ -78,8 +86,7 @@ class RouteMatcher:
         resources = []
         for path, methods in app.routes.items():
             params = tuple(re.findall(r"{([^}]+)}", path))
-            regex = "^" + re.sub(r"{[^}]+}", "([^/]+)", re.escape(path).replace(r"\{", "{").replace(r"\}", "}")) + "/?$"
-            resources.append(_Resource(path, re.compile(regex), params, frozenset(methods)))
+            resources.append(_Resource(path, re.compile(resource_regex(path)), params, frozenset(methods)))
         # Literal segments win over parameters (/summary/boot vs /summary/{section}).
         resources.sort(key=lambda r: (len(r.params), -len(r.path)))
         self._exact = {r.path: r for r in resources if not r.params}
@@ -305,15 +312,27 @@ class AsgiApp:
     (``local.http_front``) runs that many event loops per worker, each on its own thread and
     listening socket, so a worker overlaps its requests' Redis waits. Each thread sees only its
     own request: the app keeps its per-request state per thread (RequestLocalChalice); an app
-    that does not is called from one thread, one request at a time."""
+    that does not is called from one thread, one request at a time. ``offloaded``: the resource
+    paths whose requests (the feeds) run on as many threads of their own as there are loops, so a
+    loop is not held by them (the service's app only). As many: callers asking one feed at once
+    share its computation (chalicelib/api/shared_reads.py) only while they wait together, and
+    with 2 threads four /status readers of a 4-loop worker got 51-95 answers in 8 s instead of
+    142; further requests queue without holding a loop."""
 
     def __init__(self, app: Chalice, max_body: int = MAX_BODY_BYTES, body_timeout: float = 10.0,
-                 threads: int = 2) -> None:
+                 threads: int = 2, offloaded: Iterable[str] = ()) -> None:
         self.gateway = Gateway(app)
         self.max_body = max_body
         self.body_timeout = body_timeout
         # Chalice's current_request is one attribute of a plain Chalice app.
         self.threads = max(threads, 1) if isinstance(app, RequestLocalChalice) else 1
+        paths = sorted(set(offloaded))
+        self._offloaded = (re.compile("|".join(f"(?:{resource_regex(path)})" for path in paths))
+                           if paths and isinstance(app, RequestLocalChalice) else None)
+        """The paths of the resources whose requests run on ``_feed_threads``, off the event loop."""
+        # Made here, not at the first feed (two loops could each make one): its threads start
+        # with the first requests given to them.
+        self._feed_threads = ThreadPoolExecutor(self.threads, thread_name_prefix="vmpool-feed")
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[[], Any], send: Callable[[Any], Any]) -> None:
         if scope["type"] != "http":
@@ -351,9 +370,16 @@ class AsgiApp:
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]
         client = scope.get("client") or ("", 0)
+        request = (scope["method"], target.decode("latin-1"), headers, body, client[0], header_values)
+        if self._offloaded is not None and self._offloaded.match(merged_slashes(scope["path"])):
+            # A feed (/status at 1,000 pools: ~90 ms of CPU, and a wait for the computation other
+            # callers share) runs on a thread of its own: this loop serves its other connections
+            # meanwhile. Inline, four /status readers held a worker's four loops, and a GET
+            # /vm/<host> waited 264 ms (p50) behind them, 1 s behind eight.
+            return await asyncio.get_running_loop().run_in_executor(self._feed_threads, self.gateway, *request)
         # On this loop's thread: its other connections wait meanwhile (the worker's other loops
         # do not), and the app sees one request at a time on it.
-        return self.gateway(scope["method"], target.decode("latin-1"), headers, body, client[0], header_values)
+        return self.gateway(*request)
 
     async def _receive_body(self, receive: Callable[[], Any]) -> bytes | Response:
         """The request's body, or the error to answer instead."""

@@ -104,7 +104,7 @@ def _serve_http(port: int, workers: int, threads: int, parent: int,
     from local.http_front import CLIENT_TIMEOUT_SECONDS
 
     def asgi_app() -> AsgiApp:
-        return AsgiApp(chalice_app.app, body_timeout=CLIENT_TIMEOUT_SECONDS, threads=threads)
+        return AsgiApp(chalice_app.app, body_timeout=CLIENT_TIMEOUT_SECONDS, threads=threads, offloaded=feed_paths())
 
     front = HttpFront(asgi_app, "127.0.0.1", port, workers, on_worker_ready=ready.release)
     release_free_memory()  # what importing the front freed, before the workers are forked from here
@@ -120,7 +120,7 @@ def _serve_http_here(port: int, threads: int) -> "InProcessFront | None":
     from local.http_front import CLIENT_TIMEOUT_SECONDS, InProcessFront
 
     def asgi_app() -> AsgiApp:
-        return AsgiApp(chalice_app.app, body_timeout=CLIENT_TIMEOUT_SECONDS, threads=threads)
+        return AsgiApp(chalice_app.app, body_timeout=CLIENT_TIMEOUT_SECONDS, threads=threads, offloaded=feed_paths())
 
     try:
         front = InProcessFront(asgi_app, "127.0.0.1", port)
@@ -587,6 +587,14 @@ def _positive_seconds(text: str) -> float:
     if not seconds > 0:  # NaN too
         raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
     return seconds
+
+
+def feed_paths() -> list[str]:
+    """The paths of the feeds (``/status``, ``/summary``, the dashboard's stats...: every route
+    reading every pool), which the front runs off its event loops (``AsgiApp.offloaded``)."""
+    from chalicelib.api.routes import ROUTES, versioned_paths
+
+    return [path for route in ROUTES if route.feed for path, _ in versioned_paths(route)]
 
 
 BANNER_POOLS = 10
