@@ -253,16 +253,24 @@ def test_a_checkout_body_is_read_alike_whatever_its_content_type(
 def test_a_body_that_is_not_utf8_is_read_alike(
         full: Harness, raw_redis: redis.Redis, content_type: str | None) -> None:
     """A Latin-1 tag (``caf\xe9``, from a client that does not write UTF-8) sent with a text type:
-    API Gateway hands the body over as text, the bad byte U+FFFD, which no tag value may hold (a
-    400 naming the tag's value); the local front sent every body base64, so the app read the
-    bytes and answered another 400, "Invalid JSON: the body is not UTF-8 text"."""
+    API Gateway hands the body over as text, the bad byte U+FFFD, and the app read it as a value
+    (a tag's 400 here; a clone target named U+FFFD was set); the local front sent every body
+    base64, so the app read the bytes and answered another 400. Both refuse it as not UTF-8 now."""
     host = full.checkout("pool1")
     path = f"/api/v3/vm/{host}"
     body = '{"tags": {"project": "caf\xe9"}}'.encode("latin-1")
     headers = [("Content-Type", content_type)] if content_type else []
     status, answer = answered_alike(raw_redis, "PUT", path, api_gateway_event(
         "PUT", "/api/v3/vm/{name}", path, params={"name": host}, headers=headers, body=body), headers, body)
-    assert status == 400 and "Tag value" in answer["failure"][0], answer
+    assert (status, answer) == (400, {"ok": False, "error": "Invalid JSON: the body is not UTF-8 text"}), answer
+
+
+def test_a_replacement_character_sent_escaped_is_read(full: Harness) -> None:
+    """Only a raw U+FFFD (a bad byte's remains) is refused; the JSON escape is the character."""
+    host = full.checkout("pool1")
+    reply = full.request("PUT", f"/api/v3/vm/{host}", b'{"lifetime": 3, "tags": {"note": "x\\ufffd"}}')
+    assert reply.status in (200, 400) and reply.json.get("error") != "Invalid JSON: the body is not UTF-8 text", \
+        reply.json
 
 
 def test_a_get_with_a_body_is_answered_alike(full: Harness, raw_redis: redis.Redis) -> None:
