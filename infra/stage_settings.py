@@ -89,9 +89,11 @@ GATEWAY_RESPONSES = {"MISSING_AUTHENTICATION_TOKEN": "404", "RESOURCE_NOT_FOUND"
                      "DEFAULT_4XX": None, "DEFAULT_5XX": None}
 """vmpooler answers unknown routes with 404 {"ok": false}; the full stack sets the same."""
 GATEWAY_RESPONSE_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store",
-                            "X-Content-Type-Options": "nosniff"}
+                            "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY"}
 """The headers of API Gateway's own answers: those of every JSON answer of the functions (its
-throttling's 429 had none but Content-Type; a browser could keep it, or read it as it liked)."""
+throttling's 429 had none but Content-Type; a browser could keep it, or read it as it liked) but
+the Content-Security-Policy, whose quoted sources (``'none'``) a gateway response's static value,
+itself quoted, cannot hold; ``X-Frame-Options: DENY`` keeps them out of frames."""
 
 
 def report_batch_failures(session: Any, stage: Stage) -> None:

@@ -3,7 +3,8 @@
 `chalice local` serves one request at a time through a slow matcher; this gateway matches the
 app's routes with precompiled patterns and hands Chalice the same proxy event API Gateway sends.
 ``AsgiApp`` puts it behind an ASGI server (`make run`: ``local.http_front``), which runs a few
-event loops per worker process, each on its own thread, each calling the app inline: the
+event loops per worker process, each on its own thread, each calling the app inline (the feeds,
+reads of every pool, on a few threads of their own off the loops: ``AsgiApp.offloaded``): the
 service's app keeps the request being served per thread, and any other Chalice app is served
 by one loop, one request at a time (and the Gateway itself lets such an app serve one request
 at a time, whoever calls it: tests/in_process_http.py's thread per connection).
@@ -18,11 +19,13 @@ import os
 import re
 import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs
 
 from chalice import Chalice
+from chalice.app import _matches_content_type
 
 from chalicelib.api.chalice_app import RequestLocalChalice
 from chalicelib.api.conditional import COMPRESS_FROM_BYTES
@@ -41,8 +44,16 @@ in 1-byte chunks up to that cost the front a million parser callbacks (3 s of CP
 4 such clients took a checkout's p50 from 8 to 174 ms)."""
 
 
+MAX_CONTENT_TYPE_CHARS = 256
+"""Of a request's Content-Type, what is matched against the binary media types (a bound on the
+match's work; no media type is longer)."""
+
 MALFORMED_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
-"""A ``%`` of a query string not followed by two hex digits: API Gateway answers 400 for it."""
+"""A ``%`` not followed by two hex digits, in the path or the query: API Gateway answers 400 for
+it before it routes the request (a known route or not; ustayready/fireprox#27: "when a percentage
+symbol is sent anywhere in the URL, the request is not proxied and 400 response is received")."""
+
+MALFORMED_ESCAPE_ERROR = ("Bad Request: the URL has a % not followed by two hex digits (send a % as %25)")
 
 SLASH_RUNS = re.compile(r"//+")
 """Empty path segments, which vmpooler's Rack::Protection (PathTraversal) dropped before routing:
@@ -57,6 +68,12 @@ class _Resource:
     methods: frozenset[str]
 
 
+def resource_regex(path: str) -> str:
+    """The regular expression of the request paths a Chalice resource (``/vm/{name}``) serves,
+    with or without a trailing slash."""
+    return "^" + re.sub(r"{[^}]+}", "([^/]+)", re.escape(path).replace(r"\{", "{").replace(r"\}", "}")) + "/?$"
+
+
 def merged_slashes(path: str) -> str:
     """The path with every run of slashes one slash (the path the app is given and routed by)."""
     return SLASH_RUNS.sub("/", path)
@@ -69,8 +86,7 @@ class RouteMatcher:
         resources = []
         for path, methods in app.routes.items():
             params = tuple(re.findall(r"{([^}]+)}", path))
-            regex = "^" + re.sub(r"{[^}]+}", "([^/]+)", re.escape(path).replace(r"\{", "{").replace(r"\}", "}")) + "/?$"
-            resources.append(_Resource(path, re.compile(regex), params, frozenset(methods)))
+            resources.append(_Resource(path, re.compile(resource_regex(path)), params, frozenset(methods)))
         # Literal segments win over parameters (/summary/boot vs /summary/{section}).
         resources.sort(key=lambda r: (len(r.params), -len(r.path)))
         self._exact = {r.path: r for r in resources if not r.params}
@@ -111,6 +127,8 @@ class Gateway:
     def __init__(self, app: Chalice) -> None:
         self.app = app
         self.matcher = RouteMatcher(app)
+        binary_types = list(app.api.binary_types)
+        self._binary: Callable[[str], bool] = lambda content_type: _matches_content_type(content_type, binary_types)
         self._one_at_a_time: threading.Lock | None = None if isinstance(app, RequestLocalChalice) else threading.Lock()
 
     def __call__(
@@ -128,6 +146,11 @@ class Gateway:
         path = merged_slashes(path)
         if path == "*":
             return asterisk_form(method, self.matcher.allowed)
+        if MALFORMED_ESCAPE.search(path) or MALFORMED_ESCAPE.search(query_string):
+            # Before routing, as API Gateway refuses it: parse_qs kept "%zz" or a lone "%" as
+            # text, and the app answered as if it had been sent so; on a path no route has it
+            # was a 404 locally and API Gateway's 400 in AWS.
+            return 400, dict(JSON_HEADERS), json_text({"ok": False, "error": MALFORMED_ESCAPE_ERROR}).encode()
         found = self.matcher.match(path)
         if found is None:
             return 404, dict(JSON_HEADERS), NOT_FOUND
@@ -137,22 +160,16 @@ class Gateway:
             # (`curl -I`, monitors): the HTTP server sends the head and drops the body.
             method = "GET"
         if method not in resource.methods:
-            allowed = ", ".join(sorted({*resource.methods, *(("HEAD",) if "GET" in resource.methods else ())}))
-            # The method cut short: a server that takes any token as a method (http.server's, up
-            # to 64 KiB of request line) had it echoed whole.
-            body_text = json_text({"ok": False, "error": f"method {shown(method, 20)} not allowed; use {allowed}"})
-            return 405, {**JSON_HEADERS, "Allow": allowed}, body_text.encode()
+            # As API Gateway answers a method the resource does not declare (its
+            # MISSING_AUTHENTICATION_TOKEN, the stage's 404 {"ok":false}: infra/stage_settings.py)
+            # and as vmpooler's Sinatra did (no route: its not_found). It was a 405 with Allow
+            # here only: a script tried with `make run` met another answer in AWS.
+            return 404, dict(JSON_HEADERS), NOT_FOUND
         if len(query_string) > MAX_EVENT_CHARS or query_string.count("&") >= MAX_EVENT_FIELDS:
             # Refused from its size, as the app would refuse the parameters it makes: parsed
             # first, a 1.4 MB query of 350,000 parameters took 0.9-1.5 s before the app's 414.
             refusal = oversized("multiValueQueryStringParameters")
             return refusal.status, dict(JSON_HEADERS), json_text(refusal.body).encode()
-        if MALFORMED_ESCAPE.search(query_string):
-            # API Gateway refuses such a query itself (400); parse_qs kept "%zz" or a lone "%" as
-            # text, and the app answered as if it had been sent so.
-            malformed = {"ok": False, "error": "Bad Request: the query string has a % not followed by two hex "
-                                               "digits (send a % as %25)"}
-            return 400, dict(JSON_HEADERS), json_text(malformed).encode()
         # Decoded as API Gateway decodes it: "+" is a space, "%2B" a "+", "a" and "a=" are "",
         # a repeated name is every value in the multi-value form and its last in the other, and
         # bytes that are not UTF-8 are U+FFFD.
@@ -176,9 +193,20 @@ class Gateway:
                 "path": path,
                 "identity": {"sourceIp": client_ip},
             },
-            "body": base64.b64encode(body).decode() if body else None,
-            "isBase64Encoded": bool(body),
+            "body": None,
+            "isBase64Encoded": False,
         }
+        if body:
+            # As API Gateway hands a body over: base64 for the API's binary media types, text for
+            # any other (application/json, none, curl -d's form type), its bytes that are not
+            # UTF-8 each U+FFFD. Always base64 before, so a Latin-1 body was a 400 "not UTF-8
+            # text" locally and read with U+FFFD where its bad bytes were in AWS.
+            content_type = next((values[-1] for name, values in header_values.items()
+                                 if name.lower() == "content-type"), "")
+            if content_type and self._binary(content_type[:MAX_CONTENT_TYPE_CHARS]):
+                event["body"], event["isBase64Encoded"] = base64.b64encode(body).decode(), True
+            else:
+                event["body"] = body.decode("utf-8", "replace")
         if self._one_at_a_time is None:
             response = self.app(event, _LocalContext())
         else:
@@ -284,15 +312,27 @@ class AsgiApp:
     (``local.http_front``) runs that many event loops per worker, each on its own thread and
     listening socket, so a worker overlaps its requests' Redis waits. Each thread sees only its
     own request: the app keeps its per-request state per thread (RequestLocalChalice); an app
-    that does not is called from one thread, one request at a time."""
+    that does not is called from one thread, one request at a time. ``offloaded``: the resource
+    paths whose requests (the feeds) run on as many threads of their own as there are loops, so a
+    loop is not held by them (the service's app only). As many: callers asking one feed at once
+    share its computation (chalicelib/api/shared_reads.py) only while they wait together, and
+    with 2 threads four /status readers of a 4-loop worker got 51-95 answers in 8 s instead of
+    142; further requests queue without holding a loop."""
 
     def __init__(self, app: Chalice, max_body: int = MAX_BODY_BYTES, body_timeout: float = 10.0,
-                 threads: int = 2) -> None:
+                 threads: int = 2, offloaded: Iterable[str] = ()) -> None:
         self.gateway = Gateway(app)
         self.max_body = max_body
         self.body_timeout = body_timeout
         # Chalice's current_request is one attribute of a plain Chalice app.
         self.threads = max(threads, 1) if isinstance(app, RequestLocalChalice) else 1
+        paths = sorted(set(offloaded))
+        self._offloaded = (re.compile("|".join(f"(?:{resource_regex(path)})" for path in paths))
+                           if paths and isinstance(app, RequestLocalChalice) else None)
+        """The paths of the resources whose requests run on ``_feed_threads``, off the event loop."""
+        # Made here, not at the first feed (two loops could each make one): its threads start
+        # with the first requests given to them.
+        self._feed_threads = ThreadPoolExecutor(self.threads, thread_name_prefix="vmpool-feed")
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[[], Any], send: Callable[[Any], Any]) -> None:
         if scope["type"] != "http":
@@ -330,9 +370,16 @@ class AsgiApp:
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]
         client = scope.get("client") or ("", 0)
+        request = (scope["method"], target.decode("latin-1"), headers, body, client[0], header_values)
+        if self._offloaded is not None and self._offloaded.match(merged_slashes(scope["path"])):
+            # A feed (/status at 1,000 pools: ~90 ms of CPU, and a wait for the computation other
+            # callers share) runs on a thread of its own: this loop serves its other connections
+            # meanwhile. Inline, four /status readers held a worker's four loops, and a GET
+            # /vm/<host> waited 264 ms (p50) behind them, 1 s behind eight.
+            return await asyncio.get_running_loop().run_in_executor(self._feed_threads, self.gateway, *request)
         # On this loop's thread: its other connections wait meanwhile (the worker's other loops
         # do not), and the app sees one request at a time on it.
-        return self.gateway(scope["method"], target.decode("latin-1"), headers, body, client[0], header_values)
+        return self.gateway(*request)
 
     async def _receive_body(self, receive: Callable[[], Any]) -> bytes | Response:
         """The request's body, or the error to answer instead."""

@@ -70,8 +70,8 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import Server
 
+from chalicelib.api.http import JSON_POLICY, json_text
 from chalicelib.api.http import MAX_BODY_BYTES as API_MAX_BODY_BYTES
-from chalicelib.api.http import json_text
 from local.front_logs import BoundedWarning, json_stderr_handler
 
 CLIENT_TIMEOUT_SECONDS = float(os.environ.get("VMPOOL_HTTP_CLIENT_TIMEOUT", "10"))
@@ -142,6 +142,16 @@ of a header's value while we read it as a line end would pass a header it never 
 ``Transfer-Encoding`` smuggled after ``X-A: a\n``). The answer says so: a request typed into
 ``nc`` without ``-C`` was told only that it was malformed."""
 LINE_END_REFUSAL = "malformed HTTP request: lines must end in CRLF (a bare LF or CR is refused)"
+
+
+def bare_line_end(reason: str, data: bytes) -> bool:
+    """Whether llhttp refused ``data`` for a line not ended by CRLF. Most such reasons say so
+    (``LINE_END_ERROR``); a head whose empty last line is a bare LF (``...\r\n\n``) is read as a
+    header field beginning with a LF instead ("Invalid header field char"), which got the generic
+    "malformed HTTP request"."""
+    if LINE_END_ERROR.search(reason):
+        return True
+    return reason == "Invalid header field char" and (b"\r\n\n" in data or data.startswith(b"\n"))
 
 HOST_VALUE = re.compile(rb"(\[[0-9A-Za-z:.~!$&'()*+,;=_-]*\]|[0-9A-Za-z.~%!$&'()*+,;=_-]*)(:[0-9]*)?\Z")
 """A Host field value as RFC 9110 (7.2) has it, ``uri-host [":" port]``, empty included (a
@@ -397,7 +407,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             except httptools.HttpParserError as error:
                 client = self.client[0] if self.client else None
                 INVALID_REQUESTS.note(self.loop.call_later, client=client, reason=str(error))
-                if self._refusal is None and LINE_END_ERROR.search(str(error)):
+                if self._refusal is None and bare_line_end(str(error), data):
                     self._refusal = Refused(400, LINE_END_REFUSAL)
                 self.send_400_response("Invalid HTTP request received.")
             return
@@ -643,7 +653,8 @@ def json_error_response(status: int, message: str) -> bytes:
         reason = "Error"
     body = json_text({"ok": False, "error": f"{reason}: {message[:200]}" if message else reason}).encode()
     head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
-            f"X-Content-Type-Options: nosniff\r\nContent-Length: {len(body)}\r\n"
+            f"X-Content-Type-Options: nosniff\r\nX-Frame-Options: DENY\r\nContent-Security-Policy: {JSON_POLICY}\r\n"
+            f"Content-Length: {len(body)}\r\n"
             "Connection: close\r\n\r\n")
     return head.encode("latin-1") + body
 

@@ -46,7 +46,7 @@ import time
 import traceback
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
     from local.http_front import InProcessFront
@@ -104,7 +104,7 @@ def _serve_http(port: int, workers: int, threads: int, parent: int,
     from local.http_front import CLIENT_TIMEOUT_SECONDS
 
     def asgi_app() -> AsgiApp:
-        return AsgiApp(chalice_app.app, body_timeout=CLIENT_TIMEOUT_SECONDS, threads=threads)
+        return AsgiApp(chalice_app.app, body_timeout=CLIENT_TIMEOUT_SECONDS, threads=threads, offloaded=feed_paths())
 
     front = HttpFront(asgi_app, "127.0.0.1", port, workers, on_worker_ready=ready.release)
     release_free_memory()  # what importing the front freed, before the workers are forked from here
@@ -120,7 +120,7 @@ def _serve_http_here(port: int, threads: int) -> "InProcessFront | None":
     from local.http_front import CLIENT_TIMEOUT_SECONDS, InProcessFront
 
     def asgi_app() -> AsgiApp:
-        return AsgiApp(chalice_app.app, body_timeout=CLIENT_TIMEOUT_SECONDS, threads=threads)
+        return AsgiApp(chalice_app.app, body_timeout=CLIENT_TIMEOUT_SECONDS, threads=threads, offloaded=feed_paths())
 
     try:
         front = InProcessFront(asgi_app, "127.0.0.1", port)
@@ -589,6 +589,26 @@ def _positive_seconds(text: str) -> float:
     return seconds
 
 
+def feed_paths() -> list[str]:
+    """The paths of the feeds (``/status``, ``/summary``, the dashboard's stats...: every route
+    reading every pool), which the front runs off its event loops (``AsgiApp.offloaded``)."""
+    from chalicelib.api.routes import ROUTES, versioned_paths
+
+    return [path for route in ROUTES if route.feed for path, _ in versioned_paths(route)]
+
+
+BANNER_POOLS = 10
+"""How many pool names the start-up banner shows; the rest are counted. Every name was listed:
+12 KB on one line at 1,000 pools (``GET /api/v3/config`` lists them all)."""
+
+
+def pool_list(names: Sequence[str], shown_at_most: int = BANNER_POOLS) -> str:
+    """The banner's pools: the first ``shown_at_most`` names, then how many more there are."""
+    if len(names) <= shown_at_most:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown_at_most])} and {len(names) - shown_at_most:,} more ({len(names):,} in all)"
+
+
 class _StopWhileStarting:
     """SIGTERM while the stack starts (its config checked, redis-server started, the HTTP workers
     forked) stops it as Ctrl-C does: what was started is stopped, "vmpool: stopped", exit 0.
@@ -722,7 +742,7 @@ def main(argv: list[str] | None = None) -> int:
         scheduler = LocalScheduler(chalice_app.services(), interval_seconds=args.interval)
         scheduler.start()
         stop = StopRequests(signal.SIGTERM)  # served from here: the main loop looks for it
-        pools = ", ".join(chalice_app.CONFIG.pool_names)
+        pools = pool_list(chalice_app.CONFIG.pool_names)
         plural = "" if workers == 1 else "s"
         serving = (f"in this process ({args.threads} event loops beside the scheduler)" if workers == 0
                    else f"with {workers} worker{plural}")

@@ -28,9 +28,15 @@ TOO_LARGE = 10**MAX_NUMBER_DIGITS
 """What ``whole_number`` answers for a number with more digits: larger than any maximum, so the
 caller's own range check refuses it with its own message."""
 
-JSON_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+JSON_POLICY = "default-src 'none'; frame-ancestors 'none'"
+"""The Content-Security-Policy of a JSON answer: a browser that opens one loads nothing for it and
+lets no page frame it (the dashboard's page has a policy of its own)."""
+JSON_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
+                "X-Frame-Options": "DENY", "Content-Security-Policy": JSON_POLICY}
 """Every JSON answer: it carries tokens, owners and live pool state, none of which a browser or a
-proxy between the caller and API Gateway may keep (``no-store``) or read as anything but JSON."""
+proxy between the caller and API Gateway may keep (``no-store``), read as anything but JSON
+(``nosniff``), or show inside another site's page (``frame-ancestors``, and ``X-Frame-Options``
+for browsers without CSP): the dashboard's page had these, the JSON answers only the first two."""
 
 
 def json_text(body: Any, pretty: bool = False) -> str:
@@ -302,6 +308,9 @@ def body_too_large() -> ApiError:
     return too_large(f"Request body too large (at most {MAX_BODY_BYTES} bytes)")
 
 
+REPLACEMENT_CHARACTER = "\ufffd"
+
+
 def json_body(request: ApiRequest, empty: Any = None) -> Any:
     """The request body as JSON; ``empty`` when there is none. Bad JSON is a 400, a body over
     MAX_BODY_BYTES a 413 (before it is parsed), one sent with a content coding (gzip) a 415.
@@ -321,6 +330,12 @@ def json_body(request: ApiRequest, empty: Any = None) -> Any:
         # WAF reading the body as UTF-8 sees as something else.
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
+        raise bad_request("Invalid JSON: the body is not UTF-8 text") from None
+    if REPLACEMENT_CHARACTER in text:
+        # What a body that is not UTF-8 becomes on its way through API Gateway (a text media
+        # type: each bad byte U+FFFD), as the local front hands it over too: refused as such, not
+        # read as a value (a Latin-1 clone target set a cluster named U+FFFD). A U+FFFD a client
+        # means is sent as the JSON escape \ufffd, which is read.
         raise bad_request("Invalid JSON: the body is not UTF-8 text") from None
     try:
         body = json.loads(text, parse_int=_json_integer, parse_float=_json_fraction,

@@ -81,7 +81,7 @@ def api_gateway_event(method: str, resource: str, path: str, *, params: dict[str
         "requestContext": {"resourcePath": resource, "httpMethod": method, "path": STAGE + path,
                            "stage": STAGE.strip("/"), "requestId": "c0ffee00-0000-4000-8000-000000000000",
                            "identity": {"sourceIp": "10.0.0.1"}},
-        "body": (base64.b64encode(body).decode() if binary else body.decode()) if body else None,
+        "body": (base64.b64encode(body).decode() if binary else body.decode("utf-8", "replace")) if body else None,
         "isBase64Encoded": bool(body) and binary,
     }
 
@@ -145,14 +145,47 @@ def test_a_query_is_read_alike(
     assert status in (200, 400), answer
 
 
-@pytest.mark.parametrize("query", ["from=%", "from=%zz", "from=100%", "from=%2", "a%%=1"])
-def test_a_query_with_a_malformed_escape_is_a_400_as_api_gateway_answers_it(full: Harness, query: str) -> None:
-    """API Gateway refuses such a query itself (400): the Lambda never sees it. The local front
-    read ``%zz`` as the text ``%zz`` and served the request."""
-    status, headers, body = through_front(AsgiApp(app.app), "GET", f"{SUMMARY}?{query}", [])
-    assert status == 400 and headers["content-type"] == "application/json", body
-    answer = json.loads(body)
-    assert answer["ok"] is False and "%25" in answer["error"], answer
+@pytest.mark.parametrize("target", [
+    *(f"{SUMMARY}?{query}" for query in ["from=%", "from=%zz", "from=100%", "from=%2", "a%%=1"]),
+    "/api/v3/no-such-route?from=%zz", "/api/v3/no-such-route%zz", "/api/v3/vm/a%2", "/api/v3/vm/100%",
+    "/api/v3/%/status",
+], ids=["lone", "not-hex", "trailing", "one-digit", "in-a-name", "unknown-route-query", "unknown-route-path",
+        "path-parameter", "path-parameter-trailing", "path-segment"])
+def test_a_url_with_a_malformed_escape_is_a_400_as_api_gateway_answers_it(full: Harness, target: str) -> None:
+    """API Gateway refuses such a URL itself (400), before routing: the Lambda never sees it. The
+    local front read ``%zz`` in a query as the text ``%zz`` and served the request, answered a
+    path no route has 404, and handed a path parameter (``a%2``) to the app."""
+    for method in ("GET", "POST"):
+        status, headers, body = through_front(AsgiApp(app.app), method, target, [])
+        assert status == 400 and headers["content-type"] == "application/json", body
+        answer = json.loads(body)
+        assert answer["ok"] is False and "%25" in answer["error"], answer
+
+
+@pytest.mark.parametrize("method, path, name", [
+    ("GET", "/api/v3/status", "view"), ("GET", "/api/v1/poolstat", "pool"), ("GET", SUMMARY, "to"),
+    ("GET", "/dashboard/stats/vmpooler/pool", "history"), ("GET", "/dashboard/stats/history", "hours"),
+    ("POST", "/api/v3/vm/pool1", "ondemand"),
+], ids=["status-view", "poolstat-pool", "summary-to", "history-flag", "history-hours", "checkout-ondemand"])
+@pytest.mark.parametrize("escaped", ["%FF", "%C0%AF", "%E2%82", "%ED%A0%80"],
+                         ids=["not-utf8", "overlong-slash", "cut-short", "surrogate"])
+def test_a_query_value_that_is_not_utf8_is_read_alike_on_every_route_reading_one(
+        full: Harness, raw_redis: redis.Redis, method: str, path: str, name: str, escaped: str) -> None:
+    """Escapes that decode to no UTF-8 (a lone byte, an overlong ``/``, a sequence cut short, half
+    a surrogate pair) are U+FFFD per bad sequence on both, as Python's and API Gateway's decoders
+    read them: the app answers them as the value they make (never a 500); an overlong ``%C0%AF``
+    is no ``/``."""
+    query = {name: [bytes.fromhex(escaped.replace("%", "")).decode("utf-8", "replace")]}
+    event = (api_gateway_event(method, "/api/v3/vm/{name}", path, params={"name": "pool1"}, query=query)
+             if method == "POST" else api_gateway_event(method, path, path, query=query))
+    status, answer = answered_alike(raw_redis, method, f"{path}?{name}={escaped}", event)
+    assert status < 500, answer
+
+
+def test_a_query_that_is_not_utf8_on_an_unknown_route_is_a_404(full: Harness) -> None:
+    """Refused for its path, as API Gateway routes before the function reads any query."""
+    status, _, body = through_front(AsgiApp(app.app), "GET", "/api/v3/no-such-route?view=%FF%C0%AF", [])
+    assert (status, json.loads(body)) == (404, {"ok": False})
 
 
 def test_a_percent_escaped_path_parameter_is_read_alike(full: Harness, raw_redis: redis.Redis) -> None:
@@ -177,8 +210,8 @@ def test_pools_joined_by_an_escaped_plus_in_the_path_are_checked_out_alike(
     assert status == 200 and {"pool1", "pool2"} <= set(answer), answer
 
 
-@pytest.mark.parametrize("segment", ["a%2Fb", "a%25b", "a%2", "%FF%FE", "a+b"],
-                         ids=["encoded-slash", "encoded-percent", "broken-escape", "not-utf8", "plus"])
+@pytest.mark.parametrize("segment", ["a%2Fb", "a%25b", "%FF%FE", "a+b"],
+                         ids=["encoded-slash", "encoded-percent", "not-utf8", "plus"])
 def test_a_path_segment_with_escapes_is_one_segment_answered_alike(
         full: Harness, raw_redis: redis.Redis, segment: str) -> None:
     """``%2F`` does not split the segment (API Gateway routes the path as sent); the hostname it
@@ -213,6 +246,31 @@ def test_a_checkout_body_is_read_alike_whatever_its_content_type(
     status, answer = answered_alike(raw_redis, "POST", path, api_gateway_event("POST", path, path, headers=headers,
                                                                           body=body), headers, body)
     assert status == 200 and "pool1" in answer, answer
+
+
+@pytest.mark.parametrize("content_type", [None, "application/json", "application/json; charset=iso-8859-1"],
+                         ids=["none", "json", "json-latin1"])
+def test_a_body_that_is_not_utf8_is_read_alike(
+        full: Harness, raw_redis: redis.Redis, content_type: str | None) -> None:
+    """A Latin-1 tag (``caf\xe9``, from a client that does not write UTF-8) sent with a text type:
+    API Gateway hands the body over as text, the bad byte U+FFFD, and the app read it as a value
+    (a tag's 400 here; a clone target named U+FFFD was set); the local front sent every body
+    base64, so the app read the bytes and answered another 400. Both refuse it as not UTF-8 now."""
+    host = full.checkout("pool1")
+    path = f"/api/v3/vm/{host}"
+    body = '{"tags": {"project": "caf\xe9"}}'.encode("latin-1")
+    headers = [("Content-Type", content_type)] if content_type else []
+    status, answer = answered_alike(raw_redis, "PUT", path, api_gateway_event(
+        "PUT", "/api/v3/vm/{name}", path, params={"name": host}, headers=headers, body=body), headers, body)
+    assert (status, answer) == (400, {"ok": False, "error": "Invalid JSON: the body is not UTF-8 text"}), answer
+
+
+def test_a_replacement_character_sent_escaped_is_read(full: Harness) -> None:
+    """Only a raw U+FFFD (a bad byte's remains) is refused; the JSON escape is the character."""
+    host = full.checkout("pool1")
+    reply = full.request("PUT", f"/api/v3/vm/{host}", b'{"lifetime": 3, "tags": {"note": "x\\ufffd"}}')
+    assert reply.status in (200, 400) and reply.json.get("error") != "Invalid JSON: the body is not UTF-8 text", \
+        reply.json
 
 
 def test_a_get_with_a_body_is_answered_alike(full: Harness, raw_redis: redis.Redis) -> None:
@@ -263,3 +321,60 @@ def test_the_local_front_hands_the_app_the_event_api_gateway_delivered_live() ->
     assert seen["multiValueHeaders"]["x-voker-probe"] == ["first", "second"]
     assert seen["headers"]["content-type"] == "application/json"
     assert seen["body"] == body.decode()
+
+
+@pytest.mark.parametrize("method, target", [
+    ("PATCH", "/api/v3/vm"), ("DELETE", "/api/v3/status"), ("PUT", "/api/v3/vm/"), ("HEAD", "/api/v3/ondemandvm"),
+    ("OPTIONS", "/api/v3/status"), ("POST", "/status"),
+])
+def test_a_method_the_route_lacks_is_answered_as_api_gateway_answers_it(full: Harness, method: str,
+                                                                          target: str) -> None:
+    """API Gateway invokes no function for a method the resource does not declare: its own answer,
+    which the stage's gateway responses make 404 {"ok":false} (vmpooler's Sinatra answers the same:
+    no route). The local front answered 405 with Allow, an answer no deployed stack gave."""
+    status, headers, body = through_front(AsgiApp(app.app), method, target, [])
+    assert (status, json.loads(body)) == (404, {"ok": False}), body
+    assert "allow" not in headers
+
+
+# --- the headers every answer carries -------------------------------------------------------------
+
+SAFE_HEADERS = {"x-content-type-options": "nosniff", "x-frame-options": "DENY",
+                "content-security-policy": "default-src 'none'; frame-ancestors 'none'"}
+"""What keeps a browser from sniffing a JSON answer as HTML or framing it in another site's page
+(the dashboard's page has its own, stricter policy)."""
+
+
+@pytest.mark.parametrize("method, target, resource, status", [
+    ("GET", "/api/v3/status", "/api/v3/status", 200),
+    ("HEAD", "/api/v3/status", "/api/v3/status", 200),
+    ("GET", "/api/v3/vm/no-such-host", "/api/v3/vm/{name}", 404),
+    ("GET", "/api/v3/vm/not_a_hostname", "/api/v3/vm/{name}", 400),
+    ("GET", "/", "/", 302),
+    ("POST", "/api/v3/status", None, 404),  # a method the route lacks; API Gateway's own 404 in AWS
+    ("GET", "/api/v3/no-such-route", None, 404),
+    ("GET", "/api/v3/summary?from=%zz", None, 400),
+], ids=["200", "head", "404", "400", "302", "method-the-route-lacks", "unknown-route", "malformed-query"])
+def test_every_json_answer_carries_nosniff_and_a_frame_ancestors_policy(
+        full: Harness, method: str, target: str, resource: str | None, status: int) -> None:
+    """Only the dashboard's page had a Content-Security-Policy and X-Frame-Options; a JSON answer
+    (tokens, owners, hostnames a caller chose) could be framed by any site. Locally and from the
+    Lambda alike (API Gateway's own answers carry X-Frame-Options too: infra/stage_settings.py)."""
+    got, headers, _ = through_front(AsgiApp(app.app), method, target, [])
+    assert got == status, headers
+    assert {name: headers.get(name) for name in SAFE_HEADERS} == SAFE_HEADERS, headers
+    if resource is not None:  # what the Lambda answers API Gateway
+        path = target.partition("?")[0]
+        params = {"name": path.rsplit("/", 1)[1]} if "{name}" in resource else None
+        answer = app.app(api_gateway_event(method, resource, path, params=params), Context())
+        assert answer["statusCode"] == status, answer
+        lambda_headers = {name.lower(): value for name, value in answer["headers"].items()}
+        assert {name: lambda_headers.get(name) for name in SAFE_HEADERS} == SAFE_HEADERS, answer["headers"]
+
+
+def test_a_revalidated_answer_keeps_the_headers(full: Harness) -> None:
+    """A 304 (the dashboard's If-None-Match on /status) carries the 200's headers."""
+    _, first, _ = through_front(AsgiApp(app.app), "GET", "/api/v3/status", [])
+    status, headers, _ = through_front(AsgiApp(app.app), "GET", "/api/v3/status", [("If-None-Match", first["etag"])])
+    assert status == 304, headers
+    assert {name: headers.get(name) for name in SAFE_HEADERS} == SAFE_HEADERS, headers

@@ -259,6 +259,17 @@ def test_dummy_auth_works_over_http(make_api):
     assert api.call("GET", f"/api/v3/token/{token}", headers={"X-AUTH-TOKEN": token}).body[token]["user"] == "dev"
 
 
+@pytest.mark.parametrize("name", ["\u202eecila", "ali\u200bce", "alice\u2066", "ali\u0085ce", "al\u2028ice"],
+                         ids=["rtl-override", "zero-width-space", "isolate", "c1-control", "line-separator"])
+def test_dummy_auth_refuses_a_name_with_invisible_or_bidi_characters(make_api, name):
+    """A name that shows as another ("\u202eecila" reads alice) got a token of its own, as a user
+    that looked like alice in every list; the LDAP provider finds no entry for it (401)."""
+    api = make_api(document({"provider": "dummy"}))
+    reply = api.call("POST", "/api/v3/token", headers=basic(name, "anything-else"))
+    assert (reply.status, reply.body["ok"]) == (401, False), reply.body
+    assert not api.client.keys("*token*"), "a refused login made a token"
+
+
 def test_a_user_has_a_bounded_number_of_tokens(make_api, ldap_auth, slapd):
     api = make_api(document(ldap_auth(), config={"max_tokens_per_user": 3}))
     tokens = [api.new_token("alice", slapd.password("alice")) for _ in range(3)]
