@@ -160,11 +160,11 @@ class Gateway:
             # (`curl -I`, monitors): the HTTP server sends the head and drops the body.
             method = "GET"
         if method not in resource.methods:
-            # As API Gateway answers a method the resource does not declare (its
-            # MISSING_AUTHENTICATION_TOKEN, the stage's 404 {"ok":false}: infra/stage_settings.py)
-            # and as vmpooler's Sinatra did (no route: its not_found). It was a 405 with Allow
-            # here only: a script tried with `make run` met another answer in AWS.
-            return 404, dict(JSON_HEADERS), NOT_FOUND
+            allowed = ", ".join(sorted({*resource.methods, *(("HEAD",) if "GET" in resource.methods else ())}))
+            # The method cut short: a server that takes any token as a method (http.server's, up
+            # to 64 KiB of request line) had it echoed whole.
+            body_text = json_text({"ok": False, "error": f"method {shown(method, 20)} not allowed; use {allowed}"})
+            return 405, {**JSON_HEADERS, "Allow": allowed}, body_text.encode()
         if len(query_string) > MAX_EVENT_CHARS or query_string.count("&") >= MAX_EVENT_FIELDS:
             # Refused from its size, as the app would refuse the parameters it makes: parsed
             # first, a 1.4 MB query of 350,000 parameters took 0.9-1.5 s before the app's 414.

@@ -105,7 +105,7 @@ class SpecOperations:
         """Fail unless ``status`` is documented for the operation and ``body`` fits its schema."""
         found = self.operation(method, target)
         if found is None:
-            return  # an unknown route or method: the gateway's own 404
+            return  # an unknown route or method: the gateway's own 404/405
         spec_path, operation = found
         responses = operation["responses"]
         assert str(status) in responses, f"{method} {spec_path}: status {status} is not in the spec"

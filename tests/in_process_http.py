@@ -58,7 +58,7 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _serve
 
     def __getattr__(self, name: str) -> Any:
-        # Any other method (TRACE, QUERY, ...) reaches the gateway too and gets a JSON 404,
+        # Any other method (TRACE, QUERY, ...) reaches the gateway too and gets a JSON 405,
         # not http.server's HTML 501.
         if name.startswith("do_"):
             return self._serve

@@ -141,10 +141,11 @@ def checked_event(event: Any, routes: Mapping[str, Mapping[str, Any]]) -> dict[s
     if not isinstance(resource, str) or not isinstance(method, str):
         raise bad_request("The event is not an API Gateway proxy request: it names no resource and method")
     methods = routes.get(resource) or {}
-    if not methods or method not in methods:
-        # A method the resource lacks as API Gateway answers it (it never invokes the function
-        # for one: the stage's 404 {"ok":false}) and the local front does.
+    if not methods:
         raise ApiError(404)
+    if method not in methods:
+        allowed = ", ".join(sorted(methods))
+        raise ApiError(405, {"error": f"method {method[:20]} not allowed; use {allowed}"}, {"Allow": allowed})
     headers, multi_headers = _single_and_multi(event, "headers", "multiValueHeaders")
     query, multi_query = _single_and_multi(event, "queryStringParameters", "multiValueQueryStringParameters")
     params = _text_mapping(event, "pathParameters")

@@ -181,20 +181,19 @@ UNKNOWN_ROUTE_CASES: list[Case] = [
 ]
 
 WRONG_METHOD_CASES: list[Case] = [
-    # A method the route lacks: 404 {"ok": false}, as API Gateway and vmpooler answer it.
-    ("PATCH", "/api/v3/vm", None, 404, ""),
-    ("PUT", "/api/v3/vm", {"pool1": 1}, 404, ""),
-    ("DELETE", "/api/v3/vm", None, 404, ""),
-    ("PATCH", "/api/v3/vm/{running}", {"lifetime": 3}, 404, ""),
-    ("POST", "/api/v3/status", None, 404, ""),
-    ("DELETE", "/api/v1/status", None, 404, ""),
-    ("POST", "/api/v3/totalrunning", None, 404, ""),
-    ("PUT", "/api/v2/poolstat", None, 404, ""),
-    ("DELETE", "/api/v3/summary", None, 404, ""),
-    ("POST", "/api/v3/summary/boot", None, 404, ""),
-    ("DELETE", "/api/v3/config", None, 404, ""),
-    ("PUT", "/status", None, 404, ""),
-    ("DELETE", "/vm", None, 404, ""),
+    ("PATCH", "/api/v3/vm", None, 405, "PATCH"),
+    ("PUT", "/api/v3/vm", {"pool1": 1}, 405, "PUT"),
+    ("DELETE", "/api/v3/vm", None, 405, "DELETE"),
+    ("PATCH", "/api/v3/vm/{running}", {"lifetime": 3}, 405, "PATCH"),
+    ("POST", "/api/v3/status", None, 405, "POST"),
+    ("DELETE", "/api/v1/status", None, 405, "DELETE"),
+    ("POST", "/api/v3/totalrunning", None, 405, "POST"),
+    ("PUT", "/api/v2/poolstat", None, 405, "PUT"),
+    ("DELETE", "/api/v3/summary", None, 405, "DELETE"),
+    ("POST", "/api/v3/summary/boot", None, 405, "POST"),
+    ("DELETE", "/api/v3/config", None, 405, "DELETE"),
+    ("PUT", "/status", None, 405, "PUT"),
+    ("DELETE", "/vm", None, 405, "DELETE"),
 ]
 
 ALL_CASES = [
@@ -257,11 +256,9 @@ def test_errors_are_the_same_under_every_version(busy: Harness, prefix: str) -> 
 def test_unknown_route_and_wrong_method_bodies(busy: Harness) -> None:
     reply = busy.get("/api/v3/nosuchroute")
     assert (reply.status, reply.json) == (404, {"ok": False})
-    # As API Gateway answers it (the stage's gateway responses) and vmpooler's Sinatra did: a
-    # 405 with Allow from `make run` only was an answer no deployed stack gave.
     reply = busy.request("PATCH", "/api/v3/vm")
-    assert (reply.status, reply.json) == (404, {"ok": False})
-    assert "Allow" not in reply.headers
+    assert reply.status == 405
+    assert reply.headers["Allow"] == "GET, HEAD, POST"
 
 
 def test_put_reports_every_problem_at_once(busy: Harness) -> None:
@@ -372,11 +369,10 @@ def test_a_value_cut_short_is_cut_between_escapes(busy: Harness) -> None:
 
 def test_a_method_of_60_kb_is_not_echoed_back(busy: Harness) -> None:
     """A server that takes any token as a method (the in-process one: http.server reads up to
-    64 KiB of request line) handed the gateway a 60 KB method, which its 405 echoed whole (a 404
-    now, as in AWS)."""
+    64 KiB of request line) handed the gateway a 60 KB method, which its 405 echoed whole."""
     before = busy.redis_state()
     reply = busy.request("X" * 60_000, "/api/v3/vm", None)
-    assert reply.status == 404 and reply.json["ok"] is False, reply.raw[:300]
+    assert reply.status == 405 and reply.json["ok"] is False, reply.raw[:300]
     assert len(reply.raw) < 200, "the answer echoes the method back"
     assert busy.redis_state() == before
 

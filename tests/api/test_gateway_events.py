@@ -240,13 +240,16 @@ def test_a_resource_the_api_does_not_have_is_a_404_ok_false(full: Harness) -> No
 
 
 @pytest.mark.parametrize("method", ["PATCH", "OPTIONS", "TRACE", "get", ""])
-def test_a_method_the_resource_does_not_have_is_a_404_ok_false(full: Harness, method: str) -> None:
-    """As API Gateway answers it (it never invokes the function for one) and the local front does.
-    Before: Chalice's 405 {"Code": "MethodNotAllowedError"}, without our JSON headers; then a 405
-    with Allow, which no deployed stage answered."""
+def test_a_method_the_resource_does_not_have_is_a_405_json_naming_the_allowed_ones(full: Harness,
+                                                                                   method: str) -> None:
+    """As the local front answers it. Before: Chalice's 405 {"Code": "MethodNotAllowedError"},
+    without our JSON headers."""
     answer = app.app(api_event(method, "/api/v3/vm", "/api/v3/vm"), Context())
-    assert answer["statusCode"] == 404 and answer["headers"]["Content-Type"] == "application/json", answer
-    assert answer["body"] == '{"ok":false}', answer
+    assert answer["statusCode"] == 405 and answer["headers"]["Content-Type"] == "application/json", answer
+    assert answer["headers"]["Allow"] == "GET, HEAD, POST"
+    body = json.loads(answer["body"])
+    assert body["ok"] is False
+    assert answer["body"] == json.dumps(body, separators=(",", ":")), answer  # compact, as every answer
 
 
 @pytest.mark.parametrize("resource, path, params", [

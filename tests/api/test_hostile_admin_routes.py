@@ -32,8 +32,7 @@ Case = tuple[str, str, Any, str, int, str]
 CASES: list[Case] = [
     *[("DELETE", f"/api/v3/config/{setting}/{segment}", None, ADMIN, 404, "")
       for setting in ("poolsize", "pooltemplate", "clonetarget") for segment in HOSTILE_SEGMENTS],
-    # a method the route lacks: API Gateway's and vmpooler's 404 {"ok": false}
-    *[(method, f"/api/v3/{path}", {"pool1": "1"}, ADMIN, 404, "")
+    *[(method, f"/api/v3/{path}", {"pool1": "1"}, ADMIN, 405, f"method {method} not allowed; use POST")
       for path in ("config/poolsize", "config/pooltemplate", "config/clonetarget", "poolreset")
       for method in ("PUT", "PATCH", "GET", "DELETE", "OPTIONS", "TRACE")],
     # the settings are in the body, not the query: no body is vmpooler's "no payload"

@@ -79,7 +79,7 @@ def locked_redis_section(server: RedisServer, password: Any) -> dict[str, Any]:
 
 
 def exercise(api: Harness, slapd) -> list[str]:
-    """Drive every kind of answer: successes, 400/401/403/404/429, GET /config... Returns the
+    """Drive every kind of answer: successes, 400/401/403/404/405/429, GET /config... Returns the
     tokens it made."""
     alice, bob = basic("alice", slapd.password("alice")), basic("bob", slapd.password("bob"))
     alice_token = api.new_token("alice", slapd.password("alice"))
@@ -157,7 +157,7 @@ def test_no_secret_in_any_response_or_log_line(make_api, ldap_auth, slapd, locke
                *(slapd.password(user) for user in slapd.users)]
     api.replies += ldap_down.replies + bad_redis.replies + gone.replies
     statuses = assert_nowhere(secrets, api, all_logs.lines, captured.out + captured.err, tokens=tokens)
-    assert {200, 400, 401, 403, 404, 429, 503} <= statuses
+    assert {200, 400, 401, 403, 404, 405, 429, 503} <= statuses
 
 
 def test_config_errors_never_show_a_secret_value():
@@ -339,7 +339,7 @@ def _raw_answer(port: int, head: bytes) -> bytes:
 def test_no_token_in_the_local_stacks_log_whatever_the_request(tmp_path: Path) -> None:
     """GET and DELETE /token/<t> put the token in the path, and vmfloaty's `token status` and
     `token delete` send nothing else. The real HTTP front and the app, logging at DEBUG, write no
-    path and no header of any request: neither the answered ones, nor the refused ones (404,
+    path and no header of any request: neither the answered ones, nor the refused ones (405, 404,
     a token too long, a control character, a repeated or broken header), nor the ones the front
     refuses before the app (414, 400, 501)."""
     with running_stack(tmp_path, TOKEN_LOG_CONFIG, workers=1, env={"POWERTOOLS_LOG_LEVEL": "DEBUG"}) as stack:
@@ -359,7 +359,7 @@ def test_no_token_in_the_local_stacks_log_whatever_the_request(tmp_path: Path) -
                 ("DELETE", f"/api/v3/token/{token}x", alice), ("DELETE", f"/api/v3/token/{token}", {}),
                 ("DELETE", f"/api/v3/token/{token}", alice), ("GET", f"/api/v3/token/{token}", {})):
             statuses.add(stack_call(method, base + path, headers=headers)[0])
-        assert statuses == {200, 401, 403, 404}
+        assert statuses == {200, 401, 403, 404, 405}
         fronted = [_raw_answer(stack.port, head).split(b"\r\n", 1)[0] for head in (
             f"HEAD /api/v3/token/{token} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode(),
             f"GET /api/v3/token/{token}{'a' * 10000} HTTP/1.1\r\nHost: x\r\n\r\n".encode(),

@@ -11,8 +11,8 @@ before the VM is looked up):
   test_hostnames_are_checked_before_any_lookup.
 - 'rejects empty hostnames': no route of either service takes an empty hostname: ``GET /vm/`` is
   the pool list, and ``PUT`` or ``DELETE /vm/`` is vmpooler's ``404 {"ok": false}`` for no route,
-  and ours, as API Gateway answers a method the route does not have (docs/api.md):
-  test_an_empty_hostname_names_no_vm.
+  ours the ``405`` (with ``Allow``) of a method the route does not have (docs/compatibility.md,
+  "Checked and left as they are"): test_an_empty_hostname_names_no_vm.
 
 '#validate_pool_name' (POST /vm's body):
 - 'accepts valid pool names', 'rejects invalid pool names' (``invalid pool!``), 'rejects pool names
@@ -210,7 +210,7 @@ def test_an_empty_hostname_names_no_vm(pooler: Harness) -> None:
     before = pooler.redis_state()
     for method in ("PUT", "DELETE"):
         reply = pooler.request(method, "/api/v3/vm/", {"lifetime": 2} if method == "PUT" else None)
-        assert (reply.status, reply.json) == (404, {"ok": False}), method
+        assert (reply.status, reply.json["ok"], reply.headers["Allow"]) == (405, False, "GET, HEAD, POST"), method
     assert pooler.redis_state() == before
 
 
