@@ -128,13 +128,14 @@ def _token_user(services: Services, request: ApiRequest) -> str | None:
 
 
 def rate_client(user: str, entry_id: str | None) -> str:
-    """Whom a token's requests are counted as: its canonical user and, when known, the directory
-    entry its login bound as (after a line break, which no user name holds); quotas count by the
-    entry alone (``quota_owner``). A name given to a newcomer while the departed person's tokens
-    still work (``directory_check_minutes: 0``) is another client: the departed person's CI spent
-    the newcomer's budget. A token without an entry id counts under the name alone, as before."""
-    canonical = canonical_user(user)
-    return f"{canonical}\n{entry_id}" if entry_id else canonical
+    """Whom a token's requests are counted as: the directory entry its login bound as when known
+    (``entry`` and a line break, which no user name holds, before its id), as quotas count
+    (``quota_owner``), else its canonical user. A name given to a newcomer while the departed
+    person's tokens still work (``directory_check_minutes: 0``) is another client: the departed
+    person's CI spent the newcomer's budget. A user renamed (the same entry) is one client under
+    both names: by name and entry, the new name was a fresh budget, a whole window's more. A
+    token without an entry id counts under the name alone, as before."""
+    return f"entry\n{entry_id}" if entry_id else canonical_user(user)
 
 
 BASIC_CREDENTIAL_PATHS = ("/token", "/token/{token}")
