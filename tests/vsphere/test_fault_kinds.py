@@ -184,3 +184,47 @@ def test_a_cluster_whose_every_host_vcenter_cannot_reach_is_told_host_not_capaci
     assert kinds == ["host"] * 3, kinds  # the metric's reasons, each clone's failure
     assert pool_status(harness)["clone_failure"] == "host"
     assert len(aimed) == len(set(aimed)) == 3, aimed  # each host once
+
+
+def test_a_host_whose_clone_task_fails_later_for_it_is_not_picked_again(
+        vcsim: VcsimServer, make_harness: Any) -> None:
+    """Host selection on; vCenter accepts each clone, but the task of the one placed on
+    DC0_C0_H1 ends in HostNotConnected when read on the next pass (faked at the SOAP stub: vcsim
+    clones at once). The failure is `host`, and that host gets no clone for the selection's cache
+    time, as when vCenter refuses the clone at once. Before, it was reported `host` but the host
+    was picked again at the next turn of the rotation, and that clone failed too (four clones on
+    three hosts: the replacement's turn is the unreachable host's again)."""
+    harness = pool_harness(make_harness, vcsim, size=4, service={"manage_host_selection": True})
+    provider = harness.provider
+    unreachable = provider._run("find DC0_C0_H1", lambda connection: admin._host_named(connection, "DC0_C0_H1"))._moId
+    aimed: list[str] = []
+    failing: set[str] = set()  # the clone tasks placed on the unreachable host
+    stub = provider.connection().stub
+    invoke = stub.InvokeMethod
+
+    def failing_later(mo: Any, info: Any, args: Any, *rest: Any, **named: Any) -> Any:
+        result = invoke(mo, info, args, *rest, **named)
+        if info.wsdlName == "CloneVM_Task":
+            aimed.append(args[2].location.host._moId)
+            if aimed[-1] == unreachable:
+                failing.add(result._moId)
+        elif info.wsdlName in ("RetrievePropertiesEx", "ContinueRetrievePropertiesEx") and result is not None:
+            for found in result.objects or ():
+                if found.obj._moId not in failing:
+                    continue
+                # A successful task's read holds no info.error (unset): given one.
+                props = [prop for prop in found.propSet or () if prop.name not in ("info.state", "info.error")]
+                found.propSet = [*props, vmodl.DynamicProperty(name="info.state", val=vim.TaskInfo.State.error),
+                                 vmodl.DynamicProperty(name="info.error", val=vmodl.fault.HostNotConnected(
+                                     msg="The host is not connected."))]
+        return result
+
+    kinds: list[str] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stub, "InvokeMethod", failing_later)
+        for _ in range(3):  # within the selection's 60 s cache
+            report = harness.reconcile(POOL)
+            kinds.extend(failure.kind.value for failure in report.clone_failures.values())
+            harness.clock.advance(20)
+    assert kinds == ["host"], kinds  # the one clone placed there failed, as `host`
+    assert aimed.count(unreachable) == 1, aimed  # then avoided

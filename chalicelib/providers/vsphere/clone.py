@@ -402,9 +402,12 @@ def _send(
         spec.snapshot = planned.snapshot
     sending(True)
     try:
-        return planned.template.CloneVM_Task(folder=planned.folder, name=hostname, spec=spec), planned.folder
+        task = planned.template.CloneVM_Task(folder=planned.folder, name=hostname, spec=spec)
     except vmodl.MethodFault as fault:
         if host is not None and fault_kind(fault) is FailureKind.HOST:
             selector.avoid(host)
             raise PickedHostUnreached(fault) from None
         raise
+    if host is not None:
+        selector.clone_sent(task, host)  # its task may fail later for the host: avoided then too
+    return task, planned.folder

@@ -16,7 +16,10 @@ A host vCenter refused a clone on because it cannot reach it (HostNotConnected,
 HostNotReachable: failure kind ``host``) is ``avoid``-ed for ``host_selection_cache_seconds``,
 even when a new survey still shows it connected (vCenter notices a host not responding only
 after a while). Before, it was picked again at each turn of the rotation until the cache
-expired, and one clone in three failed.
+expired, and one clone in three failed. So is the host of a clone vCenter accepted whose task
+fails later because it cannot reach the host (read on a later pass: ``clone_failed``), when this
+selector picked it: the host of each clone task sent is kept (``CLONES_KEPT`` at most, for the
+session).
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ HOSTS_TRIED = 3
 """The most hosts one clone or migration is sent to when vCenter says it cannot reach the host
 picked for it (HostNotConnected, HostNotReachable): each is avoided after (``HostSelector.avoid``),
 and the next clones and migrations go to another one."""
+
+
+CLONES_KEPT = 4096
+"""The most clone tasks whose host a selector keeps (``clone_sent``), the oldest forgotten first:
+more than one container sends while its clones run."""
 
 
 class HostsUnreached(LookupError):
@@ -103,6 +111,8 @@ class HostSelector:
         """The mark of the session the cache was read on (``_session_of``)."""
         self._avoided: dict[str, float] = {}
         """Hosts (by id) vCenter could not reach for a clone, and until when they are not picked."""
+        self._clone_hosts: dict[str, HostUsage] = {}
+        """The host each clone task sent in this session was placed on (task id -> host), oldest first."""
 
     def hosts(self, connection: Connection, container: Any, key: tuple[str, str], limit: float) -> list[HostUsage]:
         """The surveyed hosts of ``container`` (cached for the session, ``cache_seconds`` at most)."""
@@ -110,6 +120,7 @@ class HostSelector:
         if session is not self._session:
             self.forget()
             self._avoided.clear()  # ids of the former session's hosts (vCenter gives them anew)
+            self._clone_hosts.clear()  # and of its tasks
             self._session = session
         cached = self._cache.get(key)
         now = self._now()
@@ -150,6 +161,21 @@ class HostSelector:
         self._avoided = {ref: until for ref, until in self._avoided.items() if until > now}
         self._avoided[_id(host.ref)] = now + self._cache_seconds
         self.forget()
+
+
+    def clone_sent(self, task: Any, host: HostUsage) -> None:
+        """Keep the host the clone task ``task`` was placed on (``clone_failed`` reads it)."""
+        self._clone_hosts.pop(_id(task), None)
+        self._clone_hosts[_id(task)] = host
+        while len(self._clone_hosts) > CLONES_KEPT:
+            del self._clone_hosts[next(iter(self._clone_hosts))]
+
+    def clone_failed(self, task_id: str) -> None:
+        """The clone task ``task_id`` ended because vCenter could not reach its host (failure kind
+        ``host``, read on a later pass): ``avoid`` the host, when this selector placed the clone."""
+        host = self._clone_hosts.pop(task_id, None)
+        if host is not None:
+            self.avoid(host)
 
 
 def _id(ref: Any) -> str:

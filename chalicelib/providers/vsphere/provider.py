@@ -21,6 +21,7 @@ from chalicelib.providers.base import (
     Readiness,
     Started,
     TargetChosen,
+    TaskState,
     TaskStatus,
     Tracked,
     VMInfo,
@@ -30,6 +31,7 @@ from chalicelib.providers.base import (
     nothing_started,
     nothing_tracked,
 )
+from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere import clone as clones
 from chalicelib.providers.vsphere import connection as connections
 from chalicelib.providers.vsphere import inventory, migration, purge, readiness, tasks, templates, under_way, vms
@@ -247,7 +249,9 @@ class VSphereProvider(Provider):
         """Read a task's state now; never waits. Destroy chains and template preparations
         advance on each read."""
         read = templates.status if templates.is_ref(task_ref) else tasks.status
-        return self._run(f"read task {task_ref}", lambda connection: read(connection, task_ref))
+        found = self._run(f"read task {task_ref}", lambda connection: read(connection, task_ref))
+        self._avoid_hosts_of_failed_clones({task_ref: found})
+        return found
 
     def task_statuses(self, task_refs: Sequence[str]) -> Mapping[str, TaskStatus]:
         """The tasks' states, the clones', migrations' and plain tasks' in one PropertyCollector
@@ -274,7 +278,18 @@ class VSphereProvider(Provider):
                     raise
                 found.update(super().task_statuses(members))
         found.update(super().task_statuses([ref for ref in refs if ref not in found]))
+        self._avoid_hosts_of_failed_clones(found)
         return {ref: found[ref] for ref in refs}
+
+    def _avoid_hosts_of_failed_clones(self, found: Mapping[str, TaskStatus]) -> None:
+        """A clone task that failed because vCenter could not reach its host (kind ``host``, after
+        vCenter accepted the clone): host selection avoids that host, as when vCenter refuses the
+        clone at once (``HostSelector.clone_failed``). Before, the failure was reported as
+        ``host`` and the host picked again at each turn of the rotation."""
+        for ref, status in found.items():
+            task = tasks.clone_task_of(ref)
+            if task is not None and status.state is TaskState.ERROR and status.kind is FailureKind.HOST:
+                self.hosts.clone_failed(task)
 
     def _read_tasks(self, what: str, refs: list[str], read: TaskReader, read_only: bool) -> dict[str, TaskStatus]:
         return self._run(f"read {len(refs)} {what}", lambda connection: read(connection, refs), read_only=read_only)

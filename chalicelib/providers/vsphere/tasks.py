@@ -184,6 +184,12 @@ def reads_together(ref: str) -> bool:
     return ref.partition(":")[0] in ("task", "clone", "migrate", "failed", "delta")
 
 
+def clone_task_of(ref: str) -> str | None:
+    """The vCenter task id of a clone's reference; None for another reference."""
+    kind, _, rest = ref.partition(":")
+    return rest.partition(":")[0] if kind == "clone" else None
+
+
 def _task_of(ref: str) -> str | None:
     """The vCenter task id a reference reads, if any."""
     kind, _, rest = ref.partition(":")
