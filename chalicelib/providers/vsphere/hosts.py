@@ -24,6 +24,7 @@ session).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -113,6 +114,7 @@ class HostSelector:
         """Hosts (by id) vCenter could not reach for a clone, and until when they are not picked."""
         self._clone_hosts: dict[str, HostUsage] = {}
         """The host each clone task sent in this session was placed on (task id -> host), oldest first."""
+        self._clone_hosts_lock = threading.Lock()  # a batch's pools run on threads of one provider
 
     def hosts(self, connection: Connection, container: Any, key: tuple[str, str], limit: float) -> list[HostUsage]:
         """The surveyed hosts of ``container`` (cached for the session, ``cache_seconds`` at most)."""
@@ -120,7 +122,8 @@ class HostSelector:
         if session is not self._session:
             self.forget()
             self._avoided.clear()  # ids of the former session's hosts (vCenter gives them anew)
-            self._clone_hosts.clear()  # and of its tasks
+            with self._clone_hosts_lock:
+                self._clone_hosts.clear()  # and of its tasks
             self._session = session
         cached = self._cache.get(key)
         now = self._now()
@@ -165,15 +168,17 @@ class HostSelector:
 
     def clone_sent(self, task: Any, host: HostUsage) -> None:
         """Keep the host the clone task ``task`` was placed on (``clone_failed`` reads it)."""
-        self._clone_hosts.pop(_id(task), None)
-        self._clone_hosts[_id(task)] = host
-        while len(self._clone_hosts) > CLONES_KEPT:
-            del self._clone_hosts[next(iter(self._clone_hosts))]
+        with self._clone_hosts_lock:
+            self._clone_hosts.pop(_id(task), None)
+            self._clone_hosts[_id(task)] = host
+            while len(self._clone_hosts) > CLONES_KEPT:
+                del self._clone_hosts[next(iter(self._clone_hosts))]
 
     def clone_failed(self, task_id: str) -> None:
         """The clone task ``task_id`` ended because vCenter could not reach its host (failure kind
         ``host``, read on a later pass): ``avoid`` the host, when this selector placed the clone."""
-        host = self._clone_hosts.pop(task_id, None)
+        with self._clone_hosts_lock:
+            host = self._clone_hosts.pop(task_id, None)
         if host is not None:
             self.avoid(host)
 
