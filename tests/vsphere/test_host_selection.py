@@ -96,3 +96,22 @@ def test_the_host_list_is_surveyed_again_only_after_the_cache_expires(monkeypatc
     now[0] = 60.0
     selector.pick(None, None, ("dc", "cluster"), 90)
     assert len(surveys) == 2
+
+
+def test_a_clone_task_failing_later_for_its_host_avoids_it_and_the_tasks_kept_are_bounded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host of a clone task that fails later because vCenter cannot reach it is not picked
+    again (``clone_failed``); the selector keeps the hosts of its last ``CLONES_KEPT`` clone
+    tasks only (a warm container sends clones for days), the oldest forgotten first."""
+    fleet = surveyed(host("esx1"), host("esx2", cpu_used_mhz=2000))
+    monkeypatch.setattr(hosts, "survey", lambda connection, container, limit: fleet)
+    monkeypatch.setattr(hosts, "CLONES_KEPT", 2)
+    selector = HostSelector(now=lambda: 0.0, cache_seconds=60)
+    picked = [selector.pick(None, None, ("dc", "c"), 90) for _ in range(3)]
+    assert [found.name for found in picked] == ["esx1", "esx2", "esx1"]
+    for number, found in enumerate(picked):
+        selector.clone_sent(SimpleNamespace(_moId=f"task-{number}"), found)
+    selector.clone_failed("task-0")  # forgotten: the oldest of three
+    assert {selector.pick(None, None, ("dc", "c"), 90).name for _ in range(2)} == {"esx1", "esx2"}
+    selector.clone_failed("task-1")
+    assert {selector.pick(None, None, ("dc", "c"), 90).name for _ in range(2)} == {"esx1"}
