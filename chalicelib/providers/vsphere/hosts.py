@@ -19,7 +19,7 @@ after a while). Before, it was picked again at each turn of the rotation until t
 expired, and one clone in three failed. So is the host of a clone vCenter accepted whose task
 fails later because it cannot reach the host (read on a later pass: ``clone_failed``), when this
 selector picked it: the host of each clone task sent is kept (``CLONES_KEPT`` at most, for the
-session).
+session); and the target of a migration whose task fails so (``avoid_id``: its reference names it).
 """
 
 from __future__ import annotations
@@ -160,9 +160,13 @@ class HostSelector:
     def avoid(self, host: HostUsage) -> None:
         """Pick ``host`` for no clone for ``cache_seconds`` (vCenter cannot reach it), and survey
         again on the next pick (the other hosts' state may have changed too)."""
+        self.avoid_id(_id(host.ref))
+
+    def avoid_id(self, host_id: str) -> None:
+        """``avoid`` the host of id ``host_id`` (a migration's target, kept in its reference)."""
         now = self._now()
         self._avoided = {ref: until for ref, until in self._avoided.items() if until > now}
-        self._avoided[_id(host.ref)] = now + self._cache_seconds
+        self._avoided[host_id] = now + self._cache_seconds
         self.forget()
 
 

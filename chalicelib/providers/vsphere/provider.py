@@ -250,7 +250,7 @@ class VSphereProvider(Provider):
         advance on each read."""
         read = templates.status if templates.is_ref(task_ref) else tasks.status
         found = self._run(f"read task {task_ref}", lambda connection: read(connection, task_ref))
-        self._avoid_hosts_of_failed_clones({task_ref: found})
+        self._avoid_unreached_hosts({task_ref: found})
         return found
 
     def task_statuses(self, task_refs: Sequence[str]) -> Mapping[str, TaskStatus]:
@@ -278,18 +278,23 @@ class VSphereProvider(Provider):
                     raise
                 found.update(super().task_statuses(members))
         found.update(super().task_statuses([ref for ref in refs if ref not in found]))
-        self._avoid_hosts_of_failed_clones(found)
+        self._avoid_unreached_hosts(found)
         return {ref: found[ref] for ref in refs}
 
-    def _avoid_hosts_of_failed_clones(self, found: Mapping[str, TaskStatus]) -> None:
-        """A clone task that failed because vCenter could not reach its host (kind ``host``, after
-        vCenter accepted the clone): host selection avoids that host, as when vCenter refuses the
-        clone at once (``HostSelector.clone_failed``). Before, the failure was reported as
-        ``host`` and the host picked again at each turn of the rotation."""
+    def _avoid_unreached_hosts(self, found: Mapping[str, TaskStatus]) -> None:
+        """A clone or migration task that failed because vCenter could not reach its host (kind
+        ``host``, after vCenter accepted it): host selection avoids that host, as when vCenter
+        refuses the clone or move at once (``HostSelector.clone_failed``, ``avoid_id``). Before,
+        the failure was reported as ``host`` and the host picked again: at each turn of the
+        clones' rotation, by each move of the survey's minute."""
         for ref, status in found.items():
-            task = tasks.clone_task_of(ref)
-            if task is not None and status.state is TaskState.ERROR and status.kind is FailureKind.HOST:
+            if status.state is not TaskState.ERROR or status.kind is not FailureKind.HOST:
+                continue
+            task, target = tasks.clone_task_of(ref), tasks.migration_target_of(ref)
+            if task is not None:
                 self.hosts.clone_failed(task)
+            elif target is not None:
+                self.hosts.avoid_id(target)
 
     def _read_tasks(self, what: str, refs: list[str], read: TaskReader, read_only: bool) -> dict[str, TaskStatus]:
         return self._run(f"read {len(refs)} {what}", lambda connection: read(connection, refs), read_only=read_only)

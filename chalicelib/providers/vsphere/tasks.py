@@ -190,6 +190,13 @@ def clone_task_of(ref: str) -> str | None:
     return rest.partition(":")[0] if kind == "clone" else None
 
 
+def migration_target_of(ref: str) -> str | None:
+    """The id of the host a migration's reference moves its VM to; None for another reference."""
+    kind, _, rest = ref.partition(":")
+    parts = rest.split(":")
+    return parts[2] if kind == "migrate" and len(parts) > 2 else None
+
+
 def _task_of(ref: str) -> str | None:
     """The vCenter task id a reference reads, if any."""
     kind, _, rest = ref.partition(":")
