@@ -111,18 +111,19 @@ class HostSelector:
         self._session: object | None = None
         """The mark of the session the cache was read on (``_session_of``)."""
         self._avoided: dict[str, float] = {}
-        """Hosts (by id) vCenter could not reach for a clone, and until when they are not picked."""
+        """Hosts (by id) vCenter could not reach for a clone, and until when they are not picked.
+        Replaced whole under ``_lock``, never changed in place: ``usable`` reads it unlocked."""
         self._clone_hosts: dict[str, HostUsage] = {}
         """The host each clone task sent in this session was placed on (task id -> host), oldest first."""
-        self._clone_hosts_lock = threading.Lock()  # a batch's pools run on threads of one provider
+        self._lock = threading.Lock()  # a batch's pools run on threads of one provider
 
     def hosts(self, connection: Connection, container: Any, key: tuple[str, str], limit: float) -> list[HostUsage]:
         """The surveyed hosts of ``container`` (cached for the session, ``cache_seconds`` at most)."""
         session = _session_of(connection)
         if session is not self._session:
             self.forget()
-            self._avoided.clear()  # ids of the former session's hosts (vCenter gives them anew)
-            with self._clone_hosts_lock:
+            with self._lock:
+                self._avoided = {}  # ids of the former session's hosts (vCenter gives them anew)
                 self._clone_hosts.clear()  # and of its tasks
             self._session = session
         cached = self._cache.get(key)
@@ -165,14 +166,15 @@ class HostSelector:
     def avoid_id(self, host_id: str) -> None:
         """``avoid`` the host of id ``host_id`` (a migration's target, kept in its reference)."""
         now = self._now()
-        self._avoided = {ref: until for ref, until in self._avoided.items() if until > now}
-        self._avoided[host_id] = now + self._cache_seconds
+        with self._lock:  # another thread's avoid_id would change the dict this one iterates
+            avoided = {ref: until for ref, until in self._avoided.items() if until > now}
+            avoided[host_id] = now + self._cache_seconds
+            self._avoided = avoided
         self.forget()
-
 
     def clone_sent(self, task: Any, host: HostUsage) -> None:
         """Keep the host the clone task ``task`` was placed on (``clone_failed`` reads it)."""
-        with self._clone_hosts_lock:
+        with self._lock:
             self._clone_hosts.pop(_id(task), None)
             self._clone_hosts[_id(task)] = host
             while len(self._clone_hosts) > CLONES_KEPT:
@@ -181,7 +183,7 @@ class HostSelector:
     def clone_failed(self, task_id: str) -> None:
         """The clone task ``task_id`` ended because vCenter could not reach its host (failure kind
         ``host``, read on a later pass): ``avoid`` the host, when this selector placed the clone."""
-        with self._clone_hosts_lock:
+        with self._lock:
             host = self._clone_hosts.pop(task_id, None)
         if host is not None:
             self.avoid(host)
