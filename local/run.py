@@ -53,6 +53,9 @@ if TYPE_CHECKING:
     from local.processes import PortHold
     from local.redis_server import RedisServer
 
+ENVIRONMENT_AT_START = dict(os.environ)
+"""The environment as the stack was started (``main`` changes its own): a restart's."""
+
 ROOT = Path(__file__).resolve().parents[1]
 STATE_DIR = Path(os.environ.get("VMPOOL_STATE_DIR") or ROOT / ".run")
 """Where the local Redis keeps its data and vcsim its certificate (VMPOOL_STATE_DIR overrides)."""
@@ -117,13 +120,16 @@ def _serve_http_here(port: int, threads: int) -> "InProcessFront | None":
     cannot listen or does not start."""
     import app as chalice_app
     from local.gateway import AsgiApp
-    from local.http_front import CLIENT_TIMEOUT_SECONDS, InProcessFront
+    from local.http_front import CLIENT_TIMEOUT_SECONDS, WORKER_TIMEOUT_SECONDS, InProcessFront
 
     def asgi_app() -> AsgiApp:
         return AsgiApp(chalice_app.app, body_timeout=CLIENT_TIMEOUT_SECONDS, threads=threads)
 
+    # VMPOOL_HTTP_LOOP_TIMEOUT: for tests, a real stall the product bounds below 30 s (a stopped
+    # directory holds a login up to 25 s) seen by the watchdog in a few seconds.
+    loop_timeout = float(os.environ.get("VMPOOL_HTTP_LOOP_TIMEOUT") or WORKER_TIMEOUT_SECONDS)
     try:
-        front = InProcessFront(asgi_app, "127.0.0.1", port)
+        front = InProcessFront(asgi_app, "127.0.0.1", port, loop_timeout=loop_timeout)
     except OSError as error:
         print(f"the HTTP server cannot listen on port {port}: {error.strerror}", file=sys.stderr)
         return None
@@ -741,12 +747,13 @@ def main(argv: list[str] | None = None) -> int:
             stuck = front_here.stuck_loop() if front_here is not None else None
             if stuck is not None:
                 # Said (a JSON line) by stuck_loop. A thread cannot be killed and every connection
-                # on that loop waits: as the default's arbiter ends a silent worker, the process
-                # ends, for its supervisor (systemd's Restart=, a container's restart policy) to
-                # start the stack again; the pools' state is in Redis (docs/reliability.md).
+                # on that loop waits: as the default's arbiter ends a silent worker, the stack
+                # stops, and ``restart_after_a_stuck_loop`` starts it again in this process (or,
+                # with VMPOOL_EXIT_WHEN_STUCK=1, its supervisor does); the pools' state is in
+                # Redis (docs/reliability.md).
                 print(f"vmpool: the HTTP loop {stuck.loop} has not turned for {stuck.silent_seconds:.0f} s; "
                       "stopping (exit 3) to be started again", file=sys.stderr, flush=True)
-                return 3
+                return STUCK_LOOP_EXIT
             if front is not None and front_watch is not None:
                 front_watch.note_workers()
                 if not front.is_alive():
@@ -799,5 +806,75 @@ def main(argv: list[str] | None = None) -> int:
             print("vmpool: stopped", flush=True)
 
 
+STUCK_LOOP_EXIT = 3
+"""``main``'s status when an HTTP loop of ``--workers 0`` was stuck (``InProcessFront.stuck_loop``)."""
+RESTART_DELAYS_SECONDS = (1, 2, 4, 8, 16, 32, 60)
+"""The wait before each restart after a stuck loop (``restart_after_a_stuck_loop``), one after
+the other, then the last for every further one: bounded, so a stack whose loops keep getting
+stuck serves between its restarts and never waits more than a minute to serve again."""
+RESTARTS_FORGOTTEN_SECONDS = 600
+"""A stack that ran this long since its last restart starts the back-off over."""
+RESTARTS_ENV = "VMPOOL_LOCAL_RESTARTS"
+"""Carried across ``restart_after_a_stuck_loop``'s exec: how many restarts in a row, and when
+the last was (``time.monotonic``, the machine's clock since boot: the same in the new program)."""
+EXIT_WHEN_STUCK_ENV = "VMPOOL_EXIT_WHEN_STUCK"
+"""Set to 1: a stuck loop ends the stack with status 3, for a supervisor to start it again."""
+
+
+def restart_delay(previous: str, now: float) -> tuple[int, float]:
+    """(this restart's number in a row, the seconds to wait before it), from ``previous`` (the
+    RESTARTS_ENV value the stack was started with: "" for none, else "count:monotonic")."""
+    count, last = 0, 0.0
+    try:
+        count_text, last_text = previous.split(":", 1)
+        count, last = int(count_text), float(last_text)
+    except ValueError:
+        pass
+    if now - last > RESTARTS_FORGOTTEN_SECONDS or count < 0:
+        count = 0
+    return count + 1, float(RESTART_DELAYS_SECONDS[min(count, len(RESTART_DELAYS_SECONDS) - 1)])
+
+
+def restart_after_a_stuck_loop(environment: dict[str, str]) -> int:
+    """After ``main`` stopped the stack for a stuck HTTP loop (everything it started stopped, its
+    lock and ports released): wait the back-off (RESTART_DELAYS_SECONDS), then start the stack
+    again by exec-ing this program anew in this process, with ``environment`` (the one it was
+    started with) and the same arguments. Before, the stack exited 3 and `make run` restarted
+    nothing: the service stayed down until someone noticed. An exec, not a child process to
+    supervise: the stuck thread goes with the old program (a thread cannot be killed), the pid
+    stays the one `make`, a terminal or a test knows (Ctrl-C and SIGTERM reach the stack as
+    before, a SIGKILL ends it and its children die with it), and there is no second Python
+    process to keep (the one-process layout is for small machines). Returns 0 when Ctrl-C or
+    SIGTERM stopped the wait (nothing runs by then: "vmpool: stopped" was said);
+    STUCK_LOOP_EXIT with VMPOOL_EXIT_WHEN_STUCK=1 (a supervisor's to restart, as before)."""
+    if environment.get(EXIT_WHEN_STUCK_ENV) == "1":
+        return STUCK_LOOP_EXIT
+    now = time.monotonic()
+    count, delay = restart_delay(environment.get(RESTARTS_ENV, ""), now)
+
+    def stopped(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stopped)
+    signal.signal(signal.SIGTERM, stopped)  # a supervisor's stop, make's parent-death signal
+    try:
+        print(f"vmpool: starting the stack again in {delay:.0f} s (restart {count} in a row; "
+              f"{EXIT_WHEN_STUCK_ENV}=1 exits instead)", file=sys.stderr, flush=True)
+        time.sleep(delay)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, "-m", "local.run", *sys.argv[1:]],
+                  {**environment, RESTARTS_ENV: f"{count}:{time.monotonic()!r}"})
+    except KeyboardInterrupt:
+        return 0
+    except OSError as error:  # the interpreter gone (a venv removed under the stack)
+        print(f"vmpool: cannot start the stack again: {error}", file=sys.stderr, flush=True)
+        return STUCK_LOOP_EXIT
+    return STUCK_LOOP_EXIT  # not reached: execve returns only by raising
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if status == STUCK_LOOP_EXIT:
+        status = restart_after_a_stuck_loop(ENVIRONMENT_AT_START)
+    sys.exit(status)
