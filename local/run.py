@@ -631,6 +631,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=_positive_seconds, default=10.0, help="seconds between scheduled passes")
     parser.add_argument("--provider", choices=("dummy", "vcsim"), default=os.environ.get("PROVIDER", "dummy"))
     args = parser.parse_args(argv)
+    if args.workers == 0 and args.threads < 2:
+        # One loop, nothing to take over from it (ACCEPT_TAKEOVER_SECONDS): a request its backend
+        # holds (a stopped directory: up to 25 s) held every other caller as long, a GET /status
+        # 23 s (measured, chaos21); two loops cost no measurable memory (48.1 MB RSS either way).
+        parser.error(f"--threads {args.threads} with --workers 0: one event loop held by a slow request "
+                     "(a stopped LDAP directory, up to 25 s) would hold every caller; use --threads 2 or more")
 
     # Python leaves SIGINT ignored when it starts with it ignored (a background job of a script,
     # `nohup`): Ctrl-C or `kill -INT` would then stop only gunicorn, and this process would report
