@@ -6,7 +6,8 @@ core, each running a few event loops on their own threads, each loop serving one
 time), and runs every pool's reconcile on a timer. ``--workers 0`` (``WORKERS=0``) serves HTTP in
 this process instead, the same loops on threads beside the scheduler's: one Python process in
 all, for a small installation (no arbiter restarting a stuck worker; one core's worth of Python
-for HTTP and the passes together). Ctrl-C
+for HTTP and the passes together; a loop stuck in a request has the stack stop and start
+itself again, ``restart_after_a_stuck_loop``). Ctrl-C
 stops all of it; so does killing this process (its children die with it). A redis-server or HTTP
 front that dies is started again (a redis-server that cannot be, for 30 s, stops the stack). One
 stack per state directory: a second one on the same directory refuses to start.
