@@ -596,6 +596,19 @@ def _positive_seconds(text: str) -> float:
     return seconds
 
 
+_stop_asked_while_stopping = False
+"""Ctrl-C or SIGTERM came while ``main`` was stopping what it started: not to be started again."""
+
+
+def _note_stop_asked(signum: int, frame: object) -> None:
+    """While ``main`` stops what it started: a Ctrl-C or SIGTERM does not interrupt that (a second
+    Ctrl-C would end the clean-up with a traceback, leaving what it had not stopped yet to the
+    parent-death signals), and is remembered: ``restart_after_a_stuck_loop`` then does not start
+    the stack again (before, such a stop was ignored and a stuck loop's restart went ahead)."""
+    global _stop_asked_while_stopping
+    _stop_asked_while_stopping = True
+
+
 class _StopWhileStarting:
     """SIGTERM while the stack starts (its config checked, redis-server started, the HTTP workers
     forked) stops it as Ctrl-C does: what was started is stopped, "vmpool: stopped", exit 0.
@@ -787,8 +800,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         # A second Ctrl-C while stopping (bounded: 10 s a process at most) would end the clean-up
         # with a traceback, leaving what it had not stopped yet to the parent-death signals.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, _note_stop_asked)
+        signal.signal(signal.SIGTERM, _note_stop_asked)
         if scheduler:
             scheduler.stop()
         if front_here is not None:
@@ -864,6 +877,8 @@ def restart_after_a_stuck_loop(environment: dict[str, str]) -> int:
 
     signal.signal(signal.SIGINT, stopped)
     signal.signal(signal.SIGTERM, stopped)  # a supervisor's stop, make's parent-death signal
+    if _stop_asked_while_stopping:
+        return 0
     try:
         print(f"vmpool: starting the stack again in {delay:.0f} s (restart {count} in a row; "
               f"{EXIT_WHEN_STUCK_ENV}=1 exits instead)", file=sys.stderr, flush=True)

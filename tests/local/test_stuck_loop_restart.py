@@ -11,6 +11,7 @@ import base64
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,31 @@ def test_a_stack_whose_loop_is_stuck_starts_itself_again_and_serves_what_it_hand
             stack.process.wait()
             wait_for(lambda: not any(alive(pid) for pid in children), 20, "the stack's children to stop",
                      stack.log)
+            assert not our_listeners(tmp_path, stack.port)
+
+
+@pytest.mark.slow
+def test_sigterm_during_the_back_off_stops_the_stack_for_good(tmp_path: Path) -> None:
+    """Started as after six restarts in a row (VMPOOL_LOCAL_RESTARTS): the next waits 60 s, and a
+    supervisor's SIGTERM meanwhile ends it, exit 0, nothing started again nor left running."""
+    with SlapdServer() as slapd:
+        assert slapd.process is not None
+        password = slapd.password("alice")
+        with local_stack(tmp_path, stack_config(slapd), workers=0, interval=1, extra_args=["--threads", "2"],
+                         env={"VMPOOL_HTTP_LOOP_TIMEOUT": str(LOOP_TIMEOUT),
+                              "VMPOOL_LOCAL_RESTARTS": f"6:{time.monotonic()!r}"}) as stack:
+            children = descendants(stack.process.pid)
+            os.kill(slapd.process.pid, signal.SIGSTOP)
+            try:
+                threading.Thread(target=login, args=(stack.port, "alice", password, {}), daemon=True).start()
+                wait_for(lambda: "starting the stack again in 60 s (restart 7 in a row" in stack.log(), 60,
+                         "the stack to wait before its restart", stack.log)
+                stack.process.send_signal(signal.SIGTERM)
+                assert stack.process.wait(20) == 0, stack.log()
+            finally:
+                os.kill(slapd.process.pid, signal.SIGCONT)
+            assert stack.log().count("redis on port") == 1, stack.log()  # not started again
+            assert not any(alive(pid) for pid in children), stack.log()
             assert not our_listeners(tmp_path, stack.port)
 
 
