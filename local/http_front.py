@@ -969,8 +969,8 @@ class InProcessFront:
     What the arbiter did and nothing here does as it did: restart a worker that died or whose
     loops are stuck (a loop that ends ends this front: ``is_alive``; ``local.run`` starts another;
     a loop that has not turned for ``loop_timeout``, stuck in a request, is said once by
-    ``stuck_loop``: a thread cannot be killed, so ``local.run`` then exits for its supervisor to
-    start the stack again), and spread requests over the cores (one interpreter, one lock: HTTP
+    ``stuck_loop``: a thread cannot be killed, so ``local.run`` then stops the stack and execs
+    itself anew, ``restart_after_a_stuck_loop``), and spread requests over the cores (one interpreter, one lock: HTTP
     and the scheduler share a core's worth of Python). It answers to no signal itself: ``stop``
     from the thread that got one."""
 

@@ -6,7 +6,8 @@ core, each running a few event loops on their own threads, each loop serving one
 time), and runs every pool's reconcile on a timer. ``--workers 0`` (``WORKERS=0``) serves HTTP in
 this process instead, the same loops on threads beside the scheduler's: one Python process in
 all, for a small installation (no arbiter restarting a stuck worker; one core's worth of Python
-for HTTP and the passes together). Ctrl-C
+for HTTP and the passes together; a loop stuck in a request has the stack stop and start
+itself again, ``restart_after_a_stuck_loop``). Ctrl-C
 stops all of it; so does killing this process (its children die with it). A redis-server or HTTP
 front that dies is started again (a redis-server that cannot be, for 30 s, stops the stack). One
 stack per state directory: a second one on the same directory refuses to start.
@@ -52,6 +53,9 @@ if TYPE_CHECKING:
     from local.http_front import InProcessFront
     from local.processes import PortHold
     from local.redis_server import RedisServer
+
+ENVIRONMENT_AT_START = dict(os.environ)
+"""The environment as the stack was started (``main`` changes its own): a restart's."""
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE_DIR = Path(os.environ.get("VMPOOL_STATE_DIR") or ROOT / ".run")
@@ -117,13 +121,16 @@ def _serve_http_here(port: int, threads: int) -> "InProcessFront | None":
     cannot listen or does not start."""
     import app as chalice_app
     from local.gateway import AsgiApp
-    from local.http_front import CLIENT_TIMEOUT_SECONDS, InProcessFront
+    from local.http_front import CLIENT_TIMEOUT_SECONDS, WORKER_TIMEOUT_SECONDS, InProcessFront
 
     def asgi_app() -> AsgiApp:
         return AsgiApp(chalice_app.app, body_timeout=CLIENT_TIMEOUT_SECONDS, threads=threads, offloaded=feed_paths())
 
+    # VMPOOL_HTTP_LOOP_TIMEOUT: for tests, a real stall the product bounds below 30 s (a stopped
+    # directory holds a login up to 25 s) seen by the watchdog in a few seconds.
+    loop_timeout = float(os.environ.get("VMPOOL_HTTP_LOOP_TIMEOUT") or WORKER_TIMEOUT_SECONDS)
     try:
-        front = InProcessFront(asgi_app, "127.0.0.1", port)
+        front = InProcessFront(asgi_app, "127.0.0.1", port, loop_timeout=loop_timeout)
     except OSError as error:
         print(f"the HTTP server cannot listen on port {port}: {error.strerror}", file=sys.stderr)
         return None
@@ -609,6 +616,19 @@ def pool_list(names: Sequence[str], shown_at_most: int = BANNER_POOLS) -> str:
     return f"{', '.join(names[:shown_at_most])} and {len(names) - shown_at_most:,} more ({len(names):,} in all)"
 
 
+_stop_asked_while_stopping = False
+"""Ctrl-C or SIGTERM came while ``main`` was stopping what it started: not to be started again."""
+
+
+def _note_stop_asked(signum: int, frame: object) -> None:
+    """While ``main`` stops what it started: a Ctrl-C or SIGTERM does not interrupt that (a second
+    Ctrl-C would end the clean-up with a traceback, leaving what it had not stopped yet to the
+    parent-death signals), and is remembered: ``restart_after_a_stuck_loop`` then does not start
+    the stack again (before, such a stop was ignored and a stuck loop's restart went ahead)."""
+    global _stop_asked_while_stopping
+    _stop_asked_while_stopping = True
+
+
 class _StopWhileStarting:
     """SIGTERM while the stack starts (its config checked, redis-server started, the HTTP workers
     forked) stops it as Ctrl-C does: what was started is stopped, "vmpool: stopped", exit 0.
@@ -645,6 +665,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=_positive_seconds, default=10.0, help="seconds between scheduled passes")
     parser.add_argument("--provider", choices=("dummy", "vcsim"), default=os.environ.get("PROVIDER", "dummy"))
     args = parser.parse_args(argv)
+    if args.workers == 0 and args.threads < 2:
+        # One loop, nothing to take over from it (ACCEPT_TAKEOVER_SECONDS): a request its backend
+        # holds (a stopped directory: up to 25 s) held every other caller as long, a GET /status
+        # 23 s (measured, chaos21); two loops cost no measurable memory (48.1 MB RSS either way).
+        parser.error(f"--threads {args.threads} with --workers 0: one event loop held by a slow request "
+                     "(a stopped LDAP directory, up to 25 s) would hold every caller; use --threads 2 or more")
 
     # Python leaves SIGINT ignored when it starts with it ignored (a background job of a script,
     # `nohup`): Ctrl-C or `kill -INT` would then stop only gunicorn, and this process would report
@@ -761,12 +787,13 @@ def main(argv: list[str] | None = None) -> int:
             stuck = front_here.stuck_loop() if front_here is not None else None
             if stuck is not None:
                 # Said (a JSON line) by stuck_loop. A thread cannot be killed and every connection
-                # on that loop waits: as the default's arbiter ends a silent worker, the process
-                # ends, for its supervisor (systemd's Restart=, a container's restart policy) to
-                # start the stack again; the pools' state is in Redis (docs/reliability.md).
+                # on that loop waits: as the default's arbiter ends a silent worker, the stack
+                # stops, and ``restart_after_a_stuck_loop`` starts it again in this process (or,
+                # with VMPOOL_EXIT_WHEN_STUCK=1, its supervisor does); the pools' state is in
+                # Redis (docs/reliability.md).
                 print(f"vmpool: the HTTP loop {stuck.loop} has not turned for {stuck.silent_seconds:.0f} s; "
                       "stopping (exit 3) to be started again", file=sys.stderr, flush=True)
-                return 3
+                return STUCK_LOOP_EXIT
             if front is not None and front_watch is not None:
                 front_watch.note_workers()
                 if not front.is_alive():
@@ -793,8 +820,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         # A second Ctrl-C while stopping (bounded: 10 s a process at most) would end the clean-up
         # with a traceback, leaving what it had not stopped yet to the parent-death signals.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, _note_stop_asked)
+        signal.signal(signal.SIGTERM, _note_stop_asked)
         if scheduler:
             scheduler.stop()
         if front_here is not None:
@@ -819,5 +846,77 @@ def main(argv: list[str] | None = None) -> int:
             print("vmpool: stopped", flush=True)
 
 
+STUCK_LOOP_EXIT = 3
+"""``main``'s status when an HTTP loop of ``--workers 0`` was stuck (``InProcessFront.stuck_loop``)."""
+RESTART_DELAYS_SECONDS = (1, 2, 4, 8, 16, 32, 60)
+"""The wait before each restart after a stuck loop (``restart_after_a_stuck_loop``), one after
+the other, then the last for every further one: bounded, so a stack whose loops keep getting
+stuck serves between its restarts and never waits more than a minute to serve again."""
+RESTARTS_FORGOTTEN_SECONDS = 600
+"""A stack that ran this long since its last restart starts the back-off over."""
+RESTARTS_ENV = "VMPOOL_LOCAL_RESTARTS"
+"""Carried across ``restart_after_a_stuck_loop``'s exec: how many restarts in a row, and when
+the last was (``time.monotonic``, the machine's clock since boot: the same in the new program)."""
+EXIT_WHEN_STUCK_ENV = "VMPOOL_EXIT_WHEN_STUCK"
+"""Set to 1: a stuck loop ends the stack with status 3, for a supervisor to start it again."""
+
+
+def restart_delay(previous: str, now: float) -> tuple[int, float]:
+    """(this restart's number in a row, the seconds to wait before it), from ``previous`` (the
+    RESTARTS_ENV value the stack was started with: "" for none, else "count:monotonic")."""
+    count, last = 0, 0.0
+    try:
+        count_text, last_text = previous.split(":", 1)
+        count, last = int(count_text), float(last_text)
+    except ValueError:
+        pass
+    if now - last > RESTARTS_FORGOTTEN_SECONDS or count < 0:
+        count = 0
+    return count + 1, float(RESTART_DELAYS_SECONDS[min(count, len(RESTART_DELAYS_SECONDS) - 1)])
+
+
+def restart_after_a_stuck_loop(environment: dict[str, str]) -> int:
+    """After ``main`` stopped the stack for a stuck HTTP loop (everything it started stopped, its
+    lock and ports released): wait the back-off (RESTART_DELAYS_SECONDS), then start the stack
+    again by exec-ing this program anew in this process, with ``environment`` (the one it was
+    started with) and the same arguments. Before, the stack exited 3 and `make run` restarted
+    nothing: the service stayed down until someone noticed. An exec, not a child process to
+    supervise: the stuck thread goes with the old program (a thread cannot be killed), the pid
+    stays the one `make`, a terminal or a test knows (Ctrl-C and SIGTERM reach the stack as
+    before, a SIGKILL ends it and its children die with it), and there is no second Python
+    process to keep (the one-process layout is for small machines). Returns 0 when Ctrl-C or
+    SIGTERM stopped the wait (nothing runs by then: "vmpool: stopped" was said);
+    STUCK_LOOP_EXIT with VMPOOL_EXIT_WHEN_STUCK=1 (a supervisor's to restart, as before)."""
+    if environment.get(EXIT_WHEN_STUCK_ENV) == "1":
+        return STUCK_LOOP_EXIT
+    now = time.monotonic()
+    count, delay = restart_delay(environment.get(RESTARTS_ENV, ""), now)
+
+    def stopped(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stopped)
+    signal.signal(signal.SIGTERM, stopped)  # a supervisor's stop, make's parent-death signal
+    if _stop_asked_while_stopping:
+        return 0
+    try:
+        print(f"vmpool: starting the stack again in {delay:.0f} s (restart {count} in a row; "
+              f"{EXIT_WHEN_STUCK_ENV}=1 exits instead)", file=sys.stderr, flush=True)
+        time.sleep(delay)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, "-m", "local.run", *sys.argv[1:]],
+                  {**environment, RESTARTS_ENV: f"{count}:{time.monotonic()!r}"})
+    except KeyboardInterrupt:
+        return 0
+    except OSError as error:  # the interpreter gone (a venv removed under the stack)
+        print(f"vmpool: cannot start the stack again: {error}", file=sys.stderr, flush=True)
+        return STUCK_LOOP_EXIT
+    return STUCK_LOOP_EXIT  # not reached: execve returns only by raising
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if status == STUCK_LOOP_EXIT:
+        status = restart_after_a_stuck_loop(ENVIRONMENT_AT_START)
+    sys.exit(status)

@@ -65,6 +65,8 @@ class Endpoint:
         self._open: list[socket.socket] = []
         self._passing: list[threading.Lock] = []
         """One per connection, held while it passes a chunk on (``hold`` waits for them)."""
+        self.delay = 0.0
+        """Seconds each chunk waits before it is passed on, either way: a slow link (a test sets it)."""
         self._acceptor = threading.Thread(target=self._accept, daemon=True)
         self._acceptor.start()
 
@@ -134,6 +136,8 @@ class Endpoint:
                         data = sock.recv(65536)
                         if not data:
                             return
+                        if self.delay:
+                            time.sleep(self.delay)
                         pair[sock].sendall(data)
         except OSError:
             return

@@ -221,11 +221,32 @@ def written_on_a_spare_connection_too(client: redis.Redis, *commands: Sequence[A
     without reading a reply: Redis runs them whenever it reads them. They must be as right run
     before what was sent as after it: Redis may read the spare connection first. No spare is
     taken when none can be had (Redis not answering already)."""
+    with spare_connection(client) as spare, written_on(spare, *commands):
+        yield
+
+
+@contextmanager
+def spare_connection(client: redis.Redis) -> Iterator[redis.Connection | None]:
+    """A connection of ``client``'s pool held aside until the block ends (None when none can be
+    had), for ``written_on``. Taken before a write that is confirmed by a second one within a
+    window (a checkout's, ``socket_timeout``): a process with one pooled connection (a cold
+    Lambda) otherwise opened a new one for its confirmation inside that window, 5 handshake
+    round trips, and on a link of 300 ms round trips its first checkout was answered 503."""
     pool = client.connection_pool
     try:
         spare: redis.Connection | None = pool.get_connection()
     except redis.RedisError:
         spare = None
+    try:
+        yield spare
+    finally:
+        if spare is not None:
+            pool.release(spare)
+
+
+@contextmanager
+def written_on(spare: redis.Connection | None, *commands: Sequence[Any]) -> Iterator[None]:
+    """``written_on_a_spare_connection_too`` with the spare connection given (``spare_connection``)."""
     try:
         yield
     except (redis.ConnectionError, redis.TimeoutError):
@@ -236,9 +257,6 @@ def written_on_a_spare_connection_too(client: redis.Redis, *commands: Sequence[A
                 pass  # its socket failed too: the caller's own fallback is all that is left
             spare.disconnect()
         raise
-    finally:
-        if spare is not None:
-            pool.release(spare)
 
 
 class _RetryWhenNotRun(Retry):

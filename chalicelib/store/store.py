@@ -27,7 +27,9 @@ from chalicelib.config import RedisConfig
 from chalicelib.sizing import demand as demand_history
 from chalicelib.store.connection import (
     reconnect_pooled_connections,
+    spare_connection,
     written_behind_a_lost_reply,
+    written_on,
     written_on_a_spare_connection_too,
 )
 from chalicelib.store.deadline import answer_deadline, socket_timeout_ms
@@ -793,16 +795,23 @@ class Store:
         if token_key:
             checkout["token"] = key_list.add(token_key)
         args = [repr(now), json.dumps(checkout)]
-        answer = self.run_counted(quota, now, lambda: json.loads(self.scripts.checkout(keys=key_list.keys, args=args)),
-                                  lambda answer: answer.get("quota"))
-        if answer.get("quota"):
-            raise QuotaExceeded(answer["quota"])
-        if answer.get("token"):
-            raise TokenGone()
-        if not answer["ok"]:
-            return CheckoutResult(short=tuple(answer["short"]))
-        result = CheckoutResult(vms=tuple(CheckedOut(*entry) for entry in answer["vms"]))
-        self._confirm(checkout_id, result.vms, now, quota.holdings_key(self.keys) if quota is not None else "")
+        # The replicas to wait for (a look-up may cost a round trip) and the spare connection for
+        # the confirmation (a handshake when the pool has no idle one) before the script: what
+        # comes between the script and its confirmation counts against the confirm window.
+        replicas = self._replicas_to_wait_for()
+        with spare_connection(self.client) if replicas else nullcontext() as spare:
+            answer = self.run_counted(quota, now,
+                                      lambda: json.loads(self.scripts.checkout(keys=key_list.keys, args=args)),
+                                      lambda answer: answer.get("quota"))
+            if answer.get("quota"):
+                raise QuotaExceeded(answer["quota"])
+            if answer.get("token"):
+                raise TokenGone()
+            if not answer["ok"]:
+                return CheckoutResult(short=tuple(answer["short"]))
+            result = CheckoutResult(vms=tuple(CheckedOut(*entry) for entry in answer["vms"]))
+            self._confirm(checkout_id, result.vms, now, quota.holdings_key(self.keys) if quota is not None else "",
+                          replicas, spare)
         return result
 
     def settled_done(self, settled_key: str) -> bool:
@@ -873,7 +882,8 @@ class Store:
             running, added, removed, was_whole = self.scripts.running_recount(keys=keys, args=args)
         return RunningCount(int(running), int(added), int(removed), bool(was_whole))
 
-    def _confirm(self, checkout_id: str, vms: Sequence[CheckedOut], now: float, holdings: str) -> None:
+    def _confirm(self, checkout_id: str, vms: Sequence[CheckedOut], now: float, holdings: str, replicas: int,
+                 spare: redis.Connection | None) -> None:
         """Confirm a checkout (and wait for the replicas to have it); on any failure, release
         (``holdings``: the owner's holdings set, "" for none).
 
@@ -883,8 +893,9 @@ class Store:
         resumes. The release sent afterwards on a new connection could not reach a stalled Redis
         (its handshake times out too), and the VM stayed confirmed to a caller answered 503 for
         its whole lifetime. Sent by EVAL with the script's text: it must run whatever scripts
-        the Redis it reaches has loaded. No reply is awaited for it: the 503 comes no later."""
-        replicas = self._replicas_to_wait_for()
+        the Redis it reaches has loaded. No reply is awaited for it: the 503 comes no later.
+        ``replicas``: ``_replicas_to_wait_for`` before the checkout; ``spare``: the connection
+        held since then for the release (``spare_connection``)."""
         wait = self._wait_arguments(replicas) if replicas else (0, 0)
         keys, args = self._release_call(checkout_id, [(vm.hostname, vm.pool, holdings) for vm in vms], now,
                                         unconfirmed_only=False)
@@ -903,9 +914,9 @@ class Store:
 
         # Behind WAIT the release written on the confirmation's connection may be dropped: it is
         # written on a spare connection too (``written_on_a_spare_connection_too``).
-        spare = written_on_a_spare_connection_too(self.client, release) if replicas else nullcontext()
+        release_on_spare = written_on(spare, release) if replicas else nullcontext()
         try:
-            with _translate_errors(), written_behind_a_lost_reply(release), spare:
+            with _translate_errors(), written_behind_a_lost_reply(release), release_on_spare:
                 try:
                     confirmed, *acks = confirm_and_wait()
                 except redis.exceptions.NoScriptError:  # a Redis that never ran it (a new primary)

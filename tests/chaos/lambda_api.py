@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pytest
 import redis
@@ -21,6 +21,7 @@ from chalicelib.store import ReplicaAcks, connect
 from tests.core.test_reconcile_queue import Context, RecordingQueue
 from tests.infra.packaged_functions import api_event
 from tests.redis_pair import RedisPair
+from tests.support import eventually
 
 SYNCED_ACK_WAIT_MS = 5_000
 """How long a test's writes wait for a replica the link passes them on to: it acknowledges in
@@ -130,13 +131,49 @@ def on_vm(method: str, hostname: str, body: Any = None) -> tuple[int, Any]:
     return call(method, "/api/v3/vm/{name}", f"/api/v3/vm/{hostname}", params={"name": hostname}, body=body)
 
 
+FILL_PASSES = 20
+"""The most passes ``fill`` runs for a pool that is not full yet."""
+
+
 def fill(services: Services, pool: str, passes: int = 3) -> None:
-    """``passes`` reconcile passes of ``pool`` by ``services``: its VMs ready (the dummy provider's
-    clones and boots take no time)."""
+    """Reconcile passes of ``pool`` by ``services`` until its VMs are all ready (the dummy
+    provider's clones and boots take no time): at least ``passes``, then more while it is short,
+    FILL_PASSES in all at most. On a slow link (150 ms a chunk) a pass can end with part of its
+    work left to the next (a names claim that lapsed while it ran): three passes left the pool
+    empty and the test's first checkout a 503 with no VM. Counted in passes, not wall time."""
     config = services.pool(pool)
     assert config is not None
-    for _ in range(passes):
+    ready = services.store.keys.pool_state(pool, "ready")
+    for done in range(1, FILL_PASSES + 1):
         reconcile_pool(services.store, services.provider("dummy"), config, services.clock, services.config.service)
+        if done >= passes and services.client.zcard(ready) >= config.size:
+            return
+
+
+def once_not_503(send: Callable[[], tuple[int, Any]], timeout: float = 15.0) -> tuple[int, Any]:
+    """The first answer of ``send`` (sent again and again, within ``timeout`` seconds) that is not
+    a 503: what a caller told to send it again gets once Redis answers this process again (its
+    breaker closes when the probe's PING comes back: over a slow link, moments after Redis
+    itself resumed)."""
+    answers: list[tuple[int, Any]] = []
+
+    def served() -> tuple[int, Any] | None:
+        answers.append(send())
+        return answers[-1] if answers[-1][0] != 503 else None
+
+    return eventually(served, timeout, f"an answer other than 503 (the last: {answers[-1:]})", interval=0.1)
+
+
+def checked_out_retrying(pool: str, tries: int = 5) -> tuple[int, Any]:
+    """``check_out``, sent again (at most ``tries`` times in all) while it is answered the 503
+    that says to try again: a checkout not confirmed within its window (``socket_timeout``) on a
+    slow link, or not acknowledged by the replica within ``replica_ack_timeout`` on a loaded
+    machine, is that 503 and hands out nothing. For a test's setup, not for what it asserts."""
+    for _ in range(tries - 1):
+        status, answer = check_out(pool)
+        if status != 503 or "again" not in str(answer.get("error", "")):
+            return status, answer
+    return check_out(pool)
 
 
 def assert_still_checked_out(new_primary: redis.Redis, held: Iterable[str]) -> None:

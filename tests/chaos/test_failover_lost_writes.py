@@ -22,7 +22,7 @@ from chalicelib.services import Services
 from chalicelib.store import store as store_module
 from chalicelib.store.ondemand import OnDemandStore
 from chalicelib.store.vm_tasks import VMTaskStore
-from tests.chaos.lambda_api import call, check_out, fill, lambda_services, on_vm, serving, serving_fixture
+from tests.chaos.lambda_api import call, checked_out_retrying, fill, lambda_services, on_vm, serving, serving_fixture
 from tests.core.test_reconcile_queue import Context
 from tests.infra.packaged_functions import api_event
 from tests.redis_pair import RedisPair
@@ -155,7 +155,7 @@ def running_vm(services: Services) -> str:
     """A VM of the pool checked out through the API (the pool filled by passes of ``services``),
     every write on the replica."""
     fill(services, POOL)
-    status, answer = check_out(POOL)
+    status, answer = checked_out_retrying(POOL)
     assert status == 200, answer
     return str(answer[POOL]["hostname"])
 

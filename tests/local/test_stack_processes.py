@@ -795,6 +795,8 @@ def test_a_key_written_twice_with_one_value_starts_with_a_warning_at_start_and_i
     (["--interval", "0"], "--interval: 0 is not a positive number"),  # a tick loop that never waits
     (["--threads", "100000"], "--threads: 100000 is not a number of threads (1 to 32)"),  # was started
     (["--threads", "0"], "--threads: 0 is not a number of threads"),
+    # one loop in the one process: a login held 23 s by a stopped directory held every caller as long
+    (["--workers", "0", "--threads", "1"], "--threads 1 with --workers 0: one event loop held by a slow request"),
     # was started: 100,000 forks, until the system refused one
     (["--workers", str(most_workers() + 1)],
      f"--workers: {most_workers() + 1} is not a number of workers (0 to {most_workers()}: 4 a core;"),
