@@ -456,6 +456,23 @@ class RequestCount:
     """Counted on a counter clients share: the class counted its most clients on their own."""
 
 
+CHECKOUT_LAYOUTS_KEPT = 1024
+"""Checkout layouts a Store keeps (``Store._checkout_layout``): each is a few hundred bytes of
+JSON, one per requests, owner (an anonymous caller's address) and token seen."""
+
+
+@dataclass(frozen=True)
+class _CheckoutLayout:
+    """What a checkout's script is given that is the same for the same requests, owner and token."""
+
+    keys: tuple[str, ...]
+    """Its ``KEYS[]``."""
+    members: str
+    """The members of its JSON argument that do not change, without the braces."""
+    quota: str | None
+    """The members of the argument's ``quota`` object but ``now``; None without a quota."""
+
+
 class Store:
     """The service's state. Every method raises StoreUnavailable when Redis fails."""
 
@@ -481,6 +498,9 @@ class Store:
         """How long an owner's holdings set outlives its last change (longer than any lifetime
         worth counting; entries are pruned as they are read)."""
         self.demand_pools: Mapping[str, int] = {}
+        self._checkout_layouts: dict[tuple[Any, ...], _CheckoutLayout] = {}
+        """``_checkout_layout``'s answers for checkouts of no demand-sized pool, up to
+        CHECKOUT_LAYOUTS_KEPT (then forgotten all at once): one per requests, owner and token."""
         """Demand-sized pools, each with its demand ``max`` (``services.demand_sized_pools``): the
         checkout script counts their checkouts and misses, a miss at most ``max`` VMs."""
 
@@ -749,6 +769,52 @@ class Store:
         confirmation releases them at once and raises StoreUnavailable (CheckoutNotDurable when
         no replica acknowledged in time)."""
         checkout_id = os.urandom(8).hex()  # secrets.token_hex(8), without its two calls of Python
+        tracked = {pool for r in requests for pool in r.pools if pool in self.demand_pools}
+        day, minute = demand_history.day_and_minute(demand_history.epoch_minute(now)) if tracked else ("", 0)
+        if tracked:  # its keys name the day: laid out for this call
+            layout = self._checkout_layout(requests, quota, token_key, tracked, day)
+        else:  # the same requests, owner and token are laid out the same every time
+            shape = (tuple((r.name, tuple(r.pools), r.count, tuple(map(tuple, r.preferences))) for r in requests),
+                     None if quota is None else (quota.owner, quota.max_owner_vms, quota.max_vms,
+                                                 quota.max_owner_requests, quota.max_requests),
+                     token_key, self.holdings_ttl_seconds)
+            kept = self._checkout_layouts.get(shape)
+            if kept is None:
+                kept = self._checkout_layout(requests, quota, token_key, tracked, day)
+                if len(self._checkout_layouts) >= CHECKOUT_LAYOUTS_KEPT:
+                    self._checkout_layouts.clear()
+                self._checkout_layouts[shape] = kept
+            layout = kept
+        # The members of the script's argument that change with each call, before the layout's.
+        # A number's repr is its JSON (json.dumps writes floats so), and needs no escape in a string.
+        at = repr(now)
+        window = self.confirm_window_ms()
+        text = (f'{{"checkout_id":"{checkout_id}","confirm_by":"{now + UNCONFIRMED_SECONDS!r}",'
+                f'"fields":{json.dumps(dict(fields))},')
+        if window is not None:
+            text += f'"confirm_window_ms":{window},'
+        if layout.quota is not None:
+            text += f'"quota":{{"now":{at},{layout.quota}}},'
+        if tracked:
+            text += f'"demand":{{"minute":{minute},"ttl":{demand_history.HISTORY_TTL_SECONDS}}},'
+        args = [at, f"{text}{layout.members}}}"]
+        keys = layout.keys
+        answer = self.run_counted(quota, now, lambda: json.loads(self.scripts.checkout(keys=keys, args=args)),
+                                  lambda answer: answer.get("quota"))
+        if answer.get("quota"):
+            raise QuotaExceeded(answer["quota"])
+        if answer.get("token"):
+            raise TokenGone()
+        if not answer["ok"]:
+            return CheckoutResult(short=tuple(answer["short"]))
+        result = CheckoutResult(vms=tuple(CheckedOut(*entry) for entry in answer["vms"]))
+        self._confirm(checkout_id, result.vms, now, quota.holdings_key(self.keys) if quota is not None else "")
+        return result
+
+    def _checkout_layout(self, requests: Sequence[CheckoutRequest], quota: Quota | None, token_key: str,
+                         tracked: set[str], day: str) -> _CheckoutLayout:
+        """What lua/checkout.lua is given for ``requests`` that is the same at every call: its
+        keys, and the members of its JSON argument but the call's own (``Store.checkout``)."""
         key_list = KeyList()
         slots: list[dict[str, Any]] = []
         orders: list[list[str]] = []
@@ -759,8 +825,6 @@ class Store:
             orders.append(list(r.pools))  # what each slot tries after its own first choices
             slots += [{"name": r.name, "pools": list(pools[:SLOT_CHOICES_SENT]), "rest": len(orders)}
                       for pools in r.slots()]
-        tracked = {pool for r in requests for pool in r.pools if pool in self.demand_pools}
-        day, minute = demand_history.day_and_minute(demand_history.epoch_minute(now)) if tracked else ("", 0)
         pool_keys: dict[str, dict[str, int]] = {}
         for pool in dict.fromkeys([*(pool for r in requests for pool in r.pools),
                                    *(pool for slot in slots for pool in slot["pools"])]):
@@ -772,38 +836,22 @@ class Store:
                 pool_keys[pool]["demand_max"] = self.demand_pools[pool]
         checkout: dict[str, Any] = {
             "slots": slots,
-            "fields": dict(fields),
-            "checkout_id": checkout_id,
-            "confirm_by": repr(now + UNCONFIRMED_SECONDS),
             "changes": key_list.add(self.keys.changes),
             "running": key_list.add(self.keys.running),
             "fence": key_list.add(self.keys.ready_fence),
             "vm_template": self.keys.vm(KEY_PART),
             "pools": pool_keys,
         }
-        window = self.confirm_window_ms()
         if orders:
             checkout["orders"] = orders
-        if window is not None:
-            checkout["confirm_window_ms"] = window
+        quota_members = None
         if quota is not None:
-            checkout["quota"] = quota.payload(self.keys, key_list, self.holdings_ttl_seconds, now)
-        if tracked:
-            checkout["demand"] = {"minute": minute, "ttl": demand_history.HISTORY_TTL_SECONDS}
+            payload = quota.payload(self.keys, key_list, self.holdings_ttl_seconds, 0.0)
+            del payload["now"]  # the call's own
+            quota_members = json.dumps(payload)[1:-1]
         if token_key:
             checkout["token"] = key_list.add(token_key)
-        args = [repr(now), json.dumps(checkout)]
-        answer = self.run_counted(quota, now, lambda: json.loads(self.scripts.checkout(keys=key_list.keys, args=args)),
-                                  lambda answer: answer.get("quota"))
-        if answer.get("quota"):
-            raise QuotaExceeded(answer["quota"])
-        if answer.get("token"):
-            raise TokenGone()
-        if not answer["ok"]:
-            return CheckoutResult(short=tuple(answer["short"]))
-        result = CheckoutResult(vms=tuple(CheckedOut(*entry) for entry in answer["vms"]))
-        self._confirm(checkout_id, result.vms, now, quota.holdings_key(self.keys) if quota is not None else "")
-        return result
+        return _CheckoutLayout(tuple(key_list.keys), json.dumps(checkout)[1:-1], quota_members)
 
     def settled_done(self, settled_key: str) -> bool:
         """Whether the change whose settled mark is ``settled_key`` was made, its answer lost;
