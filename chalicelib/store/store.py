@@ -296,6 +296,17 @@ def _checkout_pool_keys(keys: Keys, pool: str) -> tuple[str, str, str, str]:
     return keys.pool_state(pool, "ready"), keys.pool_state(pool, "running"), keys.running_due(pool), keys.wake(pool)
 
 
+@functools.lru_cache(maxsize=16)
+def _return_layout(keys: Keys, data_ttl_seconds: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``Store.return_vm``'s lua/move.lua keys after the VM's record and its arguments between
+    ``now`` and the hostname: the same for every VM returned, worked out once per prefix (nine
+    key names a return)."""
+    return ((keys.changes, keys.cloning, keys.pool_clones, keys.running),
+            (str(data_ttl_seconds), "1", "", "", keys.pool_state(KEY_PART, "running"),
+             keys.pool_state(KEY_PART, "completed"), keys.wake(KEY_PART), *_checkout_condition(None), "0",
+             str(UNUSED_RECORD_TTL_SECONDS), keys.running_due(KEY_PART), "", "", "", "0"))
+
+
 @functools.lru_cache(maxsize=4096)
 def _owner_hash(owner: str) -> str:
     """``Quota.owner_hash``: kept for the last 4,096 owners (a checkout names it three times, and
@@ -1156,8 +1167,9 @@ class Store:
         """The keys and arguments of lua/release.lua for ``_release``."""
         keys, args = [self.keys.changes, self.keys.running], [repr(now), checkout_id, "1" if unconfirmed_only else "0"]
         for host, pool, holdings in vms:
-            keys += [self.keys.vm(host), self.keys.pool_state(pool, "running"), self.keys.pool_state(pool, "ready"),
-                     holdings or self.keys.vm(host), self.keys.running_due(pool)]
+            ready, running, running_due, _ = _checkout_pool_keys(self.keys, pool)
+            record = self.keys.vm(host)
+            keys += [record, running, ready, holdings or record, running_due]
             args += [host, pool, "1" if holdings else ""]
         return keys, args
 
@@ -1244,12 +1256,9 @@ class Store:
         """Move a running VM, whatever its pool, to completed and nudge its pool, in one round
         trip. Returns its pool, or None when it is unknown or not running."""
         # The pool comes from the record inside the script: templates name its keys (keys.DERIVED_KEYS).
-        keys = [self.keys.vm(hostname), self.keys.changes, self.keys.cloning, self.keys.pool_clones,
-                self.keys.running]
-        args = ["completed", repr(now), str(self.data_ttl_seconds), "1", "", "",
-                self.keys.pool_state(KEY_PART, "running"), self.keys.pool_state(KEY_PART, "completed"),
-                self.keys.wake(KEY_PART), *_checkout_condition(None), "0", str(UNUSED_RECORD_TTL_SECONDS),
-                self.keys.running_due(KEY_PART), "", "", "", "0", hostname, "1", "reason", reason]
+        shared_keys, shared_args = _return_layout(self.keys, self.data_ttl_seconds)
+        keys = [self.keys.vm(hostname), *shared_keys]
+        args = ["completed", repr(now), *shared_args, hostname, "1", "reason", reason]
         with _translate_errors():
             (pool,) = self.scripts.move(keys=keys, args=args)
         return str(pool) if pool else None
