@@ -198,7 +198,7 @@ class Gateway:
                 response = self.app(event, _LocalContext())
         payload = response.get("body") or ""
         data = base64.b64decode(payload) if response.get("isBase64Encoded") else payload.encode()
-        out_headers = {k: v for k, v in (response.get("headers") or {}).items()}
+        out_headers = dict(response.get("headers") or {})
         for name, values in (response.get("multiValueHeaders") or {}).items():
             out_headers[name] = ", ".join(values)
         return response["statusCode"], *compressed(headers, out_headers, data)
@@ -253,8 +253,10 @@ def compressed(request_headers: dict[str, str], headers: dict[str, str], data: b
     the caller's preferred coding is gzip or deflate (the two API Gateway makes; a caller that
     prefers br, identity, or names no coding gets it as it is). Ruby's Net::HTTP (vmfloaty,
     beaker) asks for gzip first and decodes it; curl without ``--compressed`` asks for nothing."""
+    if len(data) < COMPRESS_FROM_BYTES:  # first: most answers are short, and their headers need no look
+        return headers, data
     accept = next((value for name, value in request_headers.items() if name.lower() == "accept-encoding"), "")
-    if len(data) < COMPRESS_FROM_BYTES or not accept or any(name.lower() == "content-encoding" for name in headers):
+    if not accept or any(name.lower() == "content-encoding" for name in headers):
         return headers, data
     coding = preferred_coding(accept)
     if coding in ("gzip", "x-gzip"):
