@@ -68,13 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     batches = 1 if args.callgrind or args.profile else args.repeats
     pool_size = REFUSED_POOL_SIZE if args.refused else min(args.cycles * batches + 100, 10_000)
 
+    # Before any import of the service: its Powertools logger takes POWERTOOLS_LOG_LEVEL when
+    # created, and local.stack imports chalicelib.store, whose breaker imports the logger.
+    os.environ.update({"POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": args.log_level})
     from local.redis_server import RedisServer
     from local.stack import dummy_config
 
     pools = [(POOL, pool_size), *((f"other-{n}", 1) for n in range(1, args.pools))]
     with RedisServer() as server:
-        os.environ.update({"VMPOOL_CONFIG": dummy_config(pools), "VMPOOL_REDIS_URL": server.url,
-                           "POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": args.log_level})
+        os.environ.update({"VMPOOL_CONFIG": dummy_config(pools), "VMPOOL_REDIS_URL": server.url})
         for name in ("VMPOOL_CONFIG_FILE", "VMPOOL_RECONCILE_QUEUE_URL"):
             os.environ.pop(name, None)
         import app as app_module

@@ -20,7 +20,14 @@ import threading
 from typing import Any, Sequence
 
 from chalice import Chalice, Response
-from chalice.app import CaseInsensitiveMapping, CloudWatchEvent, EventSourceHandler, Request, RestAPIEventHandler
+from chalice.app import (
+    CaseInsensitiveMapping,
+    CloudWatchEvent,
+    EventSourceHandler,
+    Request,
+    RestAPIEventHandler,
+    error_response,
+)
 from chalice.app import _matches_content_type as chalice_matches_content_type
 
 from chalicelib.api.http import JSON_HEADERS, ApiError
@@ -73,6 +80,37 @@ class _RestHandler(RestAPIEventHandler):
             return True
         accept = request_headers.get("accept")
         return accept is not None and self._binary(accept)
+
+    def _main_rest_api_handler(self, event: Any, context: Any) -> Response:
+        """Chalice's handling of a route, for the event ``checked_event`` passed (its resource
+        and method a route of the table, the view's path parameters in it), without what cannot
+        change its answer when the route has no CORS and takes any content type (``*/*``: every
+        route of the service): Chalice looked the route up twice, matched the request's
+        Content-Type against ``*/*`` (lowering both), and copied the answer's headers into a
+        case-insensitive mapping to find its Content-Type. Any other route takes Chalice's way."""
+        request_context = event["requestContext"]
+        route_entry = self.routes[request_context["resourcePath"]][request_context["httpMethod"]]
+        if route_entry.cors is not None or "*/*" not in route_entry.content_types:
+            return super()._main_rest_api_handler(event, context)
+        params = event["pathParameters"]
+        function_args = {name: params[name] for name in route_entry.view_args}
+        self.lambda_context = context
+        response = self._get_view_function_response(route_entry.view_function, function_args)
+        content_type = "application/json"  # the answer's, its header named in any case (the last)
+        for name, value in response.headers.items():
+            if name.lower() == "content-type":
+                content_type = value
+        request = self.current_request
+        if request is not None and self._binary(content_type):
+            # As _validate_binary_response: a binary answer needs an Accept naming a binary type.
+            accept = request.headers.get("accept")
+            if accept is None or not self._binary(accept):
+                return error_response(
+                    error_code="BadRequest", http_status_code=400,
+                    message=f"Request did not specify an Accept header with {content_type}, The response has a "
+                            f"Content-Type of {content_type}. If a response has a binary Content-Type then the "
+                            "request must specify an Accept header that matches.")
+        return response
 
     def __call__(self, event: Any, context: Any) -> Any:
         middleware = list(self._middleware_handlers)

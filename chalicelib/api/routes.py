@@ -251,7 +251,10 @@ def _event_headers(event: Mapping[str, Any]) -> dict[str, str]:
     # name): read through that mapping, each header cost three calls of Python.
     headers = {name.lower(): value for name, value in (event.get("headers") or {}).items()}
     multi = event.get("multiValueHeaders") or {}
+    multi_names = {name.lower() for name in multi}
     for credential in CREDENTIAL_HEADERS:
+        if credential not in headers and credential not in multi_names:
+            continue  # not sent under any spelling: nothing to join (most requests, for both)
         values: list[str] = []
         for name, sent in multi.items():
             if name.lower() == credential:

@@ -18,9 +18,8 @@ must keep within ``REQUEST_DIRECTORY_SECONDS`` (``ldap_settings.parse_ldap_setti
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Callable, Iterator
+from typing import Callable
 
 REQUEST_DIRECTORY_SECONDS = 25.0
 """The most one request may spend on the directory (``connect_timeout + login_timeout``): under
@@ -31,14 +30,17 @@ _BUDGET: ContextVar[list[float] | None] = ContextVar("vmpool_directory_budget", 
 """The current request's deadline (monotonic), once its first directory task has started."""
 
 
-@contextmanager
-def request_budget() -> Iterator[None]:
-    """Inside, every directory task shares one deadline (the first one's)."""
-    token = _BUDGET.set([])
-    try:
-        yield
-    finally:
-        _BUDGET.reset(token)
+class request_budget:
+    """Inside, every directory task shares one deadline (the first one's). A class, not a
+    generator under ``contextmanager``: every request enters one (five calls of Python less)."""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = _BUDGET.set([])
+
+    def __exit__(self, *exc: object) -> None:
+        _BUDGET.reset(self._token)
 
 
 def task_deadline(login_timeout: float, monotonic: Callable[[], float] = time.monotonic) -> float:

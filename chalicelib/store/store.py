@@ -298,6 +298,17 @@ def _checkout_pool_keys(keys: Keys, pool: str) -> tuple[str, str, str, str]:
     return keys.pool_state(pool, "ready"), keys.pool_state(pool, "running"), keys.running_due(pool), keys.wake(pool)
 
 
+@functools.lru_cache(maxsize=16)
+def _return_layout(keys: Keys, data_ttl_seconds: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``Store.return_vm``'s lua/move.lua keys after the VM's record and its arguments between
+    ``now`` and the hostname: the same for every VM returned, worked out once per prefix (nine
+    key names a return)."""
+    return ((keys.changes, keys.cloning, keys.pool_clones, keys.running),
+            (str(data_ttl_seconds), "1", "", "", keys.pool_state(KEY_PART, "running"),
+             keys.pool_state(KEY_PART, "completed"), keys.wake(KEY_PART), *_checkout_condition(None), "0",
+             str(UNUSED_RECORD_TTL_SECONDS), keys.running_due(KEY_PART), "", "", "", "0"))
+
+
 @functools.lru_cache(maxsize=4096)
 def _owner_hash(owner: str) -> str:
     """``Quota.owner_hash``: kept for the last 4,096 owners (a checkout names it three times, and
@@ -458,6 +469,23 @@ class RequestCount:
     """Counted on a counter clients share: the class counted its most clients on their own."""
 
 
+CHECKOUT_LAYOUTS_KEPT = 1024
+"""Checkout layouts a Store keeps (``Store._checkout_layout``): each is a few hundred bytes of
+JSON, one per requests, owner (an anonymous caller's address) and token seen."""
+
+
+@dataclass(frozen=True)
+class _CheckoutLayout:
+    """What a checkout's script is given that is the same for the same requests, owner and token."""
+
+    keys: tuple[str, ...]
+    """Its ``KEYS[]``."""
+    members: str
+    """The members of its JSON argument that do not change, without the braces."""
+    quota: str | None
+    """The members of the argument's ``quota`` object but ``now``; None without a quota."""
+
+
 class Store:
     """The service's state. Every method raises StoreUnavailable when Redis fails."""
 
@@ -485,6 +513,9 @@ class Store:
         self.demand_pools: Mapping[str, int] = {}
         """Demand-sized pools, each with its demand ``max`` (``services.demand_sized_pools``): the
         checkout script counts their checkouts and misses, a miss at most ``max`` VMs."""
+        self._checkout_layouts: dict[tuple[Any, ...], _CheckoutLayout] = {}
+        """``_checkout_layout``'s answers for checkouts of no demand-sized pool, up to
+        CHECKOUT_LAYOUTS_KEPT (then forgotten all at once): one per requests, owner and token."""
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -751,57 +782,42 @@ class Store:
         confirmation releases them at once and raises StoreUnavailable (CheckoutNotDurable when
         no replica acknowledged in time)."""
         checkout_id = os.urandom(8).hex()  # secrets.token_hex(8), without its two calls of Python
-        key_list = KeyList()
-        slots: list[dict[str, Any]] = []
-        orders: list[list[str]] = []
-        for r in requests:
-            if len(r.pools) <= SLOT_CHOICES_SENT:
-                slots += [{"name": r.name, "pools": list(pools)} for pools in r.slots()]
-                continue
-            orders.append(list(r.pools))  # what each slot tries after its own first choices
-            slots += [{"name": r.name, "pools": list(pools[:SLOT_CHOICES_SENT]), "rest": len(orders)}
-                      for pools in r.slots()]
         tracked = {pool for r in requests for pool in r.pools if pool in self.demand_pools}
         day, minute = demand_history.day_and_minute(demand_history.epoch_minute(now)) if tracked else ("", 0)
-        pool_keys: dict[str, dict[str, int]] = {}
-        for pool in dict.fromkeys([*(pool for r in requests for pool in r.pools),
-                                   *(pool for slot in slots for pool in slot["pools"])]):
-            ready, running, running_due, wake = _checkout_pool_keys(self.keys, pool)
-            pool_keys[pool] = {"ready": key_list.add(ready), "running": key_list.add(running),
-                               "running_due": key_list.add(running_due), "wake": key_list.add(wake)}
-            if pool in tracked:
-                pool_keys[pool]["demand"] = key_list.add(self.keys.demand(pool, day))
-                pool_keys[pool]["demand_max"] = self.demand_pools[pool]
-        checkout: dict[str, Any] = {
-            "slots": slots,
-            "fields": dict(fields),
-            "checkout_id": checkout_id,
-            "confirm_by": repr(now + UNCONFIRMED_SECONDS),
-            "changes": key_list.add(self.keys.changes),
-            "running": key_list.add(self.keys.running),
-            "fence": key_list.add(self.keys.ready_fence),
-            "vm_template": self.keys.vm(KEY_PART),
-            "pools": pool_keys,
-        }
+        if tracked:  # its keys name the day: laid out for this call
+            layout = self._checkout_layout(requests, quota, token_key, tracked, day)
+        else:  # the same requests, owner and token are laid out the same every time
+            shape = (tuple((r.name, tuple(r.pools), r.count, tuple(map(tuple, r.preferences))) for r in requests),
+                     None if quota is None else (quota.owner, quota.max_owner_vms, quota.max_vms,
+                                                 quota.max_owner_requests, quota.max_requests),
+                     token_key, self.holdings_ttl_seconds)
+            kept = self._checkout_layouts.get(shape)
+            if kept is None:
+                kept = self._checkout_layout(requests, quota, token_key, tracked, day)
+                if len(self._checkout_layouts) >= CHECKOUT_LAYOUTS_KEPT:
+                    self._checkout_layouts.clear()
+                self._checkout_layouts[shape] = kept
+            layout = kept
+        # The members of the script's argument that change with each call, before the layout's.
+        # A number's repr is its JSON (json.dumps writes floats so), and needs no escape in a string.
+        at = repr(now)
         window = self.confirm_window_ms()
-        if orders:
-            checkout["orders"] = orders
+        text = (f'{{"checkout_id":"{checkout_id}","confirm_by":"{now + UNCONFIRMED_SECONDS!r}",'
+                f'"fields":{json.dumps(dict(fields))},')
         if window is not None:
-            checkout["confirm_window_ms"] = window
-        if quota is not None:
-            checkout["quota"] = quota.payload(self.keys, key_list, self.holdings_ttl_seconds, now)
+            text += f'"confirm_window_ms":{window},'
+        if layout.quota is not None:
+            text += f'"quota":{{"now":{at},{layout.quota}}},'
         if tracked:
-            checkout["demand"] = {"minute": minute, "ttl": demand_history.HISTORY_TTL_SECONDS}
-        if token_key:
-            checkout["token"] = key_list.add(token_key)
-        args = [repr(now), json.dumps(checkout)]
+            text += f'"demand":{{"minute":{minute},"ttl":{demand_history.HISTORY_TTL_SECONDS}}},'
+        args = [at, f"{text}{layout.members}}}"]
+        keys = layout.keys
         # The replicas to wait for (a look-up may cost a round trip) and the spare connection for
         # the confirmation (a handshake when the pool has no idle one) before the script: what
         # comes between the script and its confirmation counts against the confirm window.
         replicas = self._replicas_to_wait_for()
         with spare_connection(self.client) if replicas else nullcontext() as spare:
-            answer = self.run_counted(quota, now,
-                                      lambda: json.loads(self.scripts.checkout(keys=key_list.keys, args=args)),
+            answer = self.run_counted(quota, now, lambda: json.loads(self.scripts.checkout(keys=keys, args=args)),
                                       lambda answer: answer.get("quota"))
             if answer.get("quota"):
                 raise QuotaExceeded(answer["quota"])
@@ -813,6 +829,48 @@ class Store:
             self._confirm(checkout_id, result.vms, now, quota.holdings_key(self.keys) if quota is not None else "",
                           replicas, spare)
         return result
+
+    def _checkout_layout(self, requests: Sequence[CheckoutRequest], quota: Quota | None, token_key: str,
+                         tracked: set[str], day: str) -> _CheckoutLayout:
+        """What lua/checkout.lua is given for ``requests`` that is the same at every call: its
+        keys, and the members of its JSON argument but the call's own (``Store.checkout``)."""
+        key_list = KeyList()
+        slots: list[dict[str, Any]] = []
+        orders: list[list[str]] = []
+        for r in requests:
+            if len(r.pools) <= SLOT_CHOICES_SENT:
+                slots += [{"name": r.name, "pools": list(pools)} for pools in r.slots()]
+                continue
+            orders.append(list(r.pools))  # what each slot tries after its own first choices
+            slots += [{"name": r.name, "pools": list(pools[:SLOT_CHOICES_SENT]), "rest": len(orders)}
+                      for pools in r.slots()]
+        pool_keys: dict[str, dict[str, int]] = {}
+        for pool in dict.fromkeys([*(pool for r in requests for pool in r.pools),
+                                   *(pool for slot in slots for pool in slot["pools"])]):
+            ready, running, running_due, wake = _checkout_pool_keys(self.keys, pool)
+            pool_keys[pool] = {"ready": key_list.add(ready), "running": key_list.add(running),
+                               "running_due": key_list.add(running_due), "wake": key_list.add(wake)}
+            if pool in tracked:
+                pool_keys[pool]["demand"] = key_list.add(self.keys.demand(pool, day))
+                pool_keys[pool]["demand_max"] = self.demand_pools[pool]
+        checkout: dict[str, Any] = {
+            "slots": slots,
+            "changes": key_list.add(self.keys.changes),
+            "running": key_list.add(self.keys.running),
+            "fence": key_list.add(self.keys.ready_fence),
+            "vm_template": self.keys.vm(KEY_PART),
+            "pools": pool_keys,
+        }
+        if orders:
+            checkout["orders"] = orders
+        quota_members = None
+        if quota is not None:
+            payload = quota.payload(self.keys, key_list, self.holdings_ttl_seconds, 0.0)
+            del payload["now"]  # the call's own
+            quota_members = json.dumps(payload)[1:-1]
+        if token_key:
+            checkout["token"] = key_list.add(token_key)
+        return _CheckoutLayout(tuple(key_list.keys), json.dumps(checkout)[1:-1], quota_members)
 
     def settled_done(self, settled_key: str) -> bool:
         """Whether the change whose settled mark is ``settled_key`` was made, its answer lost;
@@ -1119,8 +1177,9 @@ class Store:
         """The keys and arguments of lua/release.lua for ``_release``."""
         keys, args = [self.keys.changes, self.keys.running], [repr(now), checkout_id, "1" if unconfirmed_only else "0"]
         for host, pool, holdings in vms:
-            keys += [self.keys.vm(host), self.keys.pool_state(pool, "running"), self.keys.pool_state(pool, "ready"),
-                     holdings or self.keys.vm(host), self.keys.running_due(pool)]
+            ready, running, running_due, _ = _checkout_pool_keys(self.keys, pool)
+            record = self.keys.vm(host)
+            keys += [record, running, ready, holdings or record, running_due]
             args += [host, pool, "1" if holdings else ""]
         return keys, args
 
@@ -1207,12 +1266,9 @@ class Store:
         """Move a running VM, whatever its pool, to completed and nudge its pool, in one round
         trip. Returns its pool, or None when it is unknown or not running."""
         # The pool comes from the record inside the script: templates name its keys (keys.DERIVED_KEYS).
-        keys = [self.keys.vm(hostname), self.keys.changes, self.keys.cloning, self.keys.pool_clones,
-                self.keys.running]
-        args = ["completed", repr(now), str(self.data_ttl_seconds), "1", "", "",
-                self.keys.pool_state(KEY_PART, "running"), self.keys.pool_state(KEY_PART, "completed"),
-                self.keys.wake(KEY_PART), *_checkout_condition(None), "0", str(UNUSED_RECORD_TTL_SECONDS),
-                self.keys.running_due(KEY_PART), "", "", "", "0", hostname, "1", "reason", reason]
+        shared_keys, shared_args = _return_layout(self.keys, self.data_ttl_seconds)
+        keys = [self.keys.vm(hostname), *shared_keys]
+        args = ["completed", repr(now), *shared_args, hostname, "1", "reason", reason]
         with _translate_errors():
             (pool,) = self.scripts.move(keys=keys, args=args)
         return str(pool) if pool else None

@@ -72,10 +72,11 @@ BINARY_CASES = [
 ]
 
 
-def _serve(app_class: type[Chalice], headers: dict, accept: str | None) -> tuple[int, dict, bytes]:
+def _serve(app_class: type[Chalice], headers: dict, accept: str | None,
+           **route_options: object) -> tuple[int, dict, bytes]:
     app = app_class(app_name="binary")
 
-    @app.route("/x")
+    @app.route("/x", **route_options)
     def x() -> object:
         from chalice import Response
         binary = any(kind in str(headers).lower() for kind in ("image", "octet"))
@@ -85,6 +86,15 @@ def _serve(app_class: type[Chalice], headers: dict, accept: str | None) -> tuple
     return Gateway(app)("GET", "/x", request_headers, b"", "127.0.0.1")
 
 
+ROUTE_OPTIONS = [
+    {},  # Chalice's default: JSON bodies only
+    {"content_types": ["*/*"]},  # any body, as every route of the service (RequestLocalChalice's lean way)
+    {"content_types": ["*/*"], "cors": True},
+]
+
+
 def test_binary_answers_are_chalices_own() -> None:
-    for headers, accept in BINARY_CASES:
-        assert _serve(RequestLocalChalice, headers, accept) == _serve(Chalice, headers, accept), (headers, accept)
+    for options in ROUTE_OPTIONS:
+        for headers, accept in BINARY_CASES:
+            assert _serve(RequestLocalChalice, headers, accept, **options) == \
+                _serve(Chalice, headers, accept, **options), (headers, accept, options)
