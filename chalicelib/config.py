@@ -101,7 +101,7 @@ object (true to a client); an alias ``request_id`` put hostnames where the id wa
 refused where a config is validated."""
 MAX_HOURS = 876_000
 """About 100 years, the most of any span of hours in the config (token_ttl, vm_lifetime,
-vm_lifetime_auth, max_lifetime_upper_limit): a token's expiry and a VM's end time are shown as
+vm_lifetime_auth, max_lifetime_upper_limit, data_ttl): a token's expiry and a VM's end time are shown as
 dates, and a datetime ends with the year 9999 (token_ttl: 100000000 loaded, and every use of every
 token was a 500; vm_lifetime: 100000000 made GET /vm/<host> of every VM checked out a 500)."""
 
@@ -240,7 +240,9 @@ class RedisConfig(SettingsModel):
     server: Str = "localhost"
     port: Port = 6379
     password: Optional[SecretValue] = field(default=None, repr=False)
-    data_ttl: Int1 = 168
+    data_ttl: Hours = 168
+    """Hours a record outlives its use. At most MAX_HOURS: ``data_ttl: 10000000000000`` loaded and
+    every write's EXPIRE was past Redis's range (``ERR invalid expire time``): every write failed."""
     db: Int0 = 0
     tls: Bool = False
     unix_socket: Optional[Str] = None

@@ -99,3 +99,15 @@ def test_an_ondemand_request_ttl_its_record_would_not_outlive_is_refused_in_eith
 def test_an_ondemand_request_ttl_within_half_of_data_ttl_loads() -> None:
     assert parse(ondemand(60, 2)).service.ondemand_request_ttl == 60
     assert parse(yaml_text()).service.ondemand_request_ttl == 5  # the defaults: 5 minutes, 168 hours
+
+
+def test_a_data_ttl_past_what_redis_can_expire_is_refused_in_either_form() -> None:
+    """Before: ``data_ttl: 10000000000000`` loaded, and every write's EXPIRE (3.6e16 seconds) was
+    past Redis's range: ``ERR invalid expire time``, every write failing."""
+    huge = 10_000_000_000_000
+    expected = refusal(lambda: parse(yaml_text() + f":redis: {{data_ttl: {huge}}}\n"))
+    assert expected == [f"redis.data_ttl: must be an integer <= 876000, got {huge}"]
+
+    document = json.loads(canonical_json(parse(yaml_text())))
+    document["redis"]["data_ttl"] = huge
+    assert refusal(lambda: from_text(json.dumps(document))) == expected
