@@ -86,6 +86,7 @@ DEFAULT_CONFIG_FILE = Path(__file__).with_name("vmpool.yaml")
 
 POOL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 """Shown as it is in config errors; checked with ``fullmatch`` (``$`` alone would let a final line break through)."""
+MAX_REQUEST_NAME_CHARACTERS = 100
 REQUEST_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,100}\Z")
 """A pool or alias as a request names it (``POST /vm``, ``/ondemandvm``, in the path or the body;
 ``+`` joins names in a path, ``,`` in ``/poolstat?pool=``). A pool's aliases must be such names:
@@ -100,7 +101,7 @@ object (true to a client); an alias ``request_id`` put hostnames where the id wa
 refused where a config is validated."""
 MAX_HOURS = 876_000
 """About 100 years, the most of any span of hours in the config (token_ttl, vm_lifetime,
-vm_lifetime_auth, max_lifetime_upper_limit): a token's expiry and a VM's end time are shown as
+vm_lifetime_auth, max_lifetime_upper_limit, data_ttl): a token's expiry and a VM's end time are shown as
 dates, and a datetime ends with the year 9999 (token_ttl: 100000000 loaded, and every use of every
 token was a 500; vm_lifetime: 100000000 made GET /vm/<host> of every VM checked out a 500)."""
 
@@ -239,7 +240,9 @@ class RedisConfig(SettingsModel):
     server: Str = "localhost"
     port: Port = 6379
     password: Optional[SecretValue] = field(default=None, repr=False)
-    data_ttl: Int1 = 168
+    data_ttl: Hours = 168
+    """Hours a record outlives its use. At most MAX_HOURS: ``data_ttl: 10000000000000`` loaded and
+    every write's EXPIRE was past Redis's range (``ERR invalid expire time``): every write failed."""
     db: Int0 = 0
     tls: Bool = False
     unix_socket: Optional[Str] = None
@@ -1076,6 +1079,8 @@ def build(document: Mapping[str, Any], reader: BlockReader | None = None) -> Con
     if service is not None:
         reader.problems.extend(_tag_count_problems(service))
     redis = reader.model(document.get("redis"), RedisConfig, "redis")
+    if service is not None and redis is not None:
+        reader.problems.extend(_ondemand_ttl_problems(service, redis))
     if not reader.trusted and redis is not None:
         reader.warnings.extend(_replica_wait_warnings(redis))
     providers = _read_providers(reader, document.get("providers"))
@@ -1137,6 +1142,20 @@ def _tag_count_problems(service: ServiceConfig) -> list[str]:
     return [(f"config.max_tag_names_per_day ({names}) and config.max_tag_values_per_day ({values}): a day "
             f"would count up to {(names + 1) * (values + 1)} tags with '(other)', more than one /summary "
             f"answer holds; (names + 1) x (values + 1) must be at most {MAX_TAG_COUNTS_PER_DAY}")]
+
+
+def _ondemand_ttl_problems(service: ServiceConfig, redis: RedisConfig) -> list[str]:
+    """Whether an on-demand request ends (``ondemand_request_ttl``) well before its record would
+    expire (``data_ttl``, from its creation, ondemand_create.lua): a request still open then was
+    forgotten, its poller answered 404 and the VMs delivered to it ran for nobody. Half of
+    data_ttl leaves the passes that fail it as long again to do so (a provider down, a pass late)."""
+    most = redis.data_ttl * 60 // 2
+    if service.ondemand_request_ttl <= most:
+        return []
+    return [(f"config.ondemand_request_ttl: {service.ondemand_request_ttl} minutes is longer than half of "
+             f"redis.data_ttl ({redis.data_ttl} hours): an open on-demand request's record is kept data_ttl "
+             f"hours from its creation, and one still open then is forgotten (its GET answers 404, its VMs "
+             f"run for nobody); ondemand_request_ttl must be at most {most} minutes, or data_ttl longer")]
 
 
 def _read_rate_limits(reader: BlockReader, raw: Any) -> dict[str, Mapping[str, int]]:
@@ -1307,6 +1326,10 @@ def _read_pools(
             # canonical form is built: an object an earlier release pushed keeps loading.
             _check_aliases(reader, path, settings.alias)
             _check_answer_keys(reader, path, name, settings.alias)
+        elif settings is not None:
+            # An alias's length is a bound, which holds whatever the format (its characters are
+            # the rule above): a pushed 1,000,000-character alias was built and shown by /status.
+            _check_aliases(reader, path, settings.alias, lengths_only=True)
         provider = _written_string(block.get("provider")) or "vsphere"
         if provider not in providers:
             if provider in PROVIDER_CLASSES:
@@ -1387,14 +1410,21 @@ def _read_pools(
     return pools
 
 
-def _check_aliases(reader: BlockReader, path: str, aliases: Sequence[str]) -> None:
-    """A problem for a pool's first alias no request can name (one: a pool may list thousands)."""
-    unnamed = [alias for alias in aliases if not REQUEST_NAME_PATTERN.match(alias)]
+def _check_aliases(reader: BlockReader, path: str, aliases: Sequence[str], lengths_only: bool = False) -> None:
+    """A problem for a pool's first alias no request can name (one: a pool may list thousands);
+    ``lengths_only``: the aliases too long or empty for a request (a canonical form's test)."""
+    unnamed = [alias for alias in aliases
+               if not (_of_a_request_name_length(alias) if lengths_only else REQUEST_NAME_PATTERN.match(alias))]
     if unnamed:
         more = f" (and {len(unnamed) - 1} more)" if len(unnamed) > 1 else ""
         reader.problems.append(
             f"{path}.alias: {show(unnamed[0])}{more} cannot be requested: a request names pools and "
             "aliases of 1 to 100 letters, digits, '.', '_' or '-'")
+
+
+def _of_a_request_name_length(alias: str) -> bool:
+    """Whether ``alias`` is as long as a name a request can hold (REQUEST_NAME_PATTERN's 1 to 100)."""
+    return 1 <= len(alias) <= MAX_REQUEST_NAME_CHARACTERS
 
 
 def _check_answer_keys(reader: BlockReader, path: str, name: str | None, aliases: Sequence[str]) -> None:

@@ -299,23 +299,21 @@ def _make_converter(hint: Any) -> Convert:
                 except (Invalid, ValueError, TypeError) as error:
                     raise Invalid(f"{path}: {error}") from None
             return from_form
-        typed = _converter(hint.__origin__)
-        bound = next((item.checker for item in hint.__metadata__
-                      if isinstance(item, Check) and getattr(item.checker, "bounded", False)), None)
-        if bound is None:
-            return typed
+        checker = next((item.checker for item in hint.__metadata__ if isinstance(item, Check)), None)
+        if checker is None:
+            return _converter(hint.__origin__)
 
-        # A number's bounds hold whatever the format: before, the canonical JSON a function builds
-        # (an object written by another tool or by hand) skipped them, and a pool of size 10**9
-        # or a task_limit of 10**9 was built as it came.
-        def within_bounds(value: Any, path: str, bound: Checker = bound) -> Any:
-            built = typed(value, path)
+        # One set of checks whatever the format: the canonical JSON a function builds (an object
+        # written by another tool or by hand) is held to the check its YAML is, which turns a
+        # written value into the field's (pydantic keeps what the check returns). Before, only
+        # the numbers' bounds held there: a 1,000,000-character template or prefix, a domain no
+        # DNS name can be, was built as it came.
+        def checked(value: Any, path: str, checker: Checker = checker) -> Any:
             try:
-                checked = bound(built)
+                return checker(value)
             except Invalid as error:
                 raise Invalid(f"{path}: {error}") from None
-            return built if type(checked) is not type(built) else checked
-        return within_bounds
+        return checked
     if hint is Any:
         return lambda value, path: value
     if origin in (Union, UnionType):
@@ -434,7 +432,6 @@ def integer(minimum: int | None = None, maximum: int | None = None) -> Checker:
             invalid(f"must be an integer <= {maximum}, got {show(value)}")
         return number
 
-    check.bounded = minimum is not None or maximum is not None  # type: ignore[attr-defined]
     return check
 
 
@@ -457,7 +454,6 @@ def number(minimum: float | None = None, maximum: float | None = None) -> Checke
             invalid(f"must be {wanted}, got {show(value)}")
         return result
 
-    check.bounded = True  # type: ignore[attr-defined]  # finite, at least
     return check
 
 

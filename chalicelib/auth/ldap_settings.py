@@ -91,9 +91,14 @@ def _attributes(value: Any) -> tuple[str, ...]:
     return attributes
 
 
-def _ca_file(value: Any) -> str:
+def _file_path(value: Any) -> str:
     if not isinstance(value, str) or not value:
         invalid("must be a file path")
+    return value
+
+
+def _ca_file(value: Any) -> str:
+    _file_path(value)
     if not os.path.isfile(value):
         invalid(f"no such file: {show(value)}")
     return value
@@ -140,7 +145,9 @@ class LdapSettings(SettingsModel):
     bases: Annotated[tuple[str, ...], checked_by(_dns), Alias("base")]
     user_objects: Annotated[tuple[str, ...], checked_by(_attributes), Alias("user_object")] = ("uid",)
     encryption: Annotated[str, one_of(*ENCRYPTIONS)] = "start_tls"
-    ca_file: Optional[Annotated[str, checked_by(_ca_file)]] = None
+    ca_file: Optional[Annotated[str, checked_by(_ca_file, trusted=_file_path)]] = None
+    """The file is looked for where the config is validated; a function reading its canonical
+    form (which carries the file's certificates in ca_data, config.canonical) holds the path alone."""
     ca_data: Optional[Annotated[str, checked_by(_pem)]] = None
     verify_certificates: Bool = True
     connect_timeout: Seconds = 5.0

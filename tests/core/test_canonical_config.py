@@ -116,10 +116,11 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
 
 
 @pytest.mark.parametrize("change, problem", [
-    (_set("pools.0.size", "five"), "pools[0].size: must be an integer, got str"),
-    (_set("pools.1.ready_port", "22"), "pools[1].ready_port: must be an integer, got str"),
-    (_set("config.task_limit", True), "config.task_limit: must be an integer, got bool"),
-    (_set("config.allowed_tags", {"a": 1}), "config.allowed_tags: must be a list, got dict"),
+    # The messages are the YAML's: one set of checks, whatever the format.
+    (_set("pools.0.size", "five"), 'pools[0].size: must be an integer >= 0, got "five"'),
+    (_set("pools.1.ready_port", "twenty-two"), 'pools[1].ready_port: must be an integer >= 1, got "twenty-two"'),
+    (_set("config.task_limit", True), "config.task_limit: must be an integer >= 1, got True"),
+    (_set("config.allowed_tags", {"a": 1}), "config.allowed_tags: must be a string, got {'a': 1}"),
     (_set("config.colour", "blue"), "config.colour: unknown key"),
     (_set("redis.password", ["x"]), "redis.password: must be a string or a secret reference, got list"),
     (_set("redis.password", {"vault": "x"}), "redis.password: a secret reference must be"),

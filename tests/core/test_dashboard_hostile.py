@@ -37,10 +37,12 @@ ALIASES = [
     "line\u2028separator\u2029paragraph",
     "\u202etxt.exe",
     "next-alias",
-    "y" * 10000,
+    "y" * 100,  # the longest alias a pushed config holds (a request names at most 100 characters)
 ]
-LONG_WORD = "W" * 10000
-SITE_NAME = f"Ops \u202e & \"co\" </title><script>{RUN}</script> <img src=x onerror={RUN}//{LONG_WORD}"
+SITE_NAME_START = f"Ops \u202e & \"co\" </title><script>{RUN}</script> <img src=x onerror={RUN}//"
+LONG_WORD = "W" * (200 - len(SITE_NAME_START))
+SITE_NAME = SITE_NAME_START + LONG_WORD
+"""At most 200 characters, as config load requires whatever the format."""
 SHOWN_SITE_NAME = f"Ops \u202e & \"co\" {RUN} <img src=x onerror={RUN}//{LONG_WORD}"
 """SITE_NAME as the page shows it: complete tags dropped (vmpooler's default name held some), the
 rest as text."""
@@ -58,8 +60,8 @@ pools:
 def hand_written_config() -> str:
     """YAML_CONFIG as canonical JSON, its pool's aliases replaced by ALIASES and its site name
     SITE_NAME: an object written by hand (not through config-push, whose validation refuses
-    them: a site name of more than 200 characters too), which the functions build without
-    checking names, as the local stack does."""
+    these aliases), which the functions build without checking the aliases' characters (their
+    lengths and the site name's are bounds, checked whatever the format), as the local stack does."""
     document = json.loads(canonical_json(parse(YAML_CONFIG)))
     document["config"]["site_name"] = SITE_NAME
     document["pools"][0]["alias"] = ALIASES
