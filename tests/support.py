@@ -380,3 +380,21 @@ def pausable_redis_server(data_dir: Path | None = None) -> Iterator[RedisServer]
         if server.process is not None:
             server.process.send_signal(signal.SIGCONT)
         server.stop()
+
+
+def pass_bytes_on(source: socket.socket, target: socket.socket, delay: float = 0.0) -> None:
+    """Send on to ``target`` what ``source`` sends (each chunk ``delay`` s late) until either end
+    closes, then shut both: one direction of a relay in front of a real server."""
+    try:
+        while data := source.recv(65536):
+            if delay:
+                time.sleep(delay)
+            target.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for end in (source, target):
+            try:
+                end.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass

@@ -19,7 +19,7 @@ import pytest
 from chalicelib.auth.base import AuthUnavailable
 from chalicelib.auth.ldap import LdapAuthenticator, parse_ldap_settings
 from tests.auth.slapd import SlapdServer
-from tests.support import unanswered_port
+from tests.support import pass_bytes_on, unanswered_port
 
 NAME = "directory.vmpool.test"
 
@@ -43,20 +43,6 @@ def named(monkeypatch: pytest.MonkeyPatch) -> Callable[[list[str]], None]:
     return lambda given: addresses.__setitem__(slice(None), given)
 
 
-def _pass_on(source: socket.socket, target: socket.socket) -> None:
-    try:
-        while data := source.recv(65536):
-            target.sendall(data)
-    except OSError:
-        pass
-    finally:
-        for end in (source, target):
-            try:
-                end.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
 @contextmanager
 def relay(address: str, port: int, upstream: int) -> Iterator[None]:
     """``address:port`` passes every connection on to the slapd at 127.0.0.1:``upstream``; after
@@ -73,7 +59,7 @@ def relay(address: str, port: int, upstream: int) -> Iterator[None]:
             server = socket.create_connection(("127.0.0.1", upstream))
             sockets.extend((client, server))
             for ends in ((client, server), (server, client)):
-                threading.Thread(target=_pass_on, args=ends, daemon=True).start()
+                threading.Thread(target=pass_bytes_on, args=ends, daemon=True).start()
 
     threading.Thread(target=accept, daemon=True).start()
     try:

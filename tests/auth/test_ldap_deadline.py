@@ -15,21 +15,7 @@ import pytest
 from chalicelib.auth.base import AuthUnavailable
 from chalicelib.auth.ldap import LdapAuthenticator, parse_ldap_settings
 from tests.auth.slapd import SlapdServer
-
-
-def _pump(source: socket.socket, target: socket.socket, delay: float) -> None:
-    try:
-        while data := source.recv(65536):
-            time.sleep(delay)
-            target.sendall(data)
-    except OSError:
-        pass
-    finally:
-        for end in (source, target):
-            try:
-                end.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+from tests.support import pass_bytes_on
 
 
 @pytest.fixture
@@ -48,8 +34,8 @@ def slow_directory(slapd: SlapdServer) -> Iterator[int]:
                 return
             upstream = socket.create_connection(("127.0.0.1", slapd.port))
             sockets.extend((client, upstream))
-            threading.Thread(target=_pump, args=(client, upstream, 0), daemon=True).start()
-            threading.Thread(target=_pump, args=(upstream, client, 0.4), daemon=True).start()
+            threading.Thread(target=pass_bytes_on, args=(client, upstream, 0), daemon=True).start()
+            threading.Thread(target=pass_bytes_on, args=(upstream, client, 0.4), daemon=True).start()
 
     threading.Thread(target=accept, daemon=True).start()
     yield listener.getsockname()[1]

@@ -48,6 +48,21 @@ def dns_of(world: Harness) -> DnsPlugin:
     return plugin
 
 
+def names_sent(world: Harness, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The host names the pool's DNS plugin is asked to publish from now on (``create_many``),
+    in order, each time it is asked."""
+    sent: list[str] = []
+    plugin: Any = dns_of(world)
+    create_many = plugin.create_many
+
+    def counted(records: Any, *args: Any) -> Any:
+        sent.extend(hostname for hostname, _, _ in records)
+        return create_many(records, *args)
+
+    monkeypatch.setattr(plugin, "create_many", counted)
+    return sent
+
+
 @pytest.fixture
 def world(make_harness: HarnessFactory, bind: BindServer) -> Harness:
     return make_dns_world(make_harness, bind.dns_config())

@@ -12,7 +12,7 @@ import yaml
 from chalicelib.config import parse
 from chalicelib.manager import dns_records
 from tests.dns.bind import BindServer
-from tests.dns.test_dns_records import dns_of
+from tests.dns.test_dns_records import dns_of, names_sent
 from tests.harness import Harness, HarnessFactory, Killed
 
 
@@ -63,15 +63,7 @@ def test_a_refusal_noted_by_a_stale_pass_after_another_published_the_vm_blocks_n
 def test_a_pass_killed_between_a_refused_update_and_its_note_leaves_the_name_sent_again_then_held_back(
         make_harness: HarnessFactory, policy_bind: BindServer, monkeypatch: pytest.MonkeyPatch) -> None:
     world, host = pending_vm_refused_by(make_harness, policy_bind)
-    plugin: Any = dns_of(world)
-    create_many = plugin.create_many
-    sent: list[str] = []
-
-    def counted(records: Any, *args: Any) -> Any:
-        sent.extend(hostname for hostname, _, _ in records)
-        return create_many(records, *args)
-
-    monkeypatch.setattr(plugin, "create_many", counted)
+    sent = names_sent(world, monkeypatch)
     update_vms = world.store.update_vms
 
     def killed_at_the_note(fields: Any) -> Any:

@@ -5,15 +5,13 @@ pass's update and use up its refusals."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from chalicelib.manager import dns_records
 from chalicelib.manager.dns_records import REFUSALS_PER_CALL
 from tests.dns.bind import BindServer
 from tests.dns.test_dns_batches import pool_published_by
-from tests.dns.test_dns_records import dns_of
+from tests.dns.test_dns_records import names_sent
 from tests.harness import HarnessFactory
 
 SIZE = 12
@@ -43,15 +41,7 @@ def test_names_the_server_refuses_do_not_keep_the_others_unpublished_pass_after_
     denied = [*first, unsent[0]]
     allowed = set(unsent[1:])
     policy_bind.refuse_updates_of(denied)
-    sent: list[str] = []
-    plugin: Any = dns_of(world)
-    create_many = plugin.create_many
-
-    def counted(records: Any, *args: Any) -> Any:
-        sent.extend(hostname for hostname, _, _ in records)
-        return create_many(records, *args)
-
-    monkeypatch.setattr(plugin, "create_many", counted)
+    sent = names_sent(world, monkeypatch)
     world.passes("dns", 1)
     assert world.hosts("dns", "ready") == allowed
     for host in denied:

@@ -14,7 +14,7 @@ from chalicelib.manager import dns_records
 from chalicelib.manager.dns_records import REFUSALS_PER_CALL
 from tests.dns.bind import BindServer
 from tests.dns.test_dns_batches import pool_published_by
-from tests.dns.test_dns_records import dns_of, make_dns_world
+from tests.dns.test_dns_records import dns_of, make_dns_world, names_sent
 from tests.dns.test_dns_republish import readdress
 from tests.dns.test_dns_route53_denied import DeniedNames
 from tests.harness import HarnessFactory
@@ -51,15 +51,7 @@ def test_running_vms_names_the_server_refuses_back_off_and_do_not_keep_the_other
     denied = [*first, unsent[0]]
     [allowed] = unsent[1:]
     policy_bind.refuse_updates_of(denied)
-    sent: list[str] = []
-    plugin: Any = dns_of(world)
-    create_many = plugin.create_many
-
-    def counted(records: Any, *args: Any) -> Any:
-        sent.extend(hostname for hostname, _, _ in records)
-        return create_many(records, *args)
-
-    monkeypatch.setattr(plugin, "create_many", counted)
+    sent = names_sent(world, monkeypatch)
     world.passes("dns", 1, seconds=61)
     assert policy_bind.addresses(fqdn[allowed]) == [new_ip[allowed]]
     assert all(world.state_of(host) == "running" for host in running)  # their user's: kept
@@ -96,14 +88,7 @@ def test_route53_running_vms_names_iam_denies_go_after_the_others(
     running = world.check_out("dns", SIZE - 1)
     plugin: Any = dns_of(world)
     denial = DeniedNames(plugin.client, set())
-    order: list[str] = []
-    create_many = plugin.create_many
-
-    def recorded(records: Any, *args: Any) -> Any:
-        order.extend(hostname for hostname, _, _ in records)
-        return create_many(records, *args)
-
-    monkeypatch.setattr(plugin, "create_many", recorded)
+    order = names_sent(world, monkeypatch)
 
     def published(host: str) -> list[str]:
         found = client.list_resource_record_sets(HostedZoneId=zone, StartRecordName=f"{host}.{domain}",
