@@ -56,6 +56,7 @@ from redis.client import Pipeline
 from redis.connection import HiredisRespSerializer, parse_url
 from redis.credentials import StreamingCredentialProvider
 from redis.exceptions import ExecAbortError, ReadOnlyError
+from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
 from chalicelib.config import RedisConfig
@@ -686,10 +687,15 @@ def connect(
         max_connections=MAX_CONNECTIONS,
         retry=_RetryWhenNotRun(),
         failover_epoch=FailoverEpoch(),
-        # The version redis-py sends in CLIENT SETINFO, given here: left to redis-py, it reads
-        # its dist-info through importlib.metadata, a module the cold start skips
-        # (chalicelib/deferred_imports.py).
-        driver_info=redis.DriverInfo(lib_version=redis.__version__),
+        # No CLIENT SETINFO (two round trips per new connection, refused by Redis before 7.2)
+        # and no CLIENT MAINT_NOTIFICATIONS (one more, for Redis Enterprise's maintenance
+        # pushes, which ElastiCache does not send): a new connection is its AUTH and SELECT
+        # only, where a handshake counts most (a cold start, the reconnect after a failover,
+        # the spare connection opened inside a checkout's confirm window). Left to redis-py,
+        # SETINFO's version also read its dist-info through importlib.metadata, a module the
+        # cold start skips (chalicelib/deferred_imports.py).
+        driver_info=None,
+        maint_notifications_config=MaintNotificationsConfig(enabled=False),
     )
     if "password" in target:
         options.pop("password")

@@ -627,8 +627,9 @@ def quota_owner(user: str | None, address: str, entry: str | None = None) -> str
 
 
 def rate_limit_client(user: str | None, address: str, login: str | None = None) -> str:
-    """The ``<who>`` of ``ratelimit:<class>:<who>``: ``user:<hash of the canonical user>`` for a
-    valid token's user (every token of one user is one client), ``login:<hash of the login
+    """The ``<who>`` of ``ratelimit:<class>:<who>``: ``user:<hash of user>`` for a valid token's
+    user (``api.limits.rate_client``: the directory entry when known, else the canonical name;
+    every token of one user is one client), ``login:<hash of the login
     name>:<address>`` for Basic credentials a token route checks, else ``ip:<address>``."""
     if user is None:
         if login is not None:
