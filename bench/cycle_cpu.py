@@ -8,7 +8,7 @@ the measured cycles, so the dump holds those cycles only:
 
     valgrind --tool=callgrind --callgrind-out-file=/tmp/cycles.%p \\
         .venv/bin/python -m bench.cycle_cpu --cycles 500 --callgrind
-    callgrind_annotate /tmp/cycles.<pid>.2 | head     # the dump after the cycles (".1": the zeroing)
+    callgrind_annotate /tmp/cycles.<pid>.1 | head     # the dump of the measured cycles (the last file: the exit)
 
 Without valgrind it prints the process's CPU per cycle (``time.process_time``, median of
 ``--repeats`` batches); ``--profile`` prints cProfile's top functions over the measured cycles.
