@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -398,3 +399,34 @@ def pass_bytes_on(source: socket.socket, target: socket.socket, delay: float = 0
                 end.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+@contextmanager
+def relay(listener: socket.socket, upstream: int, answer_delay: float = 0.0) -> Iterator[int]:
+    """Pass every connection made to ``listener`` on to 127.0.0.1:``upstream`` (each of its answers
+    ``answer_delay`` s late) while in the block, which is given the listener's port; after it
+    nothing listens there (a connection is refused, as at a server's old address)."""
+    sockets = [listener]
+
+    def accept() -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", upstream))
+            sockets.extend((client, server))
+            threading.Thread(target=pass_bytes_on, args=(client, server), daemon=True).start()
+            threading.Thread(target=pass_bytes_on, args=(server, client, answer_delay), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        for sock in sockets:
+            try:
+                # A listener closed while a thread waits in accept() still listens on Linux.
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()

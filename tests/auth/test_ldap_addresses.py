@@ -9,7 +9,6 @@ gave for 300 s (the directory moved: every login a 503 for 5 minutes)."""
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from contextlib import ExitStack, contextmanager
 from typing import Any, Callable, Iterator
@@ -19,7 +18,8 @@ import pytest
 from chalicelib.auth.base import AuthUnavailable
 from chalicelib.auth.ldap import LdapAuthenticator, parse_ldap_settings
 from tests.auth.slapd import SlapdServer
-from tests.support import pass_bytes_on, unanswered_port
+from tests.support import relay as relay_to
+from tests.support import unanswered_port
 
 NAME = "directory.vmpool.test"
 
@@ -47,31 +47,8 @@ def named(monkeypatch: pytest.MonkeyPatch) -> Callable[[list[str]], None]:
 def relay(address: str, port: int, upstream: int) -> Iterator[None]:
     """``address:port`` passes every connection on to the slapd at 127.0.0.1:``upstream``; after
     the block nothing listens there (a connection is refused), as at a server's old address."""
-    listener = socket.create_server((address, port))
-    sockets = [listener]
-
-    def accept() -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", upstream))
-            sockets.extend((client, server))
-            for ends in ((client, server), (server, client)):
-                threading.Thread(target=pass_bytes_on, args=ends, daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    try:
+    with relay_to(socket.create_server((address, port)), upstream):
         yield
-    finally:
-        for sock in sockets:
-            try:
-                # A listener closed while a thread waits in accept() still listens on Linux.
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
 
 
 def _authenticator(slapd: SlapdServer, **overrides: Any) -> LdapAuthenticator:

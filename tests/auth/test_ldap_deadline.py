@@ -15,7 +15,7 @@ import pytest
 from chalicelib.auth.base import AuthUnavailable
 from chalicelib.auth.ldap import LdapAuthenticator, parse_ldap_settings
 from tests.auth.slapd import SlapdServer
-from tests.support import pass_bytes_on
+from tests.support import relay
 
 
 @pytest.fixture
@@ -24,23 +24,8 @@ def slow_directory(slapd: SlapdServer) -> Iterator[int]:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
-    sockets: list[socket.socket] = [listener]
-
-    def accept() -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", slapd.port))
-            sockets.extend((client, upstream))
-            threading.Thread(target=pass_bytes_on, args=(client, upstream, 0), daemon=True).start()
-            threading.Thread(target=pass_bytes_on, args=(upstream, client, 0.4), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield listener.getsockname()[1]
-    for end in sockets:
-        end.close()
+    with relay(listener, slapd.port, answer_delay=0.4) as port:
+        yield port
 
 
 def _service_mode(slapd: SlapdServer, port: int, **overrides) -> LdapAuthenticator:
