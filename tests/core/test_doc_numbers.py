@@ -145,6 +145,7 @@ NAME = re.compile(r"\bVMPOOL_[A-Z0-9_]*[A-Z0-9]\b")
 WIRING = {
     "VMPOOL_CONFIG_BUCKET": "the stack's config bucket (infra/template.py sets it)",
     "VMPOOL_CONFIG_WATCH": "set by local/run.py for the processes it starts",
+    "VMPOOL_LOCAL_RESTARTS": "set by local/run.py when it starts the stack again after a stuck loop",
     "VMPOOL_RECONCILE_QUEUE_NAME": "the stage's queue (infra/sync_config.py sets it)",
     "VMPOOL_RECONCILE_QUEUE_URL": "the stack's queue (infra/template.py sets it)",
     "VMPOOL_RECONCILE_CONCURRENCY": "the stage's reserved concurrency (infra/sync_config.py sets it)",
