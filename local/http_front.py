@@ -70,7 +70,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import Server
 
-from chalicelib.api.http import JSON_POLICY, json_text
+from chalicelib.api.http import JSON_HEADERS, json_text
 from chalicelib.api.http import MAX_BODY_BYTES as API_MAX_BODY_BYTES
 from local.front_logs import BoundedWarning, json_stderr_handler
 
@@ -645,6 +645,10 @@ def origin_form(target: bytes) -> bytes:
     return target
 
 
+_JSON_HEAD_LINES = "".join(f"{name}: {value}\r\n" for name, value in JSON_HEADERS.items())
+"""The headers of every JSON answer (``chalicelib.api.http.JSON_HEADERS``) as lines of a head."""
+
+
 def json_error_response(status: int, message: str) -> bytes:
     """A whole HTTP/1.1 answer with a JSON error body, closing the connection."""
     try:
@@ -652,8 +656,7 @@ def json_error_response(status: int, message: str) -> bytes:
     except ValueError:
         reason = "Error"
     body = json_text({"ok": False, "error": f"{reason}: {message[:200]}" if message else reason}).encode()
-    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
-            f"X-Content-Type-Options: nosniff\r\nX-Frame-Options: DENY\r\nContent-Security-Policy: {JSON_POLICY}\r\n"
+    head = (f"HTTP/1.1 {status} {reason}\r\n{_JSON_HEAD_LINES}"
             f"Content-Length: {len(body)}\r\n"
             "Connection: close\r\n\r\n")
     return head.encode("latin-1") + body

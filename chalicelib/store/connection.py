@@ -231,8 +231,8 @@ def spare_connection(client: redis.Redis) -> Iterator[redis.Connection | None]:
     """A connection of ``client``'s pool held aside until the block ends (None when none can be
     had), for ``written_on``. Taken before a write that is confirmed by a second one within a
     window (a checkout's, ``socket_timeout``): a process with one pooled connection (a cold
-    Lambda) otherwise opened a new one for its confirmation inside that window, 5 handshake
-    round trips, and on a link of 300 ms round trips its first checkout was answered 503."""
+    Lambda) otherwise opened a new one for its confirmation inside that window (its handshake's
+    round trips), and on a link of 300 ms round trips its first checkout was answered 503."""
     pool = client.connection_pool
     try:
         spare: redis.Connection | None = pool.get_connection()
