@@ -65,6 +65,9 @@ class Endpoint:
         self._open: list[socket.socket] = []
         self._passing: list[threading.Lock] = []
         """One per connection, held while it passes a chunk on (``hold`` waits for them)."""
+        self.connected: dict[int, int] = {}
+        """Connections passed on so far, by the port they reached (a test waits for one to be
+        made before it moves the endpoint: a connecting thread may be slower than the test)."""
         self.delay = 0.0
         """Seconds each chunk waits before it is passed on, either way: a slow link (a test sets it)."""
         self._acceptor = threading.Thread(target=self._accept, daemon=True)
@@ -116,6 +119,7 @@ class Endpoint:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._open += [client, upstream]
+                self.connected[self.target_port] = self.connected.get(self.target_port, 0) + 1
             threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
 
     def _pump(self, client: socket.socket, upstream: socket.socket) -> None:

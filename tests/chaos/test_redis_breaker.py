@@ -155,7 +155,13 @@ def test_a_failover_away_from_a_stopped_primary_is_seen_by_the_next_probe(
             assert harness.get("/api/v3/vm/gone-host").status == 404
             _stop(stoppable)
             try:
+                reached_stopped = endpoint.connected.get(stoppable.port, 0)
                 assert harness.get("/api/v3/vm/gone-host").status == 503  # timed out: open
+                # The first probe connects from a thread of its own: it must reach the stopped
+                # node before the failover (on a busy machine the test got there first, the probe
+                # reached the new primary and the breaker closed before the next request).
+                eventually(lambda: endpoint.connected.get(stoppable.port, 0) > reached_stopped, 10,
+                           "the first probe connected to the stopped primary")
                 endpoint.point_at(promoted.port)  # the failover
                 _is_503_at_once(harness.get("/api/v3/vm/gone-host"))  # the first probe still waits
                 elapsed[0] = breaker.probe_every
