@@ -23,7 +23,6 @@ from chalicelib.store.vm_tasks import (
     SNAPSHOT,
     EnqueueResult,
     VMTaskStore,
-    in_flight,
     new_task,
 )
 
@@ -119,12 +118,9 @@ def revert_snapshot(services: Services, request: ApiRequest) -> ApiResponse:
     snapshot = request.params["snapshot"]
     if not SNAPSHOT_ID_PATTERN.match(snapshot):
         raise ApiError(404, {"error": f"snapshot {shown(snapshot)} not found on {record.name}"})
-    queued = {task.get("snapshot") for task in VMTaskStore(services.store).queued(record.name)
-              if task.get("kind") == SNAPSHOT}
-    current = in_flight(record)
-    if current and current.get("kind") == SNAPSHOT:
-        queued.add(current.get("snapshot"))
-    if snapshot not in record.snapshots and snapshot not in queued:
+    # Taken, being taken or queued, as one read shows them: a pass may start or finish the
+    # snapshot's task since ``record`` was read.
+    if snapshot not in VMTaskStore(services.store).snapshots_known(record.name):
         raise ApiError(404, {"error": f"snapshot {shown(snapshot)} not found on {record.name}"})
     queue_task(services, record, REVERT, token_key, REVERT_NOT_REPLICATED, snapshot=snapshot)
     return ok(202)

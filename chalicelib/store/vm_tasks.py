@@ -80,6 +80,15 @@ def in_flight(record: VMRecord) -> Mapping[str, Any] | None:
         return None
 
 
+def _json_list(raw: str | None) -> list[Any]:
+    """A record's JSON list field (``disks``, ``snapshots``); [] when absent or unreadable."""
+    try:
+        items = json.loads(raw) if raw else []
+    except ValueError:
+        return []
+    return items if isinstance(items, list) else []
+
+
 class VMTaskStore(SubStore):
     """Queue, take and finish a VM's tasks; every method raises StoreUnavailable."""
 
@@ -125,6 +134,27 @@ class VMTaskStore(SubStore):
         """Tasks waiting behind the one in flight, oldest first."""
         with _translate_errors():
             return [json.loads(raw) for raw in self.client.lrange(self.keys.vm_tasks(hostname), 0, -1)]
+
+    def snapshots_known(self, hostname: str) -> set[str]:
+        """The VM's snapshots taken, being taken (the task in flight) or queued, read in one step
+        (MULTI). A pass moves a snapshot's task from the queue to the record (lua/vm_task_take.lua)
+        and from there to ``snapshots`` (lua/vm_task_finish.lua), each in one step: read apart,
+        the record and then the queue, a snapshot taken in between was in neither, and the
+        revert its user sent at that moment was told 404 "snapshot not found"."""
+        with _translate_errors():
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hmget(self.keys.vm(hostname), "task", "snapshots")
+            pipe.lrange(self.keys.vm_tasks(hostname), 0, -1)
+            (current, taken), queued = pipe.execute()
+        known = {str(snapshot) for snapshot in _json_list(taken)}
+        for raw in [current, *queued]:
+            try:
+                task = json.loads(raw) if raw else None
+            except ValueError:
+                continue
+            if isinstance(task, dict) and task.get("kind") == SNAPSHOT and task.get("snapshot"):
+                known.add(str(task["snapshot"]))
+        return known
 
     def hosts_with_tasks(self, pool: str) -> list[str]:
         with _translate_errors():
