@@ -472,3 +472,63 @@ def test_a_revert_with_a_pass_between_any_two_of_its_redis_operations(processes)
         assert_revert_queued_behind(api, host, snapshot, reverted, f"the pass after operation {between} of {total}")
         assert sent_by(api, "DELETE", f"/api/v3/vm/{host}", headers=alice)().status == 200
         api.reconcile(POOL)
+
+
+# --- two users tag one VM at once, one tag short of the bound -----------------------------------
+
+
+def test_two_users_tag_a_vm_one_tag_short_of_its_bound_at_once(processes) -> None:
+    """Alice's VM carries ``max_tags_per_vm`` - 1 tags; she and bob each add one more at once from
+    processes of their own: exactly one is told 200 and its tag is on the VM, the other 400 naming
+    the bound, and the VM carries the bound, no more."""
+    doc = document({"provider": "dummy"}, config={"max_tags_per_vm": 2})
+    alices, bobs = processes(doc, 2)
+    alice, bob = token(alices, "alice"), token(bobs, "bob")
+    for number in range(ROUNDS):
+        alices.fill(POOL)
+        host = alices.checkout(POOL, alice["X-AUTH-TOKEN"])
+        first = sent_by(alices, "PUT", f"/api/v3/vm/{host}", {"tags": {"project": "ci"}}, headers=alice)()
+        assert first.status == 200, first.raw
+        replies = at_once(sent_by(alices, "PUT", f"/api/v3/vm/{host}", {"tags": {"owner": "alice"}}, headers=alice),
+                          sent_by(bobs, "PUT", f"/api/v3/vm/{host}", {"tags": {"url": "bobs"}}, headers=bob))
+        assert sorted(reply.status for reply in replies) == [200, 400], (number, [reply.raw for reply in replies])
+        refused = next(reply for reply in replies if reply.status == 400)
+        assert refused.json == {"ok": False, "failure": ["A VM carries at most 2 tags."]}, refused.raw
+        tags = alices.describe(host)["tags"]
+        won = ("owner", "alice") if replies[0].status == 200 else ("url", "bobs")
+        assert tags == {"project": "ci", won[0]: won[1]}, (number, tags)
+        assert sent_by(alices, "DELETE", f"/api/v3/vm/{host}", headers=alice)().status == 200
+        alices.reconcile(POOL)
+
+
+# --- a token deleted while an on-demand request made with it is under way ------------------------
+
+
+def test_a_token_deleted_while_an_on_demand_request_made_with_it_is_under_way(processes) -> None:
+    """Alice opens an on-demand request with a token from one process while she deletes that
+    token from another: the delete is a 200; the request is made (201, hers, open) or not at all
+    (401, no record under its id, nothing counted against her)."""
+    doc = document({"provider": "dummy"}, config={"experimental_features": True})
+    opening, deleting = processes(doc, 2)
+    keys = opening.store.keys
+    for number, order in rounds():
+        request_id = f"doomed-{number}"
+        headers = token(opening, "alice")
+        made, deleted = raced(order, sent_by(opening, "POST", "/api/v3/ondemandvm",
+                                             {OTHER_POOL: 1, "request_id": request_id}, headers=headers),
+                              sent_by(deleting, "DELETE", f"/api/v3/token/{headers['X-AUTH-TOKEN']}",
+                                      headers=basic("alice", "alice-pw")))
+        where = (number, order, made.raw, deleted.raw)
+        assert deleted.status == 200, where
+        assert made.status == (201 if order == "first" else 401) or order == "together", where
+        if made.status == 201:
+            assert opening.client.hmget(keys.ondemand(request_id), "state", "token_user") == ["open", "alice"], where
+            other = token(deleting, "alice")
+            assert sent_by(deleting, "DELETE", f"/api/v3/ondemandvm/{request_id}", headers=other)().status == 200
+            assert sent_by(deleting, "DELETE", f"/api/v3/token/{other['X-AUTH-TOKEN']}",
+                           headers=basic("alice", "alice-pw"))().status == 200
+        else:
+            assert made.status == 401, where
+            assert not opening.client.exists(keys.ondemand(request_id)), where
+            assert not opening.client.zscore(keys.ondemand_open_requests, request_id), where
+        opening.run_passes(OTHER_POOL)
