@@ -925,11 +925,14 @@ class _LoopThread(threading.Thread):
             self.worker.stop_serving()
 
 
-TOKEN_IN_PATH = re.compile(r"(/token/)[^/]+")
+TOKEN_IN_PATH = re.compile(r"(/token/+)[^/]+")
+"""A token's place in a path, after however many slashes: the routes read slashes in a row as one
+(``local.gateway.merged_slashes``), so ``/api/v3/token//<t>`` is ``GET /token/<t>`` too, and
+its token was logged whole."""
 
 
 def shown_path(path: str) -> str:
-    """``path`` as it may be logged: a token in it (``/api/v3/token/<t>``) left out."""
+    """``path`` as it may be logged: a token in it (``/api/v3/token/<t>``, ``/token//<t>``) left out."""
     return TOKEN_IN_PATH.sub(r"\1<token>", path)
 
 
