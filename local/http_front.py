@@ -70,7 +70,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import Server
 
-from chalicelib.api.http import JSON_HEADERS, json_text
+from chalicelib.api.http import JSON_HEADERS, json_text, shown
 from chalicelib.api.http import MAX_BODY_BYTES as API_MAX_BODY_BYTES
 from local.front_logs import BoundedWarning, json_stderr_handler
 
@@ -513,7 +513,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             if name == b"transfer-encoding":
                 codings = {coding.strip().lower() for coding in value.split(b",")} - {b"chunked"}
                 if codings:
-                    listed = b", ".join(sorted(codings)).decode("latin-1")
+                    # Named as the app names a client's value (``shown``): a value's bytes over
+                    # 0x7F are Latin-1 here, and a C1 control (\x9b, CSI) came back as such.
+                    listed = shown(b", ".join(sorted(codings)).decode("latin-1"))
                     return Refused(501, f"transfer coding {listed} is not supported; only chunked")
             elif name == b"expect" and value.strip().lower() != b"100-continue":
                 return Refused(417, "only Expect: 100-continue is supported")
@@ -925,11 +927,14 @@ class _LoopThread(threading.Thread):
             self.worker.stop_serving()
 
 
-TOKEN_IN_PATH = re.compile(r"(/token/)[^/]+")
+TOKEN_IN_PATH = re.compile(r"(/token/+)[^/]+")
+"""A token's place in a path, after however many slashes: the routes read slashes in a row as one
+(``local.gateway.merged_slashes``), so ``/api/v3/token//<t>`` is ``GET /token/<t>`` too, and
+its token was logged whole."""
 
 
 def shown_path(path: str) -> str:
-    """``path`` as it may be logged: a token in it (``/api/v3/token/<t>``) left out."""
+    """``path`` as it may be logged: a token in it (``/api/v3/token/<t>``, ``/token//<t>``) left out."""
     return TOKEN_IN_PATH.sub(r"\1<token>", path)
 
 

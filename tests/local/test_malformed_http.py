@@ -164,6 +164,22 @@ def test_a_line_not_ended_by_crlf_is_refused_and_the_answer_says_why(stack: Runn
 
 
 @pytest.mark.slow
+def test_a_transfer_coding_refused_is_named_without_its_control_characters(stack: RunningStack) -> None:
+    r"""The 501 names the coding refused as the app names a client's value (``api.http.shown``):
+    C1 control characters as escapes, cut short. A header value may hold bytes over 0x7F, which
+    are Latin-1 to the front: ``\x9b`` (CSI, ``ESC [`` in one byte) came back as U+009B inside the
+    message, and a client printing it (vmfloaty prints an error's text) ran ``\x9b2J``, clearing
+    its user's terminal; a 6 kB coding came back 200 characters long."""
+    coding = b"\x9b2J\x85" + b"x" * 6000
+    raw = request(POST + "Transfer-Encoding: ").rstrip(b"\r\n") + coding + b", chunked\r\n\r\n0\r\n\r\n"
+    answer = exchange(stack.port, raw)
+    assert assert_refused(answer, 501) == 501
+    error = json.loads(answer.partition(b"\r\n\r\n")[2])["error"]
+    assert "\x9b" not in error and "\x85" not in error, error
+    assert "transfer coding \\x9b2j\\x85xxx" in error and len(error) < 120, error
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(("version", "expect", "continued"), [
     ("1.0", "100-continue", False),
     ("1.1", "100-continue", True),
