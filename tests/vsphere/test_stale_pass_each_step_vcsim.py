@@ -150,9 +150,9 @@ class World:
 def starting_state(make_harness: HarnessFactory, server: VcsimServer, scenario: str) -> tuple[World, str]:
     """The pool full, then: one VM checked out for an hour (its lifetime over as the stale pass
     starts), one held, two given back: a run destroyed the first and started two clones, which
-    still run in vCenter; the second was given back after that run. ``ondemand``: a request for
-    two VMs made before that run. ``removed``: then a config without the pool. Returns the world
-    and the VM whose lifetime ended."""
+    still run in vCenter; the second was given back after that run. ``ondemand``: then a request
+    for two VMs, whose clones the stale pass reserves and starts. ``removed``: then a config
+    without the pool. Returns the world and the VM whose lifetime ended."""
     world = World(make_harness, server, scenario)
     harness = world.harness
 
@@ -170,12 +170,12 @@ def starting_state(make_harness: HarnessFactory, server: VcsimServer, scenario: 
     world.handed += taken
     world.held |= set(taken)
     world.give_back(taken[1])
+    world.whole_run("the replacement started")
+    world.give_back(taken[2])
     if scenario == "ondemand":
         reply = harness.post("/api/v3/ondemandvm", {POOL: 2})
         assert reply.status == 201, reply.raw
         world.request = str(reply.json["request_id"])
-    world.whole_run("the replacement started")
-    world.give_back(taken[2])
     harness.clock.advance(120)
     assert harness.count(POOL, "pending") >= 2 and harness.state_of(ending) == "running"
     if scenario == "removed":
@@ -203,6 +203,7 @@ def test_a_stale_vsphere_pass_at_each_checkpoint_leaves_the_users_vms_and_conver
     world, _ = starting_state(make_harness, cloning, scenario)
     checkpoints = stale_pass(world, None, lambda: None)
     assert "completed" in checkpoints and "destroy_started" in checkpoints, checkpoints  # a lifetime ended, a destroy
+    assert scenario != "ondemand" or "ondemand_claimed" in checkpoints, checkpoints
     for stop_at in range(len(checkpoints)):
         stopped_once(make_harness, cloning, scenario, stop_at)
 
