@@ -31,7 +31,7 @@ from chalicelib import observability as metric
 from chalicelib.aws_clients import AWS_CALL_BOUND_SECONDS
 from chalicelib.config import Config, PoolConfig
 from chalicelib.dns.registry import manages_records
-from chalicelib.manager import templates
+from chalicelib.manager import ondemand, templates
 from chalicelib.manager.context import Checkpoint, no_checkpoint
 from chalicelib.manager.pool_queue import (
     DRAIN,
@@ -328,12 +328,20 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
         return None
     drain: PoolConfig | None = None
     if services.config.pool(message.pool) is None:
+        settings = fleet.settings(message.pool)
+        if settings is None and fleet.forgotten(message.pool, services.clock.now()):
+            # Drained and forgotten: a nudge from an API function a config behind, which opened an
+            # on-demand request for the pool since. No pass would ever serve it or fail it.
+            failed = ondemand.fail_removed(services.store, message.pool, services.clock.now())
+            if failed:
+                logger.warning("on-demand requests for a pool removed from the config failed",
+                               extra={"pool": message.pool, "requests": failed[:10], "count": len(failed)})
+            return None
         if message.reason in (TICK, NUDGE):
             # Sent for a pool the sender has configured: this config is older than the sender's
             # (a push not yet read here); draining would empty a pool just added.
             logger.info("message for a pool not configured here yet", extra={"pool": message.pool})
             return None
-        settings = fleet.settings(message.pool)
         if settings is None:
             logger.info("message for an unknown pool dropped", extra={"pool": message.pool})
             return None
@@ -349,7 +357,7 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
                       stale_lease=message.lease, pool_config=drain, out_of_time=out_of_time, nudged=nudged)
     if drain is not None and report.passes and not report.failures and report.stopped_before is None \
             and _empty(report) and not _dns_records_left(services, drain):
-        fleet.forget(message.pool)
+        fleet.forget(message.pool, services.clock.now())
         logger.info("removed pool drained and forgotten", extra={"pool": message.pool})
         return report
     if stopping():

@@ -34,8 +34,7 @@ def serve_requests(context: PassContext) -> None:
     requests = OnDemandStore(context.store)
     if context.draining:
         for request_id in requests.open_requests(context.pool.name):
-            _fail(context, requests, request_id,
-                  f"The request failed: its pool {context.pool.name} was removed from the configuration")
+            _fail(context, requests, request_id, removed_message(context.pool.name))
         return
     service = context.service
     limit = 0 if context.clones_held else service.ondemand_clone_limit  # 0: the script only checks
@@ -64,6 +63,23 @@ def serve_requests(context: PassContext) -> None:
                 # to look at while the request's other pools build theirs (it was passed every
                 # check_loop_delay_min until then, each pass reading the provider's inventory).
                 context.report.followups += 1
+
+
+def removed_message(pool: str) -> str:
+    """What a request is told when its pool is no longer configured."""
+    return f"The request failed: its pool {pool} was removed from the configuration"
+
+
+def fail_removed(store: Store, pool: str, now: float) -> list[str]:
+    """Fail the open requests of a pool no pass serves any more (removed from the config, drained
+    and forgotten): one an API function a config refresh behind opened after the drain forgot the
+    pool would otherwise stay open (202, counted by the quotas) until its record expired, no pass
+    serving it or seeing its ttl. Returns their ids."""
+    requests = OnDemandStore(store)
+    failed = requests.open_requests(pool)
+    for request_id in failed:
+        _end_failed(store, requests, pool, request_id, removed_message(pool), now)
+    return failed
 
 
 def fail_overdue(store: Store, pool: PoolConfig, service: ServiceConfig, now: float) -> list[str]:

@@ -44,6 +44,11 @@ def pool_from_json(text: str) -> PoolConfig:
     return PoolConfig(**fields)
 
 
+FORGOTTEN_SECONDS = 600.0
+"""How long a drained pool is noted as forgotten (``Fleet.forgotten``): far longer than an API
+function may run a config that still has the pool (each reads the bucket every 30 s at most)."""
+
+
 class Fleet(SubStore):
     """Known pools and queued follow-ups in Redis; every method raises StoreUnavailable."""
 
@@ -80,17 +85,23 @@ class Fleet(SubStore):
                 pipe.delete(self.keys.clone_demand_before)
                 pipe.execute()
 
-    def forget(self, pool: str) -> None:
+    def forget(self, pool: str, now: float | None = None) -> None:
         """The pool is drained: drop it, and what passes kept about it (marks, its share of the
         task limit, its backoff, last boot, demand size), so pools removed over the years leave
         nothing behind (its DNS waiting flag stayed: a pool of that name pushed back showed in GET
         /status the VMs the old one's last pass left waiting on DNS). Its runtime overrides stay (a
         pool of that name pushed back gets them, as in vmpooler); its history and daily stats
-        expire by themselves."""
+        expire by themselves. ``now``: noted in ``pools:forgotten`` for FORGOTTEN_SECONDS
+        (``forgotten``), the pools forgotten before that dropped from it (the set itself expires
+        FORGOTTEN_SECONDS after the last)."""
         keys = self.keys
         with _translate_errors():
             pipe = self.client.pipeline(transaction=True)
             pipe.hdel(keys.known_pools, pool)
+            if now is not None:
+                pipe.zremrangebyscore(keys.forgotten_pools, "-inf", f"({now - FORGOTTEN_SECONDS!r}")
+                pipe.zadd(keys.forgotten_pools, {pool: now})
+                pipe.expire(keys.forgotten_pools, int(FORGOTTEN_SECONDS))  # gone after the last one's time
             pipe.delete(keys.ready_checked(pool), keys.inventory_checked(pool), keys.running_due(pool),
                         keys.dns_left(pool))  # records its DNS plugin, gone from the config, cannot delete
             pipe.zrem(keys.clone_demand, pool)
@@ -99,6 +110,12 @@ class Fleet(SubStore):
                            keys.ready_fence, keys.dns_waiting):
                 pipe.hdel(fields, pool)
             pipe.execute()
+
+    def forgotten(self, pool: str, now: float) -> bool:
+        """Whether a drain forgot the pool within FORGOTTEN_SECONDS of ``now``."""
+        with _translate_errors():
+            since = self.client.zscore(self.keys.forgotten_pools, pool)
+        return since is not None and now - float(since) <= FORGOTTEN_SECONDS
 
     def claim_followup(self, pool: str, ttl_seconds: float) -> bool:
         """Whether the caller may queue the pool's follow-up (no other one is queued)."""

@@ -84,6 +84,8 @@ family through these validators.
     nudged:<pool>:<window>   string  the API's changes of the pool in that window of the clock (its number):
                                      the first two put the pool on the reconcile queue (manager/refill.py)
     pools:known              hash    pool -> its last configured settings, to drain it once removed
+    pools:forgotten          zset    pool -> when its drain forgot it (kept FORGOTTEN_SECONDS): a request an
+                                     API a config behind opened for it since is failed (manager/dispatch.py)
     pools:known:config       string  the fingerprint of the config whose pools pools:known was last given
                                      whole (written with them): a tick records them again when Redis
                                      holds another's (a failover lost the write, a restore)
@@ -381,6 +383,10 @@ class Keys:
     @property
     def known_pools(self) -> str:
         return f"{self.prefix}pools:known"
+
+    @property
+    def forgotten_pools(self) -> str:
+        return f"{self.prefix}pools:forgotten"
 
     @property
     def known_pools_config(self) -> str:

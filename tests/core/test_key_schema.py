@@ -428,7 +428,7 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
         "fixed": [(name, getattr(keys, name)) for name in ("cloning", "pool_clones", "pool_clones_counted", "changes",
                                                           "clone_demand", "clone_demand_renewed",
                                                           "clone_demand_before", "clone_backoff", "known_pools",
-                                                          "known_pools_config", "ready_fence",
+                                                          "forgotten_pools", "known_pools_config", "ready_fence",
                                                           "last_boot", "ondemand_open_requests",
                                                           "ondemand_kept_requests", "holders", "migrating",
                                                           "templates_prepared", "templates_preparing", "sizing_state",

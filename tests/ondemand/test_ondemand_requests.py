@@ -11,7 +11,7 @@ import pytest
 from chalicelib import config as config_module
 from chalicelib.api.ondemand import DELETED_MESSAGE
 from chalicelib.manager.dispatch import Ticker, look_at
-from chalicelib.manager.pool_queue import DRAIN, PoolMessage
+from chalicelib.manager.pool_queue import DRAIN, NUDGE, PoolMessage
 from chalicelib.providers.base import TaskState, TaskStatus
 from chalicelib.store.fleet import Fleet
 from chalicelib.store.ondemand import REQUESTS_KEPT_PER_OWNER, OnDemandStore
@@ -473,6 +473,37 @@ def test_requests_for_a_pool_removed_from_the_config_fail_and_their_vms_are_dest
     assert {stack.state_of(host) for host in building} == {"destroyed"}
     assert open_requests(stack, "slow") == [] and open_requests(stack, "debian-12") == []
     assert Fleet(services.store).names() == {"debian-12", "win-2022"}  # drained and forgotten
+
+
+def test_a_request_an_api_a_config_behind_opens_for_a_pool_already_forgotten_fails(make_stack):
+    # An API function reads the config every 30 s at most: one still running the config with the
+    # pool opened a request for it (a POST /ondemandvm, or a checkout's on-demand fallback) after
+    # the drain had forgotten the pool. No pass served it or saw its ttl: it answered 202
+    # (pending) for good and counted against the on-demand limits until its record expired.
+    stack = make_stack(size=0, extra=SLOW_POOL)
+    services = stack.services
+    with_slow = services.config
+    queue = SimpleNamespace(send=lambda messages, budget_seconds=None: None)
+    Ticker().tick(services, queue)  # the fleet remembers each pool's settings, to drain it later
+    services.use_config(config_module.parse(
+        BASE_CONFIG.format(experimental="true", size=0, task_time=0, clone_fail=0, disk_fail=0)))
+    look_at(services, PoolMessage("slow", DRAIN), queue)
+    assert "slow" not in Fleet(services.store).names()  # drained and forgotten
+
+    without_slow = services.config
+    services.use_config(with_slow)  # the API function a refresh behind
+    stack.refill.pools.clear()
+    status, body = stack.answer("POST", "/api/v3/ondemandvm", {"slow": 1})
+    assert status == 201
+    request_id = body["request_id"]
+    services.use_config(without_slow)
+    for pool in stack.refill.pools:  # its nudge, as the reconcile queue delivers it
+        look_at(services, PoolMessage(pool, NUDGE), queue)
+    status, body = stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")
+    removed = "The request failed: its pool slow was removed from the configuration"
+    assert (status, body.get("message")) == (200, removed)
+    assert open_requests(stack, "slow") == []
+    assert "slow" not in Fleet(services.store).names()
 
 
 def request_records(stack) -> int:
