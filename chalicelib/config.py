@@ -59,6 +59,7 @@ from chalicelib.config_fields import (
     given_fields,
     hostname_prefix,
     longest_hostname,
+    name_list,
     number,
     one_of,
     regex,
@@ -105,6 +106,12 @@ vm_lifetime_auth, max_lifetime_upper_limit, data_ttl): a token's expiry and a VM
 dates, and a datetime ends with the year 9999 (token_ttl: 100000000 loaded, and every use of every
 token was a 500; vm_lifetime: 100000000 made GET /vm/<host> of every VM checked out a 500)."""
 
+MAX_TAG_KEY_CHARACTERS = 50
+"""The longest tag key a request may send (PUT /vm/<host>): an ``allowed_tags`` name past it
+could never be used."""
+MAX_ALLOWED_TAGS = 1_000
+"""The most names ``allowed_tags`` may list (``max_tags_per_vm`` is at most 1,000 too)."""
+
 SOCKET_TIMEOUT_LIMIT = 25.0
 """The longest ``redis.socket_timeout``: as a request's directory work (auth.directory_budget), a
 wait on Redis must end well inside the local stack's 30 s loop watchdog."""
@@ -140,7 +147,9 @@ class ServiceConfig(VcenterResilienceKeys):
     max_lifetime_upper_limit: Optional[Hours] = None
     prefix: Annotated[str, checked_by(hostname_prefix)] = ""
     domain: Optional[DnsName] = None
-    allowed_tags: StrList = ()
+    allowed_tags: Annotated[tuple[str, ...], checked_by(name_list(MAX_ALLOWED_TAGS, MAX_TAG_KEY_CHARACTERS))] = ()
+    """At most MAX_ALLOWED_TAGS names of a tag key's length, whatever the config's format: each tag
+    of a PUT /vm is looked up in it (before, 1,000,000 names pushed made every tagging request slow)."""
     experimental_features: Bool = False
     purge_unconfigured_resources: Bool = False
     resources_allowlist: StrList = ()
