@@ -112,6 +112,11 @@ could never be used."""
 MAX_ALLOWED_TAGS = 1_000
 """The most names ``allowed_tags`` may list (``max_tags_per_vm`` is at most 1,000 too)."""
 
+MAX_ADMIN_GROUPS = 20
+"""The most groups ``auth.admin_groups`` may list: any token holder's runtime pool change asks
+the directory about each (one search a group) before its 403."""
+MAX_GROUP_DN_CHARACTERS = 1024
+
 SOCKET_TIMEOUT_LIMIT = 25.0
 """The longest ``redis.socket_timeout``: as a request's directory work (auth.directory_budget), a
 wait on Redis must end well inside the local stack's 30 s loop watchdog."""
@@ -340,7 +345,9 @@ class AuthConfig(SettingsModel):
     """User names (and, apart, addresses) whose failed logins are counted on their own at once;
     past it new ones share counters (auth/ratelimit.py): bounded whatever the window."""
     admins: StrList = ()
-    admin_groups: StrList = ()
+    admin_groups: Annotated[tuple[str, ...], checked_by(name_list(MAX_ADMIN_GROUPS, MAX_GROUP_DN_CHARACTERS))] = ()
+    """At most MAX_ADMIN_GROUPS group DNs, whatever the config's format: an administrator's check
+    of a user not listed in ``admins`` searches each group (ldap.member_of_any)."""
     directory_check_minutes: Annotated[int, bounded(0, 1440)] = 10
     """How old the directory's answer on a token's user may be before a use of the token asks
     again (auth/directory_check.py); 0: never asked (tokens live until deleted or expired)."""

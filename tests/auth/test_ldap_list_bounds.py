@@ -49,3 +49,21 @@ def test_10_bases_of_5_user_objects_load(slapd: SlapdServer) -> None:
     assert pushed.auth is not None and pushed.auth.ldap is not None
     assert (pushed.auth.ldap.bases, pushed.auth.ldap.user_objects) == (config.auth.ldap.bases,
                                                                        config.auth.ldap.user_objects)
+
+
+def test_admin_groups_past_20_are_refused_in_either_format(slapd: SlapdServer) -> None:
+    """Any token holder's POST /config/poolsize asks the directory about each group before its
+    403: before, any number loaded (1,000 groups: 1,000 searches, 3.3 s a refused request against
+    the test slapd)."""
+    groups = [f"cn=admins{n},ou=groups,dc=example,dc=com" for n in range(21)]
+    problem = "auth.admin_groups: must list at most 20 names, got 21"
+    def text(listed: list[str]) -> str:
+        return yaml.safe_dump({"auth": {"provider": "ldap", "ldap": slapd.service_account_config(),
+                                        "admin_groups": listed}})
+
+    assert refused(lambda: parse(text(groups))) == [problem]
+
+    document = json.loads(canonical_json(parse(text(groups[:20]))))
+    assert len(document["auth"]["admin_groups"]) == 20
+    document["auth"]["admin_groups"] = groups
+    assert refused(lambda: from_text(json.dumps(document), "s3 config")) == [problem]
