@@ -112,6 +112,10 @@ could never be used."""
 MAX_ALLOWED_TAGS = 1_000
 """The most names ``allowed_tags`` may list (``max_tags_per_vm`` is at most 1,000 too)."""
 
+MAX_TAGFILTERS = 1_000
+"""The most tags ``tagfilter`` may give a pattern, whatever the config's format: each is compiled
+at every cold start (and analysed where the YAML is validated). Before, a pushed canonical config
+of 100,000 (3 MB) cost every cold start 7.1 s of CPU, against 0.08 s at 1,000."""
 MAX_ADMIN_GROUPS = 20
 """The most groups ``auth.admin_groups`` may list: any token holder's runtime pool change asks
 the directory about each (one search a group) before its 403."""
@@ -1108,6 +1112,9 @@ def build(document: Mapping[str, Any], reader: BlockReader | None = None) -> Con
 
     tagfilter: dict[str, str] = {}
     raw_tagfilter = reader.mapping(document.get("tagfilter"), "tagfilter") or {}
+    if len(raw_tagfilter) > MAX_TAGFILTERS:
+        reader.problems.append(f"tagfilter: at most {MAX_TAGFILTERS:,} tags, got {len(raw_tagfilter):,}")
+        raw_tagfilter = {}
     for tag, pattern in raw_tagfilter.items():
         try:
             # Pushed before an upgrade refused it: kept (docs/deploy.md, "Configs a newer release refuses").
