@@ -15,9 +15,16 @@ import redis
 from packaged_functions import Context, api_event
 
 import app as app_module
-from chalicelib.answer_sizes import LAMBDA_RESPONSE_BYTES
+from chalicelib.answer_sizes import (
+    LAMBDA_RESPONSE_BYTES,
+    lambda_bytes,
+    pool_feed_answer,
+    pool_feed_bytes,
+    status_answer,
+    status_bytes,
+)
 from chalicelib.clock import FakeClock
-from chalicelib.config import ConfigError, canonical_json, load, parse
+from chalicelib.config import ConfigError, canonical_json, from_text, load, parse
 from chalicelib.config_source import ConfigSource
 from chalicelib.services import Services
 
@@ -67,3 +74,22 @@ def test_the_local_stack_refuses_such_a_canonical_file_naming_the_answer(tmp_pat
         load({"VMPOOL_CONFIG_FILE": str(path)})
 
     assert any(problem.startswith("pools: GET /api/v3/status could answer 6,3") for problem in refused.value.problems)
+
+
+MEASURED = [GOOD, GOOD.replace("alias: [linux]", "alias: linux"), GOOD.replace(", alias: [linux]", ""),
+            ":providers:\n  :dummy:\n    provider_class: dummy\n:pools: []\n",
+            GOOD + "  - {name: b.c_d-9, size: 2, provider: dummy, alias: [x, y], sizing: {schedule: "
+                   "[{days: weekdays, start: '07:00', end: '19:00', size: 4}]}}\n"
+                   "  - {name: c, size: 1, provider: dummy, sizing: {demand: {min: 1, max: 5}}}\n"]
+
+
+def test_the_answers_measured_without_being_built_are_as_long_as_built() -> None:
+    """A config's check sums each pool's part of /status and the pool feed instead of writing
+    the answers (0.39 s of CPU at 10,000 pools before, 0.13 s): the same bytes."""
+    document = json.loads(canonical_json(parse(MEASURED[-1])))
+    document["pools"][1]["alias"] = ["x", 'y\u00e9"\\z\u202e']  # a pushed form holds any of 1..100 characters
+    for config in [*map(parse, MEASURED), from_text(json.dumps(document))]:
+        assert status_bytes(config) == lambda_bytes(status_answer(config)), config.pools
+        assert pool_feed_bytes(config) == lambda_bytes(pool_feed_answer(config)), config.pools
+        assert lambda_bytes(json.loads(json.dumps(status_answer(config)))) == len(
+            json.dumps(json.dumps(status_answer(config), separators=(",", ":"))))
