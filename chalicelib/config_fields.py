@@ -529,6 +529,22 @@ def string_list(value: Any) -> tuple[str, ...]:
     return tuple(string(item) for item in items)
 
 
+def name_list(most_items: int, most_characters: int) -> Checker:
+    """A string or a list of strings (as ``string_list``) of at most ``most_items`` names, each of
+    1 to ``most_characters`` characters: a list a request is compared with (``allowed_tags``)."""
+
+    def check(value: Any) -> tuple[str, ...]:
+        if isinstance(value, list) and len(value) > most_items:  # counted before each is read
+            invalid(f"must list at most {most_items:,} names, got {len(value):,}")
+        names = string_list(value)
+        for index, name in enumerate(names):
+            if not 1 <= len(name) <= most_characters:
+                invalid(f"[{index}]: must be 1 to {most_characters} characters, got {len(name):,}")
+        return names
+
+    return check
+
+
 def weights(value: Any) -> Mapping[str, float]:
     """A mapping of names to weights >= 0 (vmpooler's ``backend_weight``)."""
     if not isinstance(value, dict):

@@ -27,6 +27,7 @@ from chalicelib.api.http import (
 from chalicelib.api.identity import caller_for_change, may_change, optional_caller, refuse_a_dead_token
 from chalicelib.api.vm_lookup import find_vm, shown_domain
 from chalicelib.api.vm_tasks import disk_size, refuse_unless_queued
+from chalicelib.config import MAX_TAG_KEY_CHARACTERS
 from chalicelib.observability import emit, logger
 from chalicelib.services import Services
 from chalicelib.store import ModifyResult, VMRecord
@@ -35,7 +36,7 @@ from chalicelib.store.vm_tasks import DISK, EnqueueResult, VMTaskStore, new_task
 from chalicelib.tagfilter import TAG_VALUE_PATTERN
 
 TAG_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+\Z")
-MAX_TAG_KEY = 50
+MAX_TAG_KEY = MAX_TAG_KEY_CHARACTERS
 MAX_TAG_VALUE = 255
 """The longest tag value as JSON shows it (``json_length``): /summary shows each value a day
 counted, and its budget (a day of tags fits one answer) holds only if no value is longer there."""
@@ -291,7 +292,8 @@ def _parse_tags(
         else:
             tags[key] = _filter_tag(str(tag_value), tagfilter.get(key))
     if allowed:
-        unsupported = sorted(key for key in value if key not in allowed)
+        known = frozenset(allowed)  # a request's keys looked up at once, not each along the list
+        unsupported = sorted(key for key in value if key not in known)
         if unsupported:
             failures.append(f"You provided unsupported tags ({shown(', '.join(unsupported), 200)}).")
     return tags

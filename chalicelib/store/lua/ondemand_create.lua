@@ -98,7 +98,12 @@ end
 
 -- The owner keeps its newest requests only: each one it opens forgets its oldest that ended
 -- beyond the number kept, so what a caller keeps in Redis is bounded however fast it opens and
--- deletes requests. The ones still holding something are kept, bounded by the owner's limits.
+-- deletes requests. The ones still holding something are kept, bounded by the owner's limits,
+-- and looked at again after the others: a create looks at the 16 oldest only, forgetting those
+-- that hold nothing, so an owner's ended requests beyond the bound go within a few creates
+-- (one each, the most it adds, and up to 16). Before, it walked the owner's set from its oldest
+-- until it had forgotten enough, every request still open or with a VM running ahead (as many
+-- as the owner's limits let it hold) looked at by every create.
 local kept_key, kept_in_total, owner = KEYS[tonumber(ARGV[13])], tonumber(ARGV[14]), ARGV[15]
 local holdings_template, owned_template = ARGV[16], ARGV[17]
 local owned_index = tonumber(ARGV[8])
@@ -109,12 +114,16 @@ if owned_index > 0 then
   redis.call('EXPIRE', owned, sets_ttl, 'GT') -- never brought in
   local excess = redis.call('ZCARD', owned) - kept
   if excess > 0 then
-    for _, old_id in ipairs(redis.call('ZRANGE', owned, 0, -1)) do
+    for _, old_id in ipairs(redis.call('ZRANGE', owned, 0, 15)) do
       if excess == 0 then
         break
       end
       local old = request_part(old_id)
-      if not holding(old_id) then
+      if old_id == id then
+        break -- the request just made: nothing older is left to look at
+      elseif holding(old_id) then
+        redis.call('ZADD', owned, now, old_id)
+      else
         redis.call('DEL', key_of(request_template, old), key_of(request_vms_template, old))
         redis.call('ZREM', owned, old_id)
         redis.call('ZREM', kept_key, owner .. ' ' .. old_id)
