@@ -478,6 +478,35 @@ def test_the_api_cold_import_leaves_vsphere_ldap_dns_and_the_tracer_to_whoever_n
     assert found == {"loaded_by_cold_import": ["aws_xray_sdk", "importlib.metadata._meta"], "tracer": "Tracer"}
 
 
+DOCSTRINGS_SCRIPT = """
+import json, sys, traceback
+sys.dont_write_bytecode = True
+import chalicelib.config as config
+found = {"module": config.__doc__, "function": config.from_canonical.__doc__, "class": config.ConfigError.__doc__,
+         "bytecode": config.__spec__.cached, "source": config.__file__}
+try:
+    config.from_canonical({"format": "another"})
+except config.ConfigError as error:
+    found["raised_at"] = [frame.line for frame in traceback.extract_tb(error.__traceback__)][-1]
+print(json.dumps(found))
+"""
+
+
+def test_the_apps_bytecode_leaves_its_docstrings_to_the_sources_beside_it(sandbox: lambda_sandbox.Sandbox) -> None:
+    """The app ships its sources beside its bytecode (readable tracebacks); the bytecode carried
+    every module's and function's docstring a second time, 180 KB of the zip on 2026-12-07 (as
+    much as the app had grown in a day). Imported from the zip's bytecode, they are gone; a class
+    keeps its own, and a traceback still shows the source line that raised."""
+    done = sandbox.run(["-c", DOCSTRINGS_SCRIPT], lambda_sandbox.stage_environment("dev"))
+    assert done.returncode == 0, done.stderr[-4000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["bytecode"].startswith(str(sandbox.task_root)) and found["source"].endswith("chalicelib/config.py")
+    assert '"""Build the config from its canonical form' in Path(found["source"]).read_text()
+    assert (found["module"], found["function"]) == (None, None)
+    assert found["class"].startswith("The configuration is invalid")
+    assert found["raised_at"].startswith("raise ConfigError([(f\"{source}: not a canonical vmpool config")
+
+
 @pytest.fixture
 def vcsim_url(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     launcher.build()
