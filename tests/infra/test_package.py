@@ -251,18 +251,45 @@ def test_each_role_reaches_only_its_own_queue_actions_and_secrets(package: Packa
     for role, statement in _statements(package):
         by_role.setdefault(role, set()).update(_listed(statement["Action"]))
         if statement["Action"] == ["secretsmanager:GetSecretValue"]:
-            secrets[role] = {re.sub(r".*:secret:", "", r) for r in statement["Resource"]}
+            secrets[role] = {re.sub(r".*:secret:", "", r) if isinstance(r, str) else r["Ref"]
+                             for r in statement["Resource"]}
     sqs = {role: {a for a in actions if a.startswith("sqs:")} for role, actions in by_role.items()}
     assert sqs == {"ApiHandlerRole": {"sqs:SendMessage"}, "TickRole": {"sqs:SendMessage"},
                    "ReconcileRole": {"sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage",
                                      "sqs:GetQueueAttributes"}}
     prefix = STAGES[package.stage].secret_prefix
-    assert secrets == {"ApiHandlerRole": {f"{prefix}ldap-*", f"{prefix}redis-auth-*"},
-                       "TickRole": {f"{prefix}redis-auth-*"},
-                       "ReconcileRole": {f"{prefix}vsphere-*", f"{prefix}redis-auth-*"}}
+    assert secrets == {"ApiHandlerRole": {f"{prefix}ldap-*", "RedisAuthSecret"},
+                       "TickRole": {"RedisAuthSecret"},
+                       "ReconcileRole": {f"{prefix}vsphere-*", "RedisAuthSecret"}}
     names = {r["Properties"]["Name"] for r in package.of_type("AWS::SecretsManager::Secret").values()}
     assert names == {f"{prefix}ldap", f"{prefix}redis-auth", f"{prefix}vsphere"}
     assert all("s3:GetObject" in actions for actions in by_role.values())  # the pool config
+
+
+def test_each_role_names_the_stacks_own_resources_by_their_exact_arns(package: Package) -> None:
+    """The roles had the policy files' ARNs, region and account left open: a dev stage's functions
+    could receive and delete the reconcile messages, read the config and the Redis AUTH token of
+    the account's dev stage in any other region. The stack's queue, bucket and AUTH secret are
+    named by the stack's own references, its log groups in its own region and account."""
+    stage = STAGES[package.stage]
+    by_action: dict[str, list[Any]] = {}
+    for _role, statement in _statements(package):
+        for action in _listed(statement["Action"]):
+            by_action.setdefault(action, []).extend(_listed(statement["Resource"]))
+    queue = {"Fn::GetAtt": ["ReconcileQueue", "Arn"]}
+    for action in ("sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"):
+        assert {json.dumps(r) for r in by_action[action]} == {json.dumps(queue)}, action
+    bucket, objects = {"Fn::GetAtt": ["ConfigBucket", "Arn"]}, {"Fn::Sub": "${ConfigBucket.Arn}/config/*"}
+    assert {json.dumps(r) for r in by_action["s3:ListBucket"]} == {json.dumps(bucket)}
+    assert {json.dumps(r) for r in by_action["s3:GetObject"]} == {json.dumps(objects)}
+    assert {"Ref": "RedisAuthSecret"} in by_action["secretsmanager:GetSecretValue"]
+    assert not [r for r in by_action["secretsmanager:GetSecretValue"] if isinstance(r, str) and "redis-auth" in r]
+    assert {r["Fn::Sub"] for r in by_action["logs:PutLogEvents"]} == {
+        f"arn:${{AWS::Partition}}:logs:${{AWS::Region}}:${{AWS::AccountId}}:log-group:/aws/lambda/{stage.prefix}-*{end}"
+        for end in ("", ":*")}
+    # What the config names (its secrets and SSM parameters, which may be ARNs elsewhere) and
+    # what IAM takes no resource for stay as the policy files have them.
+    assert by_action["ssm:GetParameter"] == [f"arn:aws:ssm:*:*:parameter/{stage.secret_prefix}*"] * 3
 
 
 def test_unknown_routes_answer_404_ok_false(package: Package) -> None:
