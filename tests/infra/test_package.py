@@ -79,7 +79,9 @@ def test_every_function_gets_its_stage_settings(package: Package) -> None:
             assert variable in env, (name, variable)
         role = package.resources[properties["Role"]["Fn::GetAtt"][0]]
         policy_file = ROOT / ".chalice" / settings["iam_policy_file"]
-        assert role["Properties"]["Policies"][0]["PolicyDocument"] == json.loads(policy_file.read_text()), name
+        # The policy file's statements, the stack's own resources named exactly (sync_config.stack_policy).
+        assert role["Properties"]["Policies"][0]["PolicyDocument"] == sync_config.stack_policy(
+            stage, json.loads(policy_file.read_text())), name
     assert config["environment_variables"]["POWERTOOLS_METRICS_NAMESPACE"] == f"vmpool/{stage.name}"
 
 
