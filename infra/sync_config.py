@@ -301,6 +301,74 @@ together. Without it a policy just under the limit passed here and the deploy fa
 in CloudFormation, once keys were named."""
 
 
+def _stack_arns(stage: Stage) -> dict[str, Any]:
+    """The policy files' ARNs of resources the full stack makes (region and account left open, a
+    name prefix for the bucket, a suffix for the secret), each as the stack names it exactly."""
+    bucket = f"arn:aws:s3:::{stage.config_bucket_prefix}*"
+    return {
+        f"arn:aws:sqs:*:*:{stage.reconcile_queue_name}": {"Fn::GetAtt": ["ReconcileQueue", "Arn"]},
+        bucket: {"Fn::GetAtt": ["ConfigBucket", "Arn"]},
+        f"{bucket}/config/*": {"Fn::Sub": "${ConfigBucket.Arn}/config/*"},
+        f"arn:aws:secretsmanager:*:*:secret:{stage.secret_prefix}redis-auth-*": {"Ref": "RedisAuthSecret"},
+        **{log_group: {"Fn::Sub": log_group.replace("arn:aws:logs:*:*:", _STACK_ACCOUNT_REGION.format("logs"))}
+           for log_group in _log_groups(stage)},
+    }
+
+
+_STACK_ACCOUNT_REGION = "arn:${{AWS::Partition}}:{}:${{AWS::Region}}:${{AWS::AccountId}}:"
+
+
+def _log_groups(stage: Stage) -> list[str]:
+    return [f"arn:aws:logs:*:*:log-group:/aws/lambda/{stage.prefix}-*",
+            f"arn:aws:logs:*:*:log-group:/aws/lambda/{stage.prefix}-*:*"]
+
+
+def stack_policy(stage: Stage, document: dict[str, Any]) -> dict[str, Any]:
+    """A role's policy (``policy``) as the full stack grants it (infra/template.py): the resources
+    the stack makes named exactly (its reconcile queue, config bucket and Redis AUTH secret; its
+    own region's and account's log groups), where the policy files of ``chalice deploy`` leave
+    region and account open. The secrets and SSM parameters the config names stay as they are
+    (a reference may be an ARN of another region or account)."""
+    known = _stack_arns(stage)
+
+    def scoped(resources: Any) -> Any:
+        if isinstance(resources, list):
+            return [known.get(resource, resource) if isinstance(resource, str) else resource
+                    for resource in resources]
+        return resources
+
+    return {**document, "Statement": [{**statement, "Resource": scoped(statement["Resource"])}
+                                      for statement in document["Statement"]]}
+
+
+# Intrinsic values at their longest, to count a stack policy as IAM will: the longest partition
+# (aws-us-gov), a region of 16 characters, an account, a secret's 6-character suffix.
+_LONGEST = {"${AWS::Partition}": "aws-us-gov", "${AWS::Region}": "x" * 16, "${AWS::AccountId}": "0" * 12}
+
+
+def _at_longest(stage: Stage, value: Any) -> Any:
+    """``value`` (a stack policy) with its intrinsic functions resolved to their longest values."""
+    if isinstance(value, list):
+        return [_at_longest(stage, item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    account_region = f"{_LONGEST['${AWS::AccountId}']}-{_LONGEST['${AWS::Region}']}"
+    bucket = f"arn:{_LONGEST['${AWS::Partition}']}:s3:::{stage.config_bucket_prefix}{account_region}"
+    arn = f"arn:{_LONGEST['${AWS::Partition}']}:{{}}:{_LONGEST['${AWS::Region}']}:{_LONGEST['${AWS::AccountId}']}:"
+    if value == {"Fn::GetAtt": ["ReconcileQueue", "Arn"]}:
+        return arn.format("sqs") + stage.reconcile_queue_name
+    if value == {"Fn::GetAtt": ["ConfigBucket", "Arn"]}:
+        return bucket
+    if value == {"Ref": "RedisAuthSecret"}:
+        return f"{arn.format('secretsmanager')}secret:{stage.secret_prefix}redis-auth-XXXXXX"
+    if set(value) == {"Fn::Sub"} and isinstance(value["Fn::Sub"], str):
+        text = value["Fn::Sub"].replace("${ConfigBucket.Arn}", bucket)
+        for name, longest in _LONGEST.items():
+            text = text.replace(name, longest)
+        return text
+    return {key: _at_longest(stage, item) for key, item in value.items()}
+
+
 def policy(stage: Stage, role: str, kms_keys: list[str] | None = None, zones: list[str] | None = None
            ) -> dict[str, Any]:
     """The IAM policy of one role ("api", "tick" or "reconcile") of a stage; with ``kms_keys``
@@ -315,9 +383,7 @@ def policy(stage: Stage, role: str, kms_keys: list[str] | None = None, zones: li
     queue = f"arn:aws:sqs:*:*:{stage.reconcile_queue_name}"
     secrets = SECRETS_BY_ROLE[role]
     statements = [
-        _statement(["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
-                   [f"arn:aws:logs:*:*:log-group:/aws/lambda/{stage.prefix}-*",
-                    f"arn:aws:logs:*:*:log-group:/aws/lambda/{stage.prefix}-*:*"]),
+        _statement(["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"], _log_groups(stage)),
         _statement(ENI_ACTIONS, "*"),
         _statement(["secretsmanager:GetSecretValue"],
                    [f"arn:aws:secretsmanager:*:*:secret:{prefix}{name}-*" for name in secrets]),
@@ -336,7 +402,10 @@ def policy(stage: Stage, role: str, kms_keys: list[str] | None = None, zones: li
                                      [f"arn:aws:route53:::hostedzone/{zone}" for zone in zones]))
     if stage.tracing:
         statements.append(_statement(XRAY_ACTIONS, "*"))
-    size = _characters({"Version": "2012-10-17", "Statement": statements}) + SECRETS_KMS_RESERVE
+    document = {"Version": "2012-10-17", "Statement": statements}
+    size = _characters(document) + SECRETS_KMS_RESERVE
+    if not kms_keys:  # the full stack's roles: its exact ARNs are longer than the files' (stack_policy)
+        size = max(size, _characters(_at_longest(stage, stack_policy(stage, document))) + SECRETS_KMS_RESERVE)
     if kms_keys:  # the chalice deploy path: the statement in this document, a region per key at most
         statements.append(secrets_kms_statement(sorted(kms_keys), kms_key_regions(sorted(kms_keys))))
         size = max(size, _characters({"Version": "2012-10-17", "Statement": statements}))

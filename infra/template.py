@@ -128,6 +128,7 @@ def build(stage: Stage, infra_only: bool = False, config_file: Path | None = Non
     }}
     resources["RestAPI"]["Properties"]["Name"] = api_name(stage)
     resources["SecretsKmsDecryptPolicy"] = secrets_kms_policy()
+    resources.update(role_policies(stage))
     # Chalice 1.34 names the API handler's log group after "ApiHandler"; the function is "APIHandler".
     resources["ApiHandlerLogGroup"] = {"Properties": {"LogGroupName": {"Fn::Sub": "/aws/lambda/${APIHandler}"}}}
     # The consumer reports failures per message (its queue URL in Globals orders it after the queue).
@@ -142,6 +143,28 @@ def role_logical_id(function_name: str) -> str:
     if function_name == sync_config.API_FUNCTION:
         return "ApiHandlerRole"
     return function_logical_id(function_name) + "Role"
+
+
+ROLE_OF_FUNCTION = {sync_config.API_FUNCTION: "api", sync_config.TICK_FUNCTION: "tick",
+                    sync_config.RECONCILE_FUNCTION: "reconcile"}
+
+
+def role_policies(stage: Stage) -> dict[str, Any]:
+    """Each function's role with its policy file's statements (.chalice/policy-<stage>-<role>.json,
+    which Chalice puts in the role) as the stack grants them (``sync_config.stack_policy``): the
+    stack's own queue, bucket, Redis AUTH secret and log groups by their exact ARNs. Before
+    2026-12-07 the roles had the files' ARNs, any region and account: a dev stage's functions
+    could read and delete the reconcile messages, read the config and the Redis AUTH token of
+    every dev stage of the account in another region, and any account's named alike that let
+    them."""
+    found = {}
+    for function in FUNCTIONS:
+        role = role_logical_id(function)
+        document = json.loads((sync_config.CHALICE_DIR / sync_config.policy_file(stage, ROLE_OF_FUNCTION[function]))
+                              .read_text())
+        found[role] = {"Properties": {"Policies": [{"PolicyName": f"{role}Policy",
+                                                    "PolicyDocument": sync_config.stack_policy(stage, document)}]}}
+    return found
 
 
 def secrets_kms_policy() -> dict[str, Any]:

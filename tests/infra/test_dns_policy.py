@@ -116,13 +116,14 @@ def _kms_policy_as_iam_stores_it(keys: list[str], region: str) -> str:
     return text.replace('{"Ref":"SecretsKmsKeyArns"}', json.dumps(keys, separators=(",", ":")))
 
 
-def _largest_accepted(tmp_path: Path, low: int, high: int) -> int:
+def _largest_accepted(tmp_path: Path, low: int, high: int, kms_keys: list[str] | None = None) -> int:
     """The most route53 zones (20-character IDs, as Route 53 makes them) the reconcile role's
-    policy is written with."""
+    policy is written with (``kms_keys``: the ``chalice deploy`` path's)."""
     while low < high:
         middle = (low + high + 1) // 2
         try:
-            sync_config.policy(_stage_with_zones(tmp_path, *(f"Z{n:020d}" for n in range(middle))), "reconcile")
+            sync_config.policy(_stage_with_zones(tmp_path, *(f"Z{n:020d}" for n in range(middle))), "reconcile",
+                               kms_keys)
             low = middle
         except sync_config.PolicyTooLarge:
             high = middle - 1
@@ -136,7 +137,9 @@ def test_a_policy_keeps_room_for_the_secrets_kms_statement_at_iams_real_limit(tm
     deploy that named the secrets' keys failed in CloudFormation, minutes in, and rolled back."""
     zones = _largest_accepted(tmp_path, 100, 250)
     stage = _stage_with_zones(tmp_path, *(f"Z{n:020d}" for n in range(zones)))
-    own = len(json.dumps(sync_config.policy(stage, "reconcile"), separators=(",", ":")))
+    document = sync_config.policy(stage, "reconcile")
+    own = len(json.dumps(sync_config._at_longest(stage, sync_config.stack_policy(stage, document)),
+                         separators=(",", ":")))  # as the full stack's role has it, its ARNs at their longest
     kms = len(_kms_policy_as_iam_stores_it([LONGEST_REAL_KEY] * sync_config.MAX_SECRETS_KMS_KEYS, "ap-southeast-2"))
     assert own + kms <= sync_config.MAX_INLINE_POLICY_CHARACTERS, (zones, own, kms)
     one_more = tmp_path / "one-more"
@@ -146,6 +149,9 @@ def test_a_policy_keeps_room_for_the_secrets_kms_statement_at_iams_real_limit(tm
     # The chalice deploy path puts the statement in the role's one policy: the keys fit there too;
     # keys of many regions (a kms:ViaService pair each) are checked as they are, and refused here.
     keys = [LONGEST_REAL_KEY.replace("0123", f"{n:04d}") for n in range(sync_config.MAX_SECRETS_KMS_KEYS)]
+    (tmp_path / "chalice").mkdir()
+    stage = _stage_with_zones(tmp_path / "chalice", *(f"Z{n:020d}" for n in range(
+        _largest_accepted(tmp_path / "chalice", zones, 250, keys))))
     with_keys = sync_config.policy(stage, "reconcile", keys)
     assert len(json.dumps(with_keys, separators=(",", ":"))) <= sync_config.MAX_INLINE_POLICY_CHARACTERS
     with pytest.raises(sync_config.PolicyTooLarge):

@@ -79,7 +79,9 @@ def test_every_function_gets_its_stage_settings(package: Package) -> None:
             assert variable in env, (name, variable)
         role = package.resources[properties["Role"]["Fn::GetAtt"][0]]
         policy_file = ROOT / ".chalice" / settings["iam_policy_file"]
-        assert role["Properties"]["Policies"][0]["PolicyDocument"] == json.loads(policy_file.read_text()), name
+        # The policy file's statements, the stack's own resources named exactly (sync_config.stack_policy).
+        assert role["Properties"]["Policies"][0]["PolicyDocument"] == sync_config.stack_policy(
+            stage, json.loads(policy_file.read_text())), name
     assert config["environment_variables"]["POWERTOOLS_METRICS_NAMESPACE"] == f"vmpool/{stage.name}"
 
 
@@ -251,18 +253,45 @@ def test_each_role_reaches_only_its_own_queue_actions_and_secrets(package: Packa
     for role, statement in _statements(package):
         by_role.setdefault(role, set()).update(_listed(statement["Action"]))
         if statement["Action"] == ["secretsmanager:GetSecretValue"]:
-            secrets[role] = {re.sub(r".*:secret:", "", r) for r in statement["Resource"]}
+            secrets[role] = {re.sub(r".*:secret:", "", r) if isinstance(r, str) else r["Ref"]
+                             for r in statement["Resource"]}
     sqs = {role: {a for a in actions if a.startswith("sqs:")} for role, actions in by_role.items()}
     assert sqs == {"ApiHandlerRole": {"sqs:SendMessage"}, "TickRole": {"sqs:SendMessage"},
                    "ReconcileRole": {"sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage",
                                      "sqs:GetQueueAttributes"}}
     prefix = STAGES[package.stage].secret_prefix
-    assert secrets == {"ApiHandlerRole": {f"{prefix}ldap-*", f"{prefix}redis-auth-*"},
-                       "TickRole": {f"{prefix}redis-auth-*"},
-                       "ReconcileRole": {f"{prefix}vsphere-*", f"{prefix}redis-auth-*"}}
+    assert secrets == {"ApiHandlerRole": {f"{prefix}ldap-*", "RedisAuthSecret"},
+                       "TickRole": {"RedisAuthSecret"},
+                       "ReconcileRole": {f"{prefix}vsphere-*", "RedisAuthSecret"}}
     names = {r["Properties"]["Name"] for r in package.of_type("AWS::SecretsManager::Secret").values()}
     assert names == {f"{prefix}ldap", f"{prefix}redis-auth", f"{prefix}vsphere"}
     assert all("s3:GetObject" in actions for actions in by_role.values())  # the pool config
+
+
+def test_each_role_names_the_stacks_own_resources_by_their_exact_arns(package: Package) -> None:
+    """The roles had the policy files' ARNs, region and account left open: a dev stage's functions
+    could receive and delete the reconcile messages, read the config and the Redis AUTH token of
+    the account's dev stage in any other region. The stack's queue, bucket and AUTH secret are
+    named by the stack's own references, its log groups in its own region and account."""
+    stage = STAGES[package.stage]
+    by_action: dict[str, list[Any]] = {}
+    for _role, statement in _statements(package):
+        for action in _listed(statement["Action"]):
+            by_action.setdefault(action, []).extend(_listed(statement["Resource"]))
+    queue = {"Fn::GetAtt": ["ReconcileQueue", "Arn"]}
+    for action in ("sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"):
+        assert {json.dumps(r) for r in by_action[action]} == {json.dumps(queue)}, action
+    bucket, objects = {"Fn::GetAtt": ["ConfigBucket", "Arn"]}, {"Fn::Sub": "${ConfigBucket.Arn}/config/*"}
+    assert {json.dumps(r) for r in by_action["s3:ListBucket"]} == {json.dumps(bucket)}
+    assert {json.dumps(r) for r in by_action["s3:GetObject"]} == {json.dumps(objects)}
+    assert {"Ref": "RedisAuthSecret"} in by_action["secretsmanager:GetSecretValue"]
+    assert not [r for r in by_action["secretsmanager:GetSecretValue"] if isinstance(r, str) and "redis-auth" in r]
+    assert {r["Fn::Sub"] for r in by_action["logs:PutLogEvents"]} == {
+        f"arn:${{AWS::Partition}}:logs:${{AWS::Region}}:${{AWS::AccountId}}:log-group:/aws/lambda/{stage.prefix}-*{end}"
+        for end in ("", ":*")}
+    # What the config names (its secrets and SSM parameters, which may be ARNs elsewhere) and
+    # what IAM takes no resource for stay as the policy files have them.
+    assert by_action["ssm:GetParameter"] == [f"arn:aws:ssm:*:*:parameter/{stage.secret_prefix}*"] * 3
 
 
 def test_unknown_routes_answer_404_ok_false(package: Package) -> None:
@@ -476,6 +505,35 @@ def test_the_api_cold_import_leaves_vsphere_ldap_dns_and_the_tracer_to_whoever_n
     # wrapt's import hooks use importlib.metadata, so that stage runs it at once.
     found = run_packaged(sandbox, "prod", [], {})
     assert found == {"loaded_by_cold_import": ["aws_xray_sdk", "importlib.metadata._meta"], "tracer": "Tracer"}
+
+
+DOCSTRINGS_SCRIPT = """
+import json, sys, traceback
+sys.dont_write_bytecode = True
+import chalicelib.config as config
+found = {"module": config.__doc__, "function": config.from_canonical.__doc__, "class": config.ConfigError.__doc__,
+         "bytecode": config.__spec__.cached, "source": config.__file__}
+try:
+    config.from_canonical({"format": "another"})
+except config.ConfigError as error:
+    found["raised_at"] = [frame.line for frame in traceback.extract_tb(error.__traceback__)][-1]
+print(json.dumps(found))
+"""
+
+
+def test_the_apps_bytecode_leaves_its_docstrings_to_the_sources_beside_it(sandbox: lambda_sandbox.Sandbox) -> None:
+    """The app ships its sources beside its bytecode (readable tracebacks); the bytecode carried
+    every module's and function's docstring a second time, 180 KB of the zip on 2026-12-07 (as
+    much as the app had grown in a day). Imported from the zip's bytecode, they are gone; a class
+    keeps its own, and a traceback still shows the source line that raised."""
+    done = sandbox.run(["-c", DOCSTRINGS_SCRIPT], lambda_sandbox.stage_environment("dev"))
+    assert done.returncode == 0, done.stderr[-4000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["bytecode"].startswith(str(sandbox.task_root)) and found["source"].endswith("chalicelib/config.py")
+    assert '"""Build the config from its canonical form' in Path(found["source"]).read_text()
+    assert (found["module"], found["function"]) == (None, None)
+    assert found["class"].startswith("The configuration is invalid")
+    assert found["raised_at"].startswith("raise ConfigError([(f\"{source}: not a canonical vmpool config")
 
 
 @pytest.fixture
