@@ -24,7 +24,7 @@ from chalicelib.store.breaker import OPEN_SECONDS
 from local.redis_server import RedisServer
 from tests.harness import Harness, HarnessFactory
 from tests.redis_pair import Endpoint
-from tests.support import eventually, pausable_redis_server
+from tests.support import eventually, pausable_redis_server, stop_process
 
 SOCKET_TIMEOUT = 0.3
 CONNECTION_COMMANDS = {"ping", "hello", "client", "info", "auth", "select"}
@@ -72,7 +72,7 @@ def _one_request_work(harness: Harness, server: RedisServer) -> int:
 
 def _stop(server: RedisServer) -> None:
     assert server.process is not None
-    server.process.send_signal(signal.SIGSTOP)
+    stop_process(server.process.pid)  # returns once it is stopped, not once it is told to
 
 
 def _resume(server: RedisServer) -> None:
