@@ -110,8 +110,9 @@ class Endpoint:
                 client, _ = self._listener.accept()
             except socket.timeout:
                 continue
+            target = self.target_port  # read once: a failover may move it meanwhile
             try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=1)
+                upstream = socket.create_connection(("127.0.0.1", target), timeout=1)
             except OSError:
                 client.close()
                 continue
@@ -119,7 +120,7 @@ class Endpoint:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._open += [client, upstream]
-                self.connected[self.target_port] = self.connected.get(self.target_port, 0) + 1
+                self.connected[target] = self.connected.get(target, 0) + 1
             threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
 
     def _pump(self, client: socket.socket, upstream: socket.socket) -> None:

@@ -8,8 +8,6 @@ the listener gives up on an error instead of listening again."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from chalicelib.store import Store
@@ -37,6 +35,14 @@ def ready_on_primary(pair: RedisPair) -> int:
         store.client.close()
 
 
+def blocked_on_primary(pair: RedisPair) -> int:
+    primary = RedisPair.client(pair.primary)
+    try:
+        return int(primary.info("clients")["blocked_clients"])
+    finally:
+        primary.close()
+
+
 def test_the_local_scheduler_refills_after_a_swap_without_a_restart(
         redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> None:
     # One tick: nudges after.
@@ -45,7 +51,10 @@ def test_the_local_scheduler_refills_after_a_swap_without_a_restart(
     scheduler.start()
     try:
         eventually(lambda: ready_on_primary(redis_pair) == SIZE, 20, "the pool full")
-        time.sleep(1.5)  # the nudge listener blocked in BLPOP on the primary
+        # The nudge listener blocked in BLPOP on the primary (its thread's own doing: waited for,
+        # not slept for).
+        eventually(lambda: blocked_on_primary(redis_pair) >= 1, 20, "the nudge listener blocked in BLPOP",
+                   interval=0.01)
         redis_pair.wait_synced()
         redis_pair.swap_with_replicaof()
         for _ in range(2):

@@ -24,7 +24,7 @@ from chalicelib.store.breaker import OPEN_SECONDS
 from local.redis_server import RedisServer
 from tests.harness import Harness, HarnessFactory
 from tests.redis_pair import Endpoint
-from tests.support import eventually, pausable_redis_server
+from tests.support import eventually, pausable_redis_server, stop_process
 
 SOCKET_TIMEOUT = 0.3
 CONNECTION_COMMANDS = {"ping", "hello", "client", "info", "auth", "select"}
@@ -72,7 +72,7 @@ def _one_request_work(harness: Harness, server: RedisServer) -> int:
 
 def _stop(server: RedisServer) -> None:
     assert server.process is not None
-    server.process.send_signal(signal.SIGSTOP)
+    stop_process(server.process.pid)  # returns once it is stopped, not once it is told to
 
 
 def _resume(server: RedisServer) -> None:
@@ -92,6 +92,13 @@ def test_after_a_timeout_requests_are_refused_at_once_until_redis_answers(
     harness = _harness(make_harness, stoppable)
     per_request = _one_request_work(harness, stoppable)
     assert per_request >= 1
+    breaker = harness.services.redis_breaker
+    assert breaker is not None
+    # The breaker's time stands still: one probe, however long the 20 requests take. On the
+    # machine's clock a busy machine spread them over more than probe_every (a second probe,
+    # whose thread may connect only after Redis resumed: counted as a request's connection
+    # before its CLIENT SETNAME ran) or over OPEN_SECONDS (the breaker closed, one more timeout).
+    breaker.monotonic = lambda: 0.0
     before = _requests_work(stoppable)
     _stop(stoppable)
     try:
@@ -101,8 +108,6 @@ def test_after_a_timeout_requests_are_refused_at_once_until_redis_answers(
             _is_503_at_once(harness.get("/api/v3/vm/gone-host"))
     finally:
         _resume(stoppable)
-    breaker = harness.services.redis_breaker
-    assert breaker is not None
     # The PING that waited in Redis's socket is answered as soon as Redis runs: no request had
     # to find out, and the first one after is served.
     eventually(lambda: not breaker.is_open, 10, "the breaker closed once Redis answered its PING")

@@ -24,6 +24,7 @@ from chalicelib.auth.directory_budget import REQUEST_DIRECTORY_SECONDS
 from local.http_front import WORKER_TIMEOUT_SECONDS
 from tests.auth.slapd import SlapdServer
 from tests.local.stack import call, local_stack, read_answer, wait_for
+from tests.support import stop_process
 
 CONNECT_TIMEOUT = 2
 LOGIN_TIMEOUT = REQUEST_DIRECTORY_SECONDS - CONNECT_TIMEOUT
@@ -64,7 +65,7 @@ def test_a_login_held_by_a_stopped_directory_answers_503_before_the_watchdog_and
                          extra_args=["--threads", "2"]) as stack:
             outcome: dict[str, object] = {}
             assert call("GET", f"{stack.api}/status")[0] == 200
-            os.kill(slapd.process.pid, signal.SIGSTOP)
+            stop_process(slapd.process.pid)  # every thread of it stopped before the login
             kept = socket.create_connection(("127.0.0.1", stack.port), timeout=10)
             try:
                 # A kept-alive client on the other loop (the accepting loop takes a connection

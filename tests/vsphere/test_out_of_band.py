@@ -9,12 +9,13 @@ leaked, and the pool converges. Manager time is a FakeClock (tests/vsphere/test_
 from __future__ import annotations
 
 import secrets
-import time
 from pathlib import Path
+from typing import Callable
 
 from chalicelib.providers.vsphere import connection as connections
 from chalicelib.providers.vsphere import inventory
 from tests.harness import Harness, HarnessFactory
+from tests.support import eventually
 from tests.vsphere import admin
 from tests.vsphere.test_bad_day import POOL, converge, in_vcsim, pool_harness
 from tests.vsphere.vcsim import DATACENTER, TEMPLATE, VcsimServer, make_setup
@@ -154,10 +155,18 @@ def test_clones_vcenter_finishes_after_the_pool_gave_up_on_them_leave_nothing_be
         harness.reconcile(POOL)  # still running after the pool's timeout: given up
         assert all(harness.state_of(name) in ("completed", "destroyed") for name in first)
         assert harness.store.cloning_count() == 2  # vcsim still runs them: their slots are held
-        time.sleep(3.5)  # vcsim's own clock: the given-up tasks end now
-        harness.reconcile(POOL)  # slots freed, the VMs destroyed, two clones started
-        assert harness.store.cloning_count() == 2 and harness.count(POOL, "pending") == 2
-        time.sleep(3.5)  # they end on vcsim's clock, before their timeout on the pass's
+        # vcsim ends the given-up tasks on its own clock (3 s after their start, later on a busy
+        # machine): passes at the same fake time until one finds them ended (slept for before,
+        # 3.5 s, as if vcsim kept time under any load).
+        def passed(done: Callable[[], bool]) -> bool:
+            harness.reconcile(POOL)
+            return done()
+
+        eventually(lambda: passed(lambda: harness.count(POOL, "pending") == 2), 30,
+                   "the given-up tasks ended: their slots freed, the VMs destroyed, two clones started")
+        assert harness.store.cloning_count() == 2
+        # The new clones end on vcsim's clock, before their timeout on the pass's.
+        eventually(lambda: passed(lambda: harness.store.cloning_count() == 0), 30, "the new clones ended")
         converge(harness, 2, timeout=40)
         assert not first & in_vcsim(harness)
     finally:
