@@ -72,7 +72,9 @@ def test_addresses_that_drop_packets_end_the_login_by_its_deadline_not_one_conne
         with pytest.raises(AuthUnavailable):
             auth.authenticate("bob", slapd.password("bob"))
         took = time.monotonic() - started
-    assert took < 2 + 3 + 1, f"the login took {took:.1f} s"
+    # Half-way between the deadline (login_timeout + one connect_timeout: 5 s) and the old way's
+    # 12 s: a loaded machine's scheduling must not fail it, the old behaviour must.
+    assert took < 2 + 3 + 3.5, f"the login took {took:.1f} s"
 
 
 def test_one_address_that_drops_packets_beside_a_live_one_still_logs_in(
