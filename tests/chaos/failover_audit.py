@@ -37,7 +37,8 @@ Then it checks, as an outsider (redis-py on the new primary, the hypervisor's fo
 handed to two callers; no caller read another's tags; every VM a caller kept is running, its
 user's, and in the hypervisor; the pools converge (full, nothing pending or completed) and Redis
 matches the hypervisor; every error answer was a JSON 503 (never a 500, never past the client's
-10 s timeout); a fresh request after the faults answers at once. Exit status 1 on any problem.
+10 s timeout), with ``Retry-After`` when it says why (not vmpooler's bare ``{"ok": false}`` for
+a pool with no VM ready); a fresh request after the faults answers at once. Exit status 1 on any problem.
 A pool that does not converge has its pending VMs' records printed (what holds each: its clone
 mark, task, request). Knobs for investigations: ``AUDIT_SETTLE`` (seconds the pools may take to
 converge, 40), ``AUDIT_DEMOTE_AFTER`` (seconds ``stoppromote`` leaves the old primary a primary, 1),
@@ -183,15 +184,23 @@ class Audit:
         return Store(redis.Redis(port=self.pair.endpoint.port, decode_responses=True, socket_timeout=3))
 
     def wait_full(self, timeout: float) -> dict[str, dict[str, int]]:
+        """Until the pools are full with nothing pending or completed and the hypervisor holds
+        exactly their ready and running VMs (after an ``empty`` fault the strangers go in two
+        passes: the pools may be full before), or ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                counts: dict[str, dict[str, int]] = self.store().counts(list(POOLS))
+                store = self.store()
+                counts: dict[str, dict[str, int]] = store.counts(list(POOLS))
+                matching = all(
+                    set(self.hypervisor_client.hkeys(self.folder_keys[pool]))
+                    == set(store.hostnames(pool, "ready")) | set(store.hostnames(pool, "running"))
+                    for pool in POOLS)
             except Exception:  # noqa: BLE001 - Redis still failing over
-                counts = {}
+                counts, matching = {}, False
             full = counts and all(counts[pool]["ready"] == size and not counts[pool]["pending"]
                                   and not counts[pool]["completed"] for pool, size in POOLS.items())
-            if full or time.monotonic() > deadline:
+            if (full and matching) or time.monotonic() > deadline:
                 return counts
             time.sleep(0.3)
 
@@ -379,6 +388,9 @@ class Audit:
                 if response.status >= 500 and not (response.status == 503 and isinstance(answer, dict)
                                                    and answer.get("ok") is False):
                     self.problems.append(f"{name} {method} {path}: {response.status} {raw[:200]!r}")
+                elif (response.status == 503 and answer.get("error")  # not vmpooler's bare "no VM ready"
+                      and not (response.getheader("Retry-After") or "").isdigit()):
+                    self.problems.append(f"{name} {method} {path}: 503 without Retry-After {raw[:200]!r}")
                 return response.status, answer
             return 0, None
 
