@@ -48,11 +48,11 @@ def script_source(name: str) -> str:
 class _Script:
     """A script run by SHA, its text sent when Redis lacks it. Loaded scripts are not replicated:
     after a failover the new primary lacks them, and a command refused by the demoted node may be
-    retried there after redis-py loaded the script on the old one. So load once more. On
-    ``NOSCRIPT`` (the script did not run) the client of store/connection.py sends ``EVAL`` with the
-    text, once: one round trip where ``SCRIPT LOAD`` then ``EVALSHA`` cost two (inside a
-    checkout's confirm window, the first checkout after a failover); Redis caches the text it ran
-    for the next ``EVALSHA``. Retried only as any command (``READONLY``, never after a lost reply)."""
+    retried there after redis-py loaded the script on the old one. So on ``NOSCRIPT`` (the
+    script did not run) the client of store/connection.py sends ``EVAL`` with the text, once:
+    one round trip where ``SCRIPT LOAD`` then ``EVALSHA`` cost two (inside a checkout's confirm
+    window, the first checkout after a failover); Redis caches the text it ran for the next
+    ``EVALSHA``. Retried only as any command (``READONLY``, never after a lost reply)."""
 
     def __init__(self, script: Script, text: str) -> None:
         self._script = script
