@@ -1,13 +1,15 @@
 """An outsider's failover audit, run by hand (not part of the suite: a randomized load of a minute):
 
     .venv/bin/python -m tests.chaos.failover_audit [--seed 1] [--faults swap,stop,sched,worker,lagkill]
+        [--callers 16] [--tokens]
 
 A primary + replica pair of redis-server behind an endpoint (tests/redis_pair.py), two API
 processes and a scheduler process on it (each built as a Lambda is, the dummy hypervisor on a
-Redis of its own that no failover touches), and 16 distinct callers: every second one has its own
-user's token, the others are anonymous, each from its own loopback address. Each checks out from
-a random pool, tags the VM as its own, reads it back, returns it (or keeps it), and now and then
-opens an on-demand request and polls it. Meanwhile the faults, in order:
+Redis of its own that no failover touches), and 16 distinct callers (``--callers``): every second
+one has its own user's token (each one with ``--tokens``), the others are anonymous, each from
+its own loopback address. Each checks out from a random pool, tags the VM as its own, reads it
+back, returns it (or keeps it), and now and then opens an on-demand request and polls it.
+Meanwhile the faults, in order:
 
 - ``swap``: the replica promoted and the primary demoted by REPLICAOF (open connections still
   reach the demoted node); ``failover``: Redis FAILOVER;
@@ -563,13 +565,15 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--faults", default="swap,stop,sched,worker,lagkill")
     parser.add_argument("--logs", default="/tmp/vmpool-failover-audit", help="the service's processes' logs")
+    parser.add_argument("--callers", type=int, default=CALLERS)
+    parser.add_argument("--tokens", action="store_true", help="every caller its own user's token (else every second)")
     args = parser.parse_args()
     if args.serve:
         serve(args.serve)
         return 0
     out_dir = Path(args.logs)
     out_dir.mkdir(parents=True, exist_ok=True)
-    audit = Audit(args.seed, out_dir)
+    audit = Audit(args.seed, out_dir, callers=args.callers, anonymous=not args.tokens)
     try:
         audit.run([fault for fault in args.faults.split(",") if fault])
     finally:
