@@ -134,6 +134,20 @@ def holder_gone(holder: LeaseHolder) -> bool:
     return holder.start is not None and process_start(holder.pid) != holder.start
 
 
+NUDGE_WAIT_SECONDS = 1.0
+"""The longest the nudge listener's ``BLPOP`` blocks, with no nudge, before it asks again."""
+
+
+def nudge_wait(socket_timeout: float) -> float:
+    """How long the nudge listener's ``BLPOP`` blocks: ``NUDGE_WAIT_SECONDS``, but half the
+    client's ``redis.socket_timeout`` when that is shorter. Its answer comes only at the end of
+    the block when no nudge came; blocking 1 s on a client that waits 1 s (``socket_timeout:
+    1.0``, or less) timed out at every idle second: the process's breaker opened every 2 s
+    (an API request of the same process, ``WORKERS=0``, answered 503 though Redis was well) and
+    a nudge popped as the reply was given up was lost (its refill waited for the next tick)."""
+    return min(NUDGE_WAIT_SECONDS, socket_timeout / 2)
+
+
 class LocalScheduler:
     def __init__(self, services: Services, interval_seconds: float = 10.0, budget_seconds: float = 30.0) -> None:
         self.services = services
@@ -224,12 +238,14 @@ class LocalScheduler:
             self._stopping.wait(self.interval_seconds)
 
     def _listen_for_nudges(self) -> None:
-        """A checkout or delete in an API process pushed onto the pool's wake list: run the pool."""
+        """A checkout or delete in an API process pushed onto the pool's wake list: run the pool.
+        Each wait for one is shorter than the client's socket timeout (``nudge_wait``)."""
         store = self.services.store
+        wait = nudge_wait(self.services.config.redis.socket_timeout)
         while not self._stopping.is_set():
             pools = {store.keys.wake(name): name for name in self.services.config.pool_names}
             try:
-                popped = store.client.blpop(list(pools), timeout=1) if pools else None
+                popped = store.client.blpop(list(pools), timeout=wait) if pools else None
             except Exception as error:  # noqa: BLE001 - redis away: listen again in a second
                 logger.debug("nudge listener: redis unavailable", extra={"error": repr(error)})
                 self._stopping.wait(1.0)

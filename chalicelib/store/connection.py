@@ -535,8 +535,9 @@ class _Client(redis.Redis):
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Pipeline:
         return _Pipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
 
-    def run_script(self, sha: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """``EVALSHA sha len(keys) *keys *args``, as ``evalsha`` runs it, in fewer Python layers:
+    def run_script(self, sha: str, keys: Sequence[Any], args: Sequence[Any], text: str | None = None) -> Any:
+        """``EVALSHA sha len(keys) *keys *args``, as ``evalsha`` runs it, in fewer Python layers
+        (with ``text``, the script's own: ``EVAL text ...``, for a Redis that answered ``NOSCRIPT``):
         the pool's connection, this client's retry (``_RetryWhenNotRun``: once, at once, only
         when the command surely did not run; the connection closed before the retry) and the
         connection classes' failover handling are the same objects redis-py's
@@ -547,7 +548,8 @@ class _Client(redis.Redis):
         pool = self.connection_pool
         connection = pool.get_connection()
         try:
-            command = _packed(connection, ("EVALSHA", sha, len(keys), *keys, *args))
+            command = _packed(connection, ("EVALSHA", sha, len(keys), *keys, *args) if text is None
+                              else ("EVAL", text, len(keys), *keys, *args))
         except BaseException:
             pool.release(connection)
             raise

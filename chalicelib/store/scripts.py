@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence, cast
+from typing import Any, Sequence
 
 import redis
 from redis.commands.core import Script
@@ -46,9 +46,13 @@ def script_source(name: str) -> str:
 
 
 class _Script:
-    """A script run by SHA, loaded when Redis lacks it. Loaded scripts are not replicated: after
-    a failover the new primary lacks them, and a command refused by the demoted node may be
-    retried there after redis-py loaded the script on the old one. So load once more."""
+    """A script run by SHA, its text sent when Redis lacks it. Loaded scripts are not replicated:
+    after a failover the new primary lacks them, and a command refused by the demoted node may be
+    retried there after redis-py loaded the script on the old one. So on ``NOSCRIPT`` (the
+    script did not run) the client of store/connection.py sends ``EVAL`` with the text, once:
+    one round trip where ``SCRIPT LOAD`` then ``EVALSHA`` cost two (inside a checkout's confirm
+    window, the first checkout after a failover); Redis caches the text it ran for the next
+    ``EVALSHA``. Retried only as any command (``READONLY``, never after a lost reply)."""
 
     def __init__(self, script: Script, text: str) -> None:
         self._script = script
@@ -70,13 +74,10 @@ class _Script:
             except NoScriptError:
                 return self._script(keys=keys, args=args, client=client)
         # The lean EVALSHA of store/connection.py's client (redis-py's Script, in fewer layers).
-        for attempt in range(3):
-            try:
-                return run_script(self.sha, keys, args)
-            except NoScriptError:
-                if attempt == 2:
-                    raise
-                self.load_into(cast(redis.Redis, self._script.registered_client))
+        try:
+            return run_script(self.sha, keys, args)
+        except NoScriptError:
+            return run_script(self.sha, keys, args, text=self.script)
 
 
 def registered(client: redis.Redis, text: str) -> _Script:
@@ -154,7 +155,9 @@ def run_many(client: redis.Redis, calls: Sequence[ScriptCall],
     """Run many script calls in one round trip (a pipeline of EVALSHA) and return their replies
     in order. Each call is atomic and checks its own conditions, exactly as when run alone; the
     pipeline only saves the round trips. Calls of a script Redis lacks (a new primary after a
-    failover) are loaded and run once more; they did not run the first time. ``commands``
+    failover) are run once more in a second pipeline, the first of each script by ``EVAL`` with
+    its text (Redis caches it for the ``EVALSHA`` of the others); they did not run the first
+    time. ``commands``
     (plain commands, each its name and arguments) go first in the same pipeline, run once;
     their replies come first too. Raises the first other error (the calls before it ran).
 
@@ -171,24 +174,28 @@ def run_many(client: redis.Redis, calls: Sequence[ScriptCall],
 
 
 def _pipelined(client: redis.Redis, calls: Sequence[ScriptCall], commands: Sequence[Sequence[Any]],
-               load_missing: bool = True) -> tuple[list[Any], list[Any]]:
+               by_text: bool = False) -> tuple[list[Any], list[Any]]:
     """One pipeline of ``commands`` then ``calls``: their replies, errors among them (not
-    raised); with ``load_missing``, the calls of a script Redis lacked loaded and run again."""
+    raised); unless ``by_text`` (that second try itself), the calls of a script Redis lacked
+    run again, the first of each script by ``EVAL`` with its text (one round trip)."""
     if not (calls or commands):
         return [], []
     pipe = client.pipeline(transaction=False)
     for command in commands:
         pipe.execute_command(*command)
+    sent_text: set[str] = set()
     for script, keys, args in calls:
-        # EVALSHA by hand: a pipeline given a Script object first asks SCRIPT EXISTS (a round trip).
-        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        if by_text and script.sha not in sent_text:
+            sent_text.add(script.sha)
+            pipe.execute_command("EVAL", script.script, len(keys), *keys, *args)
+        else:
+            # EVALSHA by hand: a pipeline given a Script object first asks SCRIPT EXISTS (a round trip).
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
     answers = pipe.execute(raise_on_error=False)
     plain, replies = answers[:len(commands)], answers[len(commands):]
     missing = [index for index, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-    if missing and load_missing:
-        for script in {calls[index][0].sha: calls[index][0] for index in missing}.values():
-            script.load_into(client)
-        _, again = _pipelined(client, [calls[index] for index in missing], (), load_missing=False)
+    if missing and not by_text:
+        _, again = _pipelined(client, [calls[index] for index in missing], (), by_text=True)
         for index, reply in zip(missing, again, strict=True):
             replies[index] = reply
     return plain, replies

@@ -959,14 +959,14 @@ class Store:
                                         unconfirmed_only=False)
         release = ("EVAL", self.scripts.release.script, len(keys), *keys, *args)
 
-        def confirm_and_wait() -> list[Any]:
+        def confirm_and_wait(by_text: bool = False) -> list[Any]:
             if not replicas:  # no pipeline for one command: the script's lean call (store/connection.py)
                 return [self.scripts.confirm(keys=[self.keys.vm(vm.hostname) for vm in vms], args=[checkout_id])]
             # One round trip on one connection: WAIT counts the writes of its own connection.
             # EVALSHA by hand: a pipeline given a Script object first asks SCRIPT EXISTS.
             pipe = self.client.pipeline(transaction=False)
-            pipe.execute_command("EVALSHA", self.scripts.confirm.sha, len(vms),
-                                 *(self.keys.vm(vm.hostname) for vm in vms), checkout_id)
+            script = ("EVAL", self.scripts.confirm.script) if by_text else ("EVALSHA", self.scripts.confirm.sha)
+            pipe.execute_command(*script, len(vms), *(self.keys.vm(vm.hostname) for vm in vms), checkout_id)
             pipe.execute_command("WAIT", *wait)
             return pipe.execute()
 
@@ -978,8 +978,8 @@ class Store:
                 try:
                     confirmed, *acks = confirm_and_wait()
                 except redis.exceptions.NoScriptError:  # a Redis that never ran it (a new primary)
-                    self.scripts.confirm.load_into(self.client)
-                    confirmed, *acks = confirm_and_wait()
+                    # Its text, once: one round trip inside the confirm window, not a load and a retry.
+                    confirmed, *acks = confirm_and_wait(by_text=True)
         except StoreUnavailable:
             self._release_after_failure(checkout_id, vms, now, holdings)
             raise

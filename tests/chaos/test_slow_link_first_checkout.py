@@ -34,3 +34,27 @@ def test_the_first_checkout_of_a_process_on_a_slow_link_is_confirmed(redis_pair:
     finally:
         primary.close()
     assert record["state"] == "running" and "confirm_by" not in record, record  # confirmed: the caller's
+
+
+def test_the_first_checkout_after_a_failover_on_a_slow_link_is_confirmed(redis_pair: RedisPair, api: Services) -> None:
+    """After a failover the new primary lacks the scripts (loaded scripts are not replicated): its
+    first ``EVALSHA`` of the confirmation answers ``NOSCRIPT`` inside the confirm window. Loading
+    it then running it again cost 2 round trips there (7 chunks of 170 ms before the confirmation
+    ran, past the 1 s window: a 503 "try again" with Redis and its replica well); the script's
+    text sent once by ``EVAL`` costs 1 (5 chunks)."""
+    fill(api, POOL)
+    redis_pair.wait_synced()
+    api.store.scripts.confirm.load_into(api.client)
+    redis_pair.swap_with_replicaof()
+    redis_pair.wait_synced()
+    primary = RedisPair.client(redis_pair.primary)
+    try:
+        assert primary.script_exists(api.store.scripts.confirm.sha) == [False]  # as ElastiCache's new primary
+        redis_pair.endpoint.delay = 0.17
+        status, answer = check_out(POOL)
+        redis_pair.endpoint.delay = 0.0
+        assert status == 200, answer  # before: 503 "the state store is unavailable, try again shortly"
+        record = primary.hgetall(f"vmpool:vm:{hostname(answer, POOL)}")
+    finally:
+        primary.close()
+    assert record["state"] == "running" and "confirm_by" not in record, record

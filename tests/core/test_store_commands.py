@@ -9,10 +9,12 @@ from typing import Callable
 import pytest
 import redis
 
-from chalicelib.store import ModifyResult, Store
+from chalicelib.config import parse
+from chalicelib.store import ModifyResult, Store, connect
 from chalicelib.store import store as store_module
 from chalicelib.store.history import PoolHistory, Sample
 from chalicelib.store.migrations import MigrationStore
+from chalicelib.store.scripts import registered
 from chalicelib.store.vm_tasks import EnqueueResult, VMTaskStore, new_task
 from tests.support import RedisRoundTrips, redis_commands
 
@@ -291,7 +293,10 @@ def test_dashboard_series_and_a_migrations_end_cost_one_round_trip_and_no_script
         with RedisRoundTrips() as trips:
             commands = commands_of(redis_client, lambda: history.series([POOL, "beta"], 100, 3, 1))
         assert history.series([POOL], 100, 2, 1)[POOL] == [Sample(100, 1, 2, 3, 6), Sample(101, 1, 2, 3, 6)]
-        assert "script|exists" not in commands and trips.count == (3 if flushed else 1) + 2  # + commands_of's own
+        # Flushed: NOSCRIPT, then the calls again with the script's text (EVAL), not a SCRIPT LOAD
+        # and a third round trip (the first checkout after a failover confirmed in its window).
+        assert "script|exists" not in commands and "script|load" not in commands
+        assert trips.count == (2 if flushed else 1) + 2  # + commands_of's own
     redis_client.script_flush()
     with RedisRoundTrips() as trips:
         commands = commands_of(redis_client, lambda: migrations.finish("vm-0", host="esx-2", migrated="true"))
@@ -299,3 +304,23 @@ def test_dashboard_series_and_a_migrations_end_cost_one_round_trip_and_no_script
     assert redis_client.zcard(store.keys.migrating) == 0
     record = store.get_vm("vm-0").raw
     assert record["host"] == "esx-2" and record["migrated"] == "true" and "migration" not in record
+
+
+def test_a_script_redis_lacks_runs_once_in_two_round_trips(redis_client: redis.Redis) -> None:
+    """The service's client (store/connection.py) runs a script alone by EVALSHA; on a Redis that
+    lacks it (a new primary after a failover) NOSCRIPT, then its text by EVAL: it runs once, and
+    in 2 round trips, not NOSCRIPT, SCRIPT LOAD and EVALSHA again (3, the first checkout after a
+    failover past its confirm window on a slow link)."""
+    port = redis_client.connection_pool.connection_kwargs["port"]
+    client = connect(parse(":redis: {socket_timeout: 5.0}").redis, url=f"redis://127.0.0.1:{port}/0")
+    try:
+        counted = registered(client, "return redis.call('INCR', KEYS[1])")
+        assert counted(keys=["runs"]) == 1
+        redis_client.script_flush()
+        with RedisRoundTrips() as trips:
+            commands = commands_of(redis_client, lambda: counted(keys=["runs"]))
+        assert redis_client.get("runs") == "2"  # ran once more, not twice
+        assert commands == {"evalsha": 1, "eval": 1, "incr": 1}
+        assert trips.count == 2 + 2  # + commands_of's own
+    finally:
+        client.close()

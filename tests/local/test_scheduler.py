@@ -17,7 +17,10 @@ from chalicelib.config import parse
 from chalicelib.manager.dispatch import look_at
 from chalicelib.manager.pool_queue import FOLLOWUP, NUDGE, PoolMessage
 from chalicelib.services import Services
+from chalicelib.store import connect
+from chalicelib.store.connection import breaker_of
 from local.scheduler import LocalScheduler
+from tests.support import eventually
 
 CONFIG = """\
 providers:
@@ -93,3 +96,35 @@ def test_a_follow_up_queued_while_a_pool_runs_waits_for_a_run_of_its_own(
     assert report is not None and len(report.passes) == 1
     queued = scheduler.queue.take(timeout=0)
     assert queued is not None and queued.reason == FOLLOWUP
+
+
+def test_an_idle_scheduler_on_a_short_socket_timeout_never_finds_redis_slow(
+        redis_client: redis.Redis, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The nudge listener's BLPOP blocked 1 s on a client that waits ``socket_timeout`` (here
+    0.5 s): with no checkout to nudge a pool, every wait timed out and opened the process's
+    breaker (an API request of the same process answered 503, Redis well), and a nudge popped as
+    the reply was given up was lost. Now each wait is half the socket timeout at most."""
+    config = parse(":redis: {socket_timeout: 0.5}\n" + CONFIG)
+    port = redis_client.connection_pool.connection_kwargs["port"]
+    client = connect(config.redis, url=f"redis://127.0.0.1:{port}/0")
+    breaker = breaker_of(client)
+    assert breaker is not None
+    timeouts, waits = [], []
+    monkeypatch.setattr(breaker, "timed_out", lambda: timeouts.append(1))
+    blpop = client.blpop
+
+    def counted_blpop(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return blpop(*args, **kwargs)
+        finally:
+            waits.append(1)
+
+    monkeypatch.setattr(client, "blpop", counted_blpop)
+    scheduler = LocalScheduler(Services(config, client, clock=clock), interval_seconds=60)
+    scheduler.start()
+    try:
+        eventually(lambda: len(waits) >= 3, 20, "three waits for a nudge")
+    finally:
+        assert scheduler.stop()
+        client.close()
+    assert not timeouts, f"{len(timeouts)} of {len(waits)} waits for a nudge timed out"
