@@ -156,6 +156,8 @@ def optional_caller(services: Services, request: ApiRequest) -> Caller | None:
         return None
     if "caller" not in request.memo:
         record = services.tokens.touch(valid_record(check))
+        if record is None:  # deleted since it was checked: this request comes after the delete
+            raise unauthorized("invalid or expired token")
         request.memo["caller"] = Caller(record.user, record.id, services.store.keys.token(record.token_hash),
                                         record.entry_id)
     caller: Caller = request.memo["caller"]

@@ -314,13 +314,14 @@ class TokenStore:
             return None
         return self.touch(record) if touch else record
 
-    def touch(self, record: TokenRecord) -> TokenRecord:
-        """The token used now: its ``last`` set to now, its expiry to the ttl in effect (unless it
-        was deleted meanwhile)."""
+    def touch(self, record: TokenRecord) -> TokenRecord | None:
+        """The token used now: its ``last`` set to now, its expiry to the ttl in effect. None when
+        it was deleted (or expired) since ``record`` was read: the request comes after the delete's
+        answer, and is refused as any request with a dead token (it never brings the token back)."""
         now = iso(self.clock.now())
         if self._touch(keys=[self._token_key(record.token_hash)], args=[now, self._seconds_left(record.created)]):
             return dataclasses.replace(record, last=now)
-        return record
+        return None
 
     def list_for_user(self, user: str) -> list[TokenRecord]:
         """The user's live tokens, oldest first (dangling and expired entries are cleaned up)."""

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from chalicelib.api import tokens
-from chalicelib.auth.tokens import TOKEN_PREFIX
+from chalicelib.auth.tokens import TOKEN_PREFIX, DeleteResult
 from chalicelib.config import build
 from chalicelib.manager.dispatch import Ticker
 from chalicelib.manager.reconcile import reconcile_pool
@@ -587,3 +587,30 @@ def test_an_id_of_32_hex_digits_revokes_its_token_and_no_id_is_a_token(ldap_api:
     assert (revoked.status, revoked.body) == (200, {"ok": True})
     assert ldap_api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": lost}).status == 401
     assert set(ldap_api.call("GET", "/api/v3/token", headers=alice).body) == {"ok", token_id(kept)}
+
+
+def test_a_request_whose_token_is_deleted_after_its_check_is_refused(ldap_api: Harness, slapd):
+    """A ``DELETE /token`` that lands between a request's look at its token and the token's first
+    use (another Lambda, another thread): the request comes after the delete's answer, so it is
+    refused as any request with a dead token. Before, a read went on and showed the owner's
+    on-demand request to a token its owner had just revoked."""
+    token = ldap_api.new_token("alice", slapd.password("alice"))
+    created = ldap_api.call("POST", f"/api/v3/ondemandvm/{POOL}", headers={"X-AUTH-TOKEN": token})
+    assert created.status == 201, created.body
+    tokens_store = ldap_api.services.tokens
+    look_up = tokens_store.lookup
+
+    def lookup_then_revoked(presented: str, *, touch: bool = True) -> Any:
+        record = look_up(presented, touch=touch)
+        if record is not None:
+            assert tokens_store.delete(presented, record.user) is DeleteResult.DELETED  # the racing DELETE
+        return record
+
+    tokens_store.lookup = lookup_then_revoked  # type: ignore[method-assign]
+    try:
+        late = ldap_api.call("GET", f"/api/v3/ondemandvm/{created.body['request_id']}", headers={"X-AUTH-TOKEN": token})
+    finally:
+        tokens_store.lookup = look_up  # type: ignore[method-assign]
+    assert late.status == 401, late.body
+    assert late.body == {"ok": False, "error": "invalid or expired token"}
+    assert POOL not in late.body
