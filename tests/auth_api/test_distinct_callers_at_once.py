@@ -101,6 +101,29 @@ def hostname_of(reply: Reply, name: str = POOL) -> str:
     return str(reply.json[name]["hostname"]).split(".")[0]
 
 
+def raced_with_its_token_delete(order: str, number: int, sender: Harness, deleting: Harness, method: str,
+                                target: str, body: Any = None) -> tuple[Reply, tuple[Any, ...]]:
+    """Alice's request sent by ``sender`` with a new token of hers, raced in ``order`` with her
+    ``DELETE`` of that token by ``deleting`` (always a 200): the request's answer, and what to
+    print when an assert fails."""
+    headers = token(sender, "alice")
+    reply, deleted = raced(order, sent_by(sender, method, target, body, headers=headers),
+                           sent_by(deleting, "DELETE", f"/api/v3/token/{headers['X-AUTH-TOKEN']}",
+                                   headers=basic("alice", "alice-pw")))
+    where = (number, order, reply.raw, deleted.raw)
+    assert deleted.status == 200, where
+    return reply, where
+
+
+def undone_with_a_new_token(deleting: Harness, method: str, target: str) -> None:
+    """Alice undoes what a won race made (``method target``) with a token of hers made for it,
+    then deletes that token, each a 200."""
+    other = token(deleting, "alice")
+    assert sent_by(deleting, method, target, headers=other)().status == 200
+    assert sent_by(deleting, "DELETE", f"/api/v3/token/{other['X-AUTH-TOKEN']}",
+                   headers=basic("alice", "alice-pw"))().status == 200
+
+
 def held(process: Harness, user: str) -> set[str]:
     """The VMs the user's quota counts: its holdings that still run (lua/quota.lua drops the
     others lazily, while counting)."""
@@ -257,22 +280,15 @@ def test_a_token_deleted_while_a_checkout_made_with_it_is_under_way(processes) -
     for number, order in rounds():
         checking_out.fill(POOL)
         ready = set(checking_out.ready(POOL))
-        headers = token(checking_out, "alice")
-        checkout, deleted = raced(order, sent_by(checking_out, "POST", f"/api/v3/vm/{POOL}", headers=headers),
-                                  sent_by(deleting, "DELETE", f"/api/v3/token/{headers['X-AUTH-TOKEN']}",
-                                          headers=basic("alice", "alice-pw")))
-        where = (number, order, checkout.raw, deleted.raw)
-        assert deleted.status == 200, where
+        checkout, where = raced_with_its_token_delete(order, number, checking_out, deleting, "POST",
+                                                      f"/api/v3/vm/{POOL}")
         assert checkout.status == (200 if order == "first" else 401) or order == "together", where
         if checkout.status == 200:
             host = hostname_of(checkout)
             assert checking_out.store.get_vm(host).raw.get("token_user") == "alice", where
             assert held(checking_out, "alice") == {host}, where
             assert set(checking_out.ready(POOL)) == ready - {host}, where
-            other = token(deleting, "alice")
-            assert sent_by(deleting, "DELETE", f"/api/v3/vm/{host}", headers=other)().status == 200
-            assert sent_by(deleting, "DELETE", f"/api/v3/token/{other['X-AUTH-TOKEN']}",
-                           headers=basic("alice", "alice-pw"))().status == 200
+            undone_with_a_new_token(deleting, "DELETE", f"/api/v3/vm/{host}")
         else:
             assert checkout.status == 401, where
             assert set(checking_out.ready(POOL)) == ready and not held(checking_out, "alice"), where
@@ -513,20 +529,12 @@ def test_a_token_deleted_while_an_on_demand_request_made_with_it_is_under_way(pr
     keys = opening.store.keys
     for number, order in rounds():
         request_id = f"doomed-{number}"
-        headers = token(opening, "alice")
-        made, deleted = raced(order, sent_by(opening, "POST", "/api/v3/ondemandvm",
-                                             {OTHER_POOL: 1, "request_id": request_id}, headers=headers),
-                              sent_by(deleting, "DELETE", f"/api/v3/token/{headers['X-AUTH-TOKEN']}",
-                                      headers=basic("alice", "alice-pw")))
-        where = (number, order, made.raw, deleted.raw)
-        assert deleted.status == 200, where
+        made, where = raced_with_its_token_delete(order, number, opening, deleting, "POST", "/api/v3/ondemandvm",
+                                                  {OTHER_POOL: 1, "request_id": request_id})
         assert made.status == (201 if order == "first" else 401) or order == "together", where
         if made.status == 201:
             assert opening.client.hmget(keys.ondemand(request_id), "state", "token_user") == ["open", "alice"], where
-            other = token(deleting, "alice")
-            assert sent_by(deleting, "DELETE", f"/api/v3/ondemandvm/{request_id}", headers=other)().status == 200
-            assert sent_by(deleting, "DELETE", f"/api/v3/token/{other['X-AUTH-TOKEN']}",
-                           headers=basic("alice", "alice-pw"))().status == 200
+            undone_with_a_new_token(deleting, "DELETE", f"/api/v3/ondemandvm/{request_id}")
         else:
             assert made.status == 401, where
             assert not opening.client.exists(keys.ondemand(request_id)), where
