@@ -357,9 +357,13 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
                       stale_lease=message.lease, pool_config=drain, out_of_time=out_of_time, nudged=nudged)
     if drain is not None and report.passes and not report.failures and report.stopped_before is None \
             and _empty(report) and not _dns_records_left(services, drain):
-        fleet.forget(message.pool, services.clock.now())
-        logger.info("removed pool drained and forgotten", extra={"pool": message.pool})
-        return report
+        if fleet.forget(message.pool, services.clock.now()):
+            logger.info("removed pool drained and forgotten", extra={"pool": message.pool})
+            return report
+        # An on-demand request opened since the pass (an API function a config behind): kept
+        # known, the pool's next drain pass (the tick's) fails the request, then forgets it.
+        logger.info("removed pool drained but not forgotten: an on-demand request for it is open",
+                    extra={"pool": message.pool})
     if stopping():
         return report
     if report.unreleased_lease or (report.failures and report.look_again_in is not None):

@@ -15,6 +15,8 @@ import hashlib
 import json
 from typing import Iterable, Sequence
 
+from redis.exceptions import WatchError
+
 from chalicelib.config import PoolConfig
 from chalicelib.store.scripts import ScriptCall, run_many
 from chalicelib.store.store import _translate_errors
@@ -85,7 +87,7 @@ class Fleet(SubStore):
                 pipe.delete(self.keys.clone_demand_before)
                 pipe.execute()
 
-    def forget(self, pool: str, now: float | None = None) -> None:
+    def forget(self, pool: str, now: float | None = None) -> bool:
         """The pool is drained: drop it, and what passes kept about it (marks, its share of the
         task limit, its backoff, last boot, demand size), so pools removed over the years leave
         nothing behind (its DNS waiting flag stayed: a pool of that name pushed back showed in GET
@@ -93,10 +95,18 @@ class Fleet(SubStore):
         pool of that name pushed back gets them, as in vmpooler); its history and daily stats
         expire by themselves. ``now``: noted in ``pools:forgotten`` for FORGOTTEN_SECONDS
         (``forgotten``), the pools forgotten before that dropped from it (the set itself expires
-        FORGOTTEN_SECONDS after the last)."""
+        FORGOTTEN_SECONDS after the last).
+
+        False, nothing changed, while an on-demand request for the pool is open (or one opened
+        during the call): an API function a config behind opened it after the drain's pass, and
+        its nudge, handled before the pool was forgotten, was left to a function that has the pool.
+        The pool stays known, so the next drain pass fails the request (forgotten, nothing would)."""
         keys = self.keys
-        with _translate_errors():
-            pipe = self.client.pipeline(transaction=True)
+        with _translate_errors(), self.client.pipeline(transaction=True) as pipe:
+            pipe.watch(keys.ondemand_open(pool))  # a request opened before EXEC aborts it
+            if pipe.zcard(keys.ondemand_open(pool)):
+                return False
+            pipe.multi()
             pipe.hdel(keys.known_pools, pool)
             if now is not None:
                 pipe.zremrangebyscore(keys.forgotten_pools, "-inf", f"({now - FORGOTTEN_SECONDS!r}")
@@ -109,7 +119,11 @@ class Fleet(SubStore):
             for fields in (keys.clone_backoff, keys.clone_failure, keys.last_boot, keys.sizing_state,
                            keys.ready_fence, keys.dns_waiting):
                 pipe.hdel(fields, pool)
-            pipe.execute()
+            try:
+                pipe.execute()
+            except WatchError:
+                return False
+        return True
 
     def forgotten(self, pool: str, now: float) -> bool:
         """Whether a drain forgot the pool within FORGOTTEN_SECONDS of ``now``."""

@@ -506,6 +506,46 @@ def test_a_request_an_api_a_config_behind_opens_for_a_pool_already_forgotten_fai
     assert "slow" not in Fleet(services.store).names()
 
 
+def test_a_request_opened_between_the_drains_last_pass_and_its_forget_fails(make_stack, monkeypatch):
+    # The same API function a config behind, a moment earlier: its request opened after the
+    # drain's last pass (its run no longer taking nudges) and before that drain forgot the pool,
+    # and its nudge was handled meanwhile (the pool still known: left to a function that has
+    # it). The forget went ahead all the same: the request answered 202 (pending) for good,
+    # counted by the on-demand limits. The forget now waits for the pool's open requests to fail.
+    stack = make_stack(size=0, extra=SLOW_POOL)
+    services = stack.services
+    with_slow = services.config
+    queue = SimpleNamespace(send=lambda messages, budget_seconds=None: None)
+    Ticker().tick(services, queue)
+    without_slow = config_module.parse(
+        BASE_CONFIG.format(experimental="true", size=0, task_time=0, clone_fail=0, disk_fail=0))
+    services.use_config(without_slow)
+    opened: list[str] = []
+    forget = Fleet.forget
+
+    def opened_just_before(fleet: Fleet, pool: str, now: float | None = None) -> bool:
+        if not opened:
+            services.use_config(with_slow)  # the API function a refresh behind
+            stack.refill.pools.clear()
+            status, body = stack.answer("POST", "/api/v3/ondemandvm", {"slow": 1})
+            assert status == 201
+            opened.append(body["request_id"])
+            services.use_config(without_slow)
+            for nudged in stack.refill.pools:  # its nudge, handled while the pool is still known
+                look_at(services, PoolMessage(nudged, NUDGE), queue)
+        return forget(fleet, pool, now)
+
+    monkeypatch.setattr(Fleet, "forget", opened_just_before)
+    look_at(services, PoolMessage("slow", DRAIN), queue)
+    assert opened and "slow" in Fleet(services.store).names()  # not forgotten: a request is open
+    look_at(services, PoolMessage("slow", DRAIN), queue)  # the next tick's drain: fails it, forgets
+    status, body = stack.answer("GET", f"/api/v3/ondemandvm/{opened[0]}")
+    removed = "The request failed: its pool slow was removed from the configuration"
+    assert (status, body.get("message")) == (200, removed)
+    assert open_requests(stack, "slow") == []
+    assert "slow" not in Fleet(services.store).names()
+
+
 def request_records(stack) -> int:
     """Requests Redis holds a record of (their hashes)."""
     keys = stack.services.store.keys
