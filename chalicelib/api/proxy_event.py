@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from chalicelib.api.http import ApiError, bad_request
+from chalicelib.api.http import ApiError, bad_request, shown
 
 OPTIONAL_KEYS = ("headers", "multiValueHeaders", "queryStringParameters", "multiValueQueryStringParameters",
                  "pathParameters", "stageVariables", "body")
@@ -145,13 +145,13 @@ def checked_event(event: Any, routes: Mapping[str, Mapping[str, Any]]) -> dict[s
         raise ApiError(404)
     if method not in methods:
         allowed = ", ".join(sorted(methods))
-        raise ApiError(405, {"error": f"method {method[:20]} not allowed; use {allowed}"}, {"Allow": allowed})
+        raise ApiError(405, {"error": f"method {shown(method, 20)} not allowed; use {allowed}"}, {"Allow": allowed})
     headers, multi_headers = _single_and_multi(event, "headers", "multiValueHeaders")
     query, multi_query = _single_and_multi(event, "queryStringParameters", "multiValueQueryStringParameters")
     params = _text_mapping(event, "pathParameters")
     for name in methods[method].view_args:
         if name not in (params or {}):
-            raise bad_request(f"The event has no path parameter {name!r} for {resource[:100]}")
+            raise bad_request(f"The event has no path parameter {name!r} for {shown(resource, 100)}")
     base64_body = event.get("isBase64Encoded", False)
     if not isinstance(base64_body, bool):
         raise bad_request("The event's isBase64Encoded must be true or false")

@@ -252,6 +252,16 @@ def test_a_method_the_resource_does_not_have_is_a_405_json_naming_the_allowed_on
     assert answer["body"] == json.dumps(body, separators=(",", ":")), answer  # compact, as every answer
 
 
+def test_a_405_shows_a_method_with_control_characters_as_their_escapes(full: Harness) -> None:
+    """A direct invoke may name any method. Before, the 405 put it in its message as sent: the
+    message a client prints (vmfloaty prints the error) began a line the API seemed to have
+    written at its CR/LF, and ran its escape sequence (here: clear the screen) in the terminal."""
+    answer = app.app(api_event("\x1b[2J\r\nOK", "/api/v3/vm", "/api/v3/vm"), Context())
+    assert answer["statusCode"] == 405, answer
+    error = json.loads(answer["body"])["error"]
+    assert error == "method \\x1b[2J\\r\\nOK not allowed; use GET, HEAD, POST", error
+
+
 @pytest.mark.parametrize("resource, path, params", [
     ("/api/v3/status", "/api/v3/status", None),
     ("/api/v3/vm/{name}", "/api/v3/vm/nosuchvm", {"name": "nosuchvm"}),
