@@ -248,19 +248,31 @@ def build_dataclass(model: type[Model], values: Mapping[str, Any], path: str) ->
     """``model`` from field values in canonical form (field names as keys). Raises Invalid
     ``path.key: ...`` for a value of the wrong shape or a required field missing."""
     converters = _field_converters(model)
+    written = _written_keys(model)
     built: dict[str, Any] = {}
     for name, value in values.items():
         convert = converters.get(name)
         if convert is None:
-            raise Invalid(f"{path}.{name}: unknown key")
-        built[name] = convert(value, f"{path}.{name}")
+            raise Invalid(f"{path}.{written.get(name, name)}: unknown key")
+        built[name] = convert(value, f"{path}.{written.get(name, name)}")
     try:
         return model(**built)
     except TypeError as error:  # a required field missing
-        missing = [field.name for field in dataclasses.fields(model)
+        missing = [written.get(field.name, field.name) for field in dataclasses.fields(model)
                    if field.name not in built and field.default is dataclasses.MISSING
                    and field.default_factory is dataclasses.MISSING]
         raise Invalid(f"{path}.{missing[0]}: is required" if missing else f"{path}: {error}") from None
+
+
+def _written_keys(model: type[SettingsModel]) -> Mapping[str, str]:
+    """Field name -> the YAML key an operator writes (computed once per class): a problem names
+    the key written (``auth.ldap.base``), as the YAML's problems do. Before, a pushed config's
+    named the field (``auth.ldap.bases``), a key no config file has."""
+    written = model.__dict__.get("_written_keys")
+    if written is None:
+        written = MappingProxyType({name: key for key, name in model.keys().items()})
+        type.__setattr__(model, "_written_keys", written)
+    return written
 
 
 def _field_converters(model: type) -> dict[str, Convert]:

@@ -27,18 +27,25 @@ def refused(load: Any) -> list[str]:
     return error.value.problems
 
 
-@pytest.mark.parametrize("key, field, written, problem", [
-    ("base", "bases", BASES, "at most 10 bases (a login tries each), got 11"),
-    ("user_object", "user_objects", ATTRIBUTES, "at most 5 user_objects (a login tries each), got 6"),
+@pytest.mark.parametrize("key, written, problem", [
+    ("base", BASES, "at most 10 bases (a login tries each), got 11"),
+    ("user_object", ATTRIBUTES, "at most 5 user_objects (a login tries each), got 6"),
 ])
 def test_an_ldap_block_listing_more_than_a_login_should_try_is_refused_in_either_format(
-        slapd: SlapdServer, key: str, field: str, written: list[str], problem: str) -> None:
-    """The canonical form keeps the YAML's key (``base``); its reader names the field (``bases``)."""
+        slapd: SlapdServer, key: str, written: list[str], problem: str) -> None:
+    """Both name the key the operator wrote (``base``, which the canonical form keeps). Before,
+    the canonical reader named the field (``auth.ldap.bases``), a key no config file has."""
     assert refused(lambda: parse(yaml_text(slapd.ldap_config(**{key: written})))) == [f"auth.ldap.{key}: {problem}"]
 
     document = json.loads(canonical_json(parse(yaml_text(slapd.ldap_config()))))
     document["auth"]["ldap"][key] = written
-    assert refused(lambda: from_text(json.dumps(document), "s3 config")) == [f"auth.ldap.{field}: {problem}"]
+    assert refused(lambda: from_text(json.dumps(document), "s3 config")) == [f"auth.ldap.{key}: {problem}"]
+
+
+def test_a_pushed_ldap_block_without_its_base_names_the_key_written(slapd: SlapdServer) -> None:
+    document = json.loads(canonical_json(parse(yaml_text(slapd.ldap_config()))))
+    del document["auth"]["ldap"]["base"]
+    assert refused(lambda: from_text(json.dumps(document), "s3 config")) == ["auth.ldap.base: is required"]
 
 
 def test_10_bases_of_5_user_objects_load(slapd: SlapdServer) -> None:
