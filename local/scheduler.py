@@ -252,9 +252,12 @@ class LocalScheduler:
                 continue
             if popped:
                 pool = pools[str(popped[0])]
+                # Its own name: this is the nudge's delay, not the BLPOP's timeout above (reusing
+                # that made every later BLPOP a "timeout is negative" error: each nudge after the
+                # first was lost, and checkouts' refills waited for the next tick).
                 with self._lock:
-                    wait = self._held_elsewhere.get(pool, 0.0) - time.monotonic()
-                self.queue.send([(PoolMessage(pool, NUDGE), max(wait, 0.0))])
+                    delay = self._held_elsewhere.get(pool, 0.0) - time.monotonic()
+                self.queue.send([(PoolMessage(pool, NUDGE), max(delay, 0.0))])
 
     def take_nudge(self, pool: str) -> bool:
         """Whether a nudge or tick for ``pool`` came while its run went on (due in the queue, or
