@@ -30,6 +30,8 @@ import threading
 import time
 from typing import Callable, Sequence
 
+import redis
+
 from chalicelib.manager.dispatch import Ticker, look_at
 from chalicelib.manager.migrations import abandon_unstarted as abandon_unstarted_migrations
 from chalicelib.manager.pending import abandon_unstarted_clones
@@ -246,8 +248,17 @@ class LocalScheduler:
             pools = {store.keys.wake(name): name for name in self.services.config.pool_names}
             try:
                 popped = store.client.blpop(list(pools), timeout=wait) if pools else None
-            except Exception as error:  # noqa: BLE001 - redis away: listen again in a second
+            except (redis.ConnectionError, redis.TimeoutError, StoreUnavailable) as error:
+                # Redis away: the breaker and the passes report it; listen again in a second.
                 logger.debug("nudge listener: redis unavailable", extra={"error": repr(error)})
+                self._stopping.wait(1.0)
+                continue
+            except Exception as error:  # noqa: BLE001 - refused by Redis: said out loud
+                # A command Redis refuses (a wrong argument, a key of another type) is a defect,
+                # not an outage: every nudge is lost until it is gone (a negative BLPOP timeout
+                # once lost them all at debug level, seen by nobody).
+                logger.warning("nudge listener: Redis refused the wait for nudges; refills wait for the tick",
+                               extra={"error": repr(error)})
                 self._stopping.wait(1.0)
                 continue
             if popped:

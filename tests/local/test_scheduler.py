@@ -157,3 +157,23 @@ def test_every_nudge_runs_its_pool_not_only_the_first(
         assert [m for m in looked if m[1] == NUDGE] == [("alpha", NUDGE), ("beta", NUDGE), ("alpha", NUDGE)]
     finally:
         assert scheduler.stop()
+
+
+def test_a_wait_for_nudges_redis_refuses_is_logged_as_a_warning(
+        redis_client: redis.Redis, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    """A BLPOP Redis refuses is not Redis being away: every nudge is lost while it lasts, so it is
+    a warning an operator sees, not the debug line of an outage (a negative timeout once lost
+    every nudge after the first with nobody told)."""
+    services = Services(parse(CONFIG), redis_client, clock=clock)
+    redis_client.set(services.store.keys.wake("alpha"), "not a list")  # BLPOP answers WRONGTYPE
+    scheduler = LocalScheduler(services, interval_seconds=3600)
+    with caplog.at_level("DEBUG", logger="vmpool"):
+        scheduler.start()
+        try:
+            eventually(lambda: [r for r in caplog.records if "refused the wait for nudges" in r.getMessage()],
+                       20, "the refused wait logged")
+        finally:
+            assert scheduler.stop()
+    refused = [r for r in caplog.records if "refused the wait for nudges" in r.getMessage()]
+    assert refused[0].levelname == "WARNING"
+    assert "ResponseError" in str(getattr(refused[0], "error", ""))  # the class: messages may hold secrets
