@@ -111,7 +111,11 @@ def test_the_whole_stack_stopped_and_resumed_keeps_its_workers_and_serves(tmp_pa
             os.killpg(stack.process.pid, signal.SIGCONT)
             answers = [fresh_client(stack.port) for _ in range(10)]
             assert [status for status, _ in answers] == ["200"] * 10, (answers, stack.log())
-            time.sleep(2 * ARBITER_PAUSE_SECONDS)  # the arbiter's checks after the resume: a kill would come now
+            # The arbiter's checks after the resume, where a kill would come: waited for, not
+            # slept for (a loaded machine may run them after any fixed time).
+            blocked = arbiter_blocks(arbiter) + 3
+            wait_for(lambda blocked=blocked: arbiter_blocks(arbiter) >= blocked, 30,
+                     "the arbiter's checks after the resume", stack.log)
             assert descendants(arbiter) == workers and all(alive(pid) for pid in workers), stack.log()
         assert "WORKER NOT RUNNING" not in stack.log() and "WORKER TIMEOUT" not in stack.log()
 
@@ -209,3 +213,14 @@ def test_a_stack_killed_while_its_arbiter_is_stopped_leaves_nothing_serving(tmp_
                     os.kill(pid, signal.SIGKILL)
         # Every process that held the port dies by the same SIGKILL chain, each when it next runs.
         wait_for(lambda: not our_listeners(tmp_path, stack.port), 20, "nothing of the stack's to serve the port")
+
+
+def arbiter_blocks(arbiter: int) -> int:
+    """How many times the arbiter's main thread has blocked (its voluntary context switches).
+    Each turn of its loop blocks once, waiting up to a second for a signal, then checks its
+    workers (``murder_workers``, where a kill comes): three blocks after a moment mean at least
+    one whole check after it, even if the first is the wait the moment interrupted."""
+    for line in Path(f"/proc/{arbiter}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no voluntary_ctxt_switches in /proc/{arbiter}/status")
