@@ -346,26 +346,29 @@ def stack_policy(stage: Stage, document: dict[str, Any]) -> dict[str, Any]:
 _LONGEST = {"${AWS::Partition}": "aws-us-gov", "${AWS::Region}": "x" * 16, "${AWS::AccountId}": "0" * 12}
 
 
+def _longest(text: str) -> str:
+    """``text`` (an ``Fn::Sub`` string) with the pseudo parameters at their longest values."""
+    for name, longest in _LONGEST.items():
+        text = text.replace(name, longest)
+    return text
+
+
 def _at_longest(stage: Stage, value: Any) -> Any:
     """``value`` (a stack policy) with its intrinsic functions resolved to their longest values."""
     if isinstance(value, list):
         return [_at_longest(stage, item) for item in value]
     if not isinstance(value, dict):
         return value
-    account_region = f"{_LONGEST['${AWS::AccountId}']}-{_LONGEST['${AWS::Region}']}"
-    bucket = f"arn:{_LONGEST['${AWS::Partition}']}:s3:::{stage.config_bucket_prefix}{account_region}"
-    arn = f"arn:{_LONGEST['${AWS::Partition}']}:{{}}:{_LONGEST['${AWS::Region}']}:{_LONGEST['${AWS::AccountId}']}:"
+    bucket = _longest(f"arn:${{AWS::Partition}}:s3:::{stage.config_bucket_prefix}${{AWS::AccountId}}-${{AWS::Region}}")
     if value == {"Fn::GetAtt": ["ReconcileQueue", "Arn"]}:
-        return arn.format("sqs") + stage.reconcile_queue_name
+        return _longest(_STACK_ACCOUNT_REGION.format("sqs")) + stage.reconcile_queue_name
     if value == {"Fn::GetAtt": ["ConfigBucket", "Arn"]}:
         return bucket
     if value == {"Ref": "RedisAuthSecret"}:
-        return f"{arn.format('secretsmanager')}secret:{stage.secret_prefix}redis-auth-XXXXXX"
+        secret = f"secret:{stage.secret_prefix}redis-auth-XXXXXX"
+        return _longest(_STACK_ACCOUNT_REGION.format("secretsmanager")) + secret
     if set(value) == {"Fn::Sub"} and isinstance(value["Fn::Sub"], str):
-        text = value["Fn::Sub"].replace("${ConfigBucket.Arn}", bucket)
-        for name, longest in _LONGEST.items():
-            text = text.replace(name, longest)
-        return text
+        return _longest(value["Fn::Sub"].replace("${ConfigBucket.Arn}", bucket))
     return {key: _at_longest(stage, item) for key, item in value.items()}
 
 
