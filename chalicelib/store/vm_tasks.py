@@ -80,15 +80,6 @@ def in_flight(record: VMRecord) -> Mapping[str, Any] | None:
         return None
 
 
-def _json_list(raw: str | None) -> list[Any]:
-    """A record's JSON list field (``disks``, ``snapshots``); [] when absent or unreadable."""
-    try:
-        items = json.loads(raw) if raw else []
-    except ValueError:
-        return []
-    return items if isinstance(items, list) else []
-
-
 class VMTaskStore(SubStore):
     """Queue, take and finish a VM's tasks; every method raises StoreUnavailable."""
 
@@ -146,15 +137,12 @@ class VMTaskStore(SubStore):
             pipe.hmget(self.keys.vm(hostname), "task", "snapshots")
             pipe.lrange(self.keys.vm_tasks(hostname), 0, -1)
             (current, taken), queued = pipe.execute()
-        known = {str(snapshot) for snapshot in _json_list(taken)}
-        for raw in [current, *queued]:
-            try:
-                task = json.loads(raw) if raw else None
-            except ValueError:
-                continue
-            if isinstance(task, dict) and task.get("kind") == SNAPSHOT and task.get("snapshot"):
-                known.add(str(task["snapshot"]))
-        return known
+        # The two fields read as a record reads them (VMRecord, in_flight), the queue as ``queued``.
+        record = VMRecord.from_hash({name: value for name, value in (("task", current), ("snapshots", taken))
+                                     if value is not None})
+        tasks = [in_flight(record), *(json.loads(raw) for raw in queued)]
+        taking = {task.get("snapshot") for task in tasks if task and task.get("kind") == SNAPSHOT}
+        return {*record.snapshots, *(snapshot for snapshot in taking if snapshot)}
 
     def hosts_with_tasks(self, pool: str) -> list[str]:
         with _translate_errors():
