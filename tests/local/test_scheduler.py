@@ -165,13 +165,19 @@ def test_a_wait_for_nudges_redis_refuses_is_logged_as_a_warning(
     a warning an operator sees, not the debug line of an outage (a negative timeout once lost
     every nudge after the first with nobody told)."""
     services = Services(parse(CONFIG), redis_client, clock=clock)
-    redis_client.set(services.store.keys.wake("alpha"), "not a list")  # BLPOP answers WRONGTYPE
+    wake = services.store.keys.wake("alpha")
     scheduler = LocalScheduler(services, interval_seconds=3600)
+
+    def refused_wait_logged() -> list[Any]:
+        # The first tick's pass clears the pool's wake-ups, and it may do so before the listener's
+        # first BLPOP: put the key of the wrong type back until the listener has met it.
+        redis_client.set(wake, "not a list", nx=True)  # BLPOP answers WRONGTYPE
+        return [r for r in caplog.records if "refused the wait for nudges" in r.getMessage()]
+
     with caplog.at_level("DEBUG", logger="vmpool"):
         scheduler.start()
         try:
-            eventually(lambda: [r for r in caplog.records if "refused the wait for nudges" in r.getMessage()],
-                       20, "the refused wait logged")
+            eventually(refused_wait_logged, 20, "the refused wait logged")
         finally:
             assert scheduler.stop()
     refused = [r for r in caplog.records if "refused the wait for nudges" in r.getMessage()]
