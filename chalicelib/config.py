@@ -112,6 +112,14 @@ could never be used."""
 MAX_ALLOWED_TAGS = 1_000
 """The most names ``allowed_tags`` may list (``max_tags_per_vm`` is at most 1,000 too)."""
 
+MAX_OPEN_ONDEMAND_REQUESTS = 10_000
+"""The most ``max_ondemand_requests`` and ``max_ondemand_requests_per_user`` may allow: every pass
+of a pool makes one script call per request open for it, and every ``GET /status`` reads each
+open request (before, any integer loaded, 10**400 too, and the quota was no bound)."""
+MAX_KEPT_ONDEMAND_REQUESTS = 1_000_000
+"""The most ``max_ondemand_requests_kept`` may keep: about 1.2 KB of Redis each (1.2 GB at this
+bound); past it the setting bounds nothing a caller can make grow."""
+
 MAX_TAGFILTERS = 1_000
 """The most tags ``tagfilter`` may give a pattern, whatever the config's format: each is compiled
 at every cold start (and analysed where the YAML is validated). Before, a pushed canonical config
@@ -187,9 +195,9 @@ class ServiceConfig(VcenterResilienceKeys):
     max_tag_values_per_day: Annotated[int, bounded(1, 10000)] = 100
     max_running_vms_per_user: Int1 = 100
     max_running_vms: Int1 = 1000
-    max_ondemand_requests_per_user: Int1 = 10
-    max_ondemand_requests: Int1 = 100
-    max_ondemand_requests_kept: Int1 = 10000
+    max_ondemand_requests_per_user: Annotated[int, bounded(1, MAX_OPEN_ONDEMAND_REQUESTS)] = 10
+    max_ondemand_requests: Annotated[int, bounded(1, MAX_OPEN_ONDEMAND_REQUESTS)] = 100
+    max_ondemand_requests_kept: Annotated[int, bounded(1, MAX_KEPT_ONDEMAND_REQUESTS)] = 10000
     max_tokens_per_user: Int1 = 50
     rate_limiting_enabled: Bool = False
     max_rate_limited_clients: Int1 = 20000

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import pytest
 
 from chalicelib.config import ConfigError, canonical_json, from_text, parse
+from chalicelib.config_fields import show
 
 MILLION = "x" * 1_000_000
 HEAD = ":providers:\n  :dummy:\n    provider_class: dummy\n"
@@ -143,3 +144,17 @@ def test_a_data_ttl_past_what_redis_can_expire_is_refused_in_either_form() -> No
     document = json.loads(canonical_json(parse(yaml_text())))
     document["redis"]["data_ttl"] = huge
     assert refusal(lambda: from_text(json.dumps(document))) == expected
+
+
+@pytest.mark.parametrize(("key", "most"), [("max_ondemand_requests", 10_000),
+                                           ("max_ondemand_requests_per_user", 10_000),
+                                           ("max_ondemand_requests_kept", 1_000_000)])
+def test_an_ondemand_request_limit_past_its_bound_is_refused_in_either_form(key: str, most: int) -> None:
+    """Before, any integer loaded (10**400 too): every pass makes one script call per open
+    request and /status reads each, and a huge ``_kept`` kept every request made in Redis."""
+    for value in (most + 1, 10**400):
+        expected = [f"config.{key}: must be an integer <= {most}, got {show(value)}"]
+        assert refusal(lambda value=value: parse(yaml_text({key: value}))) == expected and len(expected[0]) < 400
+        assert refusal(lambda value=value: from_text(pushed({key: value}), "s3 config")) == expected
+    for built in (parse(yaml_text({key: most})), from_text(pushed({key: most}))):
+        assert getattr(built.service, key) == most
