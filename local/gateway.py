@@ -21,7 +21,7 @@ import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 from urllib.parse import parse_qs
 
 from chalice import Chalice
@@ -129,6 +129,20 @@ class RouteMatcher:
                                   else (found.group(first),), strict=True))
 
 
+Response = tuple[int, dict[str, str], bytes]
+
+
+class Routed(NamedTuple):
+    """A request its route takes: the path (slashes merged), the query, the route and its path
+    parameters, and the method the route serves it as (GET for HEAD)."""
+
+    path: str
+    query_string: str
+    resource: _Resource
+    params: dict[str, str]
+    method: str
+
+
 class Gateway:
     """Turns raw HTTP requests into API Gateway proxy events for a Chalice app. Callable from
     several threads at once: a plain Chalice app keeps the request being served on the app
@@ -143,14 +157,10 @@ class Gateway:
         self._binary: Callable[[str], bool] = lambda content_type: _matches_content_type(content_type, binary_types)
         self._one_at_a_time: threading.Lock | None = None if isinstance(app, RequestLocalChalice) else threading.Lock()
 
-    def __call__(
-        self, method: str, target: str, headers: dict[str, str], body: bytes, client_ip: str,
-        header_values: dict[str, list[str]] | None = None,
-    ) -> tuple[int, dict[str, str], bytes]:
-        """The answer to one request. ``headers``: each header's values joined with ", " (what the
-        front itself reads: ``Accept-Encoding`` for compression); ``header_values``: each value as
-        sent, in order, when the caller kept them apart (the HTTP front does). The event has them
-        as API Gateway does: ``headers`` the last value of each, ``multiValueHeaders`` every one."""
+    def route(self, method: str, target: str) -> Routed | Response:
+        """The route a request for ``target`` goes to, or the answer it gets whatever its body
+        (no route has its path, its method is not the route's, a malformed escape, ``*``): the
+        ASGI app asks before it reads a body its client waits to send (Expect: 100-continue)."""
         # The request target as the HTTP server read it (origin-form), split by hand: urlsplit
         # reads a path beginning with "//" as a host and a path (GET //x/api/v3/config served
         # /api/v3/config, past any proxy rule on the path's prefix) and raises on "//[" (a 500).
@@ -177,6 +187,20 @@ class Gateway:
             # to 64 KiB of request line) had it echoed whole.
             body_text = json_text({"ok": False, "error": f"method {shown(method, 20)} not allowed; use {allowed}"})
             return 405, {**JSON_HEADERS, "Allow": allowed}, body_text.encode()
+        return Routed(path, query_string, resource, params, method)
+
+    def __call__(
+        self, method: str, target: str, headers: dict[str, str], body: bytes, client_ip: str,
+        header_values: dict[str, list[str]] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """The answer to one request. ``headers``: each header's values joined with ", " (what the
+        front itself reads: ``Accept-Encoding`` for compression); ``header_values``: each value as
+        sent, in order, when the caller kept them apart (the HTTP front does). The event has them
+        as API Gateway does: ``headers`` the last value of each, ``multiValueHeaders`` every one."""
+        routed = self.route(method, target)
+        if not isinstance(routed, Routed):
+            return routed
+        path, query_string, resource, params, method = routed
         if len(query_string) > MAX_EVENT_CHARS or query_string.count("&") >= MAX_EVENT_FIELDS:
             # Refused from its size, as the app would refuse the parameters it makes: parsed
             # first, a 1.4 MB query of 350,000 parameters took 0.9-1.5 s before the app's 414.
@@ -308,8 +332,6 @@ class _LocalContext:
         return 30_000
 
 
-Response = tuple[int, dict[str, str], bytes]
-
 
 def json_error(status: int, message: str) -> Response:
     """A JSON error that also closes the connection: the request's body may be unread (413) or
@@ -375,16 +397,21 @@ class AsgiApp:
         if length > self.max_body:
             return json_error(413, f"Request body too large (at most {self.max_body} bytes)")
         body = b""
+        if (length or "transfer-encoding" in headers) and scope.get("http_version") == "1.1" \
+                and headers.get("expect", "").strip().lower() == "100-continue":
+            # Its client sends the body only once told to (the front's "100 Continue" goes out at
+            # the first receive): a request no route takes is answered now, its body never sent.
+            # Before, a PUT of 64 KB to a mistyped path was sent whole, then answered 404.
+            routed = self.gateway.route(scope["method"], self._target(scope).decode("latin-1"))
+            if not isinstance(routed, Routed):
+                return routed[0], {**routed[1], "Connection": "close"}, routed[2]  # the body may follow: unread
         if length or "transfer-encoding" in headers:  # else no body (RFC 9112, 6.3): no deadline to set
             received = await self._receive_body(receive)
             if isinstance(received, tuple):
                 return received
             body = received
-        target = scope.get("raw_path") or scope["path"].encode()
-        if scope.get("query_string"):
-            target += b"?" + scope["query_string"]
         client = scope.get("client") or ("", 0)
-        request = (scope["method"], target.decode("latin-1"), headers, body, client[0], header_values)
+        request = (scope["method"], self._target(scope).decode("latin-1"), headers, body, client[0], header_values)
         if self._offloaded is not None and self._offloaded.match(merged_slashes(scope["path"])):
             # A feed (/status at 1,000 pools: ~90 ms of CPU, and a wait for the computation other
             # callers share) runs on a thread of its own: this loop serves its other connections
@@ -394,6 +421,14 @@ class AsgiApp:
         # On this loop's thread: its other connections wait meanwhile (the worker's other loops
         # do not), and the app sees one request at a time on it.
         return self.gateway(*request)
+
+    @staticmethod
+    def _target(scope: dict[str, Any]) -> bytes:
+        """The request target as the front read it: its path as sent, and its query."""
+        target: bytes = scope.get("raw_path") or scope["path"].encode()
+        if scope.get("query_string"):
+            target += b"?" + scope["query_string"]
+        return target
 
     async def _receive_body(self, receive: Callable[[], Any]) -> bytes | Response:
         """The request's body, or the error to answer instead."""

@@ -201,6 +201,23 @@ def test_100_continue_goes_to_http_1_1_clients_only(stack: RunningStack, version
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(("head", "status"), [
+    ("PUT /api/v3/no-such-route HTTP/1.1", 404),
+    ("PUT /api/v3/status HTTP/1.1", 405),
+    ("PUT /api/v3/vm/%zz HTTP/1.1", 400),
+])
+def test_a_request_no_route_takes_is_answered_before_its_client_sends_the_body(stack: RunningStack, head: str,
+                                                                              status: int) -> None:
+    """A client waiting for ``100 Continue`` before it sends a 60 KB body, to a path no route has
+    or with a method its route does not take, gets that answer and a close instead, the body
+    never asked for. Before, it was told to send the body (100 Continue), and answered 404 only
+    once all of it had been read (here, with no body sent: after the front's read deadline)."""
+    answer = exchange(stack.port, request(f"{head}\nHost: x\nExpect: 100-continue\nContent-Length: 60000\n"))
+    assert b"100 Continue" not in answer and assert_refused(answer, status) == status, answer[:300]
+    assert b"\r\nconnection: close\r\n" in answer.partition(b"\r\n\r\n")[0].lower() + b"\r\n", answer[:300]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("host", ["", "example.com:8000 \t", "[::1]:80", "127.0.0.1"])
 def test_a_host_header_that_is_a_host_is_served(stack: RunningStack, host: str) -> None:
     """An empty Host (RFC 9112, 3.2: a URI without an authority) and one followed by spaces
