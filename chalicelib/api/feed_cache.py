@@ -31,7 +31,9 @@ MAX_AGE_SECONDS = 30
 HISTORY_HOURS = ("1", "6", "24", "168")
 """The history ranges the page's buttons ask for: the only ones kept."""
 SUMMARY_SECTIONS = ("clone", "boot")
-MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d{1,9})\"?\s*(?:,|$)", re.IGNORECASE)
+MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d{1,9})\"?\s*(?:,|$)", re.IGNORECASE | re.ASCII)
+"""ASCII digits and blanks only, as HTTP writes them: ``max-age=`` 30 in Arabic-Indic digits was
+read as 30 and given an answer 30 s old."""
 
 
 def accepted_age(request: ApiRequest) -> int:

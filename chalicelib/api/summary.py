@@ -25,7 +25,8 @@ from chalicelib.store import DayStats
 
 SECTIONS = ("boot", "clone", "tag")
 MAX_DAYS = 366
-DATE_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}\Z")
+DATE_PATTERN = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
+"""ASCII digits only: ``\\d`` matched 2026-12-01 in Arabic-Indic digits, refused after as no date."""
 
 
 def _parse_day(name: str, value: str) -> date:

@@ -159,6 +159,12 @@ SUMMARY_CASES: list[Case] = [
     ("GET", "/api/v3/summary?from=2025-01-01&to=2027-01-15", None, 400, "at most 366 days"),
     ("GET", "/api/v3/summary/boot?from=2027-01-16&to=2027-01-17", None, 400, "'from' must be in the past"),
     ("GET", "/api/v3/summary/tag/project?from=x", None, 400, "Invalid date format"),
+    # Digits of other scripts are no digits of a date (they were matched by \d, then refused as a
+    # date with no word of its format): Arabic-Indic, fullwidth, one among ASCII ones.
+    ("GET", "/api/v3/summary?from=%D9%A2%D9%A0%D9%A2%D9%A6-%D9%A1%D9%A2-%D9%A0%D9%A1", None, 400,
+     "Invalid date format '\u0662\u0660\u0662\u0666-\u0661\u0662-\u0660\u0661', must match YYYY-MM-DD."),
+    ("GET", "/api/v3/summary?to=%EF%BC%92%EF%BC%90%EF%BC%92%EF%BC%96-12-01", None, 400, "Invalid date format"),
+    ("GET", "/api/v3/summary/boot?from=2026-12-0%D9%A1", None, 400, "Invalid date format"),
     ("GET", "/api/v3/summary/nosuch", None, 404, "nosuch"),
     ("GET", "/api/v3/summary/nosuch/count", None, 404, "nosuch"),
     # the dates are checked first, as in vmpooler

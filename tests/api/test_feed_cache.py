@@ -51,6 +51,16 @@ def test_pages_accepting_an_answer_seconds_old_share_one_and_others_get_it_fresh
     assert reply.json["pools"]["debian-12-x86_64"]["ready"] == 2 and reply.headers["Age"] == "0"
 
 
+@pytest.mark.parametrize("digits", ["\u0664", "\uff14"], ids=["arabic-indic 4", "fullwidth 4"])
+def test_a_max_age_not_in_ascii_digits_gets_a_fresh_answer(dash: Harness, digits: str) -> None:
+    """HTTP's delta-seconds are ASCII digits: ``max-age=\u0664`` (read as 4 by ``\\d``) asks
+    for nothing old, and gets the checkout made since the last answer was kept."""
+    assert ready(dash, AT_MOST_4) == 3
+    dash.checkout("debian-12-x86_64")
+    dash.clock.advance(1)
+    assert ready(dash, {"Cache-Control": f"max-age={digits}"}) == 2
+
+
 def test_one_computation_serves_every_page_in_its_time(dash: Harness) -> None:
     """50 open pages asking within the same 4 s: one /status computed, the rest read one key."""
     before = dash.client.info("commandstats")
