@@ -103,3 +103,19 @@ def test_tags_put_again_are_counted_once(make_stack: Callable[[str], Harness]) -
     tags = stack.get("/api/v3/summary/tag").json["tag"]
     assert tags["project"] == {"ci": 1, "nightly": 1, "total": 2}
     assert tags["owner"] == {"alice": 1, "total": 1}
+
+
+def test_each_config_s_allowed_tags_are_the_ones_a_put_is_held_to(make_stack: Callable[[str], Harness]) -> None:
+    """The set of ``allowed_tags`` a PUT looks keys up in is built once per config (api/vms.py),
+    not per request: PUTs served under one config and another in turn are each held to their own."""
+    listed = make_stack(CONFIG_YAML)
+    listed.fill("pool1")
+    host = listed.checkout("pool1")
+    other = make_stack(CONFIG_YAML.replace("[project, owner, created_by, url]", "[colour]"))
+    other.fill("pool1")
+    other_host = other.checkout("pool1")
+    for _ in range(2):
+        assert _put(listed, host, {"tags": {"colour": "red"}}) == 400
+        assert _put(other, other_host, {"tags": {"colour": "red"}}) == 200
+        assert _put(other, other_host, {"tags": {"project": "x"}}) == 400
+        assert _put(listed, host, {"tags": {"project": "x"}}) == 200
