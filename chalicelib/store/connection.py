@@ -9,7 +9,8 @@ What it adds to redis-py's defaults, and why:
   opened or the command could not be written, or Redis refused a write with ``READONLY`` (a
   replica refuses every write, so nothing ran). A command whose reply was lost after it was sent
   (a timeout, a connection closed while waiting) is never retried: the checkout script may have
-  run, and running it again would take a second VM.
+  run, and running it again would take a second VM. ``LOADING`` (a restarted Redis still reading
+  its data) is a refusal that arrived: never run (``never_sent``), not retried at once.
 - Failover: after an ElastiCache failover the primary endpoint's name points at the new primary,
   but open connections still reach the demoted node, which answers every write with
   ``READONLY``. The first such answer marks a failover on the client: every pooled connection
@@ -295,10 +296,11 @@ class _RetryWhenNotRun(Retry):
 
 
 _NEVER_RETRIED = (ReplyLost, CredentialsUnavailable, redis.AuthenticationError, redis.exceptions.AuthorizationError,
-                  StillReadOnly)
+                  StillReadOnly, redis.BusyLoadingError)
 """Errors ``_RetryWhenNotRun`` never retries (nor closes the connection for): a reply lost (the
 command may have run), a password not had, refused by the server, or by a node the endpoint
-still leads to (``StillReadOnly``)."""
+still leads to (``StillReadOnly``), or still loading its data (``LOADING``: asked again at once,
+it is still loading)."""
 
 
 class _FailoverAware:
@@ -317,6 +319,8 @@ class _FailoverAware:
         health check's PING send and read inside the command's send, before the command is
         written, so their failures are retryable."""
         self._command_sent = False
+        self._several = False
+        """The command being sent is several packed together (a pipeline, a transaction)."""
 
     def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
         # Every way of opening the connection (connect(), or a send on a closed one) comes here.
@@ -341,6 +345,7 @@ class _FailoverAware:
         if chunks is None:
             chunks = super().pack_commands(commands)  # type: ignore[misc]
         packed = _PackedCommands(chunks)
+        packed.several = len(commands) > 1
         packed.may_run_in_part = len(commands) > 1 and not (
             _name(commands[0]) == "MULTI" and _name(commands[-1]) == "EXEC")
         return packed
@@ -349,6 +354,7 @@ class _FailoverAware:
         outermost = self._sending == 0
         if outermost:
             self._command_sent = False
+            self._several = getattr(command, "several", False)
             if self._opened_in_epoch != self._failover_epoch.value:
                 self.disconnect()  # type: ignore[attr-defined]  # may reach the demoted node
         self._sending += 1
@@ -391,6 +397,13 @@ class _FailoverAware:
             # The last two are the server's answers (a wrong password, a user without the
             # right): a reply that arrived, reported as what it says.
             raise
+        except redis.BusyLoadingError as error:
+            # LOADING, from a restarted Redis still reading its data: a refusal that arrived, the
+            # command never run. Not so of several written at once: the load may end between
+            # them, and the later ones run (a MULTI refused, the writes behind it run alone).
+            if self._several and self._sending == 0 and self._command_sent:
+                raise ReplyLost(str(error)) from error
+            raise
         except redis.TimeoutError:
             if self._breaker is not None:
                 self._breaker.timed_out()
@@ -427,6 +440,7 @@ class _PackedCommands(list[bytes]):
     left some of its commands run: several commands, not one MULTI ... EXEC."""
 
     may_run_in_part = False
+    several = False
 
 
 def _name(command: Sequence[Any]) -> str:
