@@ -332,7 +332,6 @@ class _LocalContext:
         return 30_000
 
 
-
 def json_error(status: int, message: str) -> Response:
     """A JSON error that also closes the connection: the request's body may be unread (413) or
     half there (408), so nothing after it on the connection can be read as a request."""
