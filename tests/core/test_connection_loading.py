@@ -1,16 +1,14 @@
-"""A Redis loading its data (a replica's full resync, a reload; a restart, once a connection
-made as it started passed its check) answers ``LOADING`` to every command: a refusal that
-arrived, the command never run. The client (store.connect) reported it as a lost reply
+"""A Redis loading its data (a restart, a replica's full resync, a reload) answers ``LOADING``
+to every command: a refusal that arrived, the command never run. The client (store.connect) reported it as a lost reply
 (``ReplyLost``: it may have run), so callers that must know took the path of a change perhaps
 made: a POST /token settled three times more on the loading server before its 503, the dummy
 provider's clone write was followed as if recorded. Now it is never run (``never_sent``), and not
 sent again at once (a server loading now is loading a moment later); several commands written at
 once stay "may have run": the load may end between them.
 
-A real redis-server reloading a snapshot slowly (``DEBUG RELOAD`` with ``key-load-delay``, its
-own test knobs) and answering clients while it loads
-(``loading-process-events-interval-bytes``); the client's connection is opened and checked
-before the load begins, as one in a pool is."""
+A real redis-server loading a snapshot slowly (``key-load-delay``, its own test knob) and
+answering clients while it loads (``loading-process-events-interval-bytes``): started on it, or
+reloading it (``DEBUG RELOAD``) under a connection opened and checked before, as one in a pool is."""
 
 from __future__ import annotations
 
@@ -50,6 +48,42 @@ def loading_port(tmp_path: Path) -> Iterator[int]:
     finally:
         process.kill()
         process.wait(timeout=10)
+
+
+@pytest.fixture
+def restarted_port(tmp_path: Path) -> Iterator[int]:
+    """The port of a redis-server started on a snapshot of KEYS keys, loading it (for 20 s)."""
+    (first, port) = free_ports(2)
+    base = ["redis-server", "--bind", "127.0.0.1", "--dir", str(tmp_path), "--save", "", "--appendonly", "no",
+            "--loglevel", "warning"]
+    before = subprocess.Popen([*base, "--port", str(first)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        writer = redis.Redis(port=first, socket_timeout=2)
+        eventually(writer.ping, 10, "the server to answer", ignoring=(redis.ConnectionError,))
+        writer.eval(f"for i = 1, {KEYS} do redis.call('SET', 'k' .. i, 'v') end", 0)
+        writer.save()
+        writer.close()
+    finally:
+        before.kill()
+        before.wait(timeout=10)
+    process = subprocess.Popen(
+        [*base, "--port", str(port), "--key-load-delay", str(LOAD_DELAY_MICROSECONDS),
+         "--loading-process-events-interval-bytes", "1024"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        probe = redis.Redis(port=port, socket_timeout=2)
+        eventually(lambda: probe.info("persistence")["loading"] == 1, 10, "the server to be loading",
+                   ignoring=(redis.ConnectionError,))
+        probe.close()
+        yield port
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def rejected(port: int) -> int:
+    """Commands the server refused so far, any command (INFO answers while it loads)."""
+    stats = redis.Redis(port=port, socket_timeout=2).info("commandstats")
+    return sum(int(command.get("rejected_calls", 0)) for command in stats.values())
 
 
 def start_loading(port: int) -> socket.socket:
@@ -99,3 +133,17 @@ def test_several_commands_written_at_once_may_have_run_when_the_first_is_refused
     asking.close()
 
     assert not never_sent(lost.value) and isinstance(lost.value.__cause__, redis.BusyLoadingError)
+
+
+def test_a_command_to_a_redis_restarted_on_its_data_is_refused_once_as_never_run(restarted_port: int) -> None:
+    """A new connection to a Redis still loading after its restart: its check (PING) is refused,
+    and that is the answer. Before, the check was tried again on another connection, the command
+    then sent and refused too, and the whole reported as a lost reply: three refusals, "may have
+    run"."""
+    client = production_client(RedisConfig(), restarted_port)
+
+    with pytest.raises(redis.BusyLoadingError) as refused:
+        client.set("a", "b")
+
+    assert never_sent(refused.value) and not isinstance(refused.value, ReplyLost)
+    assert rejected(restarted_port) == 1
