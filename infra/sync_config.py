@@ -316,6 +316,17 @@ def _stack_arns(stage: Stage) -> dict[str, Any]:
 
 
 _STACK_ACCOUNT_REGION = "arn:${{AWS::Partition}}:{}:${{AWS::Region}}:${{AWS::AccountId}}:"
+_FILES_PARTITION = "arn:aws:"
+
+
+def _in_stack_partition(resource: str) -> Any:
+    """A policy file's ARN (``arn:aws:...``, the files are static) in the stack's own partition
+    (``${AWS::Partition}``: aws-cn, aws-us-gov), region and account left as the file has them.
+    Before, the secrets, SSM parameters and hosted zones the stack's roles grant kept ``arn:aws:``:
+    in aws-cn or aws-us-gov they named nothing, and every read of them was refused."""
+    if resource.startswith(_FILES_PARTITION):
+        return {"Fn::Sub": "arn:${AWS::Partition}:" + resource[len(_FILES_PARTITION):]}
+    return resource
 
 
 def _log_groups(stage: Stage) -> list[str]:
@@ -333,7 +344,7 @@ def stack_policy(stage: Stage, document: dict[str, Any]) -> dict[str, Any]:
 
     def scoped(resources: Any) -> Any:
         if isinstance(resources, list):
-            return [known.get(resource, resource) if isinstance(resource, str) else resource
+            return [known.get(resource, _in_stack_partition(resource)) if isinstance(resource, str) else resource
                     for resource in resources]
         return resources
 

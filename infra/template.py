@@ -195,7 +195,7 @@ def secrets_kms_parameter_constraint() -> dict[str, str]:
     return {
         "AllowedPattern": f"^({sync_config.KMS_KEY_ARN_PATTERN})?$",
         "ConstraintDescription": (
-            "each entry must be a KMS key ARN (arn:aws:kms:<region>:<account>:key/<id>) of at most "
+            "each entry must be a KMS key ARN (arn:<partition>:kms:<region>:<account>:key/<id>) of at most "
             f"{sync_config.MAX_KMS_KEY_ARN_CHARACTERS} characters, without spaces; at most "
             f"{sync_config.MAX_SECRETS_KMS_KEYS} keys"),
     }

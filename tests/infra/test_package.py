@@ -253,7 +253,7 @@ def test_each_role_reaches_only_its_own_queue_actions_and_secrets(package: Packa
     for role, statement in _statements(package):
         by_role.setdefault(role, set()).update(_listed(statement["Action"]))
         if statement["Action"] == ["secretsmanager:GetSecretValue"]:
-            secrets[role] = {re.sub(r".*:secret:", "", r) if isinstance(r, str) else r["Ref"]
+            secrets[role] = {re.sub(r".*:secret:", "", r["Fn::Sub"]) if "Fn::Sub" in r else r["Ref"]
                              for r in statement["Resource"]}
     sqs = {role: {a for a in actions if a.startswith("sqs:")} for role, actions in by_role.items()}
     assert sqs == {"ApiHandlerRole": {"sqs:SendMessage"}, "TickRole": {"sqs:SendMessage"},
@@ -289,9 +289,10 @@ def test_each_role_names_the_stacks_own_resources_by_their_exact_arns(package: P
     assert {r["Fn::Sub"] for r in by_action["logs:PutLogEvents"]} == {
         f"arn:${{AWS::Partition}}:logs:${{AWS::Region}}:${{AWS::AccountId}}:log-group:/aws/lambda/{stage.prefix}-*{end}"
         for end in ("", ":*")}
-    # What the config names (its secrets and SSM parameters, which may be ARNs elsewhere) and
-    # what IAM takes no resource for stay as the policy files have them.
-    assert by_action["ssm:GetParameter"] == [f"arn:aws:ssm:*:*:parameter/{stage.secret_prefix}*"] * 3
+    # What the config names (its secrets and SSM parameters, which may be ARNs elsewhere) keeps
+    # the policy files' open region and account, in the stack's partition.
+    assert by_action["ssm:GetParameter"] == [
+        {"Fn::Sub": f"arn:${{AWS::Partition}}:ssm:*:*:parameter/{stage.secret_prefix}*"}] * 3
 
 
 def test_unknown_routes_answer_404_ok_false(package: Package) -> None:
