@@ -299,26 +299,58 @@ def test_unknown_routes_answer_404_ok_false(package: Package) -> None:
     responses = package.resources["RestAPI"]["Properties"]["GatewayResponses"]
     for kind in ("MISSING_AUTHENTICATION_TOKEN", "RESOURCE_NOT_FOUND"):
         assert responses[kind]["StatusCode"] == "404"
-    for kind in ("MISSING_AUTHENTICATION_TOKEN", "RESOURCE_NOT_FOUND", "DEFAULT_4XX", "DEFAULT_5XX"):
         assert json.loads(responses[kind]["ResponseTemplates"]["application/json"]) == {"ok": False}
 
 
-def test_api_gateway_answers_of_its_own_carry_the_headers_of_ours(package: Package,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """API Gateway's own answers (an unknown route, its throttling's 429, a payload too large)
-    said only Content-Type: a browser or a proxy could keep them (no ``no-store``) and read them
-    as it liked (no ``nosniff``). They carry every JSON answer's headers now, in the template and
-    as stage_settings puts them on a Chalice-deployed stage."""
-    assert stage_settings.GATEWAY_RESPONSE_HEADERS == {
-        name: value for name, value in JSON_HEADERS.items() if name != "Content-Security-Policy"}
+def _as_api_gateway_answers(template: str, message: str) -> Any:
+    """A gateway response's body as API Gateway renders it for an error of ``message``."""
+    return json.loads(template.replace("$context.error.messageString", json.dumps(message)))
+
+
+def _csp_directives(policy: str) -> dict[str, set[str]]:
+    """A Content-Security-Policy as a browser reads it: each directive's sources, ``'none'`` and no
+    source alike (CSP Level 3: an empty source list is one holding ``'none'``)."""
+    found = {}
+    for directive in filter(None, (part.strip() for part in policy.split(";"))):
+        name, *sources = directive.split()
+        found[name] = set(sources) - {"'none'"}
+    return found
+
+
+def test_api_gateway_answers_of_its_own_are_ours_in_shape_and_headers(package: Package,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """API Gateway's own answers (an unknown route, its throttling's 429, a payload too large, a
+    function that timed out) said only Content-Type: a browser or a proxy could keep them (no
+    ``no-store``) and read them as it liked (no ``nosniff``). Then they lacked the
+    Content-Security-Policy and said ``{"ok":false}`` whatever happened, so a client could not tell
+    a throttle from a timeout. They carry every JSON answer's headers (the policy written without
+    quotes, which a gateway response's static value cannot hold, to the same effect), say what went
+    wrong as our errors do, and the 429 says when to come back; in the template and as
+    stage_settings puts them on a Chalice-deployed stage."""
+    headers = stage_settings.GATEWAY_RESPONSE_HEADERS
+    assert set(headers) == set(JSON_HEADERS)
+    for name, value in headers.items():
+        assert "'" not in value, name
+        if name == "Content-Security-Policy":
+            assert _csp_directives(value) == _csp_directives(JSON_HEADERS[name]) == {
+                "default-src": set(), "frame-ancestors": set()}
+        else:
+            assert value == JSON_HEADERS[name], name
     responses = package.resources["RestAPI"]["Properties"]["GatewayResponses"]
-    quoted = {name: f"'{value}'" for name, value in stage_settings.GATEWAY_RESPONSE_HEADERS.items()}
-    for kind in stage_settings.GATEWAY_RESPONSES:
-        assert responses[kind]["ResponseParameters"]["Headers"] == quoted, kind
+    assert set(responses) == set(stage_settings.GATEWAY_RESPONSES)
+    quoted = {name: f"'{value}'" for name, value in headers.items()}
+    for kind, response in responses.items():
+        expected = {**quoted, "Retry-After": "'1'"} if kind == "THROTTLED" else quoted
+        assert response["ResponseParameters"]["Headers"] == expected, kind
+    assert responses["THROTTLED"]["StatusCode"] == "429"
+    for kind, message in (("THROTTLED", "Too Many Requests"), ("DEFAULT_4XX", "Request Too Long"),
+                          ("DEFAULT_5XX", "Endpoint request timed out")):
+        body = _as_api_gateway_answers(responses[kind]["ResponseTemplates"]["application/json"], message)
+        assert body == {"ok": False, "error": message}, kind
 
     class Recorder:
         def __init__(self) -> None:
-            self.responses: dict[str, dict[str, str]] = {}
+            self.responses: dict[str, dict[str, Any]] = {}
 
         def client(self, name: str) -> Recorder:
             return self
@@ -326,15 +358,19 @@ def test_api_gateway_answers_of_its_own_carry_the_headers_of_ours(package: Packa
         def __getattr__(self, method: str) -> Any:
             def call(**options: Any) -> None:
                 if method == "put_gateway_response":
-                    self.responses[options["responseType"]] = options["responseParameters"]
+                    self.responses[options.pop("responseType")] = options
             return call
 
     recorder = Recorder()
     stage = STAGES[package.stage]
     monkeypatch.setattr(stage_settings, "deployed_resources", lambda _: {"rest_api": {"rest_api_id": "api"}})
     stage_settings.name_the_api(recorder, stage)
-    assert recorder.responses == {kind: {f"gatewayresponse.header.{name}": value for name, value in quoted.items()}
-                                  for kind in stage_settings.GATEWAY_RESPONSES}
+    assert recorder.responses == {
+        kind: {"restApiId": "api", **({"statusCode": response["StatusCode"]} if "StatusCode" in response else {}),
+               "responseParameters": {f"gatewayresponse.header.{name}": value
+                                      for name, value in response["ResponseParameters"]["Headers"].items()},
+               "responseTemplates": response["ResponseTemplates"]}
+        for kind, response in responses.items()}
 
 
 def test_api_gateway_records_no_path_and_no_header_of_a_request(package: Package) -> None:
