@@ -5,8 +5,8 @@ runtime's Python that sees the zip and the runtime's SDK only (infra/lambda_sand
 - ``api``: ``import app`` with the dev stage's environment (tracing off): the API function's
   cold import (tick and the reconcile consumer import the same module). CPU time of the
   process (``time.process_time``), the interpreter's own start-up excluded; median of 7.
-- ``api_traced``: the same with the prod stage's environment (tracing on: Powertools' Tracer
-  and the X-Ray SDK).
+- ``api_traced``: the same with the prod stage's environment and package (tracing on:
+  Powertools' Tracer and the X-Ray SDK, which only a stage that traces ships: infra/slim_zip.py).
 - ``reconcile_first_use``: what the tick's or the consumer's first invocation adds after that:
   the reconcile code (``chalicelib.manager.dispatch`` and the pass), which the API never loads.
 - ``vsphere_first_use``: what the consumer's first vSphere pass adds after that
@@ -28,11 +28,13 @@ from infra import lambda_sandbox
 
 PACKAGE = ROOT / "build" / "bench-package"
 TASK_ROOT = ROOT / "build" / "bench-task-root"
+TRACED_STAGE = "prod"
+"""The stage whose package the traced case runs: dev's has no X-Ray SDK."""
 TIMED = ("{setup}\nimport time\nbefore = time.process_time(); began = time.perf_counter()\n{code}\n"
          "print(time.process_time() - before, time.perf_counter() - began)")
 CASES = {
     "api": ("dev", "", "import app"),
-    "api_traced": ("prod", "", "import app"),
+    "api_traced": (TRACED_STAGE, "", "import app"),
     "reconcile_first_use": ("dev", "import app", "import chalicelib.manager.dispatch"),
     "vsphere_first_use": ("dev", "import app, chalicelib.manager.dispatch",
                           "import chalicelib.providers.vsphere.provider"),
@@ -76,19 +78,24 @@ def largest_packages(deployment_zip: Path, top: int = 8) -> list[tuple[str, int]
 def run(quick: bool = False) -> dict[str, Any]:
     runs = 3 if quick else 7
     result: dict[str, Any] = {"cores": CORES, "runs": runs}
-    packaged = subprocess.run([str(ROOT / "infra" / "package.sh"), "dev", str(PACKAGE)], cwd=ROOT,
-                              capture_output=True, text=True, timeout=900)
-    if packaged.returncode == 2:
-        return {**result, "skipped": packaged.stderr.strip()[-300:]}
-    if packaged.returncode != 0:
-        raise RuntimeError(f"infra/package.sh failed:\n{packaged.stderr[-3000:]}")
+    sandboxes = {}
+    for stage in ("dev", TRACED_STAGE):
+        package = PACKAGE if stage == "dev" else PACKAGE.with_name(f"{PACKAGE.name}-{stage}")
+        packaged = subprocess.run([str(ROOT / "infra" / "package.sh"), stage, str(package)], cwd=ROOT,
+                                  capture_output=True, text=True, timeout=900)
+        if packaged.returncode == 2:
+            return {**result, "skipped": packaged.stderr.strip()[-300:]}
+        if packaged.returncode != 0:
+            raise RuntimeError(f"infra/package.sh failed:\n{packaged.stderr[-3000:]}")
+        task_root = TASK_ROOT if stage == "dev" else TASK_ROOT.with_name(f"{TASK_ROOT.name}-{stage}")
+        sandboxes[stage] = lambda_sandbox.unpack(package / "deployment.zip", task_root)
     deployment_zip = PACKAGE / "deployment.zip"
-    sandbox = lambda_sandbox.unpack(deployment_zip, TASK_ROOT)
+    sandbox = sandboxes["dev"]
     version = subprocess.run([str(sandbox.python), "-c", "import platform; print(platform.python_version())"],
                              capture_output=True, text=True, check=True).stdout.strip()
     result["python"] = version
     for name, (stage, setup, code) in CASES.items():
-        samples = [timed(sandbox, stage, setup, code) for _ in range(runs)]
+        samples = [timed(sandboxes[stage], stage, setup, code) for _ in range(runs)]
         cpu = sorted(sample[0] for sample in samples)
         result[name] = {"cpu_ms": ms(median(cpu)), "cpu_ms_min": ms(cpu[0]), "cpu_ms_max": ms(cpu[-1]),
                         "wall_ms": ms(median([sample[1] for sample in samples]))}

@@ -71,6 +71,12 @@ VMPOOL_CONFIG_FILE="$packaged_config" AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-
     "$python" -c "import sys; from chalice.cli import main; sys.exit(main())" \
     package --stage "$stage" --merge-template "$merge" "$out" >&2
 # Slimmed for Lambda (infra/slim_zip.py): no SDK, no unused library parts, bytecode compiled ahead,
-# the config validated and written as canonical JSON.
-"$python" -m infra.slim_zip "$out/deployment.zip" --config "$packaged_config" ${from_config[@]+"${from_config[@]}"}
+# the config validated and written as canonical JSON; no X-Ray SDK for a stage that does not trace
+# (its POWERTOOLS_TRACE_DISABLED, exported above from the stage's environment).
+tracing=()
+if [[ "${POWERTOOLS_TRACE_DISABLED:-false}" == true ]]; then
+    tracing=(--without-tracing)
+fi
+"$python" -m infra.slim_zip "$out/deployment.zip" --config "$packaged_config" ${from_config[@]+"${from_config[@]}"} \
+    ${tracing[@]+"${tracing[@]}"}
 echo "$out/sam.json"

@@ -17,6 +17,11 @@ What leaves the zip, and why (issue 14: 22.0 MB as Chalice builds it):
 - **What only tools read**: C sources, type stubs (``*.pyi``, ``py.typed``, ``*-stubs``), a wheel's
   ``RECORD``/``WHEEL``/``INSTALLER``/``REQUESTED``, and ``METADATA``'s long description (its
   headers stay: redis asks ``importlib.metadata`` for its version; licences stay).
+- **The X-Ray SDK and wrapt, in a stage without tracing** (``TRACING_ONLY``, ``--without-tracing``:
+  infra/package.sh gives it when the stage's ``POWERTOOLS_TRACE_DISABLED`` is true, as dev's is):
+  only Powertools' Tracer imports them, which such a stage never makes
+  (chalicelib/observability.py ``make_tracer``; were tracing turned on without a new package, it
+  warns and stays off). Until 2026-12-07 dev carried them (205 KB zipped) for nothing.
 - **Debug symbols of C extensions**: the manylinux wheels of hiredis and wrapt (and PyYAML's,
   before it left) ship their ``.so`` files unstripped (4.2 MB, 1.2 MB zipped, with PyYAML's);
   ``strip --strip-unneeded`` (binutils) keeps the exported symbols Python loads them by and drops
@@ -39,6 +44,7 @@ that version, which is the one the template's runtime names, infra/package.sh):
 
     build/venv-3.13/bin/python -m infra.slim_zip build/package/deployment.zip --config chalicelib/vmpool.yaml \
         [--from my-vmpool.yaml]     # another file packaged as chalicelib/vmpool.yaml
+        [--without-tracing]         # a stage without X-Ray tracing: no X-Ray SDK
 """
 
 from __future__ import annotations
@@ -105,16 +111,23 @@ UNUSED: dict[str, str] = {
 }
 """Paths (a folder when ending in ``/``) of libraries' parts no code path of vmpool imports."""
 
+TRACING_ONLY = ("aws_xray_sdk", "wrapt")
+"""The X-Ray SDK and what only it imports: Powertools' Tracer needs them, a stage without tracing
+never makes one (``--without-tracing``)."""
+
 WHEEL_BOOKKEEPING = ("RECORD", "WHEEL", "INSTALLER", "REQUESTED")
 OWN_CODE = ("app.py", "chalicelib/")
 """The app's own modules: shipped with their sources (tracebacks show the code)."""
 
 
-def dropped(name: str, names: frozenset[str] = frozenset()) -> str | None:
-    """Why the zip member ``name`` (of a zip holding ``names``) leaves the zip, or None when it stays."""
+def dropped(name: str, names: frozenset[str] = frozenset(), tracing: bool = True) -> str | None:
+    """Why the zip member ``name`` (of a zip holding ``names``, for a stage with or without
+    ``tracing``) leaves the zip, or None when it stays."""
     top = name.split("/", 1)[0]
     if any(top in (module, f"{module}.py") or top.startswith(f"{module}-") for module in RUNTIME_PROVIDED):
         return "provided by the Lambda runtime"
+    if not tracing and any(top == module or top.startswith(f"{module}-") for module in TRACING_ONLY):
+        return "tracing only (the stage does not trace)"
     if any(top in (module, f"{module}.py") or top.startswith((f"{module}-", f"{module}."))
            for module in VALIDATION_ONLY):
         return "validation only (the packaged config is validated here, below)"
@@ -246,15 +259,17 @@ def strip_extensions(tree: Path) -> None:
     subprocess.run([strip, "--strip-unneeded", *libraries], check=True)
 
 
-def slim(path: Path, config_member: str | None = None, config_source: Path | None = None) -> tuple[int, int]:
+def slim(path: Path, config_member: str | None = None, config_source: Path | None = None,
+         tracing: bool = True) -> tuple[int, int]:
     """Rewrite the zip in place (``config_member``: the packaged config, written as canonical JSON,
-    from ``config_source`` when given); returns its size before and after."""
+    from ``config_source`` when given; without ``tracing``, no X-Ray SDK); returns its size before
+    and after."""
     before = path.stat().st_size
     with tempfile.TemporaryDirectory() as scratch:
         tree = Path(scratch) / "tree"
         with zipfile.ZipFile(path) as archive:
             names = frozenset(archive.namelist())
-            members = [m for m in archive.infolist() if dropped(m.filename, names) is None]
+            members = [m for m in archive.infolist() if dropped(m.filename, names, tracing) is None]
             archive.extractall(tree, members)
             modes = {m.filename: m.external_attr for m in members}
         if config_member:
@@ -280,12 +295,16 @@ def slim(path: Path, config_member: str | None = None, config_source: Path | Non
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    usage = "usage: python -m infra.slim_zip DEPLOYMENT_ZIP [--config PACKAGED_CONFIG_FILE [--from CONFIG_FILE]]"
+    tracing = "--without-tracing" not in args
+    args = [arg for arg in args if arg != "--without-tracing"]
+    usage = ("usage: python -m infra.slim_zip DEPLOYMENT_ZIP [--config PACKAGED_CONFIG_FILE [--from CONFIG_FILE]] "
+             "[--without-tracing]")
     flags = args[1::2]
     if len(args) not in (1, 3, 5) or flags != ["--config", "--from"][:len(flags)]:
         print(usage, file=sys.stderr)
         return 2
-    before, after = slim(Path(args[0]), args[2] if len(args) > 1 else None, Path(args[4]) if len(args) == 5 else None)
+    before, after = slim(Path(args[0]), args[2] if len(args) > 1 else None, Path(args[4]) if len(args) == 5 else None,
+                         tracing)
     print(f"slim_zip: {args[0]}: {before / 1e6:.1f} MB -> {after / 1e6:.1f} MB", file=sys.stderr)
     return 0
 

@@ -85,15 +85,55 @@ def deployed_resources(stage: Stage) -> dict[str, dict[str, Any]]:
     return {r["name"]: r for r in json.loads(path.read_text())["resources"]}
 
 
-GATEWAY_RESPONSES = {"MISSING_AUTHENTICATION_TOKEN": "404", "RESOURCE_NOT_FOUND": "404",
+GATEWAY_RESPONSES = {"MISSING_AUTHENTICATION_TOKEN": "404", "RESOURCE_NOT_FOUND": "404", "THROTTLED": "429",
                      "DEFAULT_4XX": None, "DEFAULT_5XX": None}
-"""vmpooler answers unknown routes with 404 {"ok": false}; the full stack sets the same."""
+"""API Gateway's own answers we shape, each kind with its status (None: the kind's own). vmpooler
+answers unknown routes with 404 {"ok": false}; the defaults cover every other answer of its own
+(its 403s, 413 ``Request Too Long``, 502 and 504 of a function that failed or timed out)."""
+GATEWAY_POLICY = "default-src; frame-ancestors"
+"""The Content-Security-Policy of API Gateway's own answers: the same as ``JSON_POLICY``
+(``default-src 'none'; frame-ancestors 'none'``) written without quotes, which a gateway
+response's static value (itself quoted, ``'...'``) cannot hold: a directive without sources is
+one with ``'none'`` (CSP Level 3, "source lists"), so a browser loads nothing for the answer and
+no page may frame it."""
 GATEWAY_RESPONSE_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store",
-                            "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY"}
+                            "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
+                            "Content-Security-Policy": GATEWAY_POLICY}
 """The headers of API Gateway's own answers: those of every JSON answer of the functions (its
-throttling's 429 had none but Content-Type; a browser could keep it, or read it as it liked) but
-the Content-Security-Policy, whose quoted sources (``'none'``) a gateway response's static value,
-itself quoted, cannot hold; ``X-Frame-Options: DENY`` keeps them out of frames."""
+throttling's 429 had none but Content-Type; a browser could keep it, or read it as it liked; until
+2026-12-07 none had the Content-Security-Policy)."""
+THROTTLED_RETRY_AFTER_SECONDS = 1
+"""API Gateway's throttling refills its token bucket every second: its 429, like ours, says when
+to come back (``Retry-After``)."""
+NOT_FOUND_BODY = '{"ok":false}'
+ERROR_BODY = '{"ok":false,"error":$context.error.messageString}'
+"""API Gateway's other answers in the shape of ours, ``{"ok": false, "error": "..."}``, the error
+its own message (``$context.error.messageString`` is that message as a quoted JSON string:
+``"Too Many Requests"``, ``"Request Too Long"``, ``"Endpoint request timed out"``). Until
+2026-12-07 they said ``{"ok":false}`` only, and a client could not tell its throttling from a
+timeout."""
+
+
+def gateway_response(kind: str) -> tuple[str | None, dict[str, str], str]:
+    """What API Gateway answers for ``kind`` (a key of ``GATEWAY_RESPONSES``): its status (None:
+    the kind's own), its headers, its body template."""
+    status = GATEWAY_RESPONSES[kind]
+    headers = dict(GATEWAY_RESPONSE_HEADERS)
+    if kind == "THROTTLED":
+        headers["Retry-After"] = str(THROTTLED_RETRY_AFTER_SECONDS)
+    return status, headers, NOT_FOUND_BODY if status == "404" else ERROR_BODY
+
+
+def sam_gateway_responses() -> dict[str, Any]:
+    """The ``GatewayResponses`` of the full stack's ``RestAPI`` (SAM writes them into the API's
+    OpenAPI document: no resource of their own, whatever the pools)."""
+    found = {}
+    for kind in GATEWAY_RESPONSES:
+        status, headers, body = gateway_response(kind)
+        found[kind] = {**({"StatusCode": status} if status else {}),
+                       "ResponseParameters": {"Headers": {name: f"'{value}'" for name, value in headers.items()}},
+                       "ResponseTemplates": {"application/json": body}}
+    return found
 
 
 def report_batch_failures(session: Any, stage: Stage) -> None:
@@ -110,13 +150,13 @@ def name_the_api(session: Any, stage: Stage) -> None:
     apigateway = session.client("apigateway")
     apigateway.update_rest_api(restApiId=api_id, patchOperations=[
         {"op": "replace", "path": "/name", "value": stage.prefix}])
-    for kind, status in GATEWAY_RESPONSES.items():
+    for kind in GATEWAY_RESPONSES:
+        status, headers, body = gateway_response(kind)
         options: dict[str, Any] = {"statusCode": status} if status else {}
         apigateway.put_gateway_response(
             restApiId=api_id, responseType=kind, **options,
-            responseParameters={f"gatewayresponse.header.{name}": f"'{value}'"
-                                for name, value in GATEWAY_RESPONSE_HEADERS.items()},
-            responseTemplates={"application/json": '{"ok":false}'})
+            responseParameters={f"gatewayresponse.header.{name}": f"'{value}'" for name, value in headers.items()},
+            responseTemplates={"application/json": body})
     apigateway.create_deployment(restApiId=api_id, stageName="api", description="gateway responses")
 
 

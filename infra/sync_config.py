@@ -316,6 +316,17 @@ def _stack_arns(stage: Stage) -> dict[str, Any]:
 
 
 _STACK_ACCOUNT_REGION = "arn:${{AWS::Partition}}:{}:${{AWS::Region}}:${{AWS::AccountId}}:"
+_FILES_PARTITION = "arn:aws:"
+
+
+def _in_stack_partition(resource: str) -> Any:
+    """A policy file's ARN (``arn:aws:...``, the files are static) in the stack's own partition
+    (``${AWS::Partition}``: aws-cn, aws-us-gov), region and account left as the file has them.
+    Before, the secrets, SSM parameters and hosted zones the stack's roles grant kept ``arn:aws:``:
+    in aws-cn or aws-us-gov they named nothing, and every read of them was refused."""
+    if resource.startswith(_FILES_PARTITION):
+        return {"Fn::Sub": "arn:${AWS::Partition}:" + resource[len(_FILES_PARTITION):]}
+    return resource
 
 
 def _log_groups(stage: Stage) -> list[str]:
@@ -333,7 +344,7 @@ def stack_policy(stage: Stage, document: dict[str, Any]) -> dict[str, Any]:
 
     def scoped(resources: Any) -> Any:
         if isinstance(resources, list):
-            return [known.get(resource, resource) if isinstance(resource, str) else resource
+            return [known.get(resource, _in_stack_partition(resource)) if isinstance(resource, str) else resource
                     for resource in resources]
         return resources
 
@@ -341,46 +352,104 @@ def stack_policy(stage: Stage, document: dict[str, Any]) -> dict[str, Any]:
                                       for statement in document["Statement"]]}
 
 
-# Intrinsic values at their longest, to count a stack policy as IAM will: the longest partition
-# (aws-us-gov), a region of 16 characters, an account, a secret's 6-character suffix.
-_LONGEST = {"${AWS::Partition}": "aws-us-gov", "${AWS::Region}": "x" * 16, "${AWS::AccountId}": "0" * 12}
+@dataclass(frozen=True)
+class StackPlace:
+    """Where a stack's resources are: the values of its pseudo parameters, its Redis AUTH secret's
+    ARN (or a pattern of it) and its config bucket's name."""
+
+    partition: str
+    region: str
+    account: str
+    redis_auth_secret: str
+    config_bucket: str
+
+    def sub(self, text: str) -> str:
+        """``text`` (an ``Fn::Sub`` string) with the stack's pseudo parameters resolved."""
+        for name, value in (("${AWS::Partition}", self.partition), ("${AWS::Region}", self.region),
+                            ("${AWS::AccountId}", self.account)):
+            text = text.replace(name, value)
+        return text
 
 
-def _longest(text: str) -> str:
-    """``text`` (an ``Fn::Sub`` string) with the pseudo parameters at their longest values."""
-    for name, longest in _LONGEST.items():
-        text = text.replace(name, longest)
-    return text
+def _longest_place(stage: Stage) -> StackPlace:
+    """Intrinsic values at their longest, to count a stack policy as IAM will: the longest partition
+    (aws-us-gov), a region of 16 characters, an account, a secret's 6-character suffix."""
+    partition, region, account = "aws-us-gov", "x" * 16, "0" * 12
+    return StackPlace(partition, region, account,
+                      f"arn:{partition}:secretsmanager:{region}:{account}:secret:{stage.secret_prefix}redis-auth-XXXXXX",
+                      f"{stage.config_bucket_prefix}{account}-{region}")
+
+
+def _resolved(stage: Stage, value: Any, place: StackPlace) -> Any:
+    """``value`` (a stack policy) with its intrinsic functions resolved for a stack at ``place``."""
+    if isinstance(value, list):
+        return [_resolved(stage, item, place) for item in value]
+    if not isinstance(value, dict):
+        return value
+    bucket = place.sub("arn:${AWS::Partition}:s3:::") + place.config_bucket
+    if value == {"Fn::GetAtt": ["ReconcileQueue", "Arn"]}:
+        return place.sub(_STACK_ACCOUNT_REGION.format("sqs")) + stage.reconcile_queue_name
+    if value == {"Fn::GetAtt": ["ConfigBucket", "Arn"]}:
+        return bucket
+    if value == {"Ref": "RedisAuthSecret"}:
+        return place.redis_auth_secret
+    if set(value) == {"Fn::Sub"} and isinstance(value["Fn::Sub"], str):
+        return place.sub(value["Fn::Sub"].replace("${ConfigBucket.Arn}", bucket))
+    return {key: _resolved(stage, item, place) for key, item in value.items()}
 
 
 def _at_longest(stage: Stage, value: Any) -> Any:
     """``value`` (a stack policy) with its intrinsic functions resolved to their longest values."""
-    if isinstance(value, list):
-        return [_at_longest(stage, item) for item in value]
-    if not isinstance(value, dict):
-        return value
-    bucket = _longest(f"arn:${{AWS::Partition}}:s3:::{stage.config_bucket_prefix}${{AWS::AccountId}}-${{AWS::Region}}")
-    if value == {"Fn::GetAtt": ["ReconcileQueue", "Arn"]}:
-        return _longest(_STACK_ACCOUNT_REGION.format("sqs")) + stage.reconcile_queue_name
-    if value == {"Fn::GetAtt": ["ConfigBucket", "Arn"]}:
-        return bucket
-    if value == {"Ref": "RedisAuthSecret"}:
-        secret = f"secret:{stage.secret_prefix}redis-auth-XXXXXX"
-        return _longest(_STACK_ACCOUNT_REGION.format("secretsmanager")) + secret
-    if set(value) == {"Fn::Sub"} and isinstance(value["Fn::Sub"], str):
-        return _longest(value["Fn::Sub"].replace("${ConfigBucket.Arn}", bucket))
-    return {key: _at_longest(stage, item) for key, item in value.items()}
+    return _resolved(stage, value, _longest_place(stage))
 
 
-def policy(stage: Stage, role: str, kms_keys: list[str] | None = None, zones: list[str] | None = None
-           ) -> dict[str, Any]:
+class BadStackSettings(ValueError):
+    """A stage's stack settings (``.chalice/stack-<stage>.json``) that do not say where its stack is."""
+
+
+_QUEUE_URL = re.compile(r"https://sqs\.([a-z0-9-]{1,20})\.amazonaws\.com(?:\.cn)?/([0-9]{12})/[A-Za-z0-9_-]{1,80}")
+_PARTITION_OF_REGION = (("cn-", "aws-cn"), ("us-gov-", "aws-us-gov"))
+
+
+def stack_place(stage: Stage, settings: dict[str, Any]) -> StackPlace | None:
+    """Where the infrastructure stack of a stage wired for ``chalice deploy`` is (its settings,
+    ``stack_settings``: the reconcile queue's URL names its region and account), None for a stage
+    not wired. Raises BadStackSettings for a queue URL that does not."""
+    variables = settings.get("environment_variables", {})
+    url = variables.get("VMPOOL_RECONCILE_QUEUE_URL")
+    if url is None:
+        return None
+    match = _QUEUE_URL.fullmatch(url)
+    if match is None:
+        raise BadStackSettings(f"{stack_settings_file(stage).name}: VMPOOL_RECONCILE_QUEUE_URL {url[:200]!r} is not "
+                               "an SQS queue URL (https://sqs.<region>.amazonaws.com/<account>/<name>): the policy "
+                               "files could not name the stack's resources exactly")
+    region, account = match.groups()
+    partition = next((name for prefix, name in _PARTITION_OF_REGION if region.startswith(prefix)), "aws")
+    secret = variables.get("VMPOOL_REDIS_AUTH_SECRET", "")
+    if not secret.startswith(f"arn:{partition}:secretsmanager:{region}:{account}:secret:"):
+        # A name: its ARN ends in a dash and six characters Secrets Manager chose.
+        secret = f"arn:{partition}:secretsmanager:{region}:{account}:secret:{stage.secret_prefix}redis-auth-??????"
+    bucket = variables.get("VMPOOL_CONFIG_BUCKET") or f"{stage.config_bucket_prefix}{account}-{region}"
+    return StackPlace(partition, region, account, secret, bucket)
+
+
+def policy(stage: Stage, role: str, kms_keys: list[str] | None = None, zones: list[str] | None = None,
+           place: StackPlace | None = None) -> dict[str, Any]:
     """The IAM policy of one role ("api", "tick" or "reconcile") of a stage; with ``kms_keys``
     (the ``chalice deploy`` path: the infrastructure stack's ``SecretsKmsKeyArns``), the
     statement that lets it decrypt secrets under them (``secrets_kms_statement``). ``zones``:
     the stage's ``route53_zones`` when the caller has them (None: read from its config file).
 
-    ARNs name this stage's resources with the region and account left open, because the policy
-    files are static (the stack must be named ``vmpool-<stage>``: Lambda names start with it).
+    Without ``place``, ARNs name this stage's resources with the region and account left open:
+    the policy files of a stage not wired for ``chalice deploy``, which the full stack scopes to
+    its own (``stack_policy``; the stack must be named ``vmpool-<stage>``: Lambda names start
+    with it). With ``place`` (``stack_place``: a stage wired to its infrastructure stack), the
+    policy the full stack would grant, resolved for that stack: its queue, config bucket, Redis
+    AUTH secret and log groups by their exact ARNs, everything in its partition. Until
+    2026-12-07 ``chalice deploy`` gave its roles the open ARNs: a dev stage's functions could
+    receive and delete the reconcile messages and read the config and Redis AUTH token of the
+    account's dev stage in any other region.
     """
     prefix = stage.secret_prefix
     queue = f"arn:aws:sqs:*:*:{stage.reconcile_queue_name}"
@@ -406,8 +475,11 @@ def policy(stage: Stage, role: str, kms_keys: list[str] | None = None, zones: li
     if stage.tracing:
         statements.append(_statement(XRAY_ACTIONS, "*"))
     document = {"Version": "2012-10-17", "Statement": statements}
+    if place is not None:
+        document = _resolved(stage, stack_policy(stage, document), place)
+        statements = document["Statement"]
     size = _characters(document) + SECRETS_KMS_RESERVE
-    if not kms_keys:  # the full stack's roles: its exact ARNs are longer than the files' (stack_policy)
+    if not kms_keys and place is None:  # the full stack's roles: its exact ARNs are longer than the files'
         size = max(size, _characters(_at_longest(stage, stack_policy(stage, document))) + SECRETS_KMS_RESERVE)
     if kms_keys:  # the chalice deploy path: the statement in this document, a region per key at most
         statements.append(secrets_kms_statement(sorted(kms_keys), kms_key_regions(sorted(kms_keys))))
@@ -568,7 +640,8 @@ def rendered_files() -> dict[Path, str]:
             zones[stage.config_file] = route53_zones(stage)
         for role in ROLES:
             files[CHALICE_DIR / policy_file(stage, role)] = _dump(
-                policy(stage, role, settings[stage.name].get(SECRETS_KMS_SETTING), zones[stage.config_file]))
+                policy(stage, role, settings[stage.name].get(SECRETS_KMS_SETTING), zones[stage.config_file],
+                       stack_place(stage, settings[stage.name])))
     return files
 
 
@@ -619,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         files = rendered_files()
-    except (PolicyTooLarge, BadKmsKey) as error:
+    except (PolicyTooLarge, BadKmsKey, BadStackSettings) as error:
         print(f"sync_config: {error}", file=sys.stderr)
         return 1
     stale = []

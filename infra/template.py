@@ -33,7 +33,7 @@ from chalicelib import observability as m
 from chalicelib.auth.secrets import FAILURE_KEYS as SECRET_FAILURE_KEYS
 from chalicelib.manager.pool_queue import MAX_DELAY_SECONDS, REPORTED_LATENESS_SECONDS
 from chalicelib.store.store import MIN_REPLICA_ACKS_ENV
-from infra import sync_config
+from infra import stage_settings, sync_config
 from infra.sync_config import STAGES, Stage
 
 if TYPE_CHECKING:
@@ -127,6 +127,7 @@ def build(stage: Stage, infra_only: bool = False, config_file: Path | None = Non
         "Environment": {"Variables": function_environment()},
     }}
     resources["RestAPI"]["Properties"]["Name"] = api_name(stage)
+    resources["RestAPI"]["Properties"]["GatewayResponses"] = stage_settings.sam_gateway_responses()
     resources["SecretsKmsDecryptPolicy"] = secrets_kms_policy()
     resources.update(role_policies(stage))
     # Chalice 1.34 names the API handler's log group after "ApiHandler"; the function is "APIHandler".
@@ -195,7 +196,7 @@ def secrets_kms_parameter_constraint() -> dict[str, str]:
     return {
         "AllowedPattern": f"^({sync_config.KMS_KEY_ARN_PATTERN})?$",
         "ConstraintDescription": (
-            "each entry must be a KMS key ARN (arn:aws:kms:<region>:<account>:key/<id>) of at most "
+            "each entry must be a KMS key ARN (arn:<partition>:kms:<region>:<account>:key/<id>) of at most "
             f"{sync_config.MAX_KMS_KEY_ARN_CHARACTERS} characters, without spaces; at most "
             f"{sync_config.MAX_SECRETS_KMS_KEYS} keys"),
     }

@@ -114,15 +114,15 @@ def operator_config(count: int) -> str:
 """ + "\n".join(pools) + "\n")
 
 
-def build_package(config_file: Path | None = None, name: str = "") -> Iterator[Package]:
-    """Package the stage; with ``config_file`` as its packaged config (``VMPOOL_CONFIG_FILE``, as
-    ``make package`` takes it; the code is built once: later builds reuse Chalice's dependency zip
-    and take seconds)."""
-    out = ROOT / "build" / f"test-package-{STAGE}{name}"
+def build_package(config_file: Path | None = None, name: str = "", stage: str = STAGE) -> Iterator[Package]:
+    """Package the stage (dev unless ``stage``); with ``config_file`` as its packaged config
+    (``VMPOOL_CONFIG_FILE``, as ``make package`` takes it; the code is built once: later builds
+    reuse Chalice's dependency zip and take seconds)."""
+    out = ROOT / "build" / f"test-package-{stage}{name}"
     env = {name: value for name, value in os.environ.items() if name != "VMPOOL_CONFIG_FILE"}
     if config_file:
         env["VMPOOL_CONFIG_FILE"] = str(config_file)
-    done = subprocess.run([str(ROOT / "infra" / "package.sh"), STAGE, str(out)], cwd=ROOT,
+    done = subprocess.run([str(ROOT / "infra" / "package.sh"), stage, str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=900, env=env)
     if done.returncode == 2 and "no Lambda-supported Python" in done.stderr:
         # Lambda no longer creates python3.11 functions, and the package must be built by the
@@ -131,4 +131,4 @@ def build_package(config_file: Path | None = None, name: str = "") -> Iterator[P
     assert done.returncode == 0, f"infra/package.sh failed:\n{done.stderr[-4000:]}"
     template_path = out / "sam.json"
     with zipfile.ZipFile(out / "deployment.zip") as archive:
-        yield Package(STAGE, template_path, json.loads(template_path.read_text()), archive)
+        yield Package(stage, template_path, json.loads(template_path.read_text()), archive)

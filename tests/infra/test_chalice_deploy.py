@@ -13,6 +13,7 @@ come after the API in Chalice's order)."""
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import os
 import subprocess
@@ -175,3 +176,56 @@ def test_chalice_deploy_functions_get_the_replicas_the_infra_stack_was_given(res
     assert environment()["VMPOOL_REDIS_MIN_REPLICA_ACKS"] == "0"
     stage_settings.write_settings(STAGE, stage_settings.settings_from_outputs(STACK_OUTPUTS))
     assert "VMPOOL_REDIS_MIN_REPLICA_ACKS" not in environment()
+
+
+def _granted(role: str, action: str) -> list[str]:
+    document = json.loads((ROOT / ".chalice" / sync_config.policy_file(STAGE, role)).read_text())
+    return [resource for statement in document["Statement"] if action in statement["Action"]
+            for resource in (statement["Resource"] if isinstance(statement["Resource"], list)
+                             else [statement["Resource"]])]
+
+
+def _allows(role: str, action: str, arn: str) -> bool:
+    return any(fnmatch.fnmatchcase(arn, pattern.replace("?", "[!/]")) for pattern in _granted(role, action))
+
+
+@pytest.mark.parametrize(("region", "partition", "suffix"), [("eu-west-1", "aws", ""), ("cn-north-1", "aws-cn", ".cn")])
+def test_chalice_deploy_roles_reach_only_their_own_stacks_resources(restore_chalice_config: None, region: str,
+                                                                    partition: str, suffix: str) -> None:
+    """The ``chalice deploy`` path's roles had the policy files' ARNs, any region and account
+    (``arn:aws:sqs:*:*:vmpool-dev-reconcile``), where the full stack's are exact: a dev stage's
+    functions could receive and delete the reconcile messages, read the config and the Redis AUTH
+    token of the account's dev stage in any other region; and in aws-cn none of them named
+    anything. Wired to its infrastructure stack, the stage's files grant the full stack's policy
+    resolved for that stack: its queue, bucket, AUTH secret and log groups, in its partition."""
+    account, other_region = "123456789012", "us-east-1" if partition == "aws" else "cn-northwest-1"
+    stage_settings.write_settings(STAGE, stage_settings.settings_from_outputs({
+        **STACK_OUTPUTS, "ReconcileQueueUrl": f"https://sqs.{region}.amazonaws.com{suffix}/{account}/vmpool-dev-reconcile",
+        "ConfigBucket": f"vmpool-dev-config-{account}-{region}"}))
+
+    def arns(where: str) -> dict[str, str]:
+        return {"queue": f"arn:{partition}:sqs:{where}:{account}:vmpool-dev-reconcile",
+                "bucket": f"arn:{partition}:s3:::vmpool-dev-config-{account}-{where}",
+                "config": f"arn:{partition}:s3:::vmpool-dev-config-{account}-{where}/config/vmpool.json",
+                "token": f"arn:{partition}:secretsmanager:{where}:{account}:secret:vmpool/dev/redis-auth-AbCdEf",
+                "logs": f"arn:{partition}:logs:{where}:{account}:log-group:/aws/lambda/vmpool-dev-tick:log-stream:x"}
+
+    for where, granted in ((region, True), (other_region, False)):
+        arn = arns(where)
+        for role in sync_config.ROLES:
+            assert _allows(role, "sqs:SendMessage", arn["queue"]) is granted, (role, where)
+            assert _allows(role, "s3:ListBucket", arn["bucket"]) is granted, (role, where)
+            assert _allows(role, "s3:GetObject", arn["config"]) is granted, (role, where)
+            assert _allows(role, "secretsmanager:GetSecretValue", arn["token"]) is granted, (role, where)
+            assert _allows(role, "logs:PutLogEvents", arn["logs"]) is granted, (role, where)
+        assert _allows("reconcile", "sqs:DeleteMessage", arn["queue"]) is granted, where
+    for role in sync_config.ROLES:
+        text = (ROOT / ".chalice" / sync_config.policy_file(STAGE, role)).read_text()
+        assert "arn:aws:" not in text if partition != "aws" else f"arn:{partition}:" in text
+    assert sync_config.main(["--check"]) == 0
+
+    before = {path: path.read_text() for path in (ROOT / ".chalice").glob("*.json")}
+    with pytest.raises(SystemExit, match="nothing deployed"):
+        stage_settings.write_settings(STAGE, stage_settings.settings_from_outputs(
+            {**STACK_OUTPUTS, "ReconcileQueueUrl": "vmpool-dev-reconcile"}))
+    assert {path: path.read_text() for path in (ROOT / ".chalice").glob("*.json")} == before
