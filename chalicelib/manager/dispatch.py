@@ -158,6 +158,7 @@ class Ticker:
         report_ignored_overrides(services)
         sweep_holders(services)
         if newest:  # a push behind would drop what the newer config's pools use
+            fail_unserved_requests(services, configured | known)
             templates.forget_unused(services.store, services.pools())
             drop_unmanaged_dns_flags(services)
             services.tokens.align_expiries()  # token_ttl changed: every token's expiry follows it
@@ -213,6 +214,21 @@ def send_all(queue: PoolQueue, messages: Sequence[Delayed], budget_seconds: floa
         emit(None, {metric.POOLS_NOT_QUEUED: len(pools)})
         return pools
     return []
+
+
+def fail_unserved_requests(services: "Services", served: set[str]) -> dict[str, list[str]]:
+    """Fail the on-demand requests built in a pool no pass serves any more (``served``: the pools
+    this tick queues, configured or draining), older than ``ondemand.UNSERVED_GRACE_SECONDS``:
+    an API function a config behind opened them after the drain forgot the pool and their nudge
+    was lost or late (``ondemand.fail_unserved``). Level-triggered: whatever became of the nudge,
+    the next tick past the grace ends them. Logged; returns their ids by pool."""
+    failed = ondemand.fail_unserved(services.store, served, services.clock.now())
+    if failed:
+        logger.warning("on-demand requests for pools no longer configured failed: no pass serves them",
+                       extra={"pools": sorted(failed)[:100],
+                              "requests": [request for ids in failed.values() for request in ids][:10],
+                              "count": sum(len(ids) for ids in failed.values())})
+    return failed
 
 
 def recount_running(services: "Services", pools: Iterable[str]) -> RunningCount:
