@@ -5,7 +5,8 @@
   still has VMs (it drains: size 0, its VMs destroyed once free, then it is forgotten).
 - The tick also rebuilds the service's running set, what the service-wide quota counts
   (``recount_running``): any drift a path moving VMs left lasts a minute at most; and drops the
-  records of prepared templates no pool uses any more (``templates.forget_unused``).
+  records of prepared templates no pool uses any more (``templates.forget_unused``), and fails
+  the on-demand requests built in a pool no pass serves any more (``fail_unserved_requests``).
 - A checkout or delete puts its pool on the same queue at once (``refill.SqsRefill``).
 - The consumer (``handle_batch``) runs each message's pool once (``runner.run_pool``), every
   pool of a batch in its own thread, and reports each message's outcome on its own: a slow or
