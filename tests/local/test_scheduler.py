@@ -17,7 +17,7 @@ from chalicelib.config import parse
 from chalicelib.manager.dispatch import look_at
 from chalicelib.manager.pool_queue import FOLLOWUP, NUDGE, TICK, PoolMessage
 from chalicelib.services import Services
-from chalicelib.store import connect
+from chalicelib.store import StoreUnavailable, connect
 from chalicelib.store.connection import breaker_of
 from local.scheduler import LocalScheduler
 from tests.support import eventually
@@ -227,3 +227,29 @@ def test_a_pool_added_to_the_config_is_looked_at_without_waiting_for_the_tick(
     finally:
         assert scheduler.stop()
 
+
+
+def test_a_first_tick_redis_failed_is_tried_again_within_seconds_not_an_interval_later(
+        redis_client: redis.Redis, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stack started while its Redis is still loading its data: the first tick fails. With a
+    minute's interval the pools would stay empty for that minute."""
+    looked: list[tuple[str, str]] = []
+
+    def recorded_pass(services: Services, message: PoolMessage, *args: Any, **kwargs: Any) -> None:
+        looked.append((message.pool, message.reason))
+
+    monkeypatch.setattr(local.scheduler, "look_at", recorded_pass)
+    scheduler = LocalScheduler(Services(parse(CONFIG), redis_client, clock=clock), interval_seconds=3600)
+    tick, failures = scheduler._ticker.tick, [StoreUnavailable("redis: LOADING")]
+
+    def failing_once(*args: Any, **kwargs: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return tick(*args, **kwargs)
+
+    monkeypatch.setattr(scheduler._ticker, "tick", failing_once)
+    scheduler.start()
+    try:
+        eventually(lambda: ("alpha", TICK) in looked, 20, "the tick tried again")
+    finally:
+        assert scheduler.stop()
