@@ -662,7 +662,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=os.environ.get("VMPOOL_CONFIG_FILE"))
     parser.add_argument("--redis-port", type=_tcp_port_or_any, default=os.environ.get("VMPOOL_LOCAL_REDIS_PORT", "0"),
                         help="0 (the default): a free one")
-    parser.add_argument("--interval", type=_positive_seconds, default=10.0, help="seconds between scheduled passes")
+    parser.add_argument("--interval", type=_positive_seconds, default=None,
+                        help="seconds between the scheduler's ticks (default 60, as in AWS; each tick after the "
+                             "first spreads the pools over 5/6 of it: local/scheduler.py)")
     parser.add_argument("--provider", choices=("dummy", "vcsim"), default=os.environ.get("PROVIDER", "dummy"))
     args = parser.parse_args(argv)
     if args.workers == 0 and args.threads < 2:
@@ -765,7 +767,8 @@ def main(argv: list[str] | None = None) -> int:
 
         redis_restarts = RedisRestarts(redis_server)
 
-        scheduler = LocalScheduler(chalice_app.services(), interval_seconds=args.interval)
+        scheduler = (LocalScheduler(chalice_app.services()) if args.interval is None
+                     else LocalScheduler(chalice_app.services(), interval_seconds=args.interval))
         scheduler.start()
         stop = StopRequests(signal.SIGTERM)  # served from here: the main loop looks for it
         pools = pool_list(chalice_app.CONFIG.pool_names)

@@ -1,9 +1,18 @@
 """The local stand-in for the EventBridge tick, the reconcile queue and its consumer.
 
 The same code as in AWS (chalicelib/manager/dispatch.py): ``Ticker.tick`` every ``interval``
-seconds puts one message per pool on a queue, and worker threads run ``look_at`` for each
-message as it falls due, which re-queues a pool with work in flight after its check delay. The
-queue is in-process (``LocalQueue``): one pending message per pool, the earliest kept.
+seconds (``DEFAULT_INTERVAL_SECONDS``, a minute, as EventBridge's schedule) puts one message per
+pool on a queue, and worker threads run ``look_at`` for each message as it falls due, which
+re-queues a pool with work in flight after its check delay. The queue is in-process
+(``LocalQueue``): one pending message per pool, the earliest kept.
+
+As in AWS the tick spreads its pools over most of the interval (``tick_spread``): the first tick,
+and the first after the config changed, queue every pool at once instead (``make run`` fills at
+once, a pool added to the file is filled without waiting for the next tick). A pool that needs
+work does not wait for a tick: checkouts' and deletes' nudges, follow-ups while clones run and
+on-demand requests' nudges queue it at once. Before, every pool was queued every 10 s, all in the
+same instant: an idle stack of 1,000 pools spent 13-17 s of CPU a minute passing pools with
+nothing to do (docs/performance.md, "The local scheduler at 1,000 pools").
 
 The API (in its own processes) nudges a pool through Redis after a checkout or delete (the
 store pushes onto the pool's wake list); a listener thread turns each nudge into a message at
@@ -32,7 +41,8 @@ from typing import Callable, Sequence
 
 import redis
 
-from chalicelib.manager.dispatch import Ticker, look_at
+from chalicelib.config import Config
+from chalicelib.manager.dispatch import TICK_SPREAD_SECONDS, Ticker, look_at
 from chalicelib.manager.migrations import abandon_unstarted as abandon_unstarted_migrations
 from chalicelib.manager.pending import abandon_unstarted_clones
 from chalicelib.manager.pool_queue import FOLLOWUP, NUDGE, TICK, Delayed, PoolMessage
@@ -46,6 +56,16 @@ from chalicelib.store.leases import LeaseHolder, lease_holder, process_start
 from local.processes import process_alive
 
 WORKERS = 8
+DEFAULT_INTERVAL_SECONDS = 60.0
+"""The tick's interval when none is given (``make run``, ``python -m local.run``): EventBridge's,
+once a minute. Its passes are for pools nothing else woke: a nudge, a follow-up or an on-demand
+request queues a pool at once whatever the interval."""
+CONFIG_LOOK_SECONDS = 1.0
+"""How often the tick's thread looks whether the config changed (``run.py`` swaps in an edited
+file within seconds): a change is ticked at once, every pool queued without spread."""
+TICK_RETRY_SECONDS = 5.0
+"""How soon a tick Redis failed is tried again (at most the interval): with a minute's interval,
+a stack started while its Redis was busy loading did not fill for a minute."""
 HELD_ELSEWHERE_SECONDS = 1.0
 """How soon a pool whose lease another process holds is tried again when nudged. Each try nudges
 the holder through the pool's wake list, which this scheduler's own listener pops too: without a
@@ -150,10 +170,19 @@ def nudge_wait(socket_timeout: float) -> float:
     return min(NUDGE_WAIT_SECONDS, socket_timeout / 2)
 
 
+def tick_spread(interval_seconds: float) -> int:
+    """The seconds a tick every ``interval_seconds`` spreads its pools over: the share of the
+    interval AWS's spreads over (``TICK_SPREAD_SECONDS`` of each minute), in whole seconds; 0
+    (every pool at once) for a tick of about a second or less, as the chaos tests run."""
+    return int(interval_seconds * TICK_SPREAD_SECONDS / 60)
+
+
 class LocalScheduler:
-    def __init__(self, services: Services, interval_seconds: float = 10.0, budget_seconds: float = 30.0) -> None:
+    def __init__(self, services: Services, interval_seconds: float = DEFAULT_INTERVAL_SECONDS,
+                 budget_seconds: float = 30.0) -> None:
         self.services = services
         self.interval_seconds = interval_seconds
+        self.spread_seconds = tick_spread(interval_seconds)
         self.budget_seconds = budget_seconds
         self.queue = LocalQueue()
         self._ticker = Ticker(spread_seconds=0)
@@ -229,23 +258,53 @@ class LocalScheduler:
             logger.warning("scheduler threads still running after stop", extra={"threads": running})
         return not running
 
+    def tick(self, at_once: bool) -> bool:
+        """One tick: every pool queued, at once or spread over ``spread_seconds``. Whether it
+        went through (Redis answered)."""
+        self._ticker.spread_seconds = 0 if at_once else self.spread_seconds
+        try:
+            self._ticker.tick(self.services, self.queue)
+        except StoreUnavailable as error:
+            logger.warning("tick skipped: redis unavailable", extra={"error": str(error)})
+            return False
+        except Exception:  # noqa: BLE001 - keep the local stack alive and say what broke
+            logger.exception("tick crashed")
+            return False
+        return True
+
     def _tick_loop(self) -> None:
+        """Tick every ``interval_seconds``; at once, unspread, at the start and when the config
+        changes (a failed tick is tried again after ``TICK_RETRY_SECONDS``, as unspread)."""
+        ticked: Config | None = None
+        due = time.monotonic()
+        at_once = True
         while not self._stopping.is_set():
-            try:
-                self._ticker.tick(self.services, self.queue)
-            except StoreUnavailable as error:
-                logger.warning("tick skipped: redis unavailable", extra={"error": str(error)})
-            except Exception:  # noqa: BLE001 - keep the local stack alive and say what broke
-                logger.exception("tick crashed")
-            self._stopping.wait(self.interval_seconds)
+            config = self.services.config
+            if config is not ticked:
+                if ticked is not None:  # an edited file: its new or changed pools looked at now
+                    due, at_once = min(due, time.monotonic()), True
+                ticked = config
+            wait = due - time.monotonic()
+            if wait > 0:
+                self._stopping.wait(min(wait, CONFIG_LOOK_SECONDS))
+                continue
+            if self.tick(at_once):
+                at_once = False
+                due = time.monotonic() + self.interval_seconds
+            else:
+                due = time.monotonic() + min(self.interval_seconds, TICK_RETRY_SECONDS)
 
     def _listen_for_nudges(self) -> None:
         """A checkout or delete in an API process pushed onto the pool's wake list: run the pool.
         Each wait for one is shorter than the client's socket timeout (``nudge_wait``)."""
         store = self.services.store
         wait = nudge_wait(self.services.config.redis.socket_timeout)
+        listened: Config | None = None
+        pools: dict[str, str] = {}
         while not self._stopping.is_set():
-            pools = {store.keys.wake(name): name for name in self.services.config.pool_names}
+            if self.services.config is not listened:  # built once a config: not 1,000 names a second
+                listened = self.services.config
+                pools = {store.keys.wake(name): name for name in listened.pool_names}
             try:
                 popped = store.client.blpop(list(pools), timeout=wait) if pools else None
             except (redis.ConnectionError, redis.TimeoutError, StoreUnavailable) as error:

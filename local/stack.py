@@ -59,10 +59,11 @@ class Stack:
 
 
 @contextlib.contextmanager
-def local_stack(config_yaml: str, workers: int | None = None, interval: float = 10.0,
+def local_stack(config_yaml: str, workers: int | None = None, interval: float | None = 10.0,
                 env: dict[str, str] | None = None) -> Iterator[Stack]:
     """Start the local stack on free ports with ``config_yaml``; stop it (SIGINT) on exit. Started
-    again on another port if its own was taken before it bound it (``on_a_free_port``)."""
+    again on another port if its own was taken before it bound it (``on_a_free_port``).
+    ``interval``: the scheduler's tick (None: the stack's default, ``local.run``'s)."""
     workdir = Path(tempfile.mkdtemp(prefix="vmpool-bench-"))
     config_file = workdir / "vmpool.yaml"
     config_file.write_text(config_yaml)
@@ -74,8 +75,9 @@ def local_stack(config_yaml: str, workers: int | None = None, interval: float = 
         # on a free port it picks itself (and picks again if that one is taken meanwhile).
         launcher = ("import sys; from pathlib import Path; import local.run as run; "
                     f"run.STATE_DIR = Path({str(workdir)!r}); sys.exit(run.main(sys.argv[1:]))")
-        command = [sys.executable, "-c", launcher, "--port", str(port), "--config", str(config_file),
-                   "--interval", str(interval)]
+        command = [sys.executable, "-c", launcher, "--port", str(port), "--config", str(config_file)]
+        if interval is not None:
+            command += ["--interval", str(interval)]
         if workers is not None:  # 0: one process, the HTTP front beside the scheduler
             command += ["--workers", str(workers)]
         # It stops when this process dies, even SIGKILLed: no stack left serving after a killed run.

@@ -5,7 +5,8 @@
   still has VMs (it drains: size 0, its VMs destroyed once free, then it is forgotten).
 - The tick also rebuilds the service's running set, what the service-wide quota counts
   (``recount_running``): any drift a path moving VMs left lasts a minute at most; and drops the
-  records of prepared templates no pool uses any more (``templates.forget_unused``).
+  records of prepared templates no pool uses any more (``templates.forget_unused``), and fails
+  the on-demand requests built in a pool no pass serves any more (``fail_unserved_requests``).
 - A checkout or delete puts its pool on the same queue at once (``refill.SqsRefill``).
 - The consumer (``handle_batch``) runs each message's pool once (``runner.run_pool``), every
   pool of a batch in its own thread, and reports each message's outcome on its own: a slow or
@@ -158,6 +159,7 @@ class Ticker:
         report_ignored_overrides(services)
         sweep_holders(services)
         if newest:  # a push behind would drop what the newer config's pools use
+            fail_unserved_requests(services, configured | known)
             templates.forget_unused(services.store, services.pools())
             drop_unmanaged_dns_flags(services)
             services.tokens.align_expiries()  # token_ttl changed: every token's expiry follows it
@@ -213,6 +215,21 @@ def send_all(queue: PoolQueue, messages: Sequence[Delayed], budget_seconds: floa
         emit(None, {metric.POOLS_NOT_QUEUED: len(pools)})
         return pools
     return []
+
+
+def fail_unserved_requests(services: "Services", served: set[str]) -> dict[str, list[str]]:
+    """Fail the on-demand requests built in a pool no pass serves any more (``served``: the pools
+    this tick queues, configured or draining), older than ``ondemand.UNSERVED_GRACE_SECONDS``:
+    an API function a config behind opened them after the drain forgot the pool and their nudge
+    was lost or late (``ondemand.fail_unserved``). Level-triggered: whatever became of the nudge,
+    the next tick past the grace ends them. Logged; returns their ids by pool."""
+    failed = ondemand.fail_unserved(services.store, served, services.clock.now())
+    if failed:
+        logger.warning("on-demand requests for pools no longer configured failed: no pass serves them",
+                       extra={"pools": sorted(failed)[:100],
+                              "requests": [request for ids in failed.values() for request in ids][:10],
+                              "count": sum(len(ids) for ids in failed.values())})
+    return failed
 
 
 def recount_running(services: "Services", pools: Iterable[str]) -> RunningCount:

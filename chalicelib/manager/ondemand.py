@@ -9,6 +9,8 @@ running for the request (``deliver``), so a plain checkout never sees them.
 
 from __future__ import annotations
 
+from typing import AbstractSet
+
 from chalicelib.config import PoolConfig, ServiceConfig
 from chalicelib.manager import clones, dns_records
 from chalicelib.manager.context import PassContext
@@ -17,6 +19,7 @@ from chalicelib.providers.base import VMInfo
 from chalicelib.providers.failures import Failure
 from chalicelib.store import DurationSample, Store, VMRecord
 from chalicelib.store.ondemand import FAILED, NOT_CONFIRMED_MESSAGE, OnDemandStore, Reservation
+from chalicelib.store.store import NEWEST_CONFIG_SECONDS
 
 
 def expired_message(ttl_minutes: int) -> str:
@@ -79,6 +82,33 @@ def fail_removed(store: Store, pool: str, now: float) -> list[str]:
     failed = requests.open_requests(pool)
     for request_id in failed:
         _end_failed(store, requests, pool, request_id, removed_message(pool), now)
+    return failed
+
+
+UNSERVED_GRACE_SECONDS = NEWEST_CONFIG_SECONDS
+"""How old a request built in a pool no pass serves must be before the tick fails it
+(``fail_unserved``): an API function may read a push that adds a pool up to
+``config_source.REFRESH_SECONDS`` before the tick's function does, and a request it opens for the
+new pool meanwhile is not for a removed one. The newest config's overlap, as ``newest_config``
+allows it."""
+
+
+def fail_unserved(store: Store, served: AbstractSet[str], now: float) -> dict[str, list[str]]:
+    """Fail the open requests built in a pool no pass serves (neither in ``served``, the pools
+    the tick's config has or drains, nor opened within ``UNSERVED_GRACE_SECONDS``), with the
+    removed pool's message; return their ids by such pool. An API function a config behind
+    opens them after the drain forgot the pool: its nudge fails them (``look_at``), unless the
+    nudge was lost (an SQS send that failed; the local stack's listener, which hears only the
+    pools its own config has) or came more than ``FORGOTTEN_SECONDS`` after the forget (taken for
+    a pool not configured here yet). Nothing else would: the request answered 202 (pending) for
+    good and counted against the on-demand limits until its record expired."""
+    requests = OnDemandStore(store)
+    failed: dict[str, list[str]] = {}
+    for request_id, (created, pools) in requests.open_request_pools().items():
+        unserved = [pool for pool in pools if pool not in served]
+        if unserved and now - created >= UNSERVED_GRACE_SECONDS:
+            _end_failed(store, requests, unserved[0], request_id, removed_message(unserved[0]), now)
+            failed.setdefault(unserved[0], []).append(request_id)
     return failed
 
 

@@ -308,6 +308,26 @@ class OnDemandStore(SubStore):
             # decode_responses=True: redis-py's types cannot say so
             return cast("list[str]", self.client.zrange(self.keys.ondemand_open(pool), 0, -1))
 
+    def open_request_pools(self) -> dict[str, tuple[float, tuple[str, ...]]]:
+        """Every open request the service counts (``ondemand:requests:open``, which each request
+        the API opens joins: lua/quota.lua) with when it was made and the pools it is built in.
+        One round trip when none is open, two otherwise (the set is bounded by
+        ``max_ondemand_requests``)."""
+        with _translate_errors():
+            request_ids = cast("list[str]", self.client.zrange(self.keys.ondemand_open_requests, 0, -1))
+            if not request_ids:
+                return {}
+            pipe = self.client.pipeline(transaction=False)
+            for request_id in request_ids:
+                pipe.hmget(self.keys.ondemand(request_id), "state", "created", "entries")
+            found = pipe.execute()
+        requests: dict[str, tuple[float, tuple[str, ...]]] = {}
+        for request_id, (state, created, entries) in zip(request_ids, found, strict=True):
+            if state == OPEN:  # not one that ended, or whose record expired, since it was counted
+                pools = tuple(dict.fromkeys(str(entry["pool"]) for entry in json.loads(entries or "[]")))
+                requests[request_id] = (float(created or 0), pools)
+        return requests
+
     def waiting(self, pools: Iterable[str]) -> int:
         """VMs that open requests still wait for and that are not being built yet (/status
         ``queue.requested``: each VM is counted once, here or as pending, ready...). Three round

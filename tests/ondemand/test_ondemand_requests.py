@@ -11,9 +11,10 @@ import pytest
 from chalicelib import config as config_module
 from chalicelib.api.ondemand import DELETED_MESSAGE
 from chalicelib.manager.dispatch import Ticker, look_at
+from chalicelib.manager.ondemand import UNSERVED_GRACE_SECONDS
 from chalicelib.manager.pool_queue import DRAIN, NUDGE, PoolMessage
 from chalicelib.providers.base import TaskState, TaskStatus
-from chalicelib.store.fleet import Fleet
+from chalicelib.store.fleet import FORGOTTEN_SECONDS, Fleet
 from chalicelib.store.ondemand import REQUESTS_KEPT_PER_OWNER, OnDemandStore
 from chalicelib.store.store import UNUSED_RECORD_TTL_SECONDS
 from tests.dns.test_dns_dual import link_local_first
@@ -544,6 +545,76 @@ def test_a_request_opened_between_the_drains_last_pass_and_its_forget_fails(make
     assert (status, body.get("message")) == (200, removed)
     assert open_requests(stack, "slow") == []
     assert "slow" not in Fleet(services.store).names()
+
+
+def opened_by_an_api_a_config_behind(stack, with_slow) -> str:
+    """A request for ``slow`` opened by an API function still running ``with_slow``; its nudge
+    is dropped (returned to the caller's config)."""
+    services = stack.services
+    now_config = services.config
+    services.use_config(with_slow)
+    status, body = stack.answer("POST", "/api/v3/ondemandvm", {"slow": 1})
+    assert status == 201
+    services.use_config(now_config)
+    stack.refill.pools.clear()  # the nudge lost: an SQS send that failed, the local listener deaf to it
+    return str(body["request_id"])
+
+
+@pytest.mark.parametrize("opened_after_the_forget", [0.0, FORGOTTEN_SECONDS + 60],
+                         ids=["nudge-lost", "opened-past-the-forgotten-window"])
+def test_a_request_for_a_forgotten_pool_no_nudge_reaches_is_failed_by_the_tick(make_stack, opened_after_the_forget):
+    # What the nudge fix left: a request an API function a config behind opens for a pool the
+    # drain forgot, whose nudge never reaches a pass (lost; on the local stack the listener hears
+    # only its configured pools' wake lists), or comes more than 10 minutes after the forget
+    # (taken for a pool not configured here yet, and dropped). No pass served it, none failed it:
+    # 202 (pending) for good, counted against the on-demand limits until its record expired.
+    # The tick finds it (level-triggered) and fails it once it is older than a config's overlap.
+    stack = make_stack(size=0, extra=SLOW_POOL)
+    services = stack.services
+    with_slow = services.config
+    queue = SimpleNamespace(send=lambda messages, budget_seconds=None: None)
+    Ticker().tick(services, queue)
+    services.use_config(config_module.parse(
+        BASE_CONFIG.format(experimental="true", size=0, task_time=0, clone_fail=0, disk_fail=0)))
+    look_at(services, PoolMessage("slow", DRAIN), queue)
+    assert "slow" not in Fleet(services.store).names()  # drained and forgotten
+    stack.clock.advance(opened_after_the_forget)
+    request_id = opened_by_an_api_a_config_behind(stack, with_slow)
+    pending = (202, {"ok": True, "request_id": request_id, "ready": False, "slow": {"ready": "0", "pending": "1"}})
+    if opened_after_the_forget:
+        look_at(services, PoolMessage("slow", NUDGE), queue)  # its nudge: past the window, dropped
+        assert stack.answer("GET", f"/api/v3/ondemandvm/{request_id}") == pending
+
+    Ticker().tick(services, queue)  # within the grace: perhaps a pool a push just added
+    assert stack.answer("GET", f"/api/v3/ondemandvm/{request_id}") == pending
+    stack.clock.advance(UNSERVED_GRACE_SECONDS)
+    Ticker().tick(services, queue)
+    status, body = stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")
+    removed = "The request failed: its pool slow was removed from the configuration"
+    assert (status, body.get("message")) == (200, removed)
+    assert open_requests(stack, "slow") == []
+    assert "slow" not in Fleet(services.store).names()
+
+
+def test_a_request_for_a_pool_the_tick_has_not_read_yet_is_left_to_its_passes(make_stack):
+    # The other side: an API function that read a push adding a pool before the tick's function
+    # did opens a request for it. The tick a config behind does not take it for a removed pool.
+    stack = make_stack(size=0, extra=SLOW_POOL)
+    services = stack.services
+    with_slow = services.config
+    services.use_config(config_module.parse(
+        BASE_CONFIG.format(experimental="true", size=0, task_time=0, clone_fail=0, disk_fail=0)))
+    queue = SimpleNamespace(send=lambda messages, budget_seconds=None: None)
+    Ticker().tick(services, queue)  # the tick's function, a push behind: no "slow"
+    request_id = opened_by_an_api_a_config_behind(stack, with_slow)  # here: a push ahead
+    stack.clock.advance(UNSERVED_GRACE_SECONDS - 1)
+    Ticker().tick(services, queue)
+    assert open_requests(stack, "slow") == [request_id]
+    services.use_config(with_slow)  # the tick's function reads the push
+    Ticker().tick(services, queue)
+    assert open_requests(stack, "slow") == [request_id]
+    status, body = stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")
+    assert status == 202, body
 
 
 def request_records(stack) -> int:
