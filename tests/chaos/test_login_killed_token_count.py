@@ -1,0 +1,59 @@
+"""A login (``POST /token``) whose process dies before it answers leaves no token counted against
+its user's ``max_tokens_per_user``.
+
+The API function can be SIGKILLed at any line (a Lambda's timeout, OOM; a local worker killed).
+Before, the token was written and counted by one script, then waited for a replica (``WAIT``, as
+in AWS) before it was handed out: killed in between, the token nobody ever saw counted against
+the user until ``token_ttl``, so a user one short of ``max_tokens_per_user`` who met one such
+crash was refused (403 "you have 2 tokens already") at the login the client sent again. Now the
+token is counted only by the script whose answer is the only way to a 200
+(lua/token_confirm.lua): the crash leaves at most a token that counts for nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import redis
+
+from chalicelib.services import Services
+from tests.chaos.lambda_api import call, dummy_config, serving_fixture
+from tests.chaos.test_api_crash_points import Died, redis_operations
+from tests.redis_pair import RedisPair
+
+CONFIG = (dummy_config("socket_timeout: 5.0, replica_ack_timeout: 2000", ["pool1"], 0)
+          + ":auth: {provider: dummy}\n:config: {max_tokens_per_user: 2}\n")
+api = serving_fixture(CONFIG)
+
+
+def login(user: str) -> tuple[int, Any]:
+    """``POST /api/v3/token`` with ``user``'s Basic credentials (dummy auth: any other password)."""
+    headers = {"Authorization": "Basic " + base64.b64encode(f"{user}:{user}-pw".encode()).decode()}
+    return call("POST", "/api/v3/token", "/api/v3/token", headers=headers)
+
+
+def test_a_login_killed_before_it_answered_counts_no_token(redis_pair: RedisPair, api: Services) -> None:
+    assert login("warm")[0] == 200  # the scripts loaded, the replica count known, as in a warm Lambda
+    with redis_operations() as sent:
+        assert login("counted")[0] == 200
+    total = sent[0]
+    primary = redis.Redis(port=redis_pair.primary.port, decode_responses=True)
+    for die_after in range(total):
+        where = f"POST /token killed after Redis operation {die_after} of {total}"
+        user = f"user{die_after}"
+        assert login(user)[0] == 200, where  # one of her two
+        with redis_operations(die_after):
+            try:
+                answer = login(user)
+            except Died:
+                answer = None
+        if answer is not None:  # one round trip fewer this time (the replica count still known)
+            continue
+        retry = login(user)  # the client sends the login again
+        assert retry[0] == 200, f"{where}: the login sent again answered {retry}"
+        assert primary.scard(api.store.keys.user_tokens(user)) == 2, where
+        # Her limit still holds.
+        status, answer = login(user)
+        assert status == 403 and "2 tokens" in answer["error"], f"{where}: {status} {answer}"
+    primary.close()
