@@ -39,6 +39,7 @@ def test_a_login_killed_before_it_answered_counts_no_token(redis_pair: RedisPair
         assert login("counted")[0] == 200
     total = sent[0]
     primary = redis.Redis(port=redis_pair.primary.port, decode_responses=True)
+    left_made = 0  # crashes after the token's record was written: the case the test is for
     for die_after in range(total):
         where = f"POST /token killed after Redis operation {die_after} of {total}"
         user = f"user{die_after}"
@@ -50,6 +51,8 @@ def test_a_login_killed_before_it_answered_counts_no_token(redis_pair: RedisPair
                 answer = None
         if answer is not None:  # one round trip fewer this time (the replica count still known)
             continue
+        left_made += any(primary.hmget(key, "user", "pending") == [user, "1"]
+                         for key in primary.scan_iter(api.store.keys.token("*")))
         retry = login(user)  # the client sends the login again
         assert retry[0] == 200, f"{where}: the login sent again answered {retry}"
         assert primary.scard(api.store.keys.user_tokens(user)) == 2, where
@@ -57,3 +60,4 @@ def test_a_login_killed_before_it_answered_counts_no_token(redis_pair: RedisPair
         status, answer = login(user)
         assert status == 403 and "2 tokens" in answer["error"], f"{where}: {status} {answer}"
     primary.close()
+    assert left_made, "no crash came after the token was made"
