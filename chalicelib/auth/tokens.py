@@ -5,6 +5,8 @@ Redis layout (every key under ``vmpool:``)::
     vmpool:token:<sha256 hex of the token>   hash: user, created, last   (ISO-8601 UTC),
                                              entry (the stable id of the user's directory
                                              entry at login, when the directory gives one)
+                                             pending ("1" from lua/token_create.lua until
+                                             lua/token_confirm.lua counts the token)
     vmpool:user:<user>:tokens                set of the user's token hashes
     vmpool:user:<user>:token_times           the same hashes, scored by when each was made
 
@@ -41,6 +43,7 @@ import redis as redis_module
 
 from chalicelib.auth.base import other_entry, same_user
 from chalicelib.clock import Clock, SystemClock
+from chalicelib.store.connection import written_behind_a_lost_reply
 from chalicelib.store.deadline import answer_deadline
 from chalicelib.store.keys import DEFAULT_PREFIX, KEY_PART, Keys
 from chalicelib.store.scripts import registered, script_source
@@ -55,6 +58,11 @@ TOKEN_LENGTH = 32
 TOKEN_PATTERN = re.compile(r"^[a-z0-9]{32}\Z")
 ID_LENGTH = 16
 ID_PATTERN = re.compile(r"^[0-9a-f]{1,64}\Z")
+PENDING_SECONDS = 3600
+"""How long the record of a token made but not yet counted (lua/token_create.lua, before
+lua/token_confirm.lua) lives, ``token_ttl`` when shorter: a login that failed in between leaves
+it, known to nobody. Counting sets the ttl's expiry, as does any use of the token (a token whose
+count a failover lost, handed out by the node before it, lives on once used)."""
 
 class TooManyTokens(Exception):
     """The user has ``max_per_user`` live tokens already; one must be deleted first."""
@@ -155,6 +163,7 @@ class TokenStore:
         a token is handed out only then, or a failover could lose it. (A deletion is answered
         through ``Store.require_replicated``, as every route's change is: api/tokens.py.)"""
         self._create = registered(redis, script_source("token_create"))
+        self._confirm = registered(redis, script_source("token_confirm"))
         self._delete = registered(redis, script_source("token_delete"))
         self._touch = registered(redis, script_source("token_touch"))
         self._settle = registered(redis, script_source("settle"))
@@ -174,7 +183,15 @@ class TokenStore:
         Raises TooManyTokens when the user has ``max_per_user`` live tokens, TokenNotDurable
         (the token deleted again) when no replica acknowledged it in time (``replicated``),
         StoreUnavailable (nothing made) when the script reached Redis after the caller's socket
-        timeout (store/deadline.py): a late login makes no token nobody would ever see."""
+        timeout (store/deadline.py): a late login makes no token nobody would ever see.
+
+        Made pending (lua/token_create.lua), then counted against ``max_per_user`` and listed
+        only by lua/token_confirm.lua, whose answer is the only way to the token's return: a
+        login that fails at any line before it (its wait for a replica cut short, Redis stalled
+        past the socket timeout, the process killed) leaves at most a pending token nobody
+        knows, which counts for nothing and whose record expires within PENDING_SECONDS.
+        Before, the token counted from the first script on, and a user who met a few failed
+        logins was refused new tokens (403) until ``token_ttl``."""
         if not isinstance(user, str) or not user:
             raise ValueError("a token needs a user")
         keys = [self._user_key(user), self._times_key(user)]
@@ -185,11 +202,13 @@ class TokenStore:
             key = self._token_key(token_hash)
             now = self.clock.now()
             made = iso(now)
-            ttl = 0 if self.ttl_seconds is None else max(1, int(self.ttl_seconds))
+            pending = PENDING_SECONDS if self.ttl_seconds is None else max(1, min(PENDING_SECONDS,
+                                                                                  int(self.ttl_seconds)))
             cutoff = "-inf" if self.ttl_seconds is None else repr(now - self.ttl_seconds)
+            score = int(_parse_iso(made) or 0)
             # The script refuses an existing hash: the (astronomically unlikely) collision retries.
             created = self._create_settled([key, *keys], [
-                user, made, ttl, token_hash, self.max_per_user, int(_parse_iso(made) or 0), cutoff,
+                user, made, pending, token_hash, self.max_per_user, score, cutoff,
                 self._token_key(KEY_PART), answer_deadline(self.redis), entry_id or "", *live])
             if created == -2:
                 # The user's tokens were made before token_times counted them (or by an older
@@ -207,16 +226,46 @@ class TokenStore:
             durable = self.replicated()
         except StoreUnavailable:
             # WAIT's answer lost (a replica slower than the socket timeout): no replica may have
-            # the token, and its user, answered 503, never sees it. Before, it was left, counted
-            # against max_per_user.
+            # the token, and its user, answered 503, never sees it.
             durable = False
         if not durable:
-            try:
-                self._delete_hash(token_hash, user)
-            except redis_module.RedisError:
-                pass  # Redis is failing already: the user, answered 503, never learns the token
+            self._forget(token_hash, user)
             raise TokenNotDurable(f"redis: no replica acknowledged a new token of {user!r} in time")
+        self._count(token_hash, user, score, cutoff, made)
         return token
+
+    def _count(self, token_hash: str, user: str, score: int, cutoff: str, made: str) -> None:
+        """Count the pending token (lua/token_confirm.lua): from its answer on it is the user's,
+        listed and counted. Its answer lost, the token is deleted (written behind the lost reply
+        on its connection, so Redis runs the deletion right after the script, however long it
+        stalls; else sent anew): the 503 leaves no token counted that the user never saw."""
+        keys = [self._token_key(token_hash), self._user_key(user), self._times_key(user)]
+        undo = ("EVAL", self._delete.script, len(keys), *keys, user, token_hash)
+        with written_behind_a_lost_reply(undo) as follow_up:
+            try:
+                counted = int(self._confirm(keys=keys, args=[
+                    token_hash, score, cutoff, self.max_per_user, self._seconds_left(made),
+                    answer_deadline(self.redis)]))
+            except redis_module.RedisError:
+                if not follow_up.written:
+                    self._forget(token_hash, user)
+                raise
+        if counted == 1:
+            return
+        if counted == -1:  # logins at once: the others counted first; the script deleted this one
+            raise TooManyTokens(user)
+        if counted == -2:
+            self._forget(token_hash, user)
+            raise StoreUnavailable("redis: the token's count reached Redis after its deadline: not made")
+        raise StoreUnavailable("redis: the new token was gone before it was counted: not made")
+
+    def _forget(self, token_hash: str, user: str) -> None:
+        """Delete a token its user was not given (a 503 follows), if Redis lets us now: else it
+        is left pending, counting for nothing, and expires within PENDING_SECONDS."""
+        try:
+            self._delete_hash(token_hash, user)
+        except redis_module.RedisError:
+            pass  # Redis is failing already: the user, answered 503, never learns the token
 
     def _create_settled(self, keys: list[str], args: list[Any]) -> int:
         """lua/token_create.lua's answer, given its keys but the settled mark. Its answer lost, the

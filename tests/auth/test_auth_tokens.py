@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from chalicelib.auth.tokens import DeleteResult, TokenStore, TooManyTokens, hash_token
+from chalicelib.auth.tokens import PENDING_SECONDS, DeleteResult, TokenStore, TooManyTokens, hash_token
 from chalicelib.clock import FakeClock
 
 
@@ -250,3 +250,22 @@ def test_the_token_limit_is_exact_when_one_user_creates_and_deletes_at_once(redi
     assert len(live) <= 5
     assert redis_client.smembers("vmpool:user:alice:tokens") == live
     assert {record.token_hash for record in store.list_for_user("alice")} == live
+
+
+def test_a_token_whose_count_a_failover_lost_still_works_and_counts_for_nothing(redis_client, clock):
+    """The token made and on a replica, its count (lua/token_confirm.lua) answered by a primary
+    that died before its replica had the count: the new primary has the token pending. Its user,
+    given it with 200, can still use it; it counts for nothing there, and its record, which would
+    expire within PENDING_SECONDS, lives on the ttl from its first use."""
+    limited = TokenStore(redis_client, clock, ttl_hours=24 * 30, max_per_user=1)
+    count = limited._confirm
+    limited._confirm = lambda keys, args: 1  # answered, then lost with the primary
+    token = limited.create("alice")
+    key = limited.keys.token(hash_token(token))
+    assert redis_client.hget(key, "pending") == "1" and 0 < redis_client.ttl(key) <= PENDING_SECONDS
+    assert limited.lookup(token) is not None and redis_client.ttl(key) > PENDING_SECONDS
+    assert limited.list_for_user("alice") == []
+    limited._confirm = count  # the service's own count from now on
+    assert limited.lookup(limited.create("alice")) is not None  # her one counted token
+    with pytest.raises(TooManyTokens):
+        limited.create("alice")

@@ -38,6 +38,7 @@ CONFIG = dummy_config("socket_timeout: 1.0, replica_ack_timeout: 900", [POOL], 2
 
 api = serving_fixture(CONFIG)
 api_with_logins = serving_fixture(CONFIG + ":auth: {provider: dummy}\n")
+api_one_token_each = serving_fixture(CONFIG + ":auth: {provider: dummy}\n:config: {max_tokens_per_user: 1}\n")
 
 
 def blocked_in_wait(pair: RedisPair) -> None:
@@ -55,12 +56,18 @@ def demote(pair: RedisPair) -> None:
     pair.swap_with_replicaof()
 
 
-def stall(pair: RedisPair) -> None:
+def stall(pair: RedisPair, seconds: float = 1.5) -> None:
     """The primary paused past the API's socket timeout (1 s) while it holds the WAIT."""
     assert pair.primary.process is not None
     stop_process(pair.primary.process.pid)
-    time.sleep(1.5)
+    time.sleep(seconds)
     pair.primary.process.send_signal(signal.SIGCONT)
+
+
+def long_stall(pair: RedisPair) -> None:
+    """``stall`` past what the token's deletion after the 503 can wait (its own socket timeout,
+    on a new connection): the primary resumes with the token made and not deleted."""
+    stall(pair, 3.0)
 
 
 def during_the_wait(pair: RedisPair, fault: Callable[[RedisPair], None],
@@ -140,6 +147,31 @@ def test_a_token_whose_replica_wait_a_stall_cuts_short_is_not_left_behind(
     assert status == 503, answer
     redis_pair.wait_synced()
     assert eventually(lambda: api_with_logins.tokens.list_for_user("alice") == [], 5, "no token left that nobody saw")
+
+
+def test_a_login_answered_503_in_a_long_stall_does_not_count_against_its_user(
+        redis_pair: RedisPair, api_one_token_each: Services) -> None:
+    """The stall outlasts the deletion the API sends after its 503: the primary resumes with the
+    token made. Before, it counted against ``max_tokens_per_user`` (1 here) until ``token_ttl``,
+    and alice's next login, Redis back, was refused: 403 "you have 1 tokens already". Now it was
+    never counted (lua/token_confirm.lua never ran): her login sent again gets her one token,
+    which is the only one listed; bob, another caller meanwhile, is not affected."""
+    alice, bob = (basic_credentials(user) for user in ("alice", "bob"))
+    assert call("GET", "/api/v3/status", "/api/v3/status")[0] == 200  # warm: its connections open
+    status, answer = during_the_wait(redis_pair, long_stall, lambda: new_token(alice))
+    assert status == 503, answer
+    redis_pair.wait_synced()
+    status, answer = once_not_503(lambda: new_token(alice))
+    assert status == 200 and len(answer["token"]) == 32, f"alice refused after a failed login: {status} {answer}"
+    status, listed = call("GET", "/api/v3/token", "/api/v3/token", headers=alice)
+    assert status == 200 and len(listed) == 2, listed  # "ok" and her one token
+    assert once_not_503(lambda: new_token(bob))[0] == 200
+    assert new_token(alice)[0] == 403  # her limit still holds
+
+
+def basic_credentials(user: str) -> dict[str, str]:
+    """Basic credentials the dummy provider accepts for ``user``."""
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:right password".encode()).decode()}
 
 
 def new_token(headers: dict[str, str]) -> tuple[int, Any]:

@@ -1,16 +1,18 @@
--- Create a token record unless the hash exists already, counting the user's live tokens in the
--- same step; one step, so no half-made record and no limit passed by creations at once
--- (auth/tokens.py).
+-- Create a token record unless the hash exists already, refused when the user has their most live
+-- tokens (counted in the same step). The record is made pending: it counts for nothing and is
+-- listed nowhere until lua/token_confirm.lua counts it (a replica has it, the API is about to
+-- answer 200; that script checks the limit again, so creations at once pass no limit); a login
+-- that dies in between leaves no token counted against a user who never saw it (auth/tokens.py).
 -- KEYS[1] the new token's record, KEYS[2] the user's set of token hashes, KEYS[3] the same hashes
 -- scored by when each token was made (the user's token_times), KEYS[4] the login's settled mark
 -- (store/settle.py: once marked, the API, this script's answer lost, found no token made and
 -- answered 503: nothing is made; the token's record is what shows it made).
--- ARGV: user, now (ISO-8601), ttl seconds (0: none), the new hash, most live tokens a user may
--- have (0: no limit), when the new token is made (epoch seconds: its score), the cutoff (a
--- token made at or before it has expired; '-inf' without a ttl), the template of a token's
--- record (keys.token(KEY_PART)), the deadline (ms of Redis's clock, '' for none:
--- store/deadline.py) after which the API has given up on this answer and said the login failed
--- (503), the stable id of the user's directory entry ('' for none); then, only when the caller
+-- ARGV: user, now (ISO-8601), seconds the pending record lives (lua/token_confirm.lua sets the
+-- ttl's), the new hash, most live tokens a user may have (0: no limit), when the new token is made
+-- (epoch seconds; lua/token_confirm.lua scores it so), the cutoff (a token made at or before it
+-- has expired; '-inf' without a ttl), the template of a token's record (keys.token(KEY_PART)),
+-- the deadline (ms of Redis's clock, '' for none: store/deadline.py) after which the API has
+-- given up on this answer and said the login failed (503), the stable id of the user's directory entry ('' for none); then, only when the caller
 -- was asked to (-2), 'read' and the user's live tokens it read: hash, score, hash, score...
 -- The count is of token_times past the cutoff: O(log n) whatever the limit, the records unread.
 -- Both sets name the same hashes (every script that changes one changes the other); when their
@@ -59,13 +61,9 @@ local most = tonumber(ARGV[5])
 if most > 0 and redis.call('ZCOUNT', times, '(' .. cutoff, '+inf') >= most then
   return -1
 end
-redis.call('HSET', KEYS[1], 'user', ARGV[1], 'created', ARGV[2], 'last', ARGV[2])
+redis.call('HSET', KEYS[1], 'user', ARGV[1], 'created', ARGV[2], 'last', ARGV[2], 'pending', '1')
 if ARGV[10] ~= '' then
   redis.call('HSET', KEYS[1], 'entry', ARGV[10])
 end
-if tonumber(ARGV[3]) > 0 then
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-end
-redis.call('SADD', hashes, ARGV[4])
-redis.call('ZADD', times, ARGV[6], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
