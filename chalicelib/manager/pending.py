@@ -33,6 +33,12 @@ function's 60 s, as for DNS): a check may wait for an answer (vSphere's ``tcp`` 
 connect to a guest whose port drops packets), and twenty guests behind a firewall were the whole
 function's time, every pass. The VMs past it are checked by the next passes, never-checked
 ones first."""
+GONE_WHILE_BOOTING_AFTER_SECONDS = CLONE_START_GRACE_SECONDS
+"""How long after its clone was noted finished a booting VM missing from the pass's inventory is
+taken for gone and dropped (its pool clones a replacement). Not at once: a pass running beside the
+one that noted the clone may have read its inventory before the clone ended (noting a clone's end
+changes no ``change_seq``, so ``PassContext.drop``'s own check cannot tell), and no pass takes this
+long between its inventory read and its records'."""
 CLONE_ASKED = "clone_asked"
 """A pending VM's record field: when its pass was about to ask the provider for its clone,
 written just before the call (manager/clones.py, lua/clone_asked.lua). A VM with it and no clone
@@ -288,6 +294,15 @@ def _check_boots(context: PassContext, records: list[VMRecord], ages: dict[str, 
         hostname, age = record.name, ages[record.name]
         vm = context.inventory.get(hostname)
         if vm is None:
+            noted_end = record.clone_end
+            if hostname not in finished and noted_end is not None and not record.raw.get("request") \
+                    and context.now - noted_end > GONE_WHILE_BOOTING_AFTER_SECONDS:
+                # Its clone ended long before this pass's inventory was read: gone (deleted by
+                # hand, a vCenter restored), not late. Waiting for the timeout kept its place
+                # counted as pending, the pool short, for up to `timeout` minutes. (One built for
+                # an on-demand request still waits for the timeout, which its request's retries follow.)
+                context.drop(hostname, "pending", "gone from the provider while booting", gone=True)
+                continue
             # The clone finished after our inventory was read; readiness next pass.
             if age > timeout:
                 context.take_out_of_service(

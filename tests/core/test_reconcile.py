@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import pytest
 
 from chalicelib.manager.clones import BACKOFF_AFTER_FAILURES
-from chalicelib.manager.pending import CLONE_START_GRACE_SECONDS
+from chalicelib.manager.pending import CLONE_START_GRACE_SECONDS, GONE_WHILE_BOOTING_AFTER_SECONDS
 from chalicelib.timestamps import day_of
 from tests.harness import Harness, HarnessFactory, Killed, assert_consistent, kill_at_step, run_at_once
 from tests.support import redis_commands
@@ -292,6 +292,37 @@ def test_destroy_failure_is_retried_until_it_succeeds(make_world: HarnessFactory
 
 
 # --- drift between the provider and the store ---------------------------------------------------
+
+
+def test_booting_vm_deleted_by_hand_is_dropped_and_replaced_not_waited_for_until_the_timeout(
+        make_world: HarnessFactory) -> None:
+    # A VM whose clone finished (noted by an earlier pass) and that then vanished from the provider
+    # (deleted in vCenter by hand; `make run PROVIDER=vcsim` restarted with a fresh simulator) was
+    # waited for until the pool's timeout (15 minutes by default): its place counted as pending,
+    # the pool short and every checkout of it a 503 meanwhile. A ready VM gone is dropped at once.
+    world = world_with(make_world, pools="  - {name: alpha, size: 3, provider: dummy, boot_time: 240}")
+    started = world.reconcile("alpha").clones_started
+    world.clock.advance(60)  # every clone is done; none has booted
+    world.reconcile("alpha")
+    gone = sorted(started)[0]
+    assert world.store.get_vm(gone).clone_end is not None and world.state_of(gone) == "pending"
+    world.provider.delete_by_hand(world.pool("alpha"), gone)
+
+    # Not at once: a pass beside the one that noted the clone may have read an older inventory.
+    world.clock.advance(GONE_WHILE_BOOTING_AFTER_SECONDS / 2)
+    assert world.reconcile("alpha").dropped == [] and world.state_of(gone) == "pending"
+
+    world.clock.advance(GONE_WHILE_BOOTING_AFTER_SECONDS / 2 + 1)
+    report = world.reconcile("alpha")
+
+    assert report.dropped == [gone]
+    assert world.store.get_vm(gone).reason == "gone from the provider while booting"
+    assert world.state_of(gone) == "destroyed"
+    assert len(report.clones_started) == 1  # its replacement, minutes before the pool's timeout
+    assert world.clock.now() - world.store.get_vm(gone).clone_start < world.pool("alpha").timeout_minutes * 60
+    world.settle("alpha")
+    assert world.count("alpha", "ready") == 3
+    assert_consistent(world, "alpha")
 
 
 def test_vm_made_by_hand_is_discovered_completed_and_destroyed(world: Harness) -> None:
