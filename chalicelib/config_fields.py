@@ -432,7 +432,7 @@ def integer(minimum: int | None = None, maximum: int | None = None) -> Checker:
     def check(value: Any) -> int:
         if isinstance(value, bool):
             invalid(f"must be {wanted}, got {show(value)}")
-        if isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,18}\s*", value):
+        if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]{1,18}\s*", value):
             number = int(value)
         elif isinstance(value, int):
             number = value

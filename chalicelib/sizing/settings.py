@@ -28,7 +28,7 @@ DAY_GROUPS = {
     "daily": frozenset(range(7)),
     "everyday": frozenset(range(7)),
 }
-TIME_PATTERN = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)\Z|^24:00\Z")
+TIME_PATTERN = re.compile(r"^([01]?[0-9]|2[0-3]):([0-5][0-9])\Z|^24:00\Z")
 TIMEZONE_PATTERN = re.compile(r"^[A-Za-z0-9_+-]{1,30}(/[A-Za-z0-9_+-]{1,30}){0,3}\Z")
 """The shape of an IANA zone name (``America/Argentina/Buenos_Aires``, ``Etc/GMT+5``)."""
 MAX_WINDOWS = 50

@@ -298,6 +298,15 @@ pools:
     assert 'pools[2].size: must be an integer >= 0, got "five"' in str(raised.value)
 
 
+def test_an_integer_written_in_other_digits_than_ascii_is_refused() -> None:
+    """Text integers are vmpooler's ``to_i``: ASCII digits only. ``\\d`` matched Arabic-Indic and
+    fullwidth digits too, and int() read them: a size of "\u0661\u0660" loaded as 10."""
+    for digits in ("\u0661\u0660", "\uff11\uff10"):
+        with pytest.raises(ConfigError) as raised:
+            parse(f"pools:\n  - {{name: a, size: '{digits}', provider: dummy}}\n")
+        assert raised.value.problems == [f'pools[0].size: must be an integer >= 0, got "{digits}"']
+
+
 def test_every_problem_is_listed_at_once() -> None:
     yaml_text = """\
 :config:

@@ -39,6 +39,9 @@ def at(day: int, hour: float) -> float:
 @pytest.mark.parametrize("sizing, problem", [
     ('{schedule: [{days: weekdays, start: "7am", end: "19:00", size: 40}]}',
      'pools[0].sizing: schedule[0].start: must be a time HH:MM, got \'7am\''),
+    # Digits of other scripts matched \d and int() read them: an hour in them loaded (\u0667:00 as 07:00).
+    ('{schedule: [{days: weekdays, start: "\u0667:00", end: "19:00", size: 40}]}',
+     "pools[0].sizing: schedule[0].start: must be a time HH:MM"),
     ('{schedule: [{days: workdays, start: "07:00", end: "19:00", size: 40}]}',
      "pools[0].sizing: schedule[0].days: must name days"),
     # A typo fails the load rather than sizing the pool on some other day (mon..., sat..., sun...).
