@@ -103,13 +103,19 @@ def test_an_idle_scheduler_on_a_short_socket_timeout_never_finds_redis_slow(
     """The nudge listener's BLPOP blocked 1 s on a client that waits ``socket_timeout`` (here
     0.5 s): with no checkout to nudge a pool, every wait timed out and opened the process's
     breaker (an API request of the same process answered 503, Redis well), and a nudge popped as
-    the reply was given up was lost. Now each wait is half the socket timeout at most."""
+    the reply was given up was lost. Now each wait is half the socket timeout at most.
+
+    The margin is a quarter of a second: a loaded machine may hold one reply past it now and
+    then (CI: 1 of 3 waits timed out, 1 run in 33 on a core shared with two busy loops), so the
+    waits Redis was asked for are checked, and one timeout in four waits is allowed; before, each
+    asked for 1 s and every one timed out."""
     config = parse(":redis: {socket_timeout: 0.5}\n" + CONFIG)
     port = redis_client.connection_pool.connection_kwargs["port"]
     client = connect(config.redis, url=f"redis://127.0.0.1:{port}/0")
     breaker = breaker_of(client)
     assert breaker is not None
-    timeouts, waits = [], []
+    timeouts: list[int] = []
+    waits: list[float] = []  # the block each BLPOP asked Redis for, in seconds
     monkeypatch.setattr(breaker, "timed_out", lambda: timeouts.append(1))
     blpop = client.blpop
 
@@ -117,17 +123,18 @@ def test_an_idle_scheduler_on_a_short_socket_timeout_never_finds_redis_slow(
         try:
             return blpop(*args, **kwargs)
         finally:
-            waits.append(1)
+            waits.append(float(kwargs.get("timeout", args[1] if len(args) > 1 else 0)))
 
     monkeypatch.setattr(client, "blpop", counted_blpop)
     scheduler = LocalScheduler(Services(config, client, clock=clock), interval_seconds=60)
     scheduler.start()
     try:
-        eventually(lambda: len(waits) >= 3, 20, "three waits for a nudge")
+        eventually(lambda: len(waits) >= 4, 20, "four waits for a nudge")
     finally:
         assert scheduler.stop()
         client.close()
-    assert not timeouts, f"{len(timeouts)} of {len(waits)} waits for a nudge timed out"
+    assert all(0 < wait <= 0.25 for wait in waits), f"waits for a nudge of {waits} s on a 0.5 s socket timeout"
+    assert len(timeouts) <= 1, f"{len(timeouts)} of {len(waits)} waits for a nudge timed out"
 
 
 TWO_POOLS = CONFIG + "  - {name: beta, size: 1, provider: dummy}\n"
