@@ -85,7 +85,7 @@ def test_a_dead_stacks_leases_are_released_at_the_restart_and_a_live_holders_are
                   "held-by-live": f"{host}:{os.getpid()}:0123456789abcdef",
                   "held-elsewhere": "another-machine:1:0123456789abcdef"}
         for pool, token in leases.items():
-            store.set(KEYS.lease(pool), token, px=120_000)
+            take_lease(store, pool, token, 120_000)
             assert call("POST", f"{stack.api}/vm/{pool}")[0] == 200
         state_dir = stack.state_dir
         kill_stack(stack)
@@ -110,7 +110,7 @@ def test_a_pool_another_process_holds_is_tried_once_a_second_not_in_a_loop(tmp_p
     with local_stack(tmp_path, DUMMY_CONFIG, workers=1, interval=30) as stack:
         store = client(stack)
         wait_for(lambda: len(ready(store, "held-by-live")) == 2, 30, "the pool to fill", stack.log)
-        store.set(KEYS.lease("held-by-live"), f"{host}:{os.getpid()}:0123456789abcdef", px=60_000)
+        take_lease(store, "held-by-live", f"{host}:{os.getpid()}:0123456789abcdef", 60_000)
         assert call("POST", f"{stack.api}/vm/held-by-live")[0] == 200  # its nudge: a try
         store.config_resetstat()
         time.sleep(4)
@@ -251,10 +251,17 @@ def test_a_clone_the_dead_stack_reserved_but_never_started_gives_its_place_back_
         assert "never-cloned" not in store.zrange(KEYS.pool_state("tasks", "pending"), 0, -1)
 
 
+def take_lease(store: redis.Redis, pool: str, token: str, ms: int) -> None:
+    """Hold the pool's lease as ``token`` once the stack's own run of the pool has let it go: the
+    wait for a full pool can return while the pass that filled it still holds the lease, and a
+    lease overwritten then is not one the stack's next passes of that run check again."""
+    wait_for(lambda: store.set(KEYS.lease(pool), token, px=ms, nx=True), 30, f"{pool}'s lease to be free")
+
+
 def dead_lease(store: redis.Redis, pool: str) -> None:
     """The pool's lease as a pass killed mid-pass leaves it (its holder, of this machine, gone):
     the stack's own passes of the pool wait while the test plays that pass."""
-    store.set(KEYS.lease(pool), f"{socket.gethostname()}:{dead_pid()}:0123456789abcdef", px=120_000)
+    take_lease(store, pool, f"{socket.gethostname()}:{dead_pid()}:0123456789abcdef", 120_000)
 
 
 def in_a_process_that_dies(target: Any, *args: Any) -> None:
