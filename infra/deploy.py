@@ -34,7 +34,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from chalicelib.aws_clients import failure_of
-from infra.sync_config import STAGES, UNRESERVED_MINIMUM, BadKmsKey, Stage, kms_key_regions, stack_name
+from infra.sync_config import (
+    STAGES,
+    UNRESERVED_MINIMUM,
+    BadKmsKey,
+    Stage,
+    kms_key_regions,
+    partition_of_region,
+    stack_name,
+)
 
 CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"]
 NO_CHANGES = ("didn't contain changes", "No updates are to be performed")
@@ -66,8 +74,11 @@ def upload(s3: Any, bucket: str, key: str, data: bytes) -> None:
 
 
 def template_url(s3: Any, bucket: str, key: str) -> str:
+    """The uploaded template's URL for CloudFormation, in the domain of the region's partition:
+    until 2026-12-07 always ``amazonaws.com``, so in aws-cn (``s3.<region>.amazonaws.com.cn``)
+    ``make deploy`` gave CloudFormation an S3 host of another partition and its change set failed."""
     region = s3.meta.region_name or "us-east-1"
-    host = "s3.amazonaws.com" if region == "us-east-1" else f"s3.{region}.amazonaws.com"
+    host = "s3.amazonaws.com" if region == "us-east-1" else f"s3.{region}.{partition_of_region(region).url_suffix}"
     return f"https://{bucket}.{host}/{key}"
 
 

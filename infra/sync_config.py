@@ -239,18 +239,47 @@ SECRETS_KMS_SERVICES = ("ssm", "secretsmanager")
 """The services that may use the secrets' customer-managed keys on a function's behalf."""
 
 
+@dataclass(frozen=True)
+class Partition:
+    """An AWS partition: its name in ARNs and the domain its services' names end in (what a
+    stack's ``${AWS::Partition}`` and ``${AWS::URLSuffix}`` are there)."""
+
+    name: str
+    url_suffix: str
+
+
+def partition_of_region(region: str) -> Partition:
+    """The partition of ``region`` (botocore's partition data: ``cn-*`` is ``aws-cn``, whose
+    services are ``<service>.<region>.amazonaws.com.cn``; ``us-gov-*`` is ``aws-us-gov``);
+    ``aws`` for a region botocore does not know."""
+    import botocore.loaders
+
+    for partition in botocore.loaders.create_loader().load_data("partitions")["partitions"]:
+        if re.fullmatch(partition["regionRegex"], region) or region in partition.get("regions", {}):
+            return Partition(partition["id"], partition["outputs"]["dnsSuffix"])
+    return Partition("aws", "amazonaws.com")
+
+
 def secrets_kms_statement(keys: Any, regions: list[str], in_template: bool = False) -> dict[str, Any]:
     """``kms:Decrypt`` on ``keys`` (the customer-managed KMS keys that encrypt the config's SSM
     SecureString parameters or Secrets Manager secrets) only when SSM or Secrets Manager of one of
     ``regions`` asks on the function's behalf (``kms:ViaService``): without it each read of such a
     secret is refused (AccessDeniedException from KMS). One statement for both deploy paths: the
     stack's (``in_template``: ``keys`` its ``SecretsKmsKeyArns`` parameter, the region
-    ``${AWS::Region}``) and the policy files of ``chalice deploy`` (the ARNs the infrastructure
-    stack gave, their regions)."""
-    services = [f"{service}.{region}.amazonaws.com" for region in regions for service in SECRETS_KMS_SERVICES]
+    ``${AWS::Region}``, the domain ``${AWS::URLSuffix}``) and the policy files of ``chalice deploy``
+    (the ARNs the infrastructure stack gave, their regions, each region's partition's domain).
+    Until 2026-12-07 the domain was always ``amazonaws.com``: in aws-cn, where SSM and Secrets
+    Manager are ``<service>.<region>.amazonaws.com.cn``, the condition never held and every read
+    of a secret under such a key was refused."""
+    if in_template:
+        return {"Effect": "Allow", "Action": "kms:Decrypt", "Resource": keys,
+                "Condition": {"StringEquals": {"kms:ViaService": [
+                    {"Fn::Sub": f"{service}.{region}.${{AWS::URLSuffix}}"}
+                    for region in regions for service in SECRETS_KMS_SERVICES]}}}
+    services = [f"{service}.{region}.{partition_of_region(region).url_suffix}"
+                for region in regions for service in SECRETS_KMS_SERVICES]
     return {"Effect": "Allow", "Action": "kms:Decrypt", "Resource": keys,
-            "Condition": {"StringEquals": {"kms:ViaService": [
-                {"Fn::Sub": service} for service in services] if in_template else services}}}
+            "Condition": {"StringEquals": {"kms:ViaService": services}}}
 
 
 KMS_KEY_ARN_PATTERN = r"arn:aws[a-z-]{0,12}:kms:([a-z0-9-]{1,20}):[0-9]{12}:(?:key|alias)/[A-Za-z0-9/_-]{1,64}"
@@ -291,8 +320,11 @@ def _characters(document: Any) -> int:
     return len(json.dumps(document, separators=(",", ":")))
 
 
+_LONGEST_KMS_REGION = "cn-" + "r" * (MAX_KMS_REGION_CHARACTERS - 5) + "-1"
+"""A region as long as a key's ARN may name, in the partition of the longest domain (aws-cn's
+``amazonaws.com.cn``)."""
 SECRETS_KMS_RESERVE = _characters({"Version": "2012-10-17", "Statement": [secrets_kms_statement(
-    ["k" * MAX_KMS_KEY_ARN_CHARACTERS] * MAX_SECRETS_KMS_KEYS, ["r" * MAX_KMS_REGION_CHARACTERS])]})
+    ["k" * MAX_KMS_KEY_ARN_CHARACTERS] * MAX_SECRETS_KMS_KEYS, [_LONGEST_KMS_REGION])]})
 """The room every role's policy keeps for the secrets' KMS statement at its largest (the most
 keys, each ARN and the region as long as they may be), as a policy document of its own: the full
 stack attaches it to each role as one more inline policy (``SecretsKmsDecryptPolicy``, whose keys
@@ -408,7 +440,6 @@ class BadStackSettings(ValueError):
 
 
 _QUEUE_URL = re.compile(r"https://sqs\.([a-z0-9-]{1,20})\.amazonaws\.com(?:\.cn)?/([0-9]{12})/[A-Za-z0-9_-]{1,80}")
-_PARTITION_OF_REGION = (("cn-", "aws-cn"), ("us-gov-", "aws-us-gov"))
 
 
 def stack_place(stage: Stage, settings: dict[str, Any]) -> StackPlace | None:
@@ -425,7 +456,7 @@ def stack_place(stage: Stage, settings: dict[str, Any]) -> StackPlace | None:
                                "an SQS queue URL (https://sqs.<region>.amazonaws.com/<account>/<name>): the policy "
                                "files could not name the stack's resources exactly")
     region, account = match.groups()
-    partition = next((name for prefix, name in _PARTITION_OF_REGION if region.startswith(prefix)), "aws")
+    partition = partition_of_region(region).name
     secret = variables.get("VMPOOL_REDIS_AUTH_SECRET", "")
     if not secret.startswith(f"arn:{partition}:secretsmanager:{region}:{account}:secret:"):
         # A name: its ARN ends in a dash and six characters Secrets Manager chose.

@@ -122,7 +122,8 @@ def test_chalice_deploy_roles_decrypt_with_the_infra_stacks_kms_keys(restore_cha
         {**STACK_OUTPUTS, "SecretsKmsKeyArns": ",".join(reversed(KMS_KEYS))}))
     (in_stack,) = template.build(STAGE)["Resources"]["SecretsKmsDecryptPolicy"]["Properties"]["PolicyDocument"][
         "Statement"]
-    resolved = json.loads(json.dumps(in_stack).replace("${AWS::Region}", "eu-west-1"))
+    resolved = json.loads(json.dumps(in_stack).replace("${AWS::Region}", "eu-west-1")
+                          .replace("${AWS::URLSuffix}", "amazonaws.com"))
     resolved["Resource"] = sorted(KMS_KEYS)
     resolved["Condition"]["StringEquals"]["kms:ViaService"] = [
         service["Fn::Sub"] for service in resolved["Condition"]["StringEquals"]["kms:ViaService"]]

@@ -113,6 +113,7 @@ def _kms_policy_as_iam_stores_it(keys: list[str], region: str) -> str:
 
     text = json.dumps(template.secrets_kms_policy()["Properties"]["PolicyDocument"], separators=(",", ":"))
     text = re.sub(r'\{"Fn::Sub":("[^"]*")\}', r"\1", text).replace("${AWS::Region}", region)
+    text = text.replace("${AWS::URLSuffix}", sync_config.partition_of_region(region).url_suffix)
     return text.replace('{"Ref":"SecretsKmsKeyArns"}', json.dumps(keys, separators=(",", ":")))
 
 

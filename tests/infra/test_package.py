@@ -755,7 +755,8 @@ def test_secrets_under_a_customer_kms_key_can_be_decrypted_through_ssm_and_secre
     assert (statement["Effect"], statement["Action"], statement["Resource"]) == (
         "Allow", "kms:Decrypt", {"Ref": "SecretsKmsKeyArns"})
     assert statement["Condition"] == {"StringEquals": {"kms:ViaService": [
-        {"Fn::Sub": "ssm.${AWS::Region}.amazonaws.com"}, {"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"}]}}
+        {"Fn::Sub": "ssm.${AWS::Region}.${AWS::URLSuffix}"},
+        {"Fn::Sub": "secretsmanager.${AWS::Region}.${AWS::URLSuffix}"}]}}
 
 
 def test_slimming_a_slimmed_zip_again_changes_nothing(package: Package, tmp_path: Path) -> None:
