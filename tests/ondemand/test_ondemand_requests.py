@@ -476,20 +476,30 @@ def test_requests_for_a_pool_removed_from_the_config_fail_and_their_vms_are_dest
     assert Fleet(services.store).names() == {"debian-12", "win-2022"}  # drained and forgotten
 
 
+def slow_pool_forgotten(make_stack):
+    """A stack whose ``slow`` pool was configured at a tick (the fleet remembers each pool's
+    settings, to drain it later), then removed from the config and drained: forgotten. Returns
+    the stack, the config that had the pool, and a queue that drops what it is sent (the test
+    delivers the messages itself)."""
+    stack = make_stack(size=0, extra=SLOW_POOL)
+    services = stack.services
+    with_slow = services.config
+    queue = SimpleNamespace(send=lambda messages, budget_seconds=None: None)
+    Ticker().tick(services, queue)
+    services.use_config(config_module.parse(
+        BASE_CONFIG.format(experimental="true", size=0, task_time=0, clone_fail=0, disk_fail=0)))
+    look_at(services, PoolMessage("slow", DRAIN), queue)
+    assert "slow" not in Fleet(services.store).names()  # drained and forgotten
+    return stack, with_slow, queue
+
+
 def test_a_request_an_api_a_config_behind_opens_for_a_pool_already_forgotten_fails(make_stack):
     # An API function reads the config every 30 s at most: one still running the config with the
     # pool opened a request for it (a POST /ondemandvm, or a checkout's on-demand fallback) after
     # the drain had forgotten the pool. No pass served it or saw its ttl: it answered 202
     # (pending) for good and counted against the on-demand limits until its record expired.
-    stack = make_stack(size=0, extra=SLOW_POOL)
+    stack, with_slow, queue = slow_pool_forgotten(make_stack)
     services = stack.services
-    with_slow = services.config
-    queue = SimpleNamespace(send=lambda messages, budget_seconds=None: None)
-    Ticker().tick(services, queue)  # the fleet remembers each pool's settings, to drain it later
-    services.use_config(config_module.parse(
-        BASE_CONFIG.format(experimental="true", size=0, task_time=0, clone_fail=0, disk_fail=0)))
-    look_at(services, PoolMessage("slow", DRAIN), queue)
-    assert "slow" not in Fleet(services.store).names()  # drained and forgotten
 
     without_slow = services.config
     services.use_config(with_slow)  # the API function a refresh behind
@@ -569,15 +579,8 @@ def test_a_request_for_a_forgotten_pool_no_nudge_reaches_is_failed_by_the_tick(m
     # (taken for a pool not configured here yet, and dropped). No pass served it, none failed it:
     # 202 (pending) for good, counted against the on-demand limits until its record expired.
     # The tick finds it (level-triggered) and fails it once it is older than a config's overlap.
-    stack = make_stack(size=0, extra=SLOW_POOL)
+    stack, with_slow, queue = slow_pool_forgotten(make_stack)
     services = stack.services
-    with_slow = services.config
-    queue = SimpleNamespace(send=lambda messages, budget_seconds=None: None)
-    Ticker().tick(services, queue)
-    services.use_config(config_module.parse(
-        BASE_CONFIG.format(experimental="true", size=0, task_time=0, clone_fail=0, disk_fail=0)))
-    look_at(services, PoolMessage("slow", DRAIN), queue)
-    assert "slow" not in Fleet(services.store).names()  # drained and forgotten
     stack.clock.advance(opened_after_the_forget)
     request_id = opened_by_an_api_a_config_behind(stack, with_slow)
     pending = (202, {"ok": True, "request_id": request_id, "ready": False, "slow": {"ready": "0", "pending": "1"}})
