@@ -46,6 +46,11 @@ the same owner is made again (lua/ondemand_create.lua)."""
 GONE_WHILE_RUNNING = "gone from the provider while running"
 """The reason of a running VM a pass dropped because the provider no longer has it
 (manager/running.py). One of a request that is not ready yet is a failed attempt, built again."""
+GONE_WHILE_BOOTING = "gone from the provider while booting"
+"""The reason of a pending VM whose clone ended and which then vanished from the provider
+(manager/pending.py). One of a request is replaced without counting as a failed attempt
+(lua/ondemand_reserve.lua matches this text): its clone did not fail, as in vmpooler, whose
+``remove_nonexistent_vm`` counts no retry."""
 CLONE_CLAIMED = "clone_claimed"
 """A field of a VM reserved for a request: when the pass that reserved it claimed its clone's start
 (``OnDemandStore.claim``, lua/ondemand_claim.lua); from then on its clone may be running."""
