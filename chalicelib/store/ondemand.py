@@ -450,6 +450,12 @@ class OnDemandStore(SubStore):
         return keys, args
 
 
+def deleted_vm_reason(request_id: str) -> str:
+    """The reason of the VMs of a request its user deleted (DELETE /ondemandvm/<id>): a delivered
+    one's ``DELETE /vm/<host>`` is then answered as a VM its user returned (api/vms.py)."""
+    return f"on-demand request {request_id} was deleted"
+
+
 def retry_mark(owner: str, entries: Sequence[OnDemandEntry]) -> str:
     """What makes a request sent again the same request: its owner, and the names and counts it
     asked for (not the pools an alias's VMs were chosen from: each try chooses again), hashed."""

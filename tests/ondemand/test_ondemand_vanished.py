@@ -50,3 +50,44 @@ def test_a_request_vm_gone_while_booting_is_built_again_before_the_pool_timeout_
     assert status == 200 and body["ready"] is True, body
     [delivered] = body["slow-boot"]["hostname"]
     assert delivered.split(".")[0] not in vanished
+
+
+NEVER_READY_POOL = """
+  - name: slow
+    template: templates/slow
+    size: 0
+    provider: dummy
+    vmready_fail_percent: 100
+:auth:
+  provider: dummy
+"""
+
+
+def test_delete_vm_of_a_vm_released_with_its_request_is_ok_for_its_owner_only(make_stack):
+    # `floaty delete <host>` after `DELETE /ondemandvm/<id>` (or the other way round, a script
+    # cleaning up both) was a 404 and floaty listed the VM under "Unable to delete" (exit 1),
+    # while the same DELETE sent twice for a checked-out VM is ok (vmpooler: 200 for any VM it
+    # has a record of). Another user, and a VM still building when the request was deleted
+    # (its name never given to its user), still get the 404 "not running".
+    stack = make_stack(size=0, extra=NEVER_READY_POOL)
+    alice, alice_again, bob = (stack.new_token(user, "password") for user in ("alice", "alice", "bob"))
+    mine = {"X-AUTH-TOKEN": alice}
+    request_id = stack.answer("POST", "/api/v3/ondemandvm", {"debian": 1, "slow": 1}, headers=mine)[1]["request_id"]
+    stack.run_passes("debian-12", "slow")
+    [delivered] = stack.services.store.hostnames("debian-12", "running")
+    [unbuilt] = stack.services.store.hostnames("slow", "pending")
+    assert stack.answer("DELETE", f"/api/v3/ondemandvm/{request_id}", headers=mine) == (200, {"ok": True})
+    assert stack.state_of(delivered) == "completed"
+
+    for version in ("/api/v3", "/api/v2", ""):
+        assert stack.answer("DELETE", f"{version}/vm/{delivered}", headers={"X-AUTH-TOKEN": alice_again}) \
+            == (200, {"ok": True}), version
+    not_running = (404, {"ok": False, "error": f"VM {delivered} is not running"})
+    for headers in ({"X-AUTH-TOKEN": bob}, {}):
+        assert stack.answer("DELETE", f"/api/v3/vm/{delivered}", headers=headers) == not_running, headers
+    assert stack.answer("DELETE", f"/api/v3/vm/{unbuilt}", headers=mine)[0] == 404
+
+    stack.run_passes("debian-12", passes=1)  # destroyed; its record kept for data_ttl
+    assert stack.state_of(delivered) == "destroyed"
+    assert stack.answer("DELETE", f"/api/v3/vm/{delivered}", headers=mine) == (200, {"ok": True})
+    assert stack.state_of(delivered) == "destroyed"
