@@ -82,7 +82,10 @@ for _, hostname in ipairs(redis.call('ZRANGE', vms_key, 0, -1)) do
     building[vm[2]] = (building[vm[2]] or 0) + 1
   elseif vm[3] == 'destroyed' and vm[6] == 'gone from the provider while booting' then
     -- Vanished after its clone ended, before it booted (store/ondemand.py GONE_WHILE_BOOTING):
-    -- built again, not a failed attempt (its clone did not fail; vmpooler counts no retry).
+    -- built again, not a failed attempt (its clone did not fail; vmpooler counts no retry). It
+    -- leaves the request's VMs: its record, never held, expires after unused_record_ttl
+    -- (lua/move.lua), and a record gone would count as a failed attempt above.
+    redis.call('ZREM', vms_key, hostname)
   elseif vm[5] or string.find(vm[6] or '', '^clone failed') then
     failed = failed + 1
   end
