@@ -27,7 +27,7 @@ from chalicelib.api.identity import Caller, refuse_without_a_live_token, require
 from chalicelib.api.vm_lookup import shown_domain
 from chalicelib.services import Services
 from chalicelib.store import StoreUnavailable
-from chalicelib.store.ondemand import DELETED, FAILED, READY, OnDemandRequest, OnDemandStore
+from chalicelib.store.ondemand import DELETED, FAILED, READY, OnDemandRequest, OnDemandStore, deleted_vm_reason
 
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}\Z")
 DELETED_MESSAGE = "The request has been deleted"
@@ -136,7 +136,7 @@ def delete(services: Services, request: ApiRequest) -> ApiResponse:
     """DELETE /ondemandvm/<id>: the request ends and its VMs go to completed."""
     ondemand, caller = _owned(services, request)
     ending = OnDemandStore(services.store).end(
-        ondemand.id, DELETED, DELETED_MESSAGE, f"on-demand request {ondemand.id} was deleted", services.clock.now(),
+        ondemand.id, DELETED, DELETED_MESSAGE, deleted_vm_reason(ondemand.id), services.clock.now(),
         caller.token_key if caller else "", seen=ondemand)
     if ending.result == "missing":
         # Forgotten since it was read, its id maybe another's new request now: that one is not

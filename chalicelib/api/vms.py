@@ -31,6 +31,7 @@ from chalicelib.config import MAX_TAG_KEY_CHARACTERS
 from chalicelib.observability import emit, logger
 from chalicelib.services import Services
 from chalicelib.store import ModifyResult, VMRecord
+from chalicelib.store.ondemand import deleted_vm_reason
 from chalicelib.store.records import TAG_FIELD_PREFIX
 from chalicelib.store.vm_tasks import DISK, EnqueueResult, VMTaskStore, new_task, task_errors, task_errors_dropped
 from chalicelib.tagfilter import TAG_VALUE_PATTERN
@@ -374,8 +375,10 @@ def _returned_before(services: Services, request: ApiRequest, record: VMRecord) 
     """DELETE of a VM no longer running: ok when its user returned it and the caller may return
     it (the retry of a return answered 503 "send the DELETE again": vmfloaty reads only ``ok``,
     and lists a VM whose DELETE was not ok under "Unable to delete", exit 1), once a replica has
-    that return; else 404, as vmpooler answers for a VM not running."""
-    if record.state not in ("completed", "destroyed") or record.reason != RETURNED:
+    that return; else 404, as vmpooler answers for a VM not running. A VM its user returned with
+    its on-demand request (DELETE /ondemandvm/<id>, after it was delivered) is one its user
+    returned too: vmpooler answers 200 to a DELETE of any VM it still has a record of."""
+    if record.state not in ("completed", "destroyed") or not _returned_by_its_user(record):
         raise not_found(error=f"VM {record.name} is not running")
     try:
         caller_for_change(services, request, record)
@@ -384,3 +387,12 @@ def _returned_before(services: Services, request: ApiRequest, record: VMRecord) 
     services.store.require_replicated(RETURN_NOT_REPLICATED, f"the return of VM {record.name}")
     return ok()
 
+
+def _returned_by_its_user(record: VMRecord) -> bool:
+    """Whether the VM left service because its user returned it: by DELETE /vm/<hostname>, or,
+    delivered to its on-demand request, by DELETE /ondemandvm/<id> (not one its request failed
+    with, nor one still building then, whose name its user was never given)."""
+    if record.reason == RETURNED:
+        return True
+    request_id = record.raw.get("request")
+    return bool(request_id and record.raw.get("delivered_at") and record.reason == deleted_vm_reason(request_id))

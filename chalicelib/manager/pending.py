@@ -22,6 +22,7 @@ from chalicelib.observability import logger
 from chalicelib.providers.base import Provider, ProviderError, TaskState, TaskStatus, VMInfo
 from chalicelib.store import DurationSample, Store, VMRecord
 from chalicelib.store.leases import LeaseHolder, labelled_holder
+from chalicelib.store.ondemand import GONE_WHILE_BOOTING
 from chalicelib.store.records import MARKS_ASKED, RESERVER_LEASE
 
 CLONE_START_GRACE_SECONDS = 120.0
@@ -295,13 +296,17 @@ def _check_boots(context: PassContext, records: list[VMRecord], ages: dict[str, 
         vm = context.inventory.get(hostname)
         if vm is None:
             noted_end = record.clone_end
-            if hostname not in finished and noted_end is not None and not record.raw.get("request") \
+            if hostname not in finished and noted_end is not None \
                     and context.now - noted_end > GONE_WHILE_BOOTING_AFTER_SECONDS:
                 # Its clone ended long before this pass's inventory was read: gone (deleted by
                 # hand, a vCenter restored), not late. Waiting for the timeout kept its place
-                # counted as pending, the pool short, for up to `timeout` minutes. (One built for
-                # an on-demand request still waits for the timeout, which its request's retries follow.)
-                context.drop(hostname, "pending", "gone from the provider while booting", gone=True)
+                # counted as pending, the pool short, for up to `timeout` minutes. One built for
+                # an on-demand request is built again by the request's next reservation, not
+                # counted as a failed attempt (lua/ondemand_reserve.lua): its clone did not fail,
+                # and vmpooler counts no retry for a pending VM gone from its provider either.
+                context.drop(hostname, "pending", GONE_WHILE_BOOTING, gone=True)
+                if record.raw.get("request"):
+                    context.report.followups += 1  # its request lacks a VM now: look again soon
                 continue
             # The clone finished after our inventory was read; readiness next pass.
             if age > timeout:

@@ -46,6 +46,11 @@ the same owner is made again (lua/ondemand_create.lua)."""
 GONE_WHILE_RUNNING = "gone from the provider while running"
 """The reason of a running VM a pass dropped because the provider no longer has it
 (manager/running.py). One of a request that is not ready yet is a failed attempt, built again."""
+GONE_WHILE_BOOTING = "gone from the provider while booting"
+"""The reason of a pending VM whose clone ended and which then vanished from the provider
+(manager/pending.py). One of a request is replaced without counting as a failed attempt
+(lua/ondemand_reserve.lua matches this text): its clone did not fail, as in vmpooler, whose
+``remove_nonexistent_vm`` counts no retry."""
 CLONE_CLAIMED = "clone_claimed"
 """A field of a VM reserved for a request: when the pass that reserved it claimed its clone's start
 (``OnDemandStore.claim``, lua/ondemand_claim.lua); from then on its clone may be running."""
@@ -443,6 +448,12 @@ class OnDemandStore(SubStore):
         args += ["", ""] if seen is None else [repr(seen.created), seen.token_user]
         args += [UNUSED_RECORD_TTL_SECONDS, self.keys.holdings(KEY_PART), self.keys.owner_requests(KEY_PART)]
         return keys, args
+
+
+def deleted_vm_reason(request_id: str) -> str:
+    """The reason of the VMs of a request its user deleted (DELETE /ondemandvm/<id>): a delivered
+    one's ``DELETE /vm/<host>`` is then answered as a VM its user returned (api/vms.py)."""
+    return f"on-demand request {request_id} was deleted"
 
 
 def retry_mark(owner: str, entries: Sequence[OnDemandEntry]) -> str:

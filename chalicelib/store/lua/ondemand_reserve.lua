@@ -30,6 +30,8 @@
 -- answer and starts no clone) it reserves nothing (the request's other changes hold whenever
 -- they are made): names reserved then would hold the request's VMs and the on-demand clone
 -- slots, unasked, for the start grace (manager/pending.py CLONE_START_GRACE_SECONDS).
+-- A VM gone from the provider after its clone ended and before it booted (manager/pending.py)
+-- is replaced without counting as a failed attempt.
 -- A VM delivered and then gone from the provider (vCenter restarted empty, deleted by an admin)
 -- before the request is ready was never its caller's to use: it is a failed attempt, no longer
 -- delivered (its 'delivered_at' goes), the request waits for one VM more (its score in the open
@@ -78,6 +80,12 @@ for _, hostname in ipairs(redis.call('ZRANGE', vms_key, 0, -1)) do
     delivered[vm[2]] = (delivered[vm[2]] or 0) + 1
   elseif vm[3] == 'pending' then
     building[vm[2]] = (building[vm[2]] or 0) + 1
+  elseif vm[3] == 'destroyed' and vm[6] == 'gone from the provider while booting' then
+    -- Vanished after its clone ended, before it booted (store/ondemand.py GONE_WHILE_BOOTING):
+    -- built again, not a failed attempt (its clone did not fail; vmpooler counts no retry). It
+    -- leaves the request's VMs: its record, never held, expires after unused_record_ttl
+    -- (lua/move.lua), and a record gone would count as a failed attempt above.
+    redis.call('ZREM', vms_key, hostname)
   elseif vm[5] or string.find(vm[6] or '', '^clone failed') then
     failed = failed + 1
   end
