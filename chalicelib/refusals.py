@@ -126,9 +126,11 @@ class RefusalLog:
                seconds: float) -> None:
         if refused:
             by_reason: dict[str, dict[str, int]] = {}
+            totals: dict[str, int] = {}
             for (reason, name), count in refused.items():
-                by_reason.setdefault(reason, {})[name] = count
-            totals = {reason: sum(names.values()) for reason, names in by_reason.items()}
+                totals[reason] = totals.get(reason, 0) + count
+                if name:  # a refusal that names no pool (a 403, a login's 429) is in the total only
+                    by_reason.setdefault(reason, {})[name] = count
             # About this process's last window, not the request that happened to write it.
             _say(level)("requests refused", extra={"refused": totals, "by_name": by_reason,
                                                           "seconds": seconds, "correlation_id": None})

@@ -89,3 +89,19 @@ def test_refused_checkouts_by_many_callers_cost_bounded_log_bytes_and_are_counte
     _refused_checkouts(gateway, 1, start=100)
     (summary,) = [line for line in json_lines(printed()) if line["message"] == "requests refused"]
     assert summary["refused"] == {NO_READY_VMS: 100}
+
+
+def test_a_window_line_keeps_a_bounded_number_of_names(log_output: io.StringIO) -> None:
+    """Past ``max_keys`` distinct names in a window, the rest are counted under ``(other)``: the
+    summary does not grow with the names refused (here 50 names, 3 kept)."""
+    from chalicelib.refusals import OTHER, RefusalLog
+
+    now = [0.0]
+    refusals = RefusalLog(lambda: now[0], window=10, max_keys=3)
+    for n in range(51):
+        refusals.refused(NO_READY_VMS, [f"pool{n}"])
+    now[0] = 10
+    refusals.flush_if_due()
+    (summary,) = [line for line in json_lines(log_output.getvalue()) if line["message"] == "requests refused"]
+    assert summary["refused"] == {NO_READY_VMS: 50}
+    assert summary["by_name"] == {NO_READY_VMS: {"pool1": 1, "pool2": 1, "pool3": 1, OTHER: 47}}
