@@ -35,6 +35,7 @@ from chalicelib.dns.base import DnsPlugin
 from chalicelib.dns.registry import build_dns_plugin
 from chalicelib.manager.refill import REFILL_QUEUE_ENV, NoRefill, RefillTrigger, SqsRefill
 from chalicelib.observability import logger, redact_secrets
+from chalicelib.refusals import RefusalLog
 from chalicelib.store import ReplicaAcks, Store, connect
 from chalicelib.store.connection import CredentialsUnavailable, breaker_of
 from chalicelib.store.keys import DEFAULT_PREFIX
@@ -216,6 +217,8 @@ class Services:
         """The secret each provider (``("provider", name)``) and DNS plugin (``("dns", name)``)
         was built with, as resolved then: one built with a value since rotated is built again."""
         self.refill: RefillTrigger = refill or NoRefill()
+        self.refusals = RefusalLog(self.clock.monotonic)
+        """Refusals callers can cause at will, logged and counted once a window (chalicelib/refusals.py)."""
         self.started = self.clock.now()
         """When this process started serving: /status reports uptime from it until the service's
         start is known (``service_started``)."""
@@ -395,7 +398,7 @@ class Services:
         if authenticator is None:
             return None
         limiter = LoginLimiter.from_config(config.auth, self.client, prefix=self.store.keys.prefix)
-        return LoginService(authenticator, limiter)
+        return LoginService(authenticator, limiter, self.refusals)
 
     @property
     def directory_check(self) -> DirectoryCheck:

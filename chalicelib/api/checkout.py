@@ -19,6 +19,7 @@ from chalicelib.api.pool_choice import live_pools, preference, preferences
 from chalicelib.api.vm_lookup import named_domain
 from chalicelib.config import REQUEST_NAME_PATTERN
 from chalicelib.observability import emit, logger
+from chalicelib.refusals import NO_READY_VMS
 from chalicelib.services import Services
 from chalicelib.store import CheckoutRequest, QuotaExceeded
 from chalicelib.store.ondemand import OnDemandEntry, OnDemandStore
@@ -128,23 +129,20 @@ def checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int])
     except QuotaExceeded as exceeded:
         raise quota_error(services, exceeded) from None
     if not result.ok:
-        emit(None, {metric.CHECKOUT_MISSES: 1})
         # Per pool for a name that is a pool, per alias for one that is only an alias: an alias
         # is no pool to graph or to grow, and counting each pool it names wrote an EMF document
         # per pool (~300 KB of logs for one 503 of an alias of 1,000 pools, repeatable by any
         # caller). Every name here resolved to a pool (unknown ones were a 404), so the ``alias``
-        # values are the config's aliases: as bounded as the pools.
-        for missed in result.short:
-            if config.pool(missed) is not None:
-                emit(missed, {metric.CHECKOUT_MISSES: 1})
-            else:
-                emit(None, {metric.CHECKOUT_MISSES: 1}, dimensions={"alias": missed})
+        # values are the config's aliases: as bounded as the pools. Summed per window, not a
+        # document per request (chalicelib/refusals.py).
+        services.refusals.missed([name for name in result.short if config.pool(name) is not None],
+                                 [name for name in result.short if config.pool(name) is None])
         fallback = fallback_checkout(services, request, wanted, caller)
         if fallback is not None:
             return fallback
         # vmpooler's answer, exactly: its own specs and the clients written against it expect
-        # the bare body. The names that were short go to the log.
-        logger.info("checkout refused: not enough ready VMs", extra={"short": list(result.short)})
+        # the bare body. The names that were short go to the log, counted per window.
+        services.refusals.refused(NO_READY_VMS, result.short)
         raise ApiError(503)
     services.refill.pools_changed({vm.pool for vm in result.vms})
     emit(None, {metric.CHECKOUTS: len(result.vms)})

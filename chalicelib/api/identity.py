@@ -16,6 +16,7 @@ With ``:auth:`` (vmpooler's FIX notes):
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 
 from chalicelib.api.http import ApiError, ApiRequest
@@ -234,7 +235,8 @@ def required_admin(services: Services, request: ApiRequest) -> Caller | None:
         return None
     if is_admin(services, caller.user, caller.entry_id):
         return caller
-    logger.warning("runtime pool change refused: not an administrator", extra={"user": caller.user})
+    services.refusals.refused("runtime pool change refused: not an administrator", level=logging.WARNING,
+                              user=caller.user)
     raise ApiError(403, {"error": "only administrators may change pools at runtime"})
 
 

@@ -155,6 +155,7 @@ for _route in reversed(ROUTES):
 def handle(services: Services, handler: Handler, request: ApiRequest) -> ApiResponse:
     """Run a handler (once its request is within the rate limits) and turn every failure into a
     JSON answer. While Redis has just timed out (``store.breaker``), a 503 at once."""
+    services.refusals.flush_if_due()  # a window of refusals that is over is written now
     breaker = services.redis_breaker
     if breaker is not None and not breaker.admit():
         return ApiResponse(503, {"ok": False, "error": StoreUnavailable.public_message}, {"Retry-After": "1"})

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, not_found, ok
@@ -149,7 +150,8 @@ def _whose_tokens(services: Services, request: ApiRequest, caller: str, entry_id
     if same_user(named, caller):
         return caller
     if not is_admin(services, caller, entry_id):
-        logger.warning("another user's tokens refused: not an administrator", extra={"user": caller})
+        services.refusals.refused("another user's tokens refused: not an administrator", level=logging.WARNING,
+                                  user=caller)
         raise ApiError(403, {"error": OTHERS_TOKENS_REFUSED})
     return canonical_user(named)
 
@@ -242,7 +244,7 @@ def delete_token(services: Services, request: ApiRequest) -> ApiResponse:
     else:
         raise not_found(error="unknown or expired token")  # names no token: no deletion to retry
     if result is DeleteResult.FORBIDDEN:
-        logger.warning("token deletion refused: not the owner", extra={"user": caller})
+        services.refusals.refused("token deletion refused: not the owner", level=logging.WARNING, user=caller)
         raise ApiError(403, {"error": "the token belongs to another user"})
     # Revoking a leaked token, its owner must not be told it is gone while a failover could bring
     # it back. A 404 waits too: it answers the retry of a deletion answered 503, and must not say

@@ -15,14 +15,22 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from chalicelib.logs import module_logger
 
 from .base import Authenticator, AuthUnavailable, NamingAuthenticator, acceptable_credentials, canonical_user
 from .ratelimit import LoginLimiter, new_attempt
 
+if TYPE_CHECKING:
+    from chalicelib.refusals import RefusalLog
+
 logger = module_logger(__name__)
+
+LOGIN_BUSY = "login refused, attempts in flight fill the limit"
+LOGIN_LIMITED = "login refused, too many failures"
 
 WWW_AUTHENTICATE = 'Basic realm="Authentication required"'
 
@@ -83,9 +91,13 @@ class LoginResult:
 
 
 class LoginService:
-    def __init__(self, authenticator: Authenticator, limiter: LoginLimiter | None = None) -> None:
+    def __init__(self, authenticator: Authenticator, limiter: LoginLimiter | None = None,
+                 refusals: RefusalLog | None = None) -> None:
         self.authenticator = authenticator
         self.limiter = limiter
+        self.refusals = refusals
+        """Where logins the limits refuse are counted, once a window (chalicelib/refusals.py):
+        a caller kept past the limit was logged once per attempt, as often as it sent one."""
 
     def login(self, authorization: str | None, address: str | None = None) -> LoginResult:
         """Check an Authorization header value for a request from ``address``."""
@@ -95,6 +107,14 @@ class LoginService:
         if credentials is None:
             return LoginResult(LoginOutcome.INVALID)
         return self.check(credentials[0], credentials[1], address)
+
+    def _refused(self, reason: str, level: int, retry_after: int) -> None:
+        if self.refusals is not None:
+            self.refusals.refused(reason, level=level, retry_after=retry_after)
+        elif level >= logging.WARNING:
+            logger.warning("%s (retry after %ss)", reason, retry_after, stacklevel=2)
+        else:
+            logger.info("%s (retry after %ss)", reason, retry_after, stacklevel=2)
 
     def check(self, user: str, password: str, address: str | None = None) -> LoginResult:
         """Reserve an attempt under the limits, then ask the directory: concurrent attempts
@@ -111,11 +131,10 @@ class LoginService:
             refusal = self.limiter.reserve(user, address, attempt)
             if refusal is not None:
                 if refusal.busy:
-                    logger.info("login refused, attempts in flight fill the limit (retry after %ss)",
-                                refusal.retry_after)
+                    self._refused(LOGIN_BUSY, logging.INFO, refusal.retry_after)
                     message = "too many logins at once, try again in a moment"
                 else:
-                    logger.warning("login refused, too many failures (retry after %ss)", refusal.retry_after)
+                    self._refused(LOGIN_LIMITED, logging.WARNING, refusal.retry_after)
                     message = "too many failed logins, try again later"
                 return LoginResult(LoginOutcome.RATE_LIMITED, retry_after=refusal.retry_after, message=message)
         try:
