@@ -61,8 +61,9 @@ ID_PATTERN = re.compile(r"^[0-9a-f]{1,64}\Z")
 PENDING_SECONDS = 3600
 """How long the record of a token made but not yet counted (lua/token_create.lua, before
 lua/token_confirm.lua) lives, ``token_ttl`` when shorter: a login that failed in between leaves
-it, known to nobody. Counting sets the ttl's expiry, as does any use of the token (a token whose
-count a failover lost, handed out by the node before it, lives on once used)."""
+it, known to nobody. Counting sets the ttl's expiry. A token whose count a failover lost, handed
+out by the node before it, is counted when first presented (``lookup``): listed and deletable by
+id from then on, and living on the ttl. ``align_expiries`` never lengthens a pending record's."""
 
 class TooManyTokens(Exception):
     """The user has ``max_per_user`` live tokens already; one must be deleted first."""
@@ -166,6 +167,7 @@ class TokenStore:
         self._confirm = registered(redis, script_source("token_confirm"))
         self._delete = registered(redis, script_source("token_delete"))
         self._touch = registered(redis, script_source("token_touch"))
+        self._expiry = registered(redis, script_source("token_expiry"))
         self._settle = registered(redis, script_source("settle"))
 
     def _token_key(self, token_hash: str) -> str:
@@ -312,11 +314,24 @@ class TokenStore:
             return 1
         return max(1, int(created_at + self.ttl_seconds - self.clock.now()))
 
+    def _pending_left(self, created: str) -> int:
+        """Seconds a pending record made at ``created`` may live from now: what is left of
+        PENDING_SECONDS (or of the ttl's, when shorter), at least 1."""
+        created_at = _parse_iso(created)
+        if created_at is None:
+            return 1
+        left = max(1, int(created_at + PENDING_SECONDS - self.clock.now()))
+        counted = self._seconds_left(created)
+        return min(left, counted) if counted else left
+
     def align_expiries(self, batch: int = 500) -> int:
         """Set every token's Redis expiry for the ttl in effect, once per ttl (``tokens:ttl``
         records the one they were last set for): a token not used since ``token_ttl`` was raised
         would otherwise vanish on the old one (and one made under a ttl since removed would still
-        expire). Idempotent, so a tick killed half way is finished by the next. Returns how many
+        expire). A pending record (made, never counted: lua/token_confirm.lua) keeps at most what
+        is left of PENDING_SECONDS (lua/token_expiry.lua): before, it got the ttl's, or none
+        without a ttl, and an orphan of a failed login lived as long as a token, or for ever.
+        Idempotent, so a tick killed half way is finished by the next. Returns how many
         token records it set."""
         wanted = "none" if self.ttl_seconds is None else repr(self.ttl_seconds)
         if self.redis.get(self.keys.tokens_ttl) == wanted:
@@ -328,18 +343,15 @@ class TokenStore:
             pipe = self.redis.pipeline(transaction=False)
             for key in chunk:
                 pipe.hget(key, "created")
-            created = pipe.execute()
-            pipe = self.redis.pipeline(transaction=False)
-            for key, made in zip(chunk, created, strict=True):
+            records: list[str] = []
+            seconds: list[int] = []
+            for key, made in zip(chunk, pipe.execute(), strict=True):
                 if made is None:
                     continue  # deleted meanwhile (or not a token record)
-                seconds = self._seconds_left(made)
-                if seconds:
-                    pipe.expire(key, seconds)
-                else:
-                    pipe.persist(key)
-                set_count += 1
-            pipe.execute()
+                records.append(key)
+                seconds += [self._seconds_left(made), self._pending_left(made)]
+            if records:
+                set_count += int(self._expiry(keys=records, args=seconds))
         self.redis.set(self.keys.tokens_ttl, wanted)
         return set_count
 
@@ -361,7 +373,24 @@ class TokenStore:
                 owner = fields["user"]
                 self._delete(keys=[key, self._user_key(owner), self._times_key(owner)], args=[owner, token_hash])
             return None
+        if fields.get("pending"):
+            self._count_presented(record)
         return self.touch(record) if touch else record
+
+    def _count_presented(self, record: TokenRecord) -> None:
+        """Count a pending token someone presented (lua/token_confirm.lua, no limit): its user
+        was given it with 200 and a failover lost its count (the only way to hold a pending
+        token's value; an orphan of a failed login was given to nobody, so it is never counted).
+        From now on it is listed by ``GET /token`` and deleted by its id like any other, and
+        lives on the ttl. It counts even past ``max_tokens_per_user``: its user was given it
+        within the limit, and another token made meanwhile (this one uncounted) may have filled
+        it; refusing it now would break a client that saved it, for a failover it was never told
+        of. The limit holds for new logins, which are refused (403) until the user deletes one,
+        as after ``max_tokens_per_user`` is lowered."""
+        self._confirm(keys=[self._token_key(record.token_hash), self._user_key(record.user),
+                            self._times_key(record.user)],
+                      args=[record.token_hash, int(record.created_at or 0), "-inf", 0,
+                            self._seconds_left(record.created), ""])
 
     def touch(self, record: TokenRecord) -> TokenRecord | None:
         """The token used now: its ``last`` set to now, its expiry to the ttl in effect. None when

@@ -141,7 +141,7 @@ family through these validators.
     token:<sha256>           hash    an API token's user and times (auth/tokens.py)
     tokens:ttl               string  the token_ttl the tokens' expiries were last set for ("none":
                                      no expiry); another config's sets them again (auth/tokens.py)
-    user:<user>:tokens       set     a user's token hashes
+    user:<user>:tokens       set     a user's token hashes, pending ones (not yet counted) excluded
     user:<user>:token_times  zset    the same hashes, scored by when each token was made (epoch s):
                                      POST /token counts the user's live tokens in it (those made
                                      within token_ttl) and forgets expired ones, without reading them

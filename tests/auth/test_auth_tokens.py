@@ -252,20 +252,91 @@ def test_the_token_limit_is_exact_when_one_user_creates_and_deletes_at_once(redi
     assert {record.token_hash for record in store.list_for_user("alice")} == live
 
 
-def test_a_token_whose_count_a_failover_lost_still_works_and_counts_for_nothing(redis_client, clock):
-    """The token made and on a replica, its count (lua/token_confirm.lua) answered by a primary
-    that died before its replica had the count: the new primary has the token pending. Its user,
-    given it with 200, can still use it; it counts for nothing there, and its record, which would
-    expire within PENDING_SECONDS, lives on the ttl from its first use."""
+def count_lost(store: TokenStore) -> str:
+    """A token of alice's made and answered 200, its count (lua/token_confirm.lua) answered by a
+    primary that died before its replica had the count: the new primary has the token pending."""
+    count = store._confirm
+    store._confirm = lambda keys, args: 1  # answered, then lost with the primary
+    try:
+        return store.create("alice")
+    finally:
+        store._confirm = count  # the service's own count from now on
+
+
+def test_a_token_whose_count_a_failover_lost_is_counted_at_its_first_use(redis_client, clock):
+    """Its user, given it with 200, can still use it. Until then it counts for nothing (nobody
+    may hold it) and its record would expire within PENDING_SECONDS; its first use counts it:
+    before, it stayed unlisted, so GET /token did not show it and DELETE /token/<id> answered
+    404, and it could be revoked only by its value."""
     limited = TokenStore(redis_client, clock, ttl_hours=24 * 30, max_per_user=1)
-    count = limited._confirm
-    limited._confirm = lambda keys, args: 1  # answered, then lost with the primary
-    token = limited.create("alice")
+    token = count_lost(limited)
     key = limited.keys.token(hash_token(token))
     assert redis_client.hget(key, "pending") == "1" and 0 < redis_client.ttl(key) <= PENDING_SECONDS
+    assert limited.list_for_user("alice") == []  # never presented: counts for nothing
     assert limited.lookup(token) is not None and redis_client.ttl(key) > PENDING_SECONDS
-    assert limited.list_for_user("alice") == []
-    limited._confirm = count  # the service's own count from now on
-    assert limited.lookup(limited.create("alice")) is not None  # her one counted token
+    assert [record.id for record in limited.list_for_user("alice")] == [hash_token(token)[:16]]
+    assert not redis_client.hexists(key, "pending")
+    with pytest.raises(TooManyTokens):  # it is her one token now
+        limited.create("alice")
+    assert limited.delete_by_id(hash_token(token)[:16], "alice") is DeleteResult.DELETED
+    assert limited.lookup(token) is None
+    assert limited.lookup(limited.create("alice")) is not None
+
+
+def test_a_token_whose_count_a_failover_lost_counts_past_the_limit_once_used(redis_client, clock):
+    """alice, her first token's count lost, made another (the first counted for nothing): her
+    limit of 1 is full when she uses the first. It keeps working and is listed beside the other,
+    each deletable by id; her next login is refused until she deletes one (as after
+    max_tokens_per_user is lowered)."""
+    limited = TokenStore(redis_client, clock, ttl_hours=24, max_per_user=1)
+    lost = count_lost(limited)
+    other = limited.create("alice")
+    assert limited.lookup(lost, touch=False) is not None  # GET /token/<t>, or any route's X-AUTH-TOKEN
+    assert sorted(record.id for record in limited.list_for_user("alice")) == sorted(
+        hash_token(token)[:16] for token in (lost, other))
     with pytest.raises(TooManyTokens):
         limited.create("alice")
+    assert limited.delete_by_id(hash_token(other)[:16], "alice") is DeleteResult.DELETED
+    with pytest.raises(TooManyTokens):  # the one she holds still counts
+        limited.create("alice")
+    assert limited.lookup(lost) is not None
+    assert limited.delete_by_id(hash_token(lost)[:16], "alice") is DeleteResult.DELETED
+    assert limited.lookup(limited.create("alice")) is not None
+
+
+def test_a_pending_token_nobody_presents_is_never_counted(redis_client, clock):
+    """An orphan of a failed login (made, never counted, given to nobody): other tokens' uses,
+    listings and logins leave it uncounted and pending."""
+    limited = TokenStore(redis_client, clock, ttl_hours=24, max_per_user=1)
+    orphan = count_lost(limited)
+    token = limited.create("alice")
+    assert limited.lookup(token) is not None
+    assert [record.id for record in limited.list_for_user("alice")] == [hash_token(token)[:16]]
+    assert redis_client.hget(limited.keys.token(hash_token(orphan)), "pending") == "1"
+
+
+@pytest.mark.parametrize("new_ttl_hours", [None, 24 * 30], ids=["ttl-removed", "ttl-raised"])
+def test_a_pending_record_keeps_its_short_expiry_when_token_ttl_changes(redis_client, clock, new_ttl_hours):
+    """align_expiries (the tick after token_ttl changed) sets the tokens' expiries for the new
+    ttl, but an orphan's (pending) stays within PENDING_SECONDS of its making: before, it got the
+    new ttl's (30 days) or none at all (no ttl), and lived on though nobody could ever use it."""
+    before = TokenStore(redis_client, clock, ttl_hours=24)
+    orphan_key = before.keys.token(hash_token(count_lost(before)))
+    counted_key = before.keys.token(hash_token(before.create("alice")))
+    clock.advance(600)
+    after = TokenStore(redis_client, clock, ttl_hours=new_ttl_hours)
+    assert after.align_expiries() == 2
+    assert 0 < redis_client.ttl(orphan_key) <= PENDING_SECONDS - 600
+    assert redis_client.hget(orphan_key, "pending") == "1"
+    counted = redis_client.ttl(counted_key)
+    assert counted == -1 if new_ttl_hours is None else counted > 24 * 3600
+
+
+def test_align_expiries_brings_back_a_pending_record_given_no_expiry(redis_client, clock):
+    """A pending record an earlier align_expiries made to live for ever (no ttl then) is given
+    what is left of its pending life again at the next ttl change."""
+    store = TokenStore(redis_client, clock, ttl_hours=24)
+    key = store.keys.token(hash_token(count_lost(store)))
+    redis_client.persist(key)
+    assert TokenStore(redis_client, clock, ttl_hours=48).align_expiries() == 1
+    assert 0 < redis_client.ttl(key) <= PENDING_SECONDS
