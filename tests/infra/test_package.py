@@ -100,6 +100,17 @@ def test_chalice_config_is_up_to_date() -> None:
     assert sync_config.main(["--check"]) == 0
 
 
+def endpoint_service(name: Any) -> str:
+    """A VPC endpoint's service (``sqs``) from its ServiceName: a ``Fn::Sub``, or a ``Fn::If`` on
+    the partition whose branches name the same service (tests/infra/test_partitions.py resolves
+    each)."""
+    if "Fn::If" in name:
+        _, in_aws_cn, elsewhere = name["Fn::If"]
+        assert endpoint_service(in_aws_cn) == endpoint_service(elsewhere)
+        return endpoint_service(elsewhere)
+    return str(name["Fn::Sub"].rsplit(".", 1)[1])
+
+
 def test_every_function_runs_in_the_vpc_behind_the_lambda_security_group(package: Package) -> None:
     for name, function in functions(package).items():
         vpc = effective(package, function, "VpcConfig")
@@ -115,7 +126,7 @@ def test_every_function_runs_in_the_vpc_behind_the_lambda_security_group(package
     assert (from_lambda["FromPort"], from_lambda["SourceSecurityGroupId"]) == (
         6379, {"Fn::GetAtt": ["LambdaSecurityGroup", "GroupId"]})
     endpoints = package.of_type("AWS::EC2::VPCEndpoint")
-    assert sorted(e["Properties"]["ServiceName"]["Fn::Sub"].rsplit(".", 1)[1] for e in endpoints.values()) == [
+    assert sorted(endpoint_service(e["Properties"]["ServiceName"]) for e in endpoints.values()) == [
         "s3", "secretsmanager", "sqs", "ssm"]  # SSM with CreateSsmEndpoint=true only (test_ssm_network.py)
 
 
