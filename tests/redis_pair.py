@@ -14,6 +14,7 @@ import signal
 import socket
 import threading
 import time
+from typing import Callable
 
 import redis
 
@@ -225,13 +226,15 @@ class RedisPair:
         self.endpoint.point_at(self.replica.port)
         self.primary, self.replica = self.replica, self.primary
 
-    def stop_primary_and_promote(self, pause: float, demote_after: float | None = 1.0) -> None:
+    def stop_primary_and_promote(self, pause: float, demote_after: float | None = 1.0,
+                                 while_stopped: Callable[[], None] | None = None) -> None:
         """The primary stops answering (SIGSTOP) for ``pause`` seconds, meanwhile the replica is
         promoted and the endpoint moved, as a failover on a hung primary; then the old primary
         runs again (SIGCONT), still a primary to the connections opened to it, until it is made
         the new one's replica ``demote_after`` seconds later. With ``demote_after`` None it is
         left running, a primary alone (returns once it counts its replica gone), until the test
-        calls ``demote_left_behind``."""
+        calls ``demote_left_behind``. ``while_stopped``: called once the replica is promoted,
+        before the old primary runs again (which waits for it)."""
         stopped = self.primary.process
         assert stopped is not None
         stopped.send_signal(signal.SIGSTOP)
@@ -242,6 +245,8 @@ class RedisPair:
             promoted.close()
             self.endpoint.point_at(self.replica.port)
             time.sleep(pause / 2)
+            if while_stopped is not None:
+                while_stopped()
         finally:
             stopped.send_signal(signal.SIGCONT)
         if demote_after is None:
