@@ -37,6 +37,12 @@ OTHER = "(other)"
 NO_READY_VMS = "checkout refused: not enough ready VMs"
 """The reason of a 503 of a checkout whose pools were short; the names are those that were short."""
 
+STORE_UNAVAILABLE = "state store unavailable"
+"""The reason of a 503 for a Redis error that was not a timeout (refused connection, READONLY,
+an error reply): every request fails so at once while it lasts, and the breaker, opened only by
+timeouts, does not hold them back. A timeout's line is still said for each one (the breaker
+then answers the requests after it without trying Redis, and writes nothing)."""
+
 SERVICE_WIDE = ("", "")
 """The ``CheckoutMisses`` count without a pool or alias dimension (one per missed request)."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 from urllib.parse import unquote
@@ -34,6 +35,7 @@ from chalicelib.api.limits import check_rate
 from chalicelib.api.shared_reads import SharedReads
 from chalicelib.auth.directory_budget import request_budget
 from chalicelib.observability import logger
+from chalicelib.refusals import STORE_UNAVAILABLE
 from chalicelib.services import Services
 from chalicelib.store import StoreUnavailable, TokenGone
 
@@ -180,12 +182,27 @@ def handle(services: Services, handler: Handler, request: ApiRequest) -> ApiResp
         # Deleted (or expired) after it was checked, before the change's step: nothing changed.
         return unauthorized("invalid or expired token").response()
     except (StoreUnavailable, redis.RedisError) as error:
-        logger.warning("state store unavailable", extra={"error": str(error)})
+        if _timed_out(error):  # one a breaker opening: its followers are answered without a line
+            logger.warning(STORE_UNAVAILABLE, extra={"error": str(error)})
+        else:  # each request fails so at once while it lasts: the first said, the rest counted
+            services.refusals.refused(STORE_UNAVAILABLE, level=logging.WARNING, error=str(error))
         message = error.public_message if isinstance(error, StoreUnavailable) else StoreUnavailable.public_message
         return ApiResponse(503, {"ok": False, "error": message}, {"Retry-After": "1"})
     except Exception:  # noqa: BLE001 - the client gets JSON; the log gets the traceback
         logger.exception("unhandled error", extra={"request_id": request.request_id})
         return ApiResponse(500, {"ok": False, "error": "internal error", "request_id": request.request_id})
+
+
+def _timed_out(error: BaseException) -> bool:
+    """Whether Redis did not answer in time (the error, or one it was raised from)."""
+    seen: BaseException | None = error
+    for _ in range(5):  # a short chain: StoreUnavailable from redis-py's error from the socket's
+        if seen is None:
+            return False
+        if isinstance(seen, (redis.TimeoutError, TimeoutError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 SERVICES_UNAVAILABLE = "service unavailable; try again"

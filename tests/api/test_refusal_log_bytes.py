@@ -13,7 +13,7 @@ import redis
 from chalicelib import observability as m
 from chalicelib.clock import FakeClock
 from chalicelib.config import parse
-from chalicelib.refusals import NO_READY_VMS, WINDOW_SECONDS
+from chalicelib.refusals import NO_READY_VMS, STORE_UNAVAILABLE, WINDOW_SECONDS
 from chalicelib.services import Services
 from tests.support import emf_documents, emitted, json_lines
 
@@ -105,3 +105,28 @@ def test_a_window_line_keeps_a_bounded_number_of_names(log_output: io.StringIO) 
     (summary,) = [line for line in json_lines(log_output.getvalue()) if line["message"] == "requests refused"]
     assert summary["refused"] == {NO_READY_VMS: 50}
     assert summary["by_name"] == {NO_READY_VMS: {"pool1": 1, "pool2": 1, "pool3": 1, OTHER: 47}}
+
+
+def test_a_redis_refusing_every_request_costs_one_line_a_window_not_one_per_503(
+        closed_port: int, clock: FakeClock, log_output: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While Redis refuses connections (an error, not a timeout: the breaker stays closed), every
+    request is a 503 and wrote its own ``state store unavailable`` WARNING: a flood of callers
+    during an outage wrote a line each. Now the first at once with its error, the rest counted."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    down = redis.Redis(host="127.0.0.1", port=closed_port, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0))
+    gateway = _gateway(down, clock, monkeypatch)
+    for caller in range(40):
+        status, _, _ = gateway("GET", "/api/v3/vm/alpha" if caller % 2 else "/api/v3/status", {}, b"",
+                               f"10.8.{caller // 256}.{caller % 256}")
+        assert status == 503
+    said = [line for line in json_lines(log_output.getvalue()) if line["message"] == STORE_UNAVAILABLE]
+    assert len(said) == 1 and said[0]["level"] == "WARNING"
+    assert "ConnectionError" in said[0]["error"]  # the cause stays on it
+
+    clock.advance(WINDOW_SECONDS)
+    status, _, _ = gateway("GET", "/api/v3/status", {}, b"", "10.9.9.9")  # the window is written by the next
+    assert status == 503
+    (summary,) = [line for line in json_lines(log_output.getvalue()) if line["message"] == "requests refused"]
+    assert summary["refused"] == {STORE_UNAVAILABLE: 39} and summary["level"] == "WARNING"
