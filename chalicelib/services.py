@@ -398,6 +398,8 @@ class Services:
         if authenticator is None:
             return None
         limiter = LoginLimiter.from_config(config.auth, self.client, prefix=self.store.keys.prefix)
+        if hasattr(authenticator, "refusal_log"):  # LDAP: its refused logins counted once a window
+            authenticator.refusal_log = self.refusals
         return LoginService(authenticator, limiter, self.refusals)
 
     @property

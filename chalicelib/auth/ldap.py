@@ -36,7 +36,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from ldap3 import BASE, NONE, SIMPLE, SUBTREE, SYNC, Connection, Server, Tls
 from ldap3.core.exceptions import LDAPException
@@ -52,7 +52,14 @@ from .ldap_settings import LdapSettings, parse_ldap_settings
 from .secrets import SecretConfigError, SecretUnavailable
 from .service_refusals import RefusedPasswords
 
+if TYPE_CHECKING:  # not at run time: this module does not import Powertools (chalicelib/logs.py)
+    from chalicelib.refusals import RefusalLog
+
 logger = module_logger(__name__)
+
+LOGIN_REFUSED = "LDAP login refused"
+"""The reason counted in ``requests refused`` for a login the directory refused (its names: the
+user names tried, each cut to 64 characters, at most ``refusals.MAX_KEYS`` a window)."""
 
 # Bind results that mean "these credentials are not valid" (the user gets 401). Anything else
 # (busy, unavailable, confidentiality required, protocol errors...) means the backend cannot answer.
@@ -98,6 +105,11 @@ class LdapAuthenticator:
         refusals: RefusedPasswords | None = None,
     ) -> None:
         self.settings = settings
+        self.refusal_log: RefusalLog | None = None
+        """Where refused logins are counted once a window (set by the service that serves its
+        logins, ``Services.logins``); None: a line per refusal. Any caller can send failed logins
+        for ever-new names from many addresses (the limits hold each name and address, not
+        their number): a line each was a flood of log bytes."""
         self._refusals = refusals
         """The service account's refused password, shared by every process (None: not kept)."""
         if resolve_secret is None:
@@ -156,6 +168,8 @@ class LdapAuthenticator:
                 found = self._direct_bind(connection, username, password)
         if found is not None:
             logger.info("LDAP login accepted for %s as %s", _identity(username), _identity(found[0]))
+        elif self.refusal_log is not None:  # never the password: the name alone, cut
+            self.refusal_log.refused(LOGIN_REFUSED, [username[:64]])
         else:
             logger.info("LDAP login refused for %s", _identity(username))
         return found
