@@ -23,15 +23,25 @@ def add_echo_probe(app: Chalice, hold_seconds: float) -> None:
 
     @app.route("/echo")
     def echo() -> dict[str, Any]:
-        try:
-            together.wait(timeout=hold_seconds)
-            overlapped = True
-        except threading.BrokenBarrierError:
-            together.reset()
-            overlapped = False
-        request = app.current_request
-        assert request is not None
-        return {"marker": (request.query_params or {}).get("marker"), "overlapped": overlapped}
+        return echo_answer(app, met_at(together, hold_seconds))
+
+
+def met_at(together: threading.Barrier, timeout: float) -> bool:
+    """Whether another request met this one at the two-party ``together`` within ``timeout`` s."""
+    try:
+        together.wait(timeout=timeout)
+        return True
+    except threading.BrokenBarrierError:
+        together.reset()
+        return False
+
+
+def echo_answer(app: Chalice, overlapped: bool) -> dict[str, Any]:
+    """The probe's answer: the marker of the request ``app`` holds now (the other's, if one came
+    in meanwhile) and whether one overlapped."""
+    request = app.current_request
+    assert request is not None
+    return {"marker": (request.query_params or {}).get("marker"), "overlapped": overlapped}
 
 
 def ask_at_once(port: int, markers: Sequence[str], timeout: float) -> dict[str, Any]:

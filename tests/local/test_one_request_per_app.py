@@ -27,6 +27,7 @@ from chalice import Chalice
 
 from local.gateway import AsgiApp
 from tests.in_process_http import make_server
+from tests.local.echo_probe import echo_answer, met_at
 from tests.local.stack import http_front, read_answer
 
 HOLD_SECONDS = 5.0
@@ -52,15 +53,7 @@ def held() -> dict[str, Any]:
         timeout = HOLD_SECONDS
     else:
         timeout = 0.0  # passes the barrier only if the first waits at it: it never waits itself
-    try:
-        together.wait(timeout=timeout)
-        overlapped = True
-    except threading.BrokenBarrierError:
-        together.reset()
-        overlapped = False
-    request = probe.current_request  # the request the app holds now: the second's, if it came in
-    assert request is not None
-    return {"marker": (request.query_params or {}).get("marker"), "overlapped": overlapped}
+    return echo_answer(probe, met_at(together, timeout))
 
 
 def ask(connection: socket.socket, marker: str) -> None:
