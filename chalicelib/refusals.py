@@ -26,7 +26,7 @@ import threading
 from typing import Any, Callable, Iterable
 
 from chalicelib import observability as metric
-from chalicelib.observability import emit, logger
+from chalicelib.observability import SERVICE, emit, logger, metrics_disabled
 
 WINDOW_SECONDS = 60.0
 """How long refusals after the first are only counted (CloudWatch's usual metric period)."""
@@ -71,7 +71,10 @@ class RefusalLog:
                 **details: Any) -> None:
         """A request refused for ``reason`` (a fixed text, the message of the line said at once),
         naming ``names`` (pools or aliases; never what a caller typed unchecked). ``details`` go
-        only on the line of the first refusal of a quiet spell."""
+        only on the line of the first refusal of a quiet spell. Nothing is counted while the
+        service logs nothing at ``level``: neither line would be written."""
+        if not logging.getLogger(SERVICE).isEnabledFor(level):
+            return
         keys = [(reason, name) for name in names] or [(reason, "")]
         if self._count(self._refused, keys, level, reason):
             _say(level)(reason, extra={"count": 1, "names": [name for _, name in keys if name], **details},
@@ -80,7 +83,10 @@ class RefusalLog:
     def missed(self, pools: Iterable[str], aliases: Iterable[str]) -> None:
         """A checkout that found too few ready VMs for ``pools`` and ``aliases`` (its 503, or
         the 202 of its on-demand fallback): ``CheckoutMisses``, once service-wide and once per
-        pool or alias."""
+        pool or alias. Nothing is counted while metrics are off (the local stack): none would be
+        published."""
+        if metrics_disabled():
+            return
         keys = [SERVICE_WIDE, *(("pool", pool) for pool in pools), *(("alias", alias) for alias in aliases)]
         if self._count(self._missed, keys, logging.INFO, ""):
             _emit_misses({key: 1 for key in keys})
