@@ -124,12 +124,11 @@ def dropped(name: str, names: frozenset[str] = frozenset(), tracing: bool = True
     """Why the zip member ``name`` (of a zip holding ``names``, for a stage with or without
     ``tracing``) leaves the zip, or None when it stays."""
     top = name.split("/", 1)[0]
-    if any(top in (module, f"{module}.py") or top.startswith(f"{module}-") for module in RUNTIME_PROVIDED):
+    if _of_modules(top, RUNTIME_PROVIDED):
         return "provided by the Lambda runtime"
-    if not tracing and any(top == module or top.startswith(f"{module}-") for module in TRACING_ONLY):
+    if not tracing and _of_modules(top, TRACING_ONLY):
         return "tracing only (the stage does not trace)"
-    if any(top in (module, f"{module}.py") or top.startswith((f"{module}-", f"{module}."))
-           for module in VALIDATION_ONLY):
+    if _of_modules(top, VALIDATION_ONLY, extension_modules=True):
         return "validation only (the packaged config is validated here, below)"
     if any(name == path or (path.endswith("/") and name.startswith(path)) for path in UNUSED):
         return "unused"
@@ -146,6 +145,15 @@ def dropped(name: str, names: frozenset[str] = frozenset(), tracing: bool = True
     # that it is this Python's). Before, it was dropped as stale, and slimming a slimmed zip again
     # left every library without its code (4.6 MB -> 2.0 MB, no function could import).
     return None
+
+
+def _of_modules(top: str, modules: tuple[str, ...] | frozenset[str], extension_modules: bool = False) -> bool:
+    """Whether a zip's top-level entry ``top`` belongs to one of ``modules``: the package, the
+    module file, its ``<name>-<version>.dist-info``; with ``extension_modules``, also its
+    ``<name>.<abi>.so`` files."""
+    separators = ("-", ".") if extension_modules else ("-",)
+    prefixes = tuple(f"{module}{separator}" for module in modules for separator in separators)
+    return any(top in (module, f"{module}.py") for module in modules) or top.startswith(prefixes)
 
 
 def _own(relative: str) -> bool:
