@@ -250,8 +250,13 @@ class Services:
                        prefix=environ.get(KEY_PREFIX_ENV, DEFAULT_PREFIX), secrets=resolver)
         services.store.replica_acks = ReplicaAcks.from_config(config.redis, environ)  # Lambda: 1 by default
         if environ.get(REFILL_QUEUE_ENV):
-            services.refill = SqsRefill(environ[REFILL_QUEUE_ENV], store=services.store, clock=services.clock)
+            services.refill = SqsRefill(environ[REFILL_QUEUE_ENV], store=services.store, clock=services.clock,
+                                        configured=services.configures)
         return services
+
+    def configures(self, pool: str) -> bool:
+        """Whether the config in use now has ``pool`` (one removed since drains)."""
+        return self.config.pool(pool) is not None
 
     def service_started(self) -> float:
         """When the service started serving (epoch seconds), the same in each of its processes:

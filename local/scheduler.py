@@ -16,7 +16,9 @@ nothing to do (docs/performance.md, "The local scheduler at 1,000 pools").
 
 The API (in its own processes) nudges a pool through Redis after a checkout or delete (the
 store pushes onto the pool's wake list); a listener thread turns each nudge into a message at
-once, as the API's SQS message does in AWS.
+once, as the API's SQS message does in AWS. It listens to the pools the last tick drained too
+(removed from the config, VMs left): a VM of such a pool returned is destroyed by its drain at
+once; before, the listener heard configured pools only and the VM waited up to a minute.
 
 A stack SIGKILLed mid-pass leaves its pools' leases in Redis (its append-only file keeps them)
 for up to ``runner.LEASE_SECONDS``: the stack started next on the same state directory releases
@@ -45,7 +47,7 @@ from chalicelib.config import Config
 from chalicelib.manager.dispatch import TICK_SPREAD_SECONDS, Ticker, look_at
 from chalicelib.manager.migrations import abandon_unstarted as abandon_unstarted_migrations
 from chalicelib.manager.pending import abandon_unstarted_clones
-from chalicelib.manager.pool_queue import FOLLOWUP, NUDGE, TICK, Delayed, PoolMessage
+from chalicelib.manager.pool_queue import DRAIN, FOLLOWUP, NUDGE, TICK, Delayed, PoolMessage
 from chalicelib.manager.vm_tasks import mark_unstarted
 from chalicelib.observability import logger
 from chalicelib.services import Services
@@ -192,6 +194,9 @@ class LocalScheduler:
         self._again: dict[str, PoolMessage] = {}
         self._held_elsewhere: dict[str, float] = {}
         """Pool -> until when a nudge for it waits (its lease was held by another process)."""
+        self._draining: frozenset[str] = frozenset()
+        """The pools the last tick drained (removed from the config, still known): the listener
+        hears their nudges too, as their drains."""
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -263,13 +268,14 @@ class LocalScheduler:
         went through (Redis answered)."""
         self._ticker.spread_seconds = 0 if at_once else self.spread_seconds
         try:
-            self._ticker.tick(self.services, self.queue)
+            report = self._ticker.tick(self.services, self.queue)
         except StoreUnavailable as error:
             logger.warning("tick skipped: redis unavailable", extra={"error": str(error)})
             return False
         except Exception:  # noqa: BLE001 - keep the local stack alive and say what broke
             logger.exception("tick crashed")
             return False
+        self._draining = frozenset(report.draining)
         return True
 
     def _tick_loop(self) -> None:
@@ -295,16 +301,19 @@ class LocalScheduler:
                 due = time.monotonic() + min(self.interval_seconds, TICK_RETRY_SECONDS)
 
     def _listen_for_nudges(self) -> None:
-        """A checkout or delete in an API process pushed onto the pool's wake list: run the pool.
-        Each wait for one is shorter than the client's socket timeout (``nudge_wait``)."""
+        """A checkout or delete in an API process pushed onto the pool's wake list: run the pool
+        (a draining pool's: its drain). Each wait for one is shorter than the client's socket
+        timeout (``nudge_wait``)."""
         store = self.services.store
         wait = nudge_wait(self.services.config.redis.socket_timeout)
-        listened: Config | None = None
+        listened: tuple[Config, frozenset[str]] | None = None
         pools: dict[str, str] = {}
         while not self._stopping.is_set():
-            if self.services.config is not listened:  # built once a config: not 1,000 names a second
-                listened = self.services.config
-                pools = {store.keys.wake(name): name for name in listened.pool_names}
+            config, draining = self.services.config, self._draining
+            if listened is None or config is not listened[0] or draining != listened[1]:
+                # Built once a config and tick's drains: not 1,000 names a second.
+                listened = (config, draining)
+                pools = {store.keys.wake(name): name for name in [*config.pool_names, *draining]}
             try:
                 popped = store.client.blpop(list(pools), timeout=wait) if pools else None
             except (redis.ConnectionError, redis.TimeoutError, StoreUnavailable) as error:
@@ -327,7 +336,9 @@ class LocalScheduler:
                 # first was lost, and checkouts' refills waited for the next tick).
                 with self._lock:
                     delay = self._held_elsewhere.get(pool, 0.0) - time.monotonic()
-                self.queue.send([(PoolMessage(pool, NUDGE), max(delay, 0.0))])
+                # A pool the config no longer has is drained: a nudge for it would be dropped.
+                reason = NUDGE if self.services.config.pool(pool) is not None else DRAIN
+                self.queue.send([(PoolMessage(pool, reason), max(delay, 0.0))])
 
     def take_nudge(self, pool: str) -> bool:
         """Whether a nudge or tick for ``pool`` came while its run went on (due in the queue, or

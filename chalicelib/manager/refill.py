@@ -7,6 +7,11 @@ reconcile queue (``SqsRefill``), the same queue the schedule's tick fans out to,
 runs the pool's pass (chalicelib/manager/dispatch.py). At most twice a window
 (``NUDGE_WINDOW_SECONDS``) per pool, however many requests change it: each message is a function
 invocation and a pass, which reads the provider's inventory.
+
+A change to a pool the API's config no longer has (a VM of a removed pool returned) asks for its
+drain (``DRAIN``), not a nudge: the consumer drops a nudge for a pool it does not configure (the
+sender had it configured: the consumer is a push behind), so the returned VM waited for the
+next tick, up to a minute, to be destroyed.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 from chalicelib import observability as metric
 from chalicelib.clock import Clock, SystemClock
-from chalicelib.manager.pool_queue import NUDGE, Delayed, PoolMessage, QueueRefused, SqsPoolQueue
+from chalicelib.manager.pool_queue import DRAIN, NUDGE, Delayed, PoolMessage, QueueRefused, SqsPoolQueue
 from chalicelib.observability import emit, logger
 from chalicelib.store.fleet import Fleet
 from chalicelib.store.store import Store
@@ -57,17 +62,24 @@ class SqsRefill:
     ``store``, so every API process shares the count; without it, every change at once)."""
 
     def __init__(self, queue_url: str, client_factory: Callable[[], Any] | None = None,
-                 store: Store | None = None, clock: Clock | None = None) -> None:
+                 store: Store | None = None, clock: Clock | None = None,
+                 configured: Callable[[str], bool] = lambda pool: True) -> None:
         self.queue = SqsPoolQueue(queue_url, client_factory, budget_seconds=NUDGE_SEND_SECONDS)
         self.store = store
         self.clock = clock or SystemClock()
+        self.configured = configured
+        """Whether the API's config has the pool now (``Services.configures``): a change to one it
+        has not is a removed pool's, whose message asks for its drain."""
+
+    def _message(self, pool: str) -> PoolMessage:
+        return PoolMessage(pool, NUDGE if self.configured(pool) else DRAIN)
 
     def pools_changed(self, pools: Iterable[str]) -> None:
         try:
             messages = self._nudges(sorted(set(pools)))
         except Exception as error:  # noqa: BLE001 - Redis out of reach: nudge each pool, as before
             logger.warning("refill requests not counted", extra={"error": type(error).__name__})
-            messages = [(PoolMessage(pool, NUDGE), 0.0) for pool in sorted(set(pools))]
+            messages = [(self._message(pool), 0.0) for pool in sorted(set(pools))]
         try:
             self.queue.send(messages)
         except QueueRefused as error:  # SQS failed (typed: pool_queue): refill waits for the tick
@@ -82,10 +94,10 @@ class SqsRefill:
         """The messages for the changed ``pools``: the first change of a pool in the window goes
         at once, the second when the window ends, the others none."""
         if self.store is None or not pools:
-            return [(PoolMessage(pool, NUDGE), 0.0) for pool in pools]
+            return [(self._message(pool), 0.0) for pool in pools]
         now = self.clock.now()
         window = math.floor(now / NUDGE_WINDOW_SECONDS)
         counts = Fleet(self.store).count_nudges(pools, window, 2 * NUDGE_WINDOW_SECONDS)
         window_end = (window + 1) * NUDGE_WINDOW_SECONDS - now
-        return [(PoolMessage(pool, NUDGE), 0.0 if count == 1 else window_end)
+        return [(self._message(pool), 0.0 if count == 1 else window_end)
                 for pool, count in zip(pools, counts, strict=True) if count <= 2]

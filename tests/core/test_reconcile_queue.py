@@ -641,6 +641,40 @@ def test_a_pool_removed_from_the_config_drains_and_is_forgotten(services: Servic
         assert client.zscore(scored, "centos") is None, scored
 
 
+def test_a_vm_returned_to_a_removed_pool_is_destroyed_by_the_drain_its_return_queues(
+        services: Services, queue: RecordingQueue) -> None:
+    """The API's nudge for a returned VM of a pool its config no longer has was a ``nudge``, which
+    the consumer drops for a pool it does not configure (its sender had it configured: the
+    consumer is a push behind): the VM waited for the next tick's drain, up to a minute, where a
+    configured pool's returned VM is destroyed at once. The API asks for the pool's drain now."""
+    clock = services.clock
+    assert isinstance(clock, FakeClock)
+    ticker = Ticker()
+    for _ in range(4):  # fill both pools
+        for pool in ("debian", "centos"):
+            look_at(services, PoolMessage(pool, TICK), queue)
+        clock.advance(60)
+    ticker.tick(services, queue)
+    status, _, body = Gateway(app.app)("POST", "/api/v3/vm/centos", {}, b"", "127.0.0.1")
+    assert status == 200, body
+    in_use = json.loads(body)["centos"]["hostname"].split(".")[0]
+    removed = services.config.pool("centos")
+    services.use_config(parse(CONFIG.replace("  - {name: centos, size: 1, provider: dummy}\n", "")))
+    _tick_drains(services, queue, ticker, "centos")
+    assert [vm.name for vm in services.provider("dummy").list_vms(removed)] == [in_use]
+
+    sqs = RecordingSqs()
+    services.refill = SqsRefill("https://sqs.example/q", client_factory=lambda: sqs, store=services.store,
+                                clock=services.clock, configured=services.configures)
+    status, _, body = Gateway(app.app)("DELETE", f"/api/v3/vm/{in_use}", {}, b"", "127.0.0.1")
+    assert status == 200, body
+    assert [json.loads(entry["MessageBody"]) for entry in sqs.entries] == [
+        {"delay": 0, "pool": "centos", "reason": DRAIN}]
+    assert app.reconcile(sqs_event(sqs.entries[0]["MessageBody"]), Context()) == {"batchItemFailures": []}
+    record = services.store.get_vm(in_use)
+    assert record is not None and record.destroy_task  # its destroy started by the return's own message
+
+
 @pytest.mark.parametrize("order", ["tick first", "drain first"])
 def test_a_stale_tick_in_the_batch_of_a_drain_does_not_skip_the_drain(services: Services, queue: RecordingQueue,
                                                                       order: str) -> None:

@@ -15,7 +15,7 @@ import local.scheduler
 from chalicelib.clock import FakeClock
 from chalicelib.config import parse
 from chalicelib.manager.dispatch import look_at
-from chalicelib.manager.pool_queue import FOLLOWUP, NUDGE, TICK, PoolMessage
+from chalicelib.manager.pool_queue import DRAIN, FOLLOWUP, NUDGE, TICK, PoolMessage
 from chalicelib.services import Services
 from chalicelib.store import StoreUnavailable, connect
 from chalicelib.store.connection import breaker_of
@@ -258,5 +258,31 @@ def test_a_first_tick_redis_failed_is_tried_again_within_seconds_not_an_interval
     scheduler.start()
     try:
         eventually(lambda: ("alpha", TICK) in looked, 20, "the tick tried again")
+    finally:
+        assert scheduler.stop()
+
+
+def test_a_vm_returned_to_a_draining_pool_is_drained_at_its_nudge_not_at_the_next_tick(
+        redis_client: redis.Redis, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pool removed from the config with a VM still checked out drains; its user returns the
+    VM (the store's return nudges the pool, as DELETE /vm does). The listener heard the configured
+    pools' nudges only: the returned VM waited for the next tick (up to a minute) to be destroyed,
+    where a configured pool's is handled at once. Now the nudge runs the pool's drain."""
+    looked: list[tuple[str, str]] = []
+
+    def recorded_pass(services: Services, message: PoolMessage, *args: Any, **kwargs: Any) -> None:
+        looked.append((message.pool, message.reason))
+
+    with_beta = Services(parse(TWO_POOLS), redis_client, clock=clock)
+    assert LocalScheduler(with_beta).tick(at_once=True)  # beta known: a removal drains it
+    monkeypatch.setattr(local.scheduler, "look_at", recorded_pass)
+    services = Services(parse(CONFIG), redis_client, clock=clock)  # beta removed
+    scheduler = LocalScheduler(services, interval_seconds=3600)  # one tick: the start's
+    scheduler.start()
+    try:
+        eventually(lambda: ("beta", DRAIN) in looked, 20, "the start's tick draining beta")
+        services.store.wake("beta")  # what the return of one of its VMs does
+        eventually(lambda: looked.count(("beta", DRAIN)) >= 2, 10, "the return's nudge draining beta")
+        assert ("beta", NUDGE) not in looked  # a nudge for a pool not configured is dropped by look_at
     finally:
         assert scheduler.stop()
