@@ -32,7 +32,7 @@ from chalicelib import observability as metric
 from chalicelib.aws_clients import AWS_CALL_BOUND_SECONDS
 from chalicelib.config import Config, PoolConfig
 from chalicelib.dns.registry import manages_records
-from chalicelib.manager import ondemand, templates
+from chalicelib.manager import ondemand, providerless, templates
 from chalicelib.manager.context import Checkpoint, no_checkpoint
 from chalicelib.manager.pool_queue import (
     DRAIN,
@@ -363,10 +363,11 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
             logger.info("message for an unknown pool dropped", extra={"pool": message.pool})
             return None
         if settings.provider not in services.config.providers:
-            # Nothing can destroy its VMs any more: say so every tick until the provider is back.
-            logger.error("removed pool cannot drain: its provider is gone from the config",
-                         extra={"pool": message.pool, "provider": settings.provider})
+            # Nothing can destroy its VMs: said once, given up after a grace (manager/providerless.py).
+            # Before, an error every tick, and the pool and its VMs' records were kept for good.
+            providerless.give_up(services, settings)
             return None
+        fleet.provider_back(message.pool)  # a later loss of it gets its grace again
         drain = draining(settings)
     if message.reason == FOLLOWUP:
         fleet.followup_arrived(message.pool)

@@ -108,6 +108,7 @@ class Fleet(SubStore):
                 return False
             pipe.multi()
             pipe.hdel(keys.known_pools, pool)
+            pipe.hdel(keys.providerless_pools, pool)
             if now is not None:
                 pipe.zremrangebyscore(keys.forgotten_pools, "-inf", f"({now - FORGOTTEN_SECONDS!r}")
                 pipe.zadd(keys.forgotten_pools, {pool: now})
@@ -124,6 +125,25 @@ class Fleet(SubStore):
             except WatchError:
                 return False
         return True
+
+    def providerless_since(self, pool: str, now: float) -> tuple[float, bool]:
+        """When a drain first found the removed pool's provider gone from the config (noted now
+        if none had), and whether that is now (manager/providerless.py)."""
+        with _translate_errors():
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hsetnx(self.keys.providerless_pools, pool, repr(now))
+            pipe.hget(self.keys.providerless_pools, pool)
+            noted, since = pipe.execute()
+        try:
+            return float(since), bool(noted)
+        except (TypeError, ValueError):  # written by hand: counted from now
+            return now, bool(noted)
+
+    def provider_back(self, pool: str) -> None:
+        """The removed pool's provider is configured again: its drain destroys its VMs, and a later
+        loss of the provider is counted from then."""
+        with _translate_errors():
+            self.client.hdel(self.keys.providerless_pools, pool)
 
     def forgotten(self, pool: str, now: float) -> bool:
         """Whether a drain forgot the pool within FORGOTTEN_SECONDS of ``now``."""

@@ -86,6 +86,9 @@ family through these validators.
     pools:known              hash    pool -> its last configured settings, to drain it once removed
     pools:forgotten          zset    pool -> when its drain forgot it (kept FORGOTTEN_SECONDS): a request an
                                      API a config behind opened for it since is failed (manager/dispatch.py)
+    pools:providerless       hash    pool -> when a drain first found the removed pool's provider gone from the
+                                     config too: past PROVIDERLESS_GRACE_SECONDS its VMs' records are
+                                     dropped (manager/providerless.py)
     pools:known:config       string  the fingerprint of the config whose pools pools:known was last given
                                      whole (written with them): a tick records them again when Redis
                                      holds another's (a failover lost the write, a restore)
@@ -387,6 +390,10 @@ class Keys:
     @property
     def forgotten_pools(self) -> str:
         return f"{self.prefix}pools:forgotten"
+
+    @property
+    def providerless_pools(self) -> str:
+        return f"{self.prefix}pools:providerless"
 
     @property
     def known_pools_config(self) -> str:

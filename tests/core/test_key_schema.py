@@ -429,7 +429,7 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
                                                           "clone_demand", "clone_demand_renewed",
                                                           "clone_demand_before", "clone_backoff", "known_pools",
                                                           "forgotten_pools", "known_pools_config", "ready_fence",
-                                                          "last_boot", "ondemand_open_requests",
+                                                          "providerless_pools", "last_boot", "ondemand_open_requests",
                                                           "ondemand_kept_requests", "holders", "migrating",
                                                           "templates_prepared", "templates_preparing", "sizing_state",
                                                           "running", "running_counted", "running_rebuild", "started",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import threading
 import time
 from concurrent import futures
@@ -46,6 +47,7 @@ from chalicelib.manager.pool_queue import (
     QueueRefused,
     SqsPoolQueue,
 )
+from chalicelib.manager.providerless import PROVIDERLESS_GRACE_SECONDS
 from chalicelib.manager.refill import SqsRefill
 from chalicelib.manager.runner import run_pool
 from chalicelib.services import Services
@@ -705,13 +707,86 @@ def test_a_tick_deletes_the_clone_demands_the_previous_release_kept(services: Se
     assert not services.client.exists(keys.clone_demand_before)
 
 
-def test_a_removed_pool_whose_provider_is_gone_is_reported_not_failed(services: Services) -> None:
-    queue = RecordingQueue()
+NO_DUMMY = ":providers:\n  :other: {provider_class: dummy}\n:pools:\n  - {name: debian, size: 2, provider: other}\n"
+"""The config once centos and its provider, dummy, are both removed."""
+
+
+def _given_up_lines(caplog: pytest.LogCaptureFixture, start: str) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if record.getMessage().startswith(start)]
+
+
+def test_a_removed_pool_whose_provider_is_gone_gives_its_vms_up_after_a_grace_never_one_in_use(
+        services: Services, queue: RecordingQueue, caplog: pytest.LogCaptureFixture) -> None:
+    """A pool removed with its provider cannot drain: nothing can destroy its VMs. Before, each
+    tick's drain logged an error and left it: the pool stayed known for good, its VMs' records
+    stayed (counted, the one in use against max_running_vms, for ever once returned). Now it is
+    said once; past the grace the records of its VMs not in use go (their machines left on the
+    hypervisor, named in a warning), the one in use stays its user's until returned, and the pool
+    is forgotten once it holds none."""
+    clock = services.clock
+    assert isinstance(clock, FakeClock)
+    with_dummy = Services(services.config, services.client, clock=clock, prefix=services.store.keys.prefix)
+    removed = services.config.pool("centos")
+    services.use_config(parse(CONFIG.replace("size: 1, provider: dummy", "size: 2, provider: dummy")))
+    for _ in range(4):  # centos full: two ready VMs
+        look_at(services, PoolMessage("centos", TICK), queue)
+        clock.advance(60)
     Ticker().tick(services, queue)  # both pools known
-    services.use_config(parse(":providers:\n  :other: {provider_class: dummy}\n:pools:\n"
-                              "  - {name: debian, size: 2, provider: other}\n"))
+    status, _, body = Gateway(app.app)("POST", "/api/v3/vm/centos", {}, b"", "127.0.0.1")
+    assert status == 200, body
+    in_use = json.loads(body)["centos"]["hostname"].split(".")[0]
+    (spare,) = services.store.hostnames("centos", "ready")
+    services.use_config(parse(NO_DUMMY))
+
+    with caplog.at_level("INFO", logger="vmpool"):
+        for _ in range(3):  # three ticks within the grace: said once, nothing given up
+            assert look_at(services, PoolMessage("centos", DRAIN), queue) is None
+            clock.advance(60)
+        assert len(_given_up_lines(caplog, "removed pool cannot drain")) == 1
+        warned = _given_up_lines(caplog, "removed pool cannot drain")[0]
+        assert warned.levelname == "WARNING" and warned.__dict__["vms"] == 2
+        assert services.store.counts(["centos"])["centos"]["ready"] == 1
+
+        clock.advance(PROVIDERLESS_GRACE_SECONDS)
+        look_at(services, PoolMessage("centos", DRAIN), queue)
+        counts = services.store.counts(["centos"])["centos"]
+        assert (counts["ready"], counts["running"]) == (0, 1)  # the VM in use stays its user's
+        (given_up,) = _given_up_lines(caplog, "VMs of a removed pool whose provider is gone given up")
+        assert given_up.__dict__["hostnames"] == [spare] and given_up.__dict__["in_use"] == 1
+        status, _, body = Gateway(app.app)("GET", f"/api/v3/vm/{in_use}", {}, b"", "127.0.0.1")
+        assert status == 200 and json.loads(body)[in_use]["state"] == "running", body
+        look_at(services, PoolMessage("centos", DRAIN), queue)  # the next tick: nothing more to say
+        assert len(_given_up_lines(caplog, "VMs of a removed pool")) == 1
+        assert "centos" in Fleet(services.store).names()
+
+        status, _, body = Gateway(app.app)("DELETE", f"/api/v3/vm/{in_use}", {}, b"", "127.0.0.1")
+        assert status == 200, body  # its user returns it
+        look_at(services, PoolMessage("centos", DRAIN), queue)
+    assert services.store.counts(["centos"])["centos"] == {state: 0 for state in STATES}
+    assert "centos" not in Fleet(services.store).names()  # forgotten: the tick queues it no more
+    assert services.store.recount_running(["debian"], clock.now()).running == 0
+    # Nothing could destroy the machines: they are still there, as the warnings say.
+    assert sorted(vm.name for vm in with_dummy.provider("dummy").list_vms(removed)) == sorted([spare, in_use])
+
+
+def test_a_removed_pool_whose_provider_comes_back_within_the_grace_drains(
+        services: Services, queue: RecordingQueue) -> None:
+    """A push that removed the provider with the pool by mistake, put right within the grace:
+    the drain destroys the pool's VMs as any drain does, nothing is given up."""
+    clock = services.clock
+    assert isinstance(clock, FakeClock)
+    _fill_and_remove(services, queue, "  - {name: centos, size: 1, provider: dummy}\n")
+    without_centos = services.config
+    removed = Fleet(services.store).settings("centos")
+    assert removed is not None
+    services.use_config(parse(NO_DUMMY))
     assert look_at(services, PoolMessage("centos", DRAIN), queue) is None
-    assert "centos" in Fleet(services.store).names()  # still known: it drains once the provider is back
+    clock.advance(PROVIDERLESS_GRACE_SECONDS / 2)
+    services.use_config(without_centos)  # the provider back
+    _drain(services, queue)
+    assert services.store.counts(["centos"])["centos"] == {state: 0 for state in STATES}
+    assert services.provider("dummy").list_vms(removed) == []  # destroyed, not left
+    assert "centos" not in Fleet(services.store).names()
 
 
 def test_sqs_delays_are_whole_seconds_and_a_short_check_delay_never_becomes_zero() -> None:

@@ -1,0 +1,103 @@
+"""A pool removed from the config whose provider is gone from it too (or was never one it has):
+nothing can destroy its VMs, so it cannot drain.
+
+Before, each drain message (every tick) logged an error and left it: the pool stayed known for
+good, its VMs' records (ready ones, ones running past their lifetime, returned ones) were never
+dropped, its running VMs counted against ``max_running_vms`` and its open on-demand requests
+stayed open. vmpooler, whose pool manager forgets a pool removed from its config at once, leaves
+every VM of it where it is, in the hypervisor and in Redis.
+
+Now the first drain that finds the provider gone notes when (``pools:providerless``) and logs one
+warning: the provider back within ``PROVIDERLESS_GRACE_SECONDS`` (a push that removed it by
+mistake, put right), the drain destroys the VMs as any drain does. Past the grace each drain
+message gives them up: the records of its VMs not in use go (their machines are left on the
+hypervisor, named in one warning as they go), its open requests fail, and a VM in use stays its
+user's until returned or its lifetime ends, when its record goes the same way (its machine is
+never destroyed: nothing could). Once the pool holds no VM it is forgotten as a drained one is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from chalicelib.config import PoolConfig
+from chalicelib.manager import ondemand
+from chalicelib.observability import logger
+from chalicelib.store import STATES
+from chalicelib.store.fleet import Fleet
+
+if TYPE_CHECKING:
+    from chalicelib.services import Services
+
+PROVIDERLESS_GRACE_SECONDS = 3600.0
+"""How long after a drain first found a removed pool's provider gone its VMs' records are kept,
+for the provider to come back and destroy them (an hour: a push put right, not a pool left for
+good)."""
+NAMES_LOGGED = 100
+"""The hostnames the warning of VMs given up names (the rest are counted)."""
+GIVEN_UP = "provider gone from the config: the machine is left on the hypervisor"
+"""The reason noted on the record of a VM given up (its ``reason``, shown by GET /vm/<hostname>)."""
+
+
+@dataclass
+class GivenUp:
+    """What one look at a removed pool without its provider did."""
+
+    waiting: bool = False
+    """Within the grace: nothing given up yet."""
+    dropped: dict[str, list[str]] = field(default_factory=dict)
+    """State -> the VMs whose records went (their machines left on the hypervisor)."""
+    in_use: int = 0
+    """VMs in use kept their user's (until returned or their lifetime ends)."""
+    failed_requests: list[str] = field(default_factory=list)
+    forgotten: bool = False
+
+
+def give_up(services: "Services", pool: PoolConfig) -> GivenUp:
+    """Look at the removed ``pool`` (its settings as last configured), whose provider the config
+    no longer has: note it and warn once; past the grace, drop the records of its VMs not in use
+    (and of those in use once their lifetime has ended), fail its open requests, forget it once
+    it holds no VM."""
+    store, fleet, now = services.store, Fleet(services.store), services.clock.now()
+    since, first = fleet.providerless_since(pool.name, now)
+    if first:
+        counts = store.counts([pool.name])[pool.name]
+        logger.warning("removed pool cannot drain: its provider is gone from the config; its VMs are given up "
+                       "(records dropped, machines left on the hypervisor) unless the provider is back in time",
+                       extra={"pool": pool.name, "provider": pool.provider, "vms": sum(counts.values()),
+                              "by_state": {state: count for state, count in counts.items() if count},
+                              "grace_seconds": int(PROVIDERLESS_GRACE_SECONDS)})
+    if now - since < PROVIDERLESS_GRACE_SECONDS:
+        return GivenUp(waiting=True)
+    result = GivenUp(failed_requests=ondemand.fail_removed(store, pool.name, now))
+    for state in STATES:
+        if state == "running":
+            continue
+        hostnames = store.hostnames(pool.name, state)
+        if hostnames:
+            moved = store.move_many(pool.name, state, "destroyed", now,
+                                    {hostname: {"reason": GIVEN_UP} for hostname in hostnames})
+            if moved:
+                result.dropped[state] = moved
+    lifetime = services.config.service.vm_lifetime
+    for hostname in store.hostnames(pool.name, "running"):
+        # Only once its lifetime has ended, as recorded at the move (its user may extend it).
+        if store.move(hostname, pool.name, "running", "destroyed", now, lifetime_ended=lifetime,
+                      reason=GIVEN_UP):
+            result.dropped.setdefault("running", []).append(hostname)
+        else:
+            result.in_use += 1
+    if result.dropped or result.failed_requests:
+        names = [hostname for hostnames in result.dropped.values() for hostname in hostnames]
+        logger.warning("VMs of a removed pool whose provider is gone given up: their records are dropped, their "
+                       "machines left on the hypervisor (delete them there)",
+                       extra={"pool": pool.name, "provider": pool.provider, "count": len(names),
+                              "hostnames": names[:NAMES_LOGGED],
+                              "by_state": {state: len(hostnames) for state, hostnames in result.dropped.items()},
+                              "in_use": result.in_use, "requests_failed": len(result.failed_requests)})
+    if not any(store.counts([pool.name])[pool.name].values()) and fleet.forget(pool.name, now):
+        result.forgotten = True
+        logger.info("removed pool forgotten without draining: its provider is gone from the config",
+                    extra={"pool": pool.name, "provider": pool.provider})
+    return result
