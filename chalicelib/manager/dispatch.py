@@ -348,11 +348,17 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
         settings = fleet.settings(message.pool)
         if settings is None and fleet.forgotten(message.pool, services.clock.now()):
             # Drained and forgotten: a nudge from an API function a config behind, which opened an
-            # on-demand request for the pool since. No pass would ever serve it or fail it.
-            failed = ondemand.fail_removed(services.store, message.pool, services.clock.now())
+            # on-demand request for the pool since. No pass would ever serve it or fail it. Or from
+            # one a push ahead, which put the pool back: its request is younger than the grace a
+            # config's overlap takes, and is looked at again once past it (this function has read
+            # the push by then, or the pool is removed for good). Before, it was failed at once.
+            failed, wait = ondemand.fail_removed(services.store, message.pool, services.clock.now(),
+                                                 ondemand.UNSERVED_GRACE_SECONDS)
             if failed:
                 logger.warning("on-demand requests for a pool removed from the config failed",
                                extra={"pool": message.pool, "requests": failed[:10], "count": len(failed)})
+            if wait is not None and message.attempt < MAX_RETRIES:
+                queue.send([(PoolMessage(message.pool, RETRY, attempt=message.attempt + 1), wait)])
             return None
         if message.reason in (TICK, NUDGE):
             # Sent for a pool the sender has configured: this config is older than the sender's

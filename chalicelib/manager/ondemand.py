@@ -73,16 +73,27 @@ def removed_message(pool: str) -> str:
     return f"The request failed: its pool {pool} was removed from the configuration"
 
 
-def fail_removed(store: Store, pool: str, now: float) -> list[str]:
+def fail_removed(store: Store, pool: str, now: float, grace_seconds: float = 0.0) -> tuple[list[str], float | None]:
     """Fail the open requests of a pool no pass serves any more (removed from the config, drained
     and forgotten): one an API function a config refresh behind opened after the drain forgot the
     pool would otherwise stay open (202, counted by the quotas) until its record expired, no pass
-    serving it or seeing its ttl. Returns their ids."""
+    serving it or seeing its ttl. Only those at least ``grace_seconds`` old: a younger one may be
+    an API function's a push *ahead*, which put the pool back (``UNSERVED_GRACE_SECONDS``).
+    Returns their ids, and the seconds until the youngest left passes the grace (None: none left)."""
     requests = OnDemandStore(store)
-    failed = requests.open_requests(pool)
-    for request_id in failed:
+    open_ids = requests.open_requests(pool)
+    created = {request_id: made for request_id, (made, _) in requests.open_request_pools().items()} \
+        if open_ids and grace_seconds > 0 else {}
+    failed: list[str] = []
+    wait: float | None = None
+    for request_id in open_ids:
+        left = created.get(request_id, now - grace_seconds) + grace_seconds - now
+        if left > 0:
+            wait = max(wait or 0.0, left)
+            continue
         _end_failed(store, requests, pool, request_id, removed_message(pool), now)
-    return failed
+        failed.append(request_id)
+    return failed, wait
 
 
 UNSERVED_GRACE_SECONDS = NEWEST_CONFIG_SECONDS

@@ -70,7 +70,7 @@ def give_up(services: "Services", pool: PoolConfig) -> GivenUp:
                               "grace_seconds": int(PROVIDERLESS_GRACE_SECONDS)})
     if now - since < PROVIDERLESS_GRACE_SECONDS:
         return GivenUp(waiting=True)
-    result = GivenUp(failed_requests=ondemand.fail_removed(store, pool.name, now))
+    result = GivenUp(failed_requests=ondemand.fail_removed(store, pool.name, now)[0])
     for state in STATES:
         if state == "running":
             continue

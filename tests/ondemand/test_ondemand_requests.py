@@ -12,7 +12,7 @@ from chalicelib import config as config_module
 from chalicelib.api.ondemand import DELETED_MESSAGE
 from chalicelib.manager.dispatch import Ticker, look_at
 from chalicelib.manager.ondemand import UNSERVED_GRACE_SECONDS
-from chalicelib.manager.pool_queue import DRAIN, NUDGE, PoolMessage
+from chalicelib.manager.pool_queue import DRAIN, NUDGE, RETRY, PoolMessage
 from chalicelib.providers.base import TaskState, TaskStatus
 from chalicelib.store.fleet import FORGOTTEN_SECONDS, Fleet
 from chalicelib.store.ondemand import REQUESTS_KEPT_PER_OWNER, OnDemandStore
@@ -510,6 +510,9 @@ def test_a_request_an_api_a_config_behind_opens_for_a_pool_already_forgotten_fai
     services.use_config(without_slow)
     for pool in stack.refill.pools:  # its nudge, as the reconcile queue delivers it
         look_at(services, PoolMessage(pool, NUDGE), queue)
+    # Looked at again once past a config's overlap (the request may be a push ahead's, below).
+    stack.clock.advance(UNSERVED_GRACE_SECONDS)
+    look_at(services, PoolMessage("slow", RETRY, attempt=1), queue)
     status, body = stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")
     removed = "The request failed: its pool slow was removed from the configuration"
     assert (status, body.get("message")) == (200, removed)
@@ -618,6 +621,52 @@ def test_a_request_for_a_pool_the_tick_has_not_read_yet_is_left_to_its_passes(ma
     assert open_requests(stack, "slow") == [request_id]
     status, body = stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")
     assert status == 202, body
+
+
+def test_a_request_for_a_pool_pushed_back_within_the_grace_is_left_to_its_passes(make_stack):
+    # A pool removed by mistake, drained and forgotten, then pushed back (docs/deploy.md: "Removed
+    # by mistake? push it back"). An API function that read the push opens a request for it; its
+    # nudge reaches a reconcile function still on the config without the pool (each reads a push
+    # within 30 s). That function took it for a request an API a config behind opened after the
+    # forget and failed it at once: "its pool slow was removed from the configuration", for a
+    # pool configured again. The nudge now leaves a request younger than the tick's grace
+    # (UNSERVED_GRACE_SECONDS, a config's overlap) to a later look.
+    stack, with_slow, queue = slow_pool_forgotten(make_stack)
+    services = stack.services
+    stack.clock.advance(60)
+    request_id = opened_by_an_api_a_config_behind(stack, with_slow)  # here: a push ahead
+    look_at(services, PoolMessage("slow", NUDGE), queue)  # its nudge, at a function a push behind
+    Ticker().tick(services, queue)  # and the tick's, a push behind too
+    assert open_requests(stack, "slow") == [request_id]
+    stack.clock.advance(UNSERVED_GRACE_SECONDS - 1)
+    services.use_config(with_slow)  # the reconcile functions read the push
+    Ticker().tick(services, queue)
+    look_at(services, PoolMessage("slow", NUDGE), queue)
+    status, body = stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")
+    assert status == 202 and body["slow"]["pending"] == "1", body  # built in the pool pushed back
+
+
+def test_a_request_opened_at_the_forget_by_an_api_a_config_behind_fails_at_its_nudges_retry(make_stack):
+    # The nudge of a request an API a config behind opens the moment the drain forgot the pool is
+    # not failed at once any more (above): it is looked at again once past the grace, and failed
+    # then, without waiting for a tick.
+    sent: list[tuple[PoolMessage, float]] = []
+    stack, with_slow, _ = slow_pool_forgotten(make_stack)
+    queue = SimpleNamespace(send=lambda messages, budget_seconds=None: sent.extend(messages))
+    services = stack.services
+    request_id = opened_by_an_api_a_config_behind(stack, with_slow)  # at the forget's instant
+    look_at(services, PoolMessage("slow", NUDGE), queue)
+    assert open_requests(stack, "slow") == [request_id]
+    ((retry, delay),) = sent
+    assert retry.pool == "slow" and delay == UNSERVED_GRACE_SECONDS
+    stack.clock.advance(delay - 0.5)
+    look_at(services, retry, queue)  # early (a queue's delay is whole seconds): looked at again
+    assert open_requests(stack, "slow") == [request_id]
+    stack.clock.advance(0.5)
+    look_at(services, sent[-1][0], queue)
+    status, body = stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")
+    removed = "The request failed: its pool slow was removed from the configuration"
+    assert (status, body.get("message")) == (200, removed)
 
 
 def request_records(stack) -> int:
