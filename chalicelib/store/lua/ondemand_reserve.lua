@@ -24,8 +24,11 @@
 --       whether to look at the names:known mark ('1': word names among the candidates; '':
 --       random names only, or a caller outside a pass), the deadline (ms of Redis's clock, ''
 --       none: store/deadline.py), the reserving run's lease token ('' outside a leased run:
---       written on each record as 'reserver_lease', as reserve_clones.lua does), then the
---       candidate hostnames, in the order of their records.
+--       written on each record as 'reserver_lease', as reserve_clones.lua does), the reason of a
+--       VM dropped as gone while booting (manager/pending.py), how the reason of a VM whose clone
+--       failed begins (store/ondemand.py GONE_WHILE_BOOTING, CLONE_FAILED: the reasons are
+--       written and matched with the same constants), then the candidate hostnames, in the order
+--       of their records.
 -- Run past its deadline (Redis frozen past the caller's socket timeout: its pass gave up on the
 -- answer and starts no clone) it reserves nothing (the request's other changes hold whenever
 -- they are made): names reserved then would hold the request's VMs and the on-demand clone
@@ -51,6 +54,7 @@ local id, pool = ARGV[1], ARGV[2]
 local clone_limit, max_retries, now = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local template, domain, vm_template, reserver = ARGV[6], ARGV[7], ARGV[9], ARGV[10]
 local gone_reason, names_checked, reserver_lease = ARGV[11], ARGV[12] == '1', ARGV[14]
+local gone_booting, clone_failed = ARGV[15], ARGV[16]
 local request = redis.call('HMGET', key, 'state', 'entries', 'expires', 'lifetime', 'token_user', 'token_id',
   'confirm_by', 'token_entry')
 if request[1] ~= 'open' then
@@ -80,13 +84,13 @@ for _, hostname in ipairs(redis.call('ZRANGE', vms_key, 0, -1)) do
     delivered[vm[2]] = (delivered[vm[2]] or 0) + 1
   elseif vm[3] == 'pending' then
     building[vm[2]] = (building[vm[2]] or 0) + 1
-  elseif vm[3] == 'destroyed' and vm[6] == 'gone from the provider while booting' then
+  elseif vm[3] == 'destroyed' and vm[6] == gone_booting then
     -- Vanished after its clone ended, before it booted (store/ondemand.py GONE_WHILE_BOOTING):
     -- built again, not a failed attempt (its clone did not fail; vmpooler counts no retry). It
     -- leaves the request's VMs: its record, never held, expires after unused_record_ttl
     -- (lua/move.lua), and a record gone would count as a failed attempt above.
     redis.call('ZREM', vms_key, hostname)
-  elseif vm[5] or string.find(vm[6] or '', '^clone failed') then
+  elseif vm[5] or string.sub(vm[6] or '', 1, #clone_failed) == clone_failed then
     failed = failed + 1
   end
 end
@@ -124,7 +128,7 @@ for _, entry in ipairs(cjson.decode(request[2])) do
     local need = entry.count - (delivered[entry.name] or 0) - (building[entry.name] or 0)
     lacking = lacking + math.max(need, 0)
     while need > 0 and slots > 0 and candidate <= #KEYS do
-      local vm_key, hostname = KEYS[candidate], ARGV[candidate + 3]
+      local vm_key, hostname = KEYS[candidate], ARGV[candidate + 5]
       candidate = candidate + 1
       if redis.call('EXISTS', vm_key) == 0 and not redis.call('ZSCORE', KEYS[11], hostname) then
         redis.call('HSET', vm_key, 'name', hostname, 'pool', pool, 'template', template,
