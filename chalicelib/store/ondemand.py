@@ -45,7 +45,9 @@ NEVER_SERVED_MESSAGES = (NOT_CONFIRMED_MESSAGE, NOT_REPLICATED_MESSAGE)
 the same owner is made again (lua/ondemand_create.lua)."""
 GONE_WHILE_RUNNING = "gone from the provider while running"
 """The reason of a running VM a pass dropped because the provider no longer has it
-(manager/running.py). One of a request that is not ready yet is a failed attempt, built again."""
+(manager/running.py). One delivered to a request that is not ready yet is built again, without
+counting as a failed attempt (lua/ondemand_reserve.lua): its clone did not fail, and vmpooler
+counts no retry for a request's VM gone from its provider either."""
 GONE_WHILE_BOOTING = "gone from the provider while booting"
 """The reason of a pending VM whose clone ended and which then vanished from the provider
 (manager/pending.py). One of a request is replaced without counting as a failed attempt

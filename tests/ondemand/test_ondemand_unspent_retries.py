@@ -1,7 +1,9 @@
-"""Which VMs an on-demand request loses spend its retries (``max_vm_retries``). A clone reserved
-and never started (the pass killed in between) spends none, however long the request is open:
-the record of one given up expires an hour after its destroy (``UNUSED_RECORD_TTL_SECONDS``),
-while a request may stay open longer, and a record gone used to read as a failed attempt."""
+"""Which VMs an on-demand request loses spend its retries (``max_vm_retries``). None that it
+loses through no failure of their clone, however long the request is open: a clone reserved and
+never started (the pass killed in between), a VM delivered then gone from the provider before the
+request was ready. Their records expire after their destroy (an hour for one never held:
+``UNUSED_RECORD_TTL_SECONDS``), while a request may stay open longer, and a record gone used to
+read as a failed attempt."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import pytest
 from chalicelib.manager.pending import CLONE_START_GRACE_SECONDS
 from chalicelib.providers.base import ProviderError
 from chalicelib.providers.failures import FailureKind
-from chalicelib.store.ondemand import CLONE_FAILED, OnDemandStore
+from chalicelib.store.ondemand import CLONE_FAILED, GONE_WHILE_RUNNING, OnDemandStore
 from chalicelib.store.store import UNUSED_RECORD_TTL_SECONDS
 from tests.harness import Killed
 from tests.ondemand.test_ondemand_vanished import SLOW_BOOT_POOL
@@ -69,6 +71,40 @@ def test_clones_reserved_for_a_request_and_never_started_spend_no_retry_once_the
     assert status == 200 and body["ready"] is True, body
     [delivered] = body["slow-boot"]["hostname"]
     assert delivered.split(".")[0] not in never_started
+
+
+def test_vms_delivered_then_gone_before_the_request_is_ready_are_replaced_without_spending_retries(make_stack):
+    # A request for two VMs of two pools: the first pool's VM delivered, then deleted by hand
+    # (vCenter restored, an admin), while the other pool's VM was still to come. Before, each
+    # such VM was a failed attempt: the third failed the request ("3 attempts to build its VMs
+    # failed") though every clone had worked. vmpooler counts no retry for it either (it keeps the
+    # name in the request, which then hands over a VM that is gone; here a new one is built).
+    stack = make_stack(size=0, ondemand_request_ttl=180)
+    request_id = stack.answer("POST", "/api/v3/ondemandvm", {"debian": 1, "win-2022": 1})[1]["request_id"]
+    pool = stack.pool("debian-12")
+    vanished: list[str] = []
+    for _ in range(ATTEMPTS):
+        stack.run_passes("debian-12", passes=1)  # cloned, booted, handed over
+        [delivered] = stack.services.store.hostnames("debian-12", "running")
+        vanished.append(delivered)
+        status, body = stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")
+        assert status == 202 and body["debian"] == {"ready": "1", "pending": "0"}, body
+        stack.provider.delete_by_hand(pool, delivered)
+        stack.clock.advance(1)
+        stack.reconcile("debian-12")  # dropped as gone, a replacement reserved and cloned
+        gone = stack.services.store.get_vm(delivered)
+        assert (gone.state, gone.reason) == ("destroyed", GONE_WHILE_RUNNING)
+        status, body = stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")
+        assert status == 202 and body["debian"] == {"ready": "0", "pending": "1"}, body
+        stack.clock.advance(31)
+    stack.reconcile("debian-12")
+    [delivered] = stack.services.store.hostnames("debian-12", "running")
+    expire_records(stack, vanished, within=stack.services.store.data_ttl_seconds)
+    stack.run_passes(passes=2)
+    status, body = stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")
+    assert status == 200 and body["ready"] is True, body
+    assert body["debian"]["hostname"] == [f"{delivered}.example.com"]
+    assert stack.provider_vms("debian-12") == {delivered}
 
 
 def test_clones_the_provider_refuses_to_start_spend_the_retries(make_stack, monkeypatch):

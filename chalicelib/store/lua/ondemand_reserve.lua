@@ -5,10 +5,10 @@
 -- timeout), or whose clone the provider refused to start, is a failed attempt; a replacement is
 -- reserved until more than max_retries attempts failed. One that left through no failure of its
 -- clone (never started: the pass that reserved it was interrupted before asking the provider;
--- gone from the provider after its clone ended) is replaced without counting, and
--- leaves the request's VM set: its record expires after its destroy (an hour for one never held:
--- lua/move.lua unused_record_ttl), and a VM of the set whose record is gone (a failed attempt's,
--- which stays) counts as a failed attempt, however long the request has been open.
+-- gone from the provider after its clone ended, or after its delivery) is replaced without
+-- counting, and leaves the request's VM set: its record expires after its destroy (an hour for
+-- one never held: lua/move.lua unused_record_ttl), and a VM of the set whose record is gone (a
+-- failed attempt's, which stays) counts as a failed attempt, however long the request is open.
 -- Each reserved name's record names its
 -- reserver, as reserve_clones.lua does, so a restarted local stack knows one its dead
 -- predecessor reserved (manager/pending.abandon_unstarted_clones), and says, as there, that its
@@ -39,9 +39,10 @@
 -- they are made): names reserved then would hold the request's VMs and the on-demand clone
 -- slots, unasked, for the start grace (manager/pending.py CLONE_START_GRACE_SECONDS).
 -- A VM delivered and then gone from the provider (vCenter restarted empty, deleted by an admin)
--- before the request is ready was never its caller's to use: it is a failed attempt, no longer
--- delivered (its 'delivered_at' goes), the request waits for one VM more (its score in the open
--- requests, which ondemand_deliver.lua counted down, goes back up), and a new one is built.
+-- before the request is ready was never its caller's to use: it leaves the request, which waits
+-- for one VM more (its score in the open requests, which ondemand_deliver.lua counted down, goes
+-- back up), and a new one is built, without counting a failed attempt (its clone did not fail;
+-- vmpooler counts no retry for it either).
 -- A request the API has not confirmed yet (its 'confirm_by': the create's answer may never have
 -- reached its caller, who was told 503) gets nothing: "confirming" until its deadline, then
 -- "unconfirmed" (the pass fails it), so no VM is built for a caller who does not know of it.
@@ -81,9 +82,8 @@ for _, hostname in ipairs(redis.call('ZRANGE', vms_key, 0, -1)) do
   if vm[1] ~= id then
     failed = failed + 1 -- its record gone: only a failed attempt's is left to expire in the set
   elseif vm[4] and vm[3] == 'destroyed' and reason == gone_reason then
-    redis.call('HDEL', key_of(vm_template, hostname), 'delivered_at')
     open_request_count(8, 9, id, 1)
-    failed = failed + 1
+    redis.call('ZREM', vms_key, hostname)
   elseif vm[4] then
     delivered[vm[2]] = (delivered[vm[2]] or 0) + 1
   elseif vm[3] == 'pending' then
