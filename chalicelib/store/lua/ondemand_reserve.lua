@@ -82,6 +82,7 @@ for _, hostname in ipairs(redis.call('ZRANGE', vms_key, 0, -1)) do
   if vm[1] ~= id then
     failed = failed + 1 -- its record gone: only a failed attempt's is left to expire in the set
   elseif vm[4] and vm[3] == 'destroyed' and reason == gone_reason then
+    -- Delivered, then gone before the request was ready: built again, not a failed attempt.
     open_request_count(8, 9, id, 1)
     redis.call('ZREM', vms_key, hostname)
   elseif vm[4] then
