@@ -31,7 +31,7 @@ from chalicelib.manager.hostnames import candidate_names, random_candidates
 from chalicelib.manager.placement import PLACEMENT_FIELD, placement_of
 from chalicelib.observability import logger
 from chalicelib.providers.base import AnswerLost, ProviderError
-from chalicelib.store.ondemand import OnDemandStore
+from chalicelib.store.ondemand import CLONE_FAILED, OnDemandStore
 from chalicelib.store.records import CloneBackoff, VMRecord
 
 BACKOFF_AFTER_FAILURES = 3
@@ -139,7 +139,7 @@ def start_clones(context: PassContext, reserved: list[str]) -> dict[str, dict[st
             logger.warning("clone call's answer lost: the clone may be under way, its slot kept",
                            extra={"pool": context.pool.name, "hostname": hostname, "error": str(error)})
             continue
-        context.take_out_of_service(hostname, "pending", f"clone failed to start: {error}", failure=error.kind)
+        context.take_out_of_service(hostname, "pending", f"{CLONE_FAILED} to start: {error}", failure=error.kind)
     if failed:
         note_clone_outcomes(context, len(failed), 0)
     return {hostname: notes[hostname] for hostname in noted}

@@ -22,7 +22,7 @@ from chalicelib.observability import logger
 from chalicelib.providers.base import Provider, ProviderError, TaskState, TaskStatus, VMInfo
 from chalicelib.store import DurationSample, Store, VMRecord
 from chalicelib.store.leases import LeaseHolder, labelled_holder
-from chalicelib.store.ondemand import GONE_WHILE_BOOTING
+from chalicelib.store.ondemand import CLONE_FAILED, GONE_WHILE_BOOTING
 from chalicelib.store.records import MARKS_ASKED, RESERVER_LEASE
 
 CLONE_START_GRACE_SECONDS = 120.0
@@ -427,7 +427,7 @@ def _clone_finished(context: PassContext, record: VMRecord, statuses: Mapping[st
     if status.state is TaskState.ERROR:
         failure = status.failure
         context.report.clone_failures[hostname] = failure
-        context.take_out_of_service(hostname, "pending", f"clone failed: {failure.message}", failure=failure.kind)
+        context.take_out_of_service(hostname, "pending", f"{CLONE_FAILED}: {failure.message}", failure=failure.kind)
         if record.raw.get("request"):
             ondemand.clone_failed(context, record.raw["request"], failure)
         return False

@@ -45,12 +45,18 @@ NEVER_SERVED_MESSAGES = (NOT_CONFIRMED_MESSAGE, NOT_REPLICATED_MESSAGE)
 the same owner is made again (lua/ondemand_create.lua)."""
 GONE_WHILE_RUNNING = "gone from the provider while running"
 """The reason of a running VM a pass dropped because the provider no longer has it
-(manager/running.py). One of a request that is not ready yet is a failed attempt, built again."""
+(manager/running.py). One delivered to a request that is not ready yet is built again, without
+counting as a failed attempt (lua/ondemand_reserve.lua): its clone did not fail, and vmpooler
+counts no retry for a request's VM gone from its provider either."""
 GONE_WHILE_BOOTING = "gone from the provider while booting"
 """The reason of a pending VM whose clone ended and which then vanished from the provider
 (manager/pending.py). One of a request is replaced without counting as a failed attempt
-(lua/ondemand_reserve.lua matches this text): its clone did not fail, as in vmpooler, whose
-``remove_nonexistent_vm`` counts no retry."""
+(lua/ondemand_reserve.lua is given this text to match): its clone did not fail, as in vmpooler,
+whose ``remove_nonexistent_vm`` counts no retry."""
+CLONE_FAILED = "clone failed"
+"""How the reason of a VM whose clone failed (manager/pending.py) or failed to start
+(manager/clones.py) begins: one of a request is a failed attempt (lua/ondemand_reserve.lua is
+given this text to match), spending one of its ``max_vm_retries``."""
 CLONE_CLAIMED = "clone_claimed"
 """A field of a VM reserved for a request: when the pass that reserved it claimed its clone's start
 (``OnDemandStore.claim``, lua/ondemand_claim.lua); from then on its clone may be running."""
@@ -383,7 +389,8 @@ class OnDemandStore(SubStore):
         args: list[str | int] = [request_id, pool, clone_limit, max_retries, repr(now), template, domain,
                                  self.store.data_ttl_seconds, self.keys.vm(KEY_PART), holder_label(),
                                  GONE_WHILE_RUNNING, "" if provider is None else "1",
-                                 self.store.answer_deadline(), lease_token or "", *candidates]
+                                 self.store.answer_deadline(), lease_token or "", GONE_WHILE_BOOTING,
+                                 CLONE_FAILED, *candidates]
         with _translate_errors():
             answer = json.loads(self.scripts.ondemand_reserve(keys=keys, args=args))
         return Reservation(answer["state"], tuple(answer.get("reserved") or ()), int(answer.get("failed") or 0),

@@ -4,7 +4,7 @@ released through DELETE /ondemandvm (vmfloaty's ``floaty delete`` after the requ
 from __future__ import annotations
 
 from chalicelib.manager.pending import GONE_WHILE_BOOTING_AFTER_SECONDS
-from chalicelib.store.ondemand import GONE_WHILE_BOOTING, OnDemandStore
+from chalicelib.store.ondemand import GONE_WHILE_BOOTING, OnDemandStore, deleted_vm_reason
 from chalicelib.store.store import UNUSED_RECORD_TTL_SECONDS
 
 SLOW_BOOT_POOL = """
@@ -92,9 +92,25 @@ def test_delete_vm_of_a_vm_released_with_its_request_is_ok_for_its_owner_only(ma
     not_running = (404, {"ok": False, "error": f"VM {delivered} is not running"})
     for headers in ({"X-AUTH-TOKEN": bob}, {}):
         assert stack.answer("DELETE", f"/api/v3/vm/{delivered}", headers=headers) == not_running, headers
+
+    def answered_to_others_as_a_name_never_used(state: str) -> None:
+        # The same status and body shape as for a name no VM ever had, on every version (the
+        # message says "not running": GET /vm, open to anyone as in vmpooler, shows it destroyed
+        # anyway), and nothing changes.
+        for version in ("/api/v3", "/api/v2", ""):
+            for headers in ({"X-AUTH-TOKEN": bob}, {}, {"X-AUTH-TOKEN": "not-a-token"}):
+                status, body = stack.answer("DELETE", f"{version}/vm/{delivered}", headers=headers)
+                unknown_status, unknown_body = stack.answer("DELETE", f"{version}/vm/never-used", headers=headers)
+                assert (status, sorted(body), body["ok"]) == (unknown_status, sorted(unknown_body), False) \
+                    and status in (401, 404), (version, headers, body, unknown_body)
+        assert (stack.state_of(delivered), stack.services.store.get_vm(delivered).reason) \
+            == (state, deleted_vm_reason(request_id))
+
+    answered_to_others_as_a_name_never_used("completed")
     assert stack.answer("DELETE", f"/api/v3/vm/{unbuilt}", headers=mine)[0] == 404
 
     stack.run_passes("debian-12", passes=1)  # destroyed; its record kept for data_ttl
     assert stack.state_of(delivered) == "destroyed"
     assert stack.answer("DELETE", f"/api/v3/vm/{delivered}", headers=mine) == (200, {"ok": True})
     assert stack.state_of(delivered) == "destroyed"
+    answered_to_others_as_a_name_never_used("destroyed")

@@ -188,9 +188,9 @@ def test_vcsim_restarted_empty_with_clones_in_flight_fails_them_honestly_and_ref
 def test_vcsim_restarted_empty_with_a_request_half_delivered_builds_it_again_and_lists_live_vms_only(
         slow_clones: VcsimServer, make_harness: HarnessFactory) -> None:
     """A request for 2: the first VM delivered (running for it), the second cloning, when vCenter
-    comes back empty. The vanished VM was never the caller's to use: it counts as a failed attempt,
-    as the clone does, and both are built again; the request becomes ready with 2 VMs that exist,
-    not with the name of one that is gone."""
+    comes back empty. The vanished VM was never the caller's to use: both are built again (the
+    vanished one spends no retry, its clone worked); the request becomes ready with 2 VMs that
+    exist, not with the name of one that is gone."""
     harness = pool_harness(make_harness, slow_clones, size=0,
                            service={"ondemand_clone_limit": 1, "ondemand_request_ttl": 30})
     request_id = harness.post("/api/v3/ondemandvm", {POOL: 2}).json["request_id"]

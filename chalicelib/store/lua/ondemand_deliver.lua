@@ -11,7 +11,7 @@
 -- ARGV: hostname, now, ip, host, then the templates of the keys named by the request the record
 -- names (keys.DERIVED_KEYS): request_template, request_vms_template, vm_template, open_template;
 -- then the reason of a VM dropped as gone from the provider while running: one delivered and gone
--- since is not counted (ondemand_reserve.lua makes it a failed attempt and builds another);
+-- since is not counted (ondemand_reserve.lua takes it out of the request and builds another);
 -- then the record ttl seconds (data_ttl) and how long a ready request is kept at least
 -- (store.ondemand.READY_REQUEST_KEPT_SECONDS), then the templates of an owner's holdings and requests
 -- sets (keys.holdings, keys.owner_requests).

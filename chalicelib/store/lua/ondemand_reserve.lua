@@ -1,10 +1,15 @@
 -- Reserve names for the VMs an open on-demand request still lacks in one pool, within the
 -- on-demand clone limit (counted across pools). Counting and reserving in one script is what
 -- stops two passes at once from building a request twice.
--- A VM of the request that left without being delivered (clone error, boot timeout) is a
--- failed attempt; a replacement is reserved until more than max_retries attempts failed. A name
--- whose clone never started (the pass that reserved it was interrupted) is replaced without
--- counting: that was our failure, not the provider's. Each reserved name's record names its
+-- A VM of the request that left undelivered once its clone was under way (clone error, boot
+-- timeout), or whose clone the provider refused to start, is a failed attempt; a replacement is
+-- reserved until more than max_retries attempts failed. One that left through no failure of its
+-- clone (never started: the pass that reserved it was interrupted before asking the provider;
+-- gone from the provider after its clone ended, or after its delivery) is replaced without
+-- counting, and leaves the request's VM set: its record expires after its destroy (an hour for
+-- one never held: lua/move.lua unused_record_ttl), and a VM of the set whose record is gone (a
+-- failed attempt's, which stays) counts as a failed attempt, however long the request is open.
+-- Each reserved name's record names its
 -- reserver, as reserve_clones.lua does, so a restarted local stack knows one its dead
 -- predecessor reserved (manager/pending.abandon_unstarted_clones), and says, as there, that its
 -- clone is asked only once marked ('marks_asked': store/records.py MARKS_ASKED).
@@ -24,18 +29,20 @@
 --       whether to look at the names:known mark ('1': word names among the candidates; '':
 --       random names only, or a caller outside a pass), the deadline (ms of Redis's clock, ''
 --       none: store/deadline.py), the reserving run's lease token ('' outside a leased run:
---       written on each record as 'reserver_lease', as reserve_clones.lua does), then the
---       candidate hostnames, in the order of their records.
+--       written on each record as 'reserver_lease', as reserve_clones.lua does), the reason of a
+--       VM dropped as gone while booting (manager/pending.py), how the reason of a VM whose clone
+--       failed begins (store/ondemand.py GONE_WHILE_BOOTING, CLONE_FAILED: the reasons are
+--       written and matched with the same constants), then the candidate hostnames, in the order
+--       of their records.
 -- Run past its deadline (Redis frozen past the caller's socket timeout: its pass gave up on the
 -- answer and starts no clone) it reserves nothing (the request's other changes hold whenever
 -- they are made): names reserved then would hold the request's VMs and the on-demand clone
 -- slots, unasked, for the start grace (manager/pending.py CLONE_START_GRACE_SECONDS).
--- A VM gone from the provider after its clone ended and before it booted (manager/pending.py)
--- is replaced without counting as a failed attempt.
 -- A VM delivered and then gone from the provider (vCenter restarted empty, deleted by an admin)
--- before the request is ready was never its caller's to use: it is a failed attempt, no longer
--- delivered (its 'delivered_at' goes), the request waits for one VM more (its score in the open
--- requests, which ondemand_deliver.lua counted down, goes back up), and a new one is built.
+-- before the request is ready was never its caller's to use: it leaves the request, which waits
+-- for one VM more (its score in the open requests, which ondemand_deliver.lua counted down, goes
+-- back up), and a new one is built, without counting a failed attempt (its clone did not fail;
+-- vmpooler counts no retry for it either).
 -- A request the API has not confirmed yet (its 'confirm_by': the create's answer may never have
 -- reached its caller, who was told 503) gets nothing: "confirming" until its deadline, then
 -- "unconfirmed" (the pass fails it), so no VM is built for a caller who does not know of it.
@@ -51,6 +58,7 @@ local id, pool = ARGV[1], ARGV[2]
 local clone_limit, max_retries, now = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local template, domain, vm_template, reserver = ARGV[6], ARGV[7], ARGV[9], ARGV[10]
 local gone_reason, names_checked, reserver_lease = ARGV[11], ARGV[12] == '1', ARGV[14]
+local gone_booting, clone_failed = ARGV[15], ARGV[16]
 local request = redis.call('HMGET', key, 'state', 'entries', 'expires', 'lifetime', 'token_user', 'token_id',
   'confirm_by', 'token_entry')
 if request[1] ~= 'open' then
@@ -70,24 +78,24 @@ local delivered, building, failed = {}, {}, 0
 for _, hostname in ipairs(redis.call('ZRANGE', vms_key, 0, -1)) do
   local vm = redis.call('HMGET', key_of(vm_template, hostname),
     'request', 'request_name', 'state', 'delivered_at', 'clone_task', 'reason')
+  local reason = vm[6] or ''
   if vm[1] ~= id then
-    failed = failed + 1
-  elseif vm[4] and vm[3] == 'destroyed' and vm[6] == gone_reason then
-    redis.call('HDEL', key_of(vm_template, hostname), 'delivered_at')
+    failed = failed + 1 -- its record gone: only a failed attempt's is left to expire in the set
+  elseif vm[4] and vm[3] == 'destroyed' and reason == gone_reason then
+    -- Delivered, then gone before the request was ready: built again, not a failed attempt.
     open_request_count(8, 9, id, 1)
-    failed = failed + 1
+    redis.call('ZREM', vms_key, hostname)
   elseif vm[4] then
     delivered[vm[2]] = (delivered[vm[2]] or 0) + 1
   elseif vm[3] == 'pending' then
     building[vm[2]] = (building[vm[2]] or 0) + 1
-  elseif vm[3] == 'destroyed' and vm[6] == 'gone from the provider while booting' then
-    -- Vanished after its clone ended, before it booted (store/ondemand.py GONE_WHILE_BOOTING):
-    -- built again, not a failed attempt (its clone did not fail; vmpooler counts no retry). It
-    -- leaves the request's VMs: its record, never held, expires after unused_record_ttl
-    -- (lua/move.lua), and a record gone would count as a failed attempt above.
-    redis.call('ZREM', vms_key, hostname)
-  elseif vm[5] or string.find(vm[6] or '', '^clone failed') then
+  elseif (vm[5] or string.sub(reason, 1, #clone_failed) == clone_failed)
+      and not (vm[3] == 'destroyed' and reason == gone_booting) then
     failed = failed + 1
+  elseif vm[3] == 'completed' or vm[3] == 'destroyed' then
+    -- Out of service through no failure of its clone (never started, gone while booting): built
+    -- again, and out of the set before its record expires (a record gone is a failed attempt).
+    redis.call('ZREM', vms_key, hostname)
   end
 end
 if failed > max_retries then
@@ -124,7 +132,7 @@ for _, entry in ipairs(cjson.decode(request[2])) do
     local need = entry.count - (delivered[entry.name] or 0) - (building[entry.name] or 0)
     lacking = lacking + math.max(need, 0)
     while need > 0 and slots > 0 and candidate <= #KEYS do
-      local vm_key, hostname = KEYS[candidate], ARGV[candidate + 3]
+      local vm_key, hostname = KEYS[candidate], ARGV[candidate + 5]
       candidate = candidate + 1
       if redis.call('EXISTS', vm_key) == 0 and not redis.call('ZSCORE', KEYS[11], hostname) then
         redis.call('HSET', vm_key, 'name', hostname, 'pool', pool, 'template', template,
