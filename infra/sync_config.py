@@ -40,6 +40,12 @@ API_FUNCTION = "api_handler"
 TICK_FUNCTION = "tick"
 RECONCILE_FUNCTION = "reconcile"
 ROLES = ("api", "tick", "reconcile")
+FUNCTION_NAMES = (API_FUNCTION, TICK_FUNCTION, RECONCILE_FUNCTION)
+
+
+def chalice_function_name(stage: Stage, function_name: str) -> str:
+    """The name ``chalice deploy`` gives a function (the API handler is named after the app)."""
+    return stage.prefix if function_name == API_FUNCTION else f"{stage.prefix}-{function_name}"
 
 ENI_ACTIONS = (
     "ec2:CreateNetworkInterface",
@@ -359,6 +365,36 @@ def _in_stack_partition(resource: str) -> Any:
     if resource.startswith(_FILES_PARTITION):
         return {"Fn::Sub": "arn:${AWS::Partition}:" + resource[len(_FILES_PARTITION):]}
     return resource
+
+
+def log_group_name(stage: Stage, function_name: str) -> str:
+    """The log group a function of the stage writes to, the same in both deploy paths: the name
+    Chalice gives the group it makes for ``log_retention_in_days`` (``/aws/lambda/<app>-<stage>-<function>``,
+    ``vmpool-dev-api_handler`` for the API too), which each function is told to write to
+    (``logging_config``). Known before any function exists, so the full stack creates the group
+    first; and within ``_log_groups``, which the roles may write to."""
+    return f"/aws/lambda/{stage.prefix}-{function_name}"
+
+
+LAMBDA_LOG_LEVELS = {"DEBUG": "DEBUG", "INFO": "INFO"}
+"""A stage's ``log_level`` (Python's name) -> Lambda's ``ApplicationLogLevel``. Nothing above INFO:
+Lambda gives a line without a ``level`` key (the metrics' EMF lines) INFO, and drops it below
+the application level, so at WARN no metric would reach CloudWatch."""
+
+
+def logging_config(stage: Stage) -> dict[str, str]:
+    """Every function's ``LoggingConfig`` (Lambda's advanced logging controls) but its log group:
+    ``LogFormat`` JSON, so Lambda can filter by level; ``SystemLogLevel`` WARN, which drops Lambda's
+    own START, END and REPORT lines of every invocation (about 0.3 KB each); ``ApplicationLogLevel``
+    the stage's ``log_level``, because with JSON Powertools takes Lambda's level
+    (``AWS_LAMBDA_LOG_LEVEL``) over ``POWERTOOLS_LOG_LEVEL``: left unset it would be INFO whatever the
+    stage asks. Powertools' lines are JSON written to stdout, which Lambda passes on unchanged (its
+    JSON formatter is the root logger's, which Powertools keeps its records off)."""
+    level = LAMBDA_LOG_LEVELS.get(stage.log_level.upper())
+    if level is None:
+        raise ValueError(f"stage {stage.name}: log_level {stage.log_level!r}; one of {', '.join(LAMBDA_LOG_LEVELS)} "
+                         "(above INFO Lambda would drop the metrics' lines, which carry no level)")
+    return {"LogFormat": "JSON", "SystemLogLevel": "WARN", "ApplicationLogLevel": level}
 
 
 def _log_groups(stage: Stage) -> list[str]:
