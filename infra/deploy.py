@@ -131,16 +131,20 @@ def broken_rules(template: dict[str, Any], given: dict[str, str], stack: dict[st
     return broken
 
 
-def check_kms_keys(given: dict[str, str]) -> None:
+def check_kms_keys(given: dict[str, str], region: str) -> None:
     """Refuse a ``SecretsKmsKeyArns`` the functions' IAM policies keep no room for (more than
-    ``sync_config.MAX_SECRETS_KMS_KEYS`` keys, or not key ARNs), before anything is uploaded:
-    CloudFormation checks each key's shape (the parameter's pattern) but not how many there are,
-    and too many took a role past IAM's limit only when the stack updated its policies."""
+    ``sync_config.MAX_SECRETS_KMS_KEYS`` keys, or not key ARNs), or that names a key of another
+    region or partition than the stack's (``region``: the functions' SSM and Secrets Manager could
+    never use it), before anything is uploaded: CloudFormation checks each key's shape (the
+    parameter's pattern, the same in every region) but not how many there are nor where they are;
+    too many took a role past IAM's limit only when the stack updated its policies, and a key of
+    another region or partition was granted to no effect (a mistyped region: the reads of the
+    secrets were refused at the first login or pass, AccessDeniedException)."""
     if KMS_KEYS_PARAMETER not in given:
         return  # the stack's previous value, checked when it was given
     keys = [key.strip() for key in given[KMS_KEYS_PARAMETER].split(",") if key.strip()]
     try:
-        kms_key_regions(keys)
+        kms_key_regions(keys, region)
     except BadKmsKey as error:
         raise DeployError(f"{KMS_KEYS_PARAMETER}: {error}") from None
 
@@ -385,7 +389,7 @@ def deploy(session: Any, stage: str, bucket: str, package: Path | None, given: d
         code = (package / "deployment.zip").read_bytes()
         code_key = f"{prefix}/code-{_digest(code)}.zip"
         template = with_code_location(json.loads((package / "sam.json").read_text()), bucket, code_key)
-    check_kms_keys(given)
+    check_kms_keys(given, cloudformation.meta.region_name)
     refuse_values_not_allowed(template, given)
     name = stack_name(stage)
     stack = _existing_stack(cloudformation, name)

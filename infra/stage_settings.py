@@ -160,8 +160,25 @@ def name_the_api(session: Any, stage: Stage) -> None:
     apigateway.create_deployment(restApiId=api_id, stageName="api", description="gateway responses")
 
 
+def log_into_chalices_groups(session: Any, stage: Stage) -> None:
+    """Each function's ``LoggingConfig`` as the full stack sets it (``sync_config.logging_config``:
+    JSON lines, no START/END/REPORT), its log group the one Chalice made for it with the stage's
+    retention (``sync_config.log_group_name``); Chalice 1.34 has no option for either. Before, the
+    API function (which Chalice names ``vmpool-<stage>``, its group ``vmpool-<stage>-api_handler``)
+    wrote to ``/aws/lambda/vmpool-<stage>``, a group its role may neither create nor write to: the
+    API's lines were lost, and Chalice's group for it stayed empty. Each function is waited for first:
+    ``chalice deploy`` has just updated it, and Lambda refuses an update while one is in progress."""
+    lambda_ = session.client("lambda")
+    for function in sync_config.FUNCTION_NAMES:
+        name = sync_config.chalice_function_name(stage, function)
+        lambda_.get_waiter("function_updated_v2").wait(FunctionName=name)
+        lambda_.update_function_configuration(FunctionName=name, LoggingConfig={
+            **sync_config.logging_config(stage), "LogGroup": sync_config.log_group_name(stage, function)})
+
+
 def finish(session: Any, stage: Stage) -> None:
     report_batch_failures(session, stage)
+    log_into_chalices_groups(session, stage)
     name_the_api(session, stage)
 
 
@@ -177,7 +194,8 @@ def main(argv: list[str] | None = None, session: Any = None) -> int:
     stage = STAGES[args.stage]
     if args.finish:
         finish(session, stage)
-        print(f"stage-settings: {stage.name}: partial batch responses on, API named {stage.prefix}", file=sys.stderr)
+        print(f"stage-settings: {stage.name}: partial batch responses on, JSON logs into Chalice's log groups, API "
+              f"named {stage.prefix}", file=sys.stderr)
         return 0
     path = write_settings(stage, settings_from_outputs(stack_outputs(session.client("cloudformation"), stage)))
     print(f"stage-settings: wrote {path.relative_to(sync_config.ROOT)} and .chalice/config.json", file=sys.stderr)

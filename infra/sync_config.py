@@ -40,6 +40,12 @@ API_FUNCTION = "api_handler"
 TICK_FUNCTION = "tick"
 RECONCILE_FUNCTION = "reconcile"
 ROLES = ("api", "tick", "reconcile")
+FUNCTION_NAMES = (API_FUNCTION, TICK_FUNCTION, RECONCILE_FUNCTION)
+
+
+def chalice_function_name(stage: Stage, function_name: str) -> str:
+    """The name ``chalice deploy`` gives a function (the API handler is named after the app)."""
+    return stage.prefix if function_name == API_FUNCTION else f"{stage.prefix}-{function_name}"
 
 ENI_ACTIONS = (
     "ec2:CreateNetworkInterface",
@@ -282,7 +288,7 @@ def secrets_kms_statement(keys: Any, regions: list[str], in_template: bool = Fal
             "Condition": {"StringEquals": {"kms:ViaService": services}}}
 
 
-KMS_KEY_ARN_PATTERN = r"arn:aws[a-z-]{0,12}:kms:([a-z0-9-]{1,20}):[0-9]{12}:(?:key|alias)/[A-Za-z0-9/_-]{1,64}"
+KMS_KEY_ARN_PATTERN = r"arn:(aws[a-z-]{0,12}):kms:([a-z0-9-]{1,20}):[0-9]{12}:(?:key|alias)/[A-Za-z0-9/_-]{1,64}"
 """A customer-managed KMS key's ARN (or an alias's), each part bounded so the statement that
 grants the keys has a largest size (``SECRETS_KMS_RESERVE``). The stack's ``SecretsKmsKeyArns``
 parameter takes each member only in this shape (its ``AllowedPattern``)."""
@@ -297,10 +303,15 @@ class BadKmsKey(ValueError):
     """A ``SecretsKmsKeyArns`` entry that is not a KMS key or alias ARN, or too many of them."""
 
 
-def kms_key_regions(keys: list[str]) -> list[str]:
+def kms_key_regions(keys: list[str], stack_region: str | None = None) -> list[str]:
     """The regions of the KMS keys (in their ARNs): SSM and Secrets Manager use a key of their
     own region only, so these are the ``kms:ViaService`` regions of the statement. Raises
-    BadKmsKey for an entry that is no key ARN, or for more than ``MAX_SECRETS_KMS_KEYS``."""
+    BadKmsKey for an entry that is no key ARN, or for more than ``MAX_SECRETS_KMS_KEYS``; with
+    ``stack_region`` (where the stack is), for a key of another region or partition: the
+    functions ask SSM and Secrets Manager of their own region only, which can use no such key.
+    Before, such a key (a mistyped region, a copied ARN of another partition) was granted to no
+    effect: the reads of the secrets it was meant for were refused (AccessDeniedException), found
+    only at the first login or vSphere pass."""
     if len(keys) > MAX_SECRETS_KMS_KEYS:
         raise BadKmsKey(f"{len(keys)} keys; at most {MAX_SECRETS_KMS_KEYS} (the functions' IAM policies keep room "
                         "for that many)")
@@ -310,8 +321,13 @@ def kms_key_regions(keys: list[str]) -> list[str]:
         if match is None:
             raise BadKmsKey(f"{key!r} is not a KMS key ARN (arn:aws:kms:<region>:<account>:key/<id>, "
                             f"at most {MAX_KMS_KEY_ARN_CHARACTERS} characters)")
-        if match[1] not in regions:
-            regions.append(match[1])
+        partition, region = match.groups()
+        if stack_region is not None and (region, partition) != (stack_region, partition_of_region(stack_region).name):
+            raise BadKmsKey(f"{key!r} is a key of {region} ({partition}); the stack is in {stack_region} "
+                            f"({partition_of_region(stack_region).name}), whose SSM and Secrets Manager use keys of "
+                            "their own region only: the functions could never decrypt with it")
+        if region not in regions:
+            regions.append(region)
     return regions
 
 
@@ -359,6 +375,36 @@ def _in_stack_partition(resource: str) -> Any:
     if resource.startswith(_FILES_PARTITION):
         return {"Fn::Sub": "arn:${AWS::Partition}:" + resource[len(_FILES_PARTITION):]}
     return resource
+
+
+def log_group_name(stage: Stage, function_name: str) -> str:
+    """The log group a function of the stage writes to, the same in both deploy paths: the name
+    Chalice gives the group it makes for ``log_retention_in_days`` (``/aws/lambda/<app>-<stage>-<function>``,
+    ``vmpool-dev-api_handler`` for the API too), which each function is told to write to
+    (``logging_config``). Known before any function exists, so the full stack creates the group
+    first; and within ``_log_groups``, which the roles may write to."""
+    return f"/aws/lambda/{stage.prefix}-{function_name}"
+
+
+LAMBDA_LOG_LEVELS = {"DEBUG": "DEBUG", "INFO": "INFO"}
+"""A stage's ``log_level`` (Python's name) -> Lambda's ``ApplicationLogLevel``. Nothing above INFO:
+Lambda gives a line without a ``level`` key (the metrics' EMF lines) INFO, and drops it below
+the application level, so at WARN no metric would reach CloudWatch."""
+
+
+def logging_config(stage: Stage) -> dict[str, str]:
+    """Every function's ``LoggingConfig`` (Lambda's advanced logging controls) but its log group:
+    ``LogFormat`` JSON, so Lambda can filter by level; ``SystemLogLevel`` WARN, which drops Lambda's
+    own START, END and REPORT lines of every invocation (about 0.3 KB each); ``ApplicationLogLevel``
+    the stage's ``log_level``, because with JSON Powertools takes Lambda's level
+    (``AWS_LAMBDA_LOG_LEVEL``) over ``POWERTOOLS_LOG_LEVEL``: left unset it would be INFO whatever the
+    stage asks. Powertools' lines are JSON written to stdout, which Lambda passes on unchanged (its
+    JSON formatter is the root logger's, which Powertools keeps its records off)."""
+    level = LAMBDA_LOG_LEVELS.get(stage.log_level.upper())
+    if level is None:
+        raise ValueError(f"stage {stage.name}: log_level {stage.log_level!r}; one of {', '.join(LAMBDA_LOG_LEVELS)} "
+                         "(above INFO Lambda would drop the metrics' lines, which carry no level)")
+    return {"LogFormat": "JSON", "SystemLogLevel": "WARN", "ApplicationLogLevel": level}
 
 
 def _log_groups(stage: Stage) -> list[str]:
@@ -439,7 +485,7 @@ class BadStackSettings(ValueError):
     """A stage's stack settings (``.chalice/stack-<stage>.json``) that do not say where its stack is."""
 
 
-_QUEUE_URL = re.compile(r"https://sqs\.([a-z0-9-]{1,20})\.amazonaws\.com(?:\.cn)?/([0-9]{12})/[A-Za-z0-9_-]{1,80}")
+_QUEUE_URL = re.compile(r"https://sqs\.([a-z0-9-]{1,20})\.(amazonaws\.com(?:\.cn)?)/([0-9]{12})/[A-Za-z0-9_-]{1,80}")
 
 
 def stack_place(stage: Stage, settings: dict[str, Any]) -> StackPlace | None:
@@ -455,8 +501,15 @@ def stack_place(stage: Stage, settings: dict[str, Any]) -> StackPlace | None:
         raise BadStackSettings(f"{stack_settings_file(stage).name}: VMPOOL_RECONCILE_QUEUE_URL {url[:200]!r} is not "
                                "an SQS queue URL (https://sqs.<region>.amazonaws.com/<account>/<name>): the policy "
                                "files could not name the stack's resources exactly")
-    region, account = match.groups()
-    partition = partition_of_region(region).name
+    region, domain, account = match.groups()
+    stack_partition = partition_of_region(region)
+    partition, suffix = stack_partition.name, stack_partition.url_suffix
+    if domain != suffix:
+        # SQS's host in a region is in its partition's domain only (sqs.cn-north-1.amazonaws.com.cn);
+        # before, either domain passed for any region, and a URL no queue has was deployed.
+        raise BadStackSettings(f"{stack_settings_file(stage).name}: VMPOOL_RECONCILE_QUEUE_URL {url[:200]!r} names "
+                               f"{domain}, but {region} is in {partition}, whose queues are "
+                               f"https://sqs.{region}.{suffix}/<account>/<name>")
     secret = variables.get("VMPOOL_REDIS_AUTH_SECRET", "")
     if not secret.startswith(f"arn:{partition}:secretsmanager:{region}:{account}:secret:"):
         # A name: its ARN ends in a dash and six characters Secrets Manager chose.
@@ -513,7 +566,8 @@ def policy(stage: Stage, role: str, kms_keys: list[str] | None = None, zones: li
     if not kms_keys and place is None:  # the full stack's roles: its exact ARNs are longer than the files'
         size = max(size, _characters(_at_longest(stage, stack_policy(stage, document))) + SECRETS_KMS_RESERVE)
     if kms_keys:  # the chalice deploy path: the statement in this document, a region per key at most
-        statements.append(secrets_kms_statement(sorted(kms_keys), kms_key_regions(sorted(kms_keys))))
+        regions = kms_key_regions(sorted(kms_keys), place.region if place else None)
+        statements.append(secrets_kms_statement(sorted(kms_keys), regions))
         size = max(size, _characters({"Version": "2012-10-17", "Statement": statements}))
     if size > MAX_INLINE_POLICY_CHARACTERS:
         raise PolicyTooLarge(

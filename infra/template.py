@@ -6,6 +6,7 @@ schedule serve any number of them (the resource count is the same for 3 or 1,000
 
 - names (queues, secrets, the config bucket, the API, alarms, the dashboard) carrying the stage;
 - every function's VPC settings, Redis URL, queue URL and config bucket (SAM ``Globals``);
+- each function's log group, made before it, and its Lambda log format (``log_groups_first``);
 - the reconcile consumer's partial batch responses (``ReportBatchItemFailures``);
 - service-wide alarms and the CloudWatch dashboard, whose metric names come from
   chalicelib.observability (one source of truth).
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 STATIC_TEMPLATE = Path(__file__).with_name("template.yaml")
 REDIS_NODES = ("001", "002")  # NumCacheClusters: 2 -> <replication group id>-001 and -002
 DURATION_ALARM_FRACTION = 0.9
-FUNCTIONS = (sync_config.API_FUNCTION, sync_config.TICK_FUNCTION, sync_config.RECONCILE_FUNCTION)
+FUNCTIONS = sync_config.FUNCTION_NAMES
 SAM_ONLY = ("RestAPI",)
 """Static resources that only amend Chalice's own (absent from the infra-only stack)."""
 
@@ -59,9 +60,7 @@ def function_name_ref(stage: Stage, function_name: str, infra_only: bool) -> Any
     return {"Ref": function_logical_id(function_name)}
 
 
-def deployed_function_name(stage: Stage, function_name: str) -> str:
-    """The name ``chalice deploy`` gives a function (the API handler is named after the app)."""
-    return stage.prefix if function_name == sync_config.API_FUNCTION else f"{stage.prefix}-{function_name}"
+deployed_function_name = sync_config.chalice_function_name
 
 
 def api_name(stage: Stage) -> str:
@@ -130,13 +129,39 @@ def build(stage: Stage, infra_only: bool = False, config_file: Path | None = Non
     resources["RestAPI"]["Properties"]["GatewayResponses"] = stage_settings.sam_gateway_responses()
     resources["SecretsKmsDecryptPolicy"] = secrets_kms_policy()
     resources.update(role_policies(stage))
-    # Chalice 1.34 names the API handler's log group after "ApiHandler"; the function is "APIHandler".
-    resources["ApiHandlerLogGroup"] = {"Properties": {"LogGroupName": {"Fn::Sub": "/aws/lambda/${APIHandler}"}}}
+    resources.update(log_groups_first(stage))
     # The consumer reports failures per message (its queue URL in Globals orders it after the queue).
     reconcile_id = function_logical_id(sync_config.RECONCILE_FUNCTION)
-    resources[reconcile_id] = {"Properties": {"Events": {
-        f"{reconcile_id}SqsEventSource": {"Properties": {"FunctionResponseTypes": ["ReportBatchItemFailures"]}}}}}
+    resources[reconcile_id]["Properties"]["Events"] = {
+        f"{reconcile_id}SqsEventSource": {"Properties": {"FunctionResponseTypes": ["ReportBatchItemFailures"]}}}
     return template
+
+
+def log_group_logical_id(function_name: str) -> str:
+    """The logical ID of the log group Chalice makes for a function (``log_retention_in_days``)."""
+    return to_cfn_resource_name(f"{function_name}-log-group")
+
+
+def log_groups_first(stage: Stage) -> dict[str, Any]:
+    """Each function's log group, named before the function exists (``sync_config.log_group_name``),
+    and the function told to write to it (``LoggingConfig.LogGroup``, with ``sync_config.logging_config``):
+    the function refers to its group, so CloudFormation creates the group first and deletes it
+    last. Chalice names each group after its function (``/aws/lambda/${Tick}``), which made the
+    group wait for the function: the schedule or the queue's event source could invoke it in
+    between, Lambda created the group itself, and the stack's create failed on the group
+    "already exists" (a stack delete removed the group before the function, which could
+    recreate it, to fail the next create the same way). ``UpdateReplacePolicy: Retain``: a stack
+    that had the old names keeps their groups (and their lines, until the retention ends) when
+    the update replaces them; ``DeletionPolicy: Delete``: a deleted stack leaves no group behind
+    that a new stack of the stage would then fail to create."""
+    found: dict[str, Any] = {}
+    for function in FUNCTIONS:
+        group = log_group_logical_id(function)
+        found[group] = {"UpdateReplacePolicy": "Retain", "DeletionPolicy": "Delete",
+                        "Properties": {"LogGroupName": sync_config.log_group_name(stage, function)}}
+        found[function_logical_id(function)] = {"Properties": {"LoggingConfig": {
+            **sync_config.logging_config(stage), "LogGroup": {"Ref": group}}}}
+    return found
 
 
 def role_logical_id(function_name: str) -> str:
@@ -592,11 +617,8 @@ def dashboard(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
                  else deployed_function_name(stage, f), {"label": f}] for f in FUNCTIONS]
 
     api = api_name(stage)
-    def log_group(function: str) -> str:
-        name = "${" + function_logical_id(function) + "}" if not infra_only else deployed_function_name(stage, function)
-        return f"/aws/lambda/{name}"
-
-    tick_log, reconcile_log = log_group(sync_config.TICK_FUNCTION), log_group(sync_config.RECONCILE_FUNCTION)
+    tick_log, reconcile_log = (sync_config.log_group_name(stage, function)
+                               for function in (sync_config.TICK_FUNCTION, sync_config.RECONCILE_FUNCTION))
     widgets = [
         _widget("VMs ready, pending, running; capacity", service(m.READY, m.PENDING, m.RUNNING, m.CAPACITY),
                 stat="Maximum"),

@@ -92,6 +92,44 @@ def test_infra_stack_then_chalice_deploy(aws: boto3.Session, package: Package, r
     (mapping,) = lambda_.list_event_source_mappings(FunctionName="vmpool-dev-reconcile")["EventSourceMappings"]
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
 
+    # --finish: each function writes JSON lines into the group Chalice made for it with the
+    # stage's retention, which its role may write to. The API function (``vmpool-dev``) wrote to
+    # /aws/lambda/vmpool-dev, which its role may not create nor write to, and Chalice's group for
+    # it (vmpool-dev-api_handler) stayed empty. (moto keeps no LoggingConfig: the calls are read.)
+    told = _LoggingConfigs(aws)
+    stage_settings.log_into_chalices_groups(told, STAGE)
+    retention = {group["logGroupName"]: group.get("retentionInDays")
+                 for group in aws.client("logs").describe_log_groups(logGroupNamePrefix="/aws/lambda/")["logGroups"]}
+    assert sorted(told.configs) == names
+    account = aws.client("sts").get_caller_identity()["Account"]
+    for function, config in told.configs.items():
+        assert (config["LogFormat"], config["SystemLogLevel"], config["ApplicationLogLevel"]) == (
+            "JSON", "WARN", STAGE.log_level), function
+        assert retention.get(config["LogGroup"]) == STAGE.log_retention_days, function
+        role = {"vmpool-dev": "api", "vmpool-dev-tick": "tick", "vmpool-dev-reconcile": "reconcile"}[function]
+        stream = f"arn:aws:logs:us-east-1:{account}:log-group:{config['LogGroup']}:log-stream:x"
+        assert _allows(role, "logs:PutLogEvents", stream), function
+
+
+class _LoggingConfigs:
+    """conftest's moto AWS whose Lambda records the ``LoggingConfig`` each function is given
+    (moto takes the parameter and keeps nothing of it)."""
+
+    def __init__(self, aws: boto3.Session) -> None:
+        self.aws, self.configs = aws, {}
+
+    def client(self, name: str, **options: object) -> object:
+        client = self.aws.client(name, **options)  # type: ignore[call-overload]
+        if name == "lambda":
+            update = client.update_function_configuration
+
+            def recorded(**kwargs: object) -> object:
+                self.configs[kwargs["FunctionName"]] = kwargs["LoggingConfig"]
+                return update(**kwargs)
+
+            client.update_function_configuration = recorded
+        return client
+
 
 KMS_KEYS = ["arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
             "arn:aws:kms:eu-west-1:123456789012:alias/vmpool-secrets"]

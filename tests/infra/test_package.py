@@ -4,6 +4,8 @@ package (tests/infra/conftest.py), so they prove what would be deployed."""
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 import importlib
 import json
 import re
@@ -83,6 +85,85 @@ def test_every_function_gets_its_stage_settings(package: Package) -> None:
         assert role["Properties"]["Policies"][0]["PolicyDocument"] == sync_config.stack_policy(
             stage, json.loads(policy_file.read_text())), name
     assert config["environment_variables"]["POWERTOOLS_METRICS_NAMESPACE"] == f"vmpool/{stage.name}"
+
+
+def _references(value: Any) -> set[str]:
+    """The logical IDs a template value names (Ref, Fn::GetAtt, ``${Name}`` in Fn::Sub)."""
+    if isinstance(value, list):
+        return set().union(*(_references(item) for item in value))
+    if not isinstance(value, dict):
+        return set()
+    found: set[str] = set()
+    for key, item in value.items():
+        if key == "Ref" and isinstance(item, str):
+            found.add(item)
+        elif key == "Fn::GetAtt":
+            found.add(item[0] if isinstance(item, list) else str(item).split(".")[0])
+        elif key == "Fn::Sub":
+            text, variables = (item, {}) if isinstance(item, str) else item
+            found |= {name.split(".")[0] for name in re.findall(r"\$\{([^}!]+)\}", text)} | _references(variables)
+        else:
+            found |= _references(item)
+    return found
+
+
+def _made_before(package: Package, logical_id: str) -> set[str]:
+    """What CloudFormation creates before ``logical_id`` (and deletes after it): what it names,
+    depends on, and so on."""
+    resources, found, todo = package.resources, set(), [logical_id]
+    while todo:
+        resource = resources[todo.pop()]
+        depends_on = resource.get("DependsOn", [])
+        named = _references(resource.get("Properties", {})) | set([depends_on] if isinstance(depends_on, str)
+                                                                    else depends_on)
+        for name in (named & set(resources)) - found:
+            found.add(name)
+            todo.append(name)
+    return found
+
+
+def test_each_function_writes_to_a_log_group_made_before_it(package: Package) -> None:
+    """Chalice named each log group after its function (``/aws/lambda/${Tick}``), so CloudFormation
+    created the group after the function: the schedule or the queue's event source could invoke
+    it in between, Lambda created the group itself, and the stack's create failed on the group
+    "already exists" (a delete removed the group first, the function could recreate it). Now the
+    group's name is known before the function exists, the function is told to write there, and
+    so depends on it: the group is made first and deleted last, with the stage's retention, and
+    the function's role may write to it."""
+    stage = STAGES[package.stage]
+    written = set()
+    for name, function in functions(package).items():
+        group_id = function["Properties"].get("LoggingConfig", {}).get("LogGroup", {}).get("Ref")
+        assert group_id in package.of_type("AWS::Logs::LogGroup"), name
+        group = package.resources[group_id]
+        assert group_id in _made_before(package, name), name
+        assert name not in _made_before(package, group_id), name
+        assert group["Properties"]["RetentionInDays"] == stage.log_retention_days, name
+        log_group = group["Properties"]["LogGroupName"]
+        assert isinstance(log_group, str) and log_group.startswith("/aws/lambda/"), name
+        role = package.resources[function["Properties"]["Role"]["Fn::GetAtt"][0]]
+        (statement,) = [s for s in role["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+                        if "logs:PutLogEvents" in s["Action"]]
+        stream = ("arn:${AWS::Partition}:logs:${AWS::Region}:${AWS::AccountId}:log-group:"
+                  f"{log_group}:log-stream:2026/12/07/[$LATEST]0123")
+        assert any(fnmatch.fnmatchcase(stream, resource["Fn::Sub"]) for resource in statement["Resource"]), name
+        written.add(group_id)
+    assert written == set(package.of_type("AWS::Logs::LogGroup"))  # one each, none left unwritten
+
+
+def test_lambda_writes_json_lines_and_none_of_its_own_per_invocation(package: Package) -> None:
+    """Lambda's advanced logging controls: JSON, so it filters by level; its START, END and
+    REPORT lines (about 0.3 KB an invocation) dropped (SystemLogLevel WARN); the application's
+    level the stage's, which Powertools takes from Lambda (``AWS_LAMBDA_LOG_LEVEL``) over
+    ``POWERTOOLS_LOG_LEVEL`` once the format is JSON."""
+    for name, function in functions(package).items():
+        config = function["Properties"].get("LoggingConfig", {})
+        assert (config.get("LogFormat"), config.get("SystemLogLevel")) == ("JSON", "WARN"), name
+        assert config.get("ApplicationLogLevel") == environment(package, function)["POWERTOOLS_LOG_LEVEL"], name
+    # Lambda gives a line without a level (the metrics' EMF lines) INFO: a stage logging only
+    # warnings would lose every metric, so it is refused.
+    with pytest.raises(ValueError, match="metrics"):
+        sync_config.logging_config(dataclasses.replace(STAGES[package.stage], log_level="WARNING"))
 
 
 def test_reserved_concurrency_fits_the_account_default() -> None:

@@ -159,3 +159,61 @@ def test_make_deploy_gives_cloudformation_the_template_in_the_regions_domain(reg
     another partition: CloudFormation could not read the template and the change set failed."""
     assert deploy.template_url(_S3(region), "vmpool-deploy", "vmpool/dev/t.json") == (
         f"https://vmpool-deploy.{host}/vmpool/dev/t.json")
+
+
+def _wired(url: str) -> dict[str, Any]:
+    """A stage's stack settings (``.chalice/stack-<stage>.json``) naming its reconcile queue."""
+    return {"environment_variables": {"VMPOOL_RECONCILE_QUEUE_URL": url}}
+
+
+@pytest.mark.parametrize(("url", "partition"), [
+    ("https://sqs.eu-west-1.amazonaws.com/123456789012/vmpool-dev-reconcile", "aws"),
+    ("https://sqs.cn-north-1.amazonaws.com.cn/123456789012/vmpool-dev-reconcile", "aws-cn"),
+    ("https://sqs.us-gov-west-1.amazonaws.com/123456789012/vmpool-dev-reconcile", "aws-us-gov")])
+def test_a_queue_url_in_its_regions_domain_places_the_stack_in_that_partition(url: str, partition: str) -> None:
+    place = sync_config.stack_place(STAGES["dev"], _wired(url))
+    assert place is not None and place.partition == partition
+
+
+@pytest.mark.parametrize("url", ["https://sqs.eu-west-1.amazonaws.com.cn/123456789012/vmpool-dev-reconcile",
+                                 "https://sqs.cn-north-1.amazonaws.com/123456789012/vmpool-dev-reconcile"])
+def test_a_queue_url_in_another_partitions_domain_is_refused(url: str) -> None:
+    """SQS's host in a region is in its partition's domain only. Before, ``.amazonaws.com.cn``
+    passed for any region and ``.amazonaws.com`` for aws-cn's: the stage was wired to a URL no
+    queue has (every tick's sends failing), with policies naming the region's partition."""
+    with pytest.raises(sync_config.BadStackSettings, match=r"is in aws(-cn)?, whose queues are https://sqs"):
+        sync_config.stack_place(STAGES["dev"], _wired(url))
+
+
+CN_STACK = "https://sqs.cn-north-1.amazonaws.com.cn/123456789012/vmpool-dev-reconcile"
+KEYS_ELSEWHERE = ["arn:aws:kms:cn-north-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",  # aws, not aws-cn
+                  "arn:aws-cn:kms:cn-northwest-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"]
+
+
+@pytest.mark.parametrize("key", KEYS_ELSEWHERE)
+def test_the_chalice_deploy_path_refuses_a_kms_key_of_another_partition_or_region(key: str) -> None:
+    """The functions ask SSM and Secrets Manager of their own region, which use keys of that
+    region only: a key of another partition or region (a copied ARN, a mistyped region) was
+    granted to no effect, and each read of the secrets it was meant for refused
+    (AccessDeniedException) at the first login or vSphere pass. Writing the stage's policy files
+    (``python -m infra.stage_settings``, ``sync_config``) now refuses it, saying where each is."""
+    place = sync_config.stack_place(STAGES["dev"], _wired(CN_STACK))
+    with pytest.raises(sync_config.BadKmsKey, match="the stack is in cn-north-1 \\(aws-cn\\)"):
+        sync_config.policy(STAGES["dev"], "api", [key], zones=[], place=place)
+    granted = sync_config.policy(STAGES["dev"], "api", [CN_KEY], zones=[], place=place)
+    assert [s["Resource"] for s in granted["Statement"] if s["Action"] == "kms:Decrypt"] == [[CN_KEY]]
+
+
+def test_make_deploy_refuses_a_kms_key_of_another_region_before_anything_is_uploaded(
+        aws: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """CloudFormation checks each ``SecretsKmsKeyArns`` member against one pattern, the same in
+    every region and partition: ``make deploy`` refuses a key of another, in one line."""
+    aws.client("s3").create_bucket(Bucket="deploy-bucket")
+    key = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"  # the stack: us-east-1
+    code = deploy.main(["--stage", "dev", "--bucket", "deploy-bucket", "--infra-only", "--no-execute", "--poll", "0.1",
+                        "VpcId=vpc-0abc", "PrivateSubnetIds=subnet-0a,subnet-0b", "VCenterCidr=10.1.0.0/16",
+                        f"SecretsKmsKeyArns={key}"], session=aws)
+    assert code == 1
+    assert capsys.readouterr().err.startswith(f"deploy: SecretsKmsKeyArns: {key!r} is a key of eu-west-1 (aws); the "
+                                              "stack is in us-east-1 (aws)")
+    assert aws.client("s3").list_objects_v2(Bucket="deploy-bucket").get("KeyCount") == 0
