@@ -386,7 +386,9 @@ class TokenStore:
         within the limit, and another token made meanwhile (this one uncounted) may have filled
         it; refusing it now would break a client that saved it, for a failover it was never told
         of. The limit holds for new logins, which are refused (403) until the user deletes one,
-        as after ``max_tokens_per_user`` is lowered."""
+        as after ``max_tokens_per_user`` is lowered. Counted whatever the request's answer (a
+        403, a 404, a 503 after this): holding the value is what shows the token was given
+        out, not the request succeeding (docs/auth.md, "Tokens")."""
         self._confirm(keys=[self._token_key(record.token_hash), self._user_key(record.user),
                             self._times_key(record.user)],
                       args=[record.token_hash, int(record.created_at or 0), "-inf", 0,
