@@ -210,7 +210,7 @@ class TokenStore:
             score = int(_parse_iso(made) or 0)
             # The script refuses an existing hash: the (astronomically unlikely) collision retries.
             created = self._create_settled([key, *keys], [
-                user, made, pending, token_hash, self.max_per_user, cutoff,
+                user, made, pending, token_hash, self.max_per_user, score, cutoff,
                 self._token_key(KEY_PART), answer_deadline(self.redis), entry_id or "", *live])
             if created == -2:
                 # The user's tokens were made before token_times counted them (or by an older

@@ -8,12 +8,12 @@
 -- (store/settle.py: once marked, the API, this script's answer lost, found no token made and
 -- answered 503: nothing is made; the token's record is what shows it made).
 -- ARGV: user, now (ISO-8601), seconds the pending record lives (lua/token_confirm.lua sets the
--- ttl's and scores the token in token_times), the new hash, most live tokens a user may have (0:
--- no limit), the cutoff (a token made at or before it has expired; '-inf' without a ttl), the
--- template of a token's record (keys.token(KEY_PART)), the deadline (ms of Redis's clock, '' for
--- none: store/deadline.py) after which the API has given up on this answer and said the login
--- failed (503), the stable id of the user's directory entry ('' for none); then, only when the
--- caller was asked to (-2), 'read' and the user's live tokens it read: hash, score, hash, score...
+-- ttl's), the new hash, most live tokens a user may have (0: no limit), when the new token is made
+-- (epoch seconds; lua/token_confirm.lua scores it so), the cutoff (a token made at or before it
+-- has expired; '-inf' without a ttl), the template of a token's record (keys.token(KEY_PART)),
+-- the deadline (ms of Redis's clock, '' for none: store/deadline.py) after which the API has
+-- given up on this answer and said the login failed (503), the stable id of the user's directory entry ('' for none); then, only when the caller
+-- was asked to (-2), 'read' and the user's live tokens it read: hash, score, hash, score...
 -- The count is of token_times past the cutoff: O(log n) whatever the limit, the records unread.
 -- Both sets name the same hashes (every script that changes one changes the other); when their
 -- sizes differ (tokens made before token_times existed, or by an older version) the caller is
@@ -23,21 +23,21 @@
 -- it as not made: its caller was answered 503, and a token made now would be one nobody ever
 -- sees, counted against the user's limit.
 local FORGET_AT_ONCE = 100  -- expired tokens forgotten per call: bounded work, faster than they come
-if past_deadline(ARGV[8]) or redis.call('EXISTS', KEYS[4]) == 1 then
+if past_deadline(ARGV[9]) or redis.call('EXISTS', KEYS[4]) == 1 then
   return -3
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
 local hashes, times = KEYS[2], KEYS[3]
-local cutoff = ARGV[6]
+local cutoff = ARGV[7]
 if redis.call('SCARD', hashes) ~= redis.call('ZCARD', times) then
-  if ARGV[10] ~= 'read' then
+  if ARGV[11] ~= 'read' then
     return -2
   end
   redis.call('DEL', times)
-  for i = 11, #ARGV, 2 do
-    if redis.call('EXISTS', key_of(ARGV[7], ARGV[i])) == 1 then
+  for i = 12, #ARGV, 2 do
+    if redis.call('EXISTS', key_of(ARGV[8], ARGV[i])) == 1 then
       redis.call('ZADD', times, ARGV[i + 1], ARGV[i])
     end
   end
@@ -52,7 +52,7 @@ if cutoff ~= '-inf' then
   -- Forgotten as GET /token forgets them (a token past the ttl in effect is gone for good, even
   -- if token_ttl is raised again before Redis expires its record).
   for _, expired in ipairs(redis.call('ZRANGEBYSCORE', times, '-inf', cutoff, 'LIMIT', 0, FORGET_AT_ONCE)) do
-    redis.call('DEL', key_of(ARGV[7], expired))
+    redis.call('DEL', key_of(ARGV[8], expired))
     redis.call('SREM', hashes, expired)
     redis.call('ZREM', times, expired)
   end
@@ -62,8 +62,8 @@ if most > 0 and redis.call('ZCOUNT', times, '(' .. cutoff, '+inf') >= most then
   return -1
 end
 redis.call('HSET', KEYS[1], 'user', ARGV[1], 'created', ARGV[2], 'last', ARGV[2], 'pending', '1')
-if ARGV[9] ~= '' then
-  redis.call('HSET', KEYS[1], 'entry', ARGV[9])
+if ARGV[10] ~= '' then
+  redis.call('HSET', KEYS[1], 'entry', ARGV[10])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
