@@ -16,6 +16,10 @@ flood (a Lambda environment reclaimed while idle) loses at most one window's cou
 The names counted are the config's pools and aliases (an unknown name is a 404 before any
 miss) and reasons named in the code; past ``MAX_KEYS`` distinct ones in a window, the rest are
 counted under ``OTHER``: a line never grows with what callers send.
+
+``RefusalLog`` is the one window of bounded refusal lines: the local HTTP front's
+``local.front_logs.BoundedWarning`` (a request it cannot parse) is one, written to the front's
+logger and summed when its event loop says the window is over.
 """
 
 from __future__ import annotations
@@ -123,19 +127,21 @@ class RefusalLog:
             self._write(*taken)
         return say
 
-    def _take(self, now: float) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int], int, float] | None:
-        """The counts of the window, if it is over and holds any, emptied; a new window begins
-        now (a steady flood gives one summary a window). Under the lock."""
-        if now < self._window_end or not (self._refused or self._missed):
+    def _take(self, now: float, *, ended: bool = False
+              ) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int], int, float] | None:
+        """The counts of the window, if it is over (or ``ended``: the process stops) and holds
+        any, emptied; a new window begins now (a steady flood gives one summary a window). Under
+        the lock."""
+        if (now < self._window_end and not ended) or not (self._refused or self._missed):
             return None
         taken = (self._refused, self._missed, self._level, round(now - self._window_start, 1))
         self._refused, self._missed, self._level = {}, {}, logging.INFO
         self._window_start, self._window_end = now, now + self._window
         return taken
 
-    @staticmethod
-    def _write(refused: dict[tuple[str, str], int], missed: dict[tuple[str, str], int], level: int,
+    def _write(self, refused: dict[tuple[str, str], int], missed: dict[tuple[str, str], int], level: int,
                seconds: float) -> None:
+        """Write a window's counts: one ``requests refused`` line, and ``CheckoutMisses``."""
         if refused:
             by_reason: dict[str, dict[str, int]] = {}
             totals: dict[str, int] = {}

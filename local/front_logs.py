@@ -9,17 +9,16 @@ keys (``level``, ``location``, ``message``, ``timestamp``, ``service``) and the 
 
 A malformed request was logged once per request (uvicorn's ``Invalid HTTP request received.``):
 a client sending garbage over fresh connections made about 1,700 lines a second (130 KB/s of
-log; 500 requests, 500 lines of 77 bytes, in 0.3 s). ``BoundedWarning`` says the first at once
-and counts the rest, one summary line per window: a flood costs a line per worker per
-``window``, and no count is lost (the summary is written when its window ends, and when the
-worker stops).
+log; 500 requests, 500 lines of 77 bytes, in 0.3 s). ``BoundedWarning`` (the app's refusal log,
+``chalicelib.refusals.RefusalLog``, of one reason) says the first at once and counts the rest,
+one summary line per window: a flood costs a line per worker per ``window``, and no count is lost
+(the summary is written when its window ends, and when the worker stops).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-import threading
 import time
 from typing import Any, Callable
 
@@ -27,56 +26,68 @@ from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 
 from chalicelib.logs import SERVICE
 from chalicelib.observability import json_log_line
+from chalicelib.refusals import RefusalLog
 
 Schedule = Callable[[float, Callable[[], None]], Any]
 """Call a function after that many seconds (an event loop's ``call_later``)."""
 
 
-class BoundedWarning:
+class BoundedWarning(RefusalLog):
     """A warning a client can cause at will, logged at most about once per ``window`` seconds per
     process: the first of a quiet spell at once, with its details; those that follow within the
-    window are counted, and one line gives their count when it ends (``flush``). Safe to call
-    from several threads (a worker's event loops)."""
+    window are counted, and one line gives their count when it ends. The app's refusal log
+    (``chalicelib.refusals.RefusalLog``) of one reason, ``message``, written to ``log`` as that
+    message with its ``count`` (and the ``seconds`` a count covers); where the app's window is
+    written by the next request, this one's is written by a call its event loop makes when it ends
+    (a worker may serve nothing more), and by ``flush`` when the worker stops. Safe to call from
+    several threads (a worker's event loops)."""
 
     def __init__(self, log: logging.Logger, message: str, window: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(clock, window=window, max_keys=1)
         self._log = log
         self._message = message
-        self._window = window
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._window_end = float("-inf")
-        self._unsaid = 0
-        self._flush_due = False
+        self._summary_due = False
+        """A call is scheduled to write the window's count (one at a time)."""
 
     def note(self, schedule: Schedule, **details: Any) -> None:
         """One more occurrence, with its ``details`` (logged if it is the first in a window);
-        ``schedule`` runs the summary when the window ends."""
-        with self._lock:
-            now = self._clock()
-            if now >= self._window_end and self._unsaid == 0:
-                self._window_end = now + self._window
-                self._log.warning(self._message, extra={"count": 1, **details}, stacklevel=2)
-                return
-            self._unsaid += 1
-            if self._flush_due:
-                return
-            self._flush_due = True
-            wait = max(self._window_end - now, 0.0)
-        schedule(wait, self.flush)
+        ``schedule`` runs the summary when the window ends. Nothing is counted while ``log``
+        writes no warning."""
+        if not self._log.isEnabledFor(logging.WARNING):
+            return
+        if self._count(self._refused, [(self._message, "")], logging.WARNING, self._message):
+            self._log.warning(self._message, extra={"count": 1, **details}, stacklevel=2)
+            return
+        self._schedule_summary(schedule)
 
     def flush(self) -> None:
-        """Log how many occurrences have not been said yet, if any; a new window begins with it,
-        so a steady flood gives one line per window."""
+        """Log how many occurrences have not been said yet, if any, window over or not (the
+        worker stops); a new window begins with it."""
         with self._lock:
-            self._flush_due = False
-            unsaid, self._unsaid = self._unsaid, 0
-            if unsaid == 0:
+            taken = self._take(self._clock(), ended=True)
+        if taken is not None:
+            self._write(*taken)
+
+    def _schedule_summary(self, schedule: Schedule) -> None:
+        with self._lock:
+            if self._summary_due or not self._refused:
                 return
-            now = self._clock()
-            seconds = round(now - (self._window_end - self._window), 1)  # since its window began
-            self._window_end = now + self._window
-            self._log.warning(self._message, extra={"count": unsaid, "seconds": seconds})
+            self._summary_due = True
+            wait = max(self._window_end - self._clock(), 0.0)
+        schedule(wait, lambda: self._window_over(schedule))
+
+    def _window_over(self, schedule: Schedule) -> None:
+        with self._lock:
+            self._summary_due = False
+        self.flush_if_due()
+        # A note that came after the window ended and before this call wrote that window's count
+        # and began the next: what it holds is written when that one ends.
+        self._schedule_summary(schedule)
+
+    def _write(self, refused: dict[tuple[str, str], int], missed: dict[tuple[str, str], int], level: int,
+               seconds: float) -> None:
+        self._log.warning(self._message, extra={"count": sum(refused.values()), "seconds": seconds})
 
 
 class LoggerName(logging.Filter):

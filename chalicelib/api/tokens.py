@@ -13,7 +13,8 @@
 - ``DELETE /token/<t>`` needs the owner's Basic credentials (another user: 403). ``<t>`` may be
   the token or the id ``GET /token`` lists, so a lost token can still be revoked.
 - An administrator (``auth.admins``, ``auth.admin_groups``) may list and delete another user's
-  tokens with ``?user=<name>`` (``GET /token?user=bob``, ``DELETE /token/<id>?user=bob``), and
+  tokens with ``?user=<name>`` (``GET /token?user=bob``, ``DELETE /token/<id>?user=bob``), the
+  pending ones (made, not yet counted) listed too, marked ``"pending": true``, and
   delete any token held: a user removed from the directory can no longer log in to revoke theirs.
 - Without ``:auth:`` every token route answers 404, as in vmpooler.
 """
@@ -165,6 +166,12 @@ def list_tokens(services: Services, request: ApiRequest) -> ApiResponse:
     # the name: they were listed to the newcomer, who could not tell them from their own.
     own_entry = entry_id if user == caller else None
     records = _own_tokens(services, user, own_entry)[0]
+    if user != caller:
+        # An administrator revoking a user's tokens sees the pending ones too: one whose count a
+        # failover lost works for its holder (and is counted at its first use) though listed
+        # nowhere else. The user's own listing keeps to the tokens counted (a pending one there
+        # is most likely a failed login's, never given).
+        records += services.tokens.list_pending(user)
     body: dict[str, Any] = {record.id: record.public() for record in records}
     if not body:
         raise not_found()

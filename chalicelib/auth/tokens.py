@@ -9,6 +9,8 @@ Redis layout (every key under ``vmpool:``)::
                                              lua/token_confirm.lua counts the token)
     vmpool:user:<user>:tokens                set of the user's token hashes
     vmpool:user:<user>:token_times           the same hashes, scored by when each was made
+    vmpool:user:<user>:pending_tokens        the hashes of the user's pending tokens, by when each
+                                             was made (an administrator's ``GET /token?user=``)
 
 ``POST /token`` counts a user's live tokens in ``token_times`` (those made within the ttl) and
 forgets the expired ones there, in its script, without reading the user's tokens: making a token
@@ -92,6 +94,9 @@ class TokenRecord:
     """The stable id of the directory entry its user logged in as (auth/ldap.py ``entry_id``):
     the directory check refuses the token once the name is another entry's. None for a token made
     before ids were saved, or by a directory that gives none (the check goes by the name)."""
+    pending: bool = False
+    """Made by a login and not counted yet (``TokenStore.list_pending``); ``expires`` is then when
+    its record goes."""
 
     @property
     def created_at(self) -> float | None:
@@ -106,6 +111,8 @@ class TokenRecord:
         body: dict[str, Any] = {"created": _shown(self.created), "last": _shown(self.last)}
         if self.expires:
             body["expires"] = _shown(self.expires)
+        if self.pending:
+            body["pending"] = True
         return body
 
 
@@ -179,6 +186,9 @@ class TokenStore:
     def _times_key(self, user: str) -> str:
         return self.keys.user_token_times(user)
 
+    def _pending_key(self, user: str) -> str:
+        return self.keys.user_pending_tokens(user)
+
     def create(self, user: str, entry_id: str | None = None) -> str:
         """A new token for user (logged in as the directory entry ``entry_id``, when known).
         The token is returned once and is not stored anywhere.
@@ -196,7 +206,7 @@ class TokenStore:
         logins was refused new tokens (403) until ``token_ttl``."""
         if not isinstance(user, str) or not user:
             raise ValueError("a token needs a user")
-        keys = [self._user_key(user), self._times_key(user)]
+        keys = [self._user_key(user), self._times_key(user), self._pending_key(user)]
         live: list[str] = []  # given only when the script asks (-2): the user's tokens, read once
         while True:
             token = "".join(secrets.choice(TOKEN_ALPHABET) for _ in range(TOKEN_LENGTH))
@@ -245,7 +255,7 @@ class TokenStore:
         undo = ("EVAL", self._delete.script, len(keys), *keys, user, token_hash)
         with written_behind_a_lost_reply(undo) as follow_up:
             try:
-                counted = int(self._confirm(keys=keys, args=[
+                counted = int(self._confirm(keys=[*keys, self._pending_key(user)], args=[
                     token_hash, score, cutoff, self.max_per_user, self._seconds_left(made),
                     answer_deadline(self.redis)]))
             except redis_module.RedisError:
@@ -276,7 +286,7 @@ class TokenStore:
         made) is deleted by a deletion written behind it: nobody will ever see it."""
         settled = self.keys.settled(secrets.token_hex(16))
         user, token_hash = args[0], args[3]
-        undo = ("EVAL", self._delete.script, 3, *keys, user, token_hash)
+        undo = ("EVAL", self._delete.script, 3, *keys[:3], user, token_hash)
         return answered_or_settled(lambda: int(self._create(keys=[*keys, settled], args=args)),
                                    lambda: settled_done(self.redis, self._settle, settled, [undo], made=keys[0]), 1)
 
@@ -386,9 +396,11 @@ class TokenStore:
         within the limit, and another token made meanwhile (this one uncounted) may have filled
         it; refusing it now would break a client that saved it, for a failover it was never told
         of. The limit holds for new logins, which are refused (403) until the user deletes one,
-        as after ``max_tokens_per_user`` is lowered."""
+        as after ``max_tokens_per_user`` is lowered. Counted whatever the request's answer (a
+        403, a 404, a 503 after this): holding the value is what shows the token was given
+        out, not the request succeeding (docs/auth.md, "Tokens")."""
         self._confirm(keys=[self._token_key(record.token_hash), self._user_key(record.user),
-                            self._times_key(record.user)],
+                            self._times_key(record.user), self._pending_key(record.user)],
                       args=[record.token_hash, int(record.created_at or 0), "-inf", 0,
                             self._seconds_left(record.created), ""])
 
@@ -431,6 +443,33 @@ class TokenStore:
         records.sort(key=lambda r: (r.created, r.id))
         return records, revoked
 
+    def list_pending(self, user: str) -> list[TokenRecord]:
+        """The user's pending tokens (made by a login, not counted: ``create``), oldest first,
+        ``expires`` when each record goes. Most are the orphans of failed logins, given to nobody;
+        one whose count a failover lost is held by its user, works, and is counted at its first
+        use (``lookup``): an administrator revoking a user's tokens sees it and can delete it by
+        id before then. Those whose record is gone (expired, counted, deleted) are forgotten."""
+        pending_key = self._pending_key(user)
+        hashes = self.redis.zrange(pending_key, 0, -1)
+        if not hashes:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for token_hash in hashes:
+            pipe.hgetall(self._token_key(token_hash))
+        records: list[TokenRecord] = []
+        gone: list[str] = []
+        for token_hash, fields in zip(hashes, pipe.execute(), strict=True):
+            record = self._record(token_hash, fields) if fields.get("pending") else None
+            if record is None or record.user != user:
+                gone.append(token_hash)
+                continue
+            goes = (record.created_at or 0) + min(PENDING_SECONDS, self.ttl_seconds or PENDING_SECONDS)
+            records.append(dataclasses.replace(record, pending=True, expires=iso(goes)))
+        if gone:
+            self.redis.zrem(pending_key, *gone)
+        records.sort(key=lambda r: (r.created, r.id))
+        return records
+
     def delete(self, token: str, user: str) -> DeleteResult:
         """Delete a token if it belongs to user, under any spelling of the name (FORBIDDEN when it
         is someone else's)."""
@@ -439,11 +478,13 @@ class TokenStore:
         return self._delete_hash(hash_token(token), user)
 
     def delete_by_id(self, id_or_prefix: str, user: str) -> DeleteResult:
-        """Delete one of the user's own tokens by its listed id (a hash prefix, ``is_token_id``).
-        Only the user's tokens are considered, so this never answers FORBIDDEN."""
+        """Delete one of the user's own tokens by its listed id (a hash prefix, ``is_token_id``),
+        a pending one too (``list_pending``). Only the user's tokens are considered, so this never
+        answers FORBIDDEN."""
         if not is_token_id(id_or_prefix):
             return DeleteResult.NOT_FOUND
-        matches = [h for h in self.redis.smembers(self._user_key(user)) if h.startswith(id_or_prefix)]
+        held = {*self.redis.smembers(self._user_key(user)), *self.redis.zrange(self._pending_key(user), 0, -1)}
+        matches = [h for h in held if h.startswith(id_or_prefix)]
         if len(matches) != 1:
             return DeleteResult.NOT_FOUND
         return self._delete_hash(matches[0], user)

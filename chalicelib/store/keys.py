@@ -149,6 +149,9 @@ family through these validators.
                                      POST /token counts the user's live tokens in it (those made
                                      within token_ttl) and forgets expired ones, without reading them
                                      (lua/token_create.lua); kept by the scripts that change the set
+    user:<user>:pending_tokens zset  the hashes of a user's pending tokens (made, not yet counted), scored
+                                     by when each was made, for an administrator's GET /token?user=
+                                     (auth/tokens.py); expiring with the newest
     dircheck:<user hash>     hash    the directory's last answer on whether a token's user is still
                                      there, and who is asking again (auth/directory_check.py),
                                      expiring when no longer useful
@@ -490,6 +493,10 @@ class Keys:
     def user_token_times(self, user: str) -> str:
         """The user's token hashes scored by when each was made: what counts their live tokens."""
         return f"{self.prefix}user:{user}:token_times"
+
+    def user_pending_tokens(self, user: str) -> str:
+        """The hashes of the user's pending tokens (not yet counted), scored by when each was made."""
+        return f"{self.prefix}user:{user}:pending_tokens"
 
     def directory_check(self, user_hash: str) -> str:
         """The directory's last answer about a user (``directory_check.user_hash`` of the name)."""

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from chalicelib.api import tokens
-from chalicelib.auth.tokens import TOKEN_PREFIX, DeleteResult
+from chalicelib.auth.tokens import PENDING_SECONDS, TOKEN_PREFIX, DeleteResult
 from chalicelib.config import build
 from chalicelib.manager.dispatch import Ticker
 from chalicelib.manager.reconcile import reconcile_pool
@@ -615,3 +615,32 @@ def test_a_request_whose_token_is_deleted_after_its_check_is_refused(ldap_api: H
     assert late.status == 401, late.body
     assert late.body == {"ok": False, "error": "invalid or expired token"}
     assert POOL not in late.body
+
+
+def test_an_administrator_lists_and_revokes_a_token_whose_count_a_failover_lost(make_api, ldap_auth, slapd):
+    """bob was answered 200 with a token whose count (lua/token_confirm.lua) a failover lost: the
+    new primary has it pending, and it works for him. An administrator revoking bob's tokens got
+    404 for his listing and for its id, so it kept working (and, once used, lived on the ttl). Now
+    the listing shows it, marked pending with when its record goes, and its id deletes it."""
+    api = make_api(document(ldap_auth(admins=["alice"])))
+    admin, bob = basic("alice", slapd.password("alice")), basic("bob", slapd.password("bob"))
+    store = api.services.tokens
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store, "_confirm", lambda keys, args: 1)  # answered, then lost with the primary
+        made_at = api.clock.now()
+        held, used = api.new_token("bob", slapd.password("bob")), api.new_token("bob", slapd.password("bob"))
+    counted = api.new_token("bob", slapd.password("bob"))
+    assert api.call("GET", f"/api/v3/token/{used}").status == 200  # presented: counted now
+
+    listed = api.call("GET", "/api/v3/token?user=bob", headers=admin)
+    assert listed.status == 200 and set(listed.body) == {"ok", token_id(held), token_id(used), token_id(counted)}
+    assert listed.body[token_id(held)]["pending"] is True
+    assert listed.body[token_id(held)]["expires"] == ruby_time(int(made_at) + PENDING_SECONDS)  # its record goes then
+    assert "pending" not in listed.body[token_id(used)] and "pending" not in listed.body[token_id(counted)]
+    # bob's own listing keeps to the tokens counted: a pending one is most likely a failed login's.
+    assert set(api.call("GET", "/api/v3/token", headers=bob).body) == {"ok", token_id(used), token_id(counted)}
+
+    assert api.call("DELETE", f"/api/v3/token/{token_id(held)}?user=bob", headers=admin).body == {"ok": True}
+    assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": held}).status == 401
+    listed = api.call("GET", "/api/v3/token?user=bob", headers=admin)
+    assert set(listed.body) == {"ok", token_id(used), token_id(counted)}

@@ -106,6 +106,23 @@ def test_after_a_quiet_window_the_next_one_is_said_at_once_with_its_details(floo
     assert len(flood.caught) == 3
 
 
+def test_a_window_whose_summary_a_late_note_wrote_still_has_its_next_written_when_it_ends(flood: Flood) -> None:
+    """Two event loops of a worker: one notes a request after the window ended, before the other
+    runs the summary it scheduled. The note writes the window's count and begins the next; what
+    that next window counts is written when it ends, not left until another request or the stop."""
+    warning = flood.warning("bad", window=10)
+    for _ in range(3):
+        warning.note(flood.call_later)
+    flood.clock.advance(10)
+    warning.note(flood.call_later)  # before the scheduled summary runs: writes the window's 2 and itself
+    warning.note(flood.call_later)
+    flood.run_due()
+    assert [record.count for record in flood.caught] == [1, 3]
+    flood.clock.advance(10)
+    flood.run_due()
+    assert [record.count for record in flood.caught] == [1, 3, 1]
+
+
 def test_gunicorns_error_log_is_json_with_the_apps_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     stream = io.StringIO()
     monkeypatch.setattr("sys.stderr", stream)

@@ -4,12 +4,14 @@
 -- answer 200; that script checks the limit again, so creations at once pass no limit); a login
 -- that dies in between leaves no token counted against a user who never saw it (auth/tokens.py).
 -- KEYS[1] the new token's record, KEYS[2] the user's set of token hashes, KEYS[3] the same hashes
--- scored by when each token was made (the user's token_times), KEYS[4] the login's settled mark
--- (store/settle.py: once marked, the API, this script's answer lost, found no token made and
--- answered 503: nothing is made; the token's record is what shows it made).
+-- scored by when each token was made (the user's token_times), KEYS[4] the user's pending tokens
+-- (pending_tokens, by when each was made: an administrator lists them; lua/token_confirm.lua
+-- takes a token out as it counts it), KEYS[5] the login's settled mark (store/settle.py: once
+-- marked, the API, this script's answer lost, found no token made and answered 503: nothing is
+-- made; the token's record is what shows it made).
 -- ARGV: user, now (ISO-8601), seconds the pending record lives (lua/token_confirm.lua sets the
 -- ttl's), the new hash, most live tokens a user may have (0: no limit), when the new token is made
--- (epoch seconds; lua/token_confirm.lua scores it so), the cutoff (a token made at or before it
+-- (epoch seconds: its score in pending_tokens, and lua/token_confirm.lua's in token_times), the cutoff (a token made at or before it
 -- has expired; '-inf' without a ttl), the template of a token's record (keys.token(KEY_PART)),
 -- the deadline (ms of Redis's clock, '' for none: store/deadline.py) after which the API has
 -- given up on this answer and said the login failed (503), the stable id of the user's directory entry ('' for none); then, only when the caller
@@ -23,7 +25,7 @@
 -- it as not made: its caller was answered 503, and a token made now would be one nobody ever
 -- sees, counted against the user's limit.
 local FORGET_AT_ONCE = 100  -- expired tokens forgotten per call: bounded work, faster than they come
-if past_deadline(ARGV[9]) or redis.call('EXISTS', KEYS[4]) == 1 then
+if past_deadline(ARGV[9]) or redis.call('EXISTS', KEYS[5]) == 1 then
   return -3
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -66,4 +68,10 @@ if ARGV[10] ~= '' then
   redis.call('HSET', KEYS[1], 'entry', ARGV[10])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
+-- Those made before this one's pending hour (token_ttl when shorter) are gone with their records;
+-- the set lives as long as its newest.
+local made = tonumber(ARGV[6])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', made - tonumber(ARGV[3]))
+redis.call('ZADD', KEYS[4], made, ARGV[4])
+redis.call('EXPIRE', KEYS[4], ARGV[3])
 return 1
