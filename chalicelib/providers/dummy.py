@@ -323,8 +323,12 @@ class DummyProvider(Provider):
                 continue  # still cloning: a real hypervisor shows nothing yet
             booted = now >= vm["booted_at"]
             if booted and vm["powered_on"] and poweroff_percent and self._fails(pool, "getvm_poweroff_percent"):
+                # Over the VM as this read found it only: a disk or snapshot another pass added
+                # since stays (the VM is powered off by a later read instead).
+                as_read = json.dumps(vm)
                 vm["powered_on"] = False
-                self._save_vm(self._folder_key(pool), vm)
+                if not self._replace(self._folder_key(pool), vm, as_read):
+                    vm["powered_on"] = True
             result.append(
                 VMInfo(
                     name=vm["name"],
@@ -491,9 +495,13 @@ class DummyProvider(Provider):
                 vm["host"] = task["host"]
             else:
                 return  # nothing changed (a clone, a revert, a task applied before): no change to log
-            keys = [folder_key, self.keys.dummy_folder_version(folder_key), self.keys.dummy_folder_changes(folder_key)]
-            if self._script(self._replace_vm, keys, [CHANGE_LOG_KEPT, task["vm"], raw, json.dumps(vm)]):
+            if self._replace(folder_key, vm, raw):
                 return
+
+    def _replace(self, folder_key: str, vm: dict[str, Any], as_read: str) -> bool:
+        """Write ``vm`` if the folder still has it as ``as_read`` (its JSON then); whether it did."""
+        keys = [folder_key, self.keys.dummy_folder_version(folder_key), self.keys.dummy_folder_changes(folder_key)]
+        return bool(self._script(self._replace_vm, keys, [CHANGE_LOG_KEPT, vm["name"], as_read, json.dumps(vm)]))
 
     def destroy(self, pool: PoolConfig, hostname: str) -> str | None:
         started = self.destroy_vms(pool, [hostname])[hostname]

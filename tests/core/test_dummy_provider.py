@@ -206,7 +206,12 @@ class ReadsThenWaits:
         return getattr(self.client, name)
 
     def hget(self, *args: Any, **kwargs: Any) -> Any:
-        value = self.client.hget(*args, **kwargs)
+        return self._then_wait(self.client.hget(*args, **kwargs))
+
+    def hgetall(self, *args: Any, **kwargs: Any) -> Any:
+        return self._then_wait(self.client.hgetall(*args, **kwargs))
+
+    def _then_wait(self, value: Any) -> Any:
         meanwhile, self.meanwhile = self.meanwhile, lambda: None
         meanwhile()
         return value
@@ -237,6 +242,27 @@ def test_a_disk_and_a_snapshot_finished_by_two_overlapping_passes_are_both_on_th
     revert = provider.revert_snapshot(pool, "vm-1", "snap-a")
     clock.advance(10)
     assert provider.task_status(revert).state is TaskState.SUCCESS
+
+
+def test_a_vm_powered_off_by_an_inventory_read_keeps_the_snapshot_a_pass_added_since_the_read(
+        provider: DummyProvider, config: Config, redis_client: redis.Redis, clock: FakeClock) -> None:
+    """``getvm_poweroff_percent``: the read that powers a VM off wrote the VM back as it had read
+    it, over a snapshot another pass applied in between."""
+    pool = config.pool("alpha")
+    provider.clone(pool, "vm-1")
+    clock.advance(90)
+    snapshot = provider.create_snapshot(pool, "vm-1", "snap-a")
+    clock.advance(10)
+
+    def other_pass() -> None:
+        assert provider.task_status(snapshot).state is TaskState.SUCCESS
+
+    powering_off = DummyProvider(config_with(", getvm_poweroff_percent: 100").providers["dummy"],
+                                 ReadsThenWaits(redis_client, other_pass), clock, prefix="vmpool:")  # type: ignore[arg-type]
+    powering_off.list_vms(pool)
+    assert provider._require_vm(pool, "vm-1")["snapshots"] == ["snap-a"]
+    (vm,) = powering_off.list_vms(pool)  # the next read powers it off
+    assert not vm.powered_on and provider._require_vm(pool, "vm-1")["snapshots"] == ["snap-a"]
 
 
 def test_unknown_task_is_an_error(provider: DummyProvider) -> None:
