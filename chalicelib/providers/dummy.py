@@ -82,6 +82,25 @@ redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', version - kept)
 return version
 """
 
+_REPLACE_VM = """
+-- Write a VM of a folder only if it is still as the caller read it, logging the change as
+-- _WRITE_VMS does: a read-modify-write of one VM that another writer changed in between (two
+-- overlapping passes each applying a finished task to it) is told so instead of dropping the
+-- other's change. KEYS: folder, version, change log. ARGV: changes kept, the VM's name, the VM as
+-- read (JSON), the VM as it is to be (JSON). Returns 1 when written, 0 when it had changed (or gone).
+if redis.call('HGET', KEYS[1], ARGV[2]) ~= ARGV[3] then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[4])
+local version = redis.call('INCR', KEYS[2])
+redis.call('ZADD', KEYS[3], version, ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', version - tonumber(ARGV[1]))
+return 1
+"""
+APPLY_TRIES = 5
+"""Reads of a VM to apply a finished task to before the read leaves it to the next status read
+(each applies it again): every try lost to another writer of the same VM in between."""
+
 _START_IF_PRESENT = """
 -- Record a task on each VM the folder has. KEYS: folder, then one task key per VM.
 -- ARGV: the tasks' TTL, then per VM its name and its task as JSON.
@@ -139,6 +158,7 @@ class DummyProvider(Provider):
         self._calls = 0
         self._write_vms = registered(client, _WRITE_VMS)
         self._start_if_present = registered(client, _START_IF_PRESENT)
+        self._replace_vm = registered(client, _REPLACE_VM)
 
     # --- keys ---------------------------------------------------------------------------------
 
@@ -303,8 +323,12 @@ class DummyProvider(Provider):
                 continue  # still cloning: a real hypervisor shows nothing yet
             booted = now >= vm["booted_at"]
             if booted and vm["powered_on"] and poweroff_percent and self._fails(pool, "getvm_poweroff_percent"):
+                # Over the VM as this read found it only: a disk or snapshot another pass added
+                # since stays (the VM is powered off by a later read instead).
+                as_read = json.dumps(vm)
                 vm["powered_on"] = False
-                self._save_vm(self._folder_key(pool), vm)
+                if not self._replace(self._folder_key(pool), vm, as_read):
+                    vm["powered_on"] = True
             result.append(
                 VMInfo(
                     name=vm["name"],
@@ -452,22 +476,32 @@ class DummyProvider(Provider):
         return statuses
 
     def _apply(self, task: dict[str, Any]) -> None:
-        """Make a finished disk, snapshot or migration task's effect visible on the VM (idempotent)."""
+        """Make a finished disk, snapshot or migration task's effect visible on the VM (idempotent).
+        Written only over the VM as read (``_REPLACE_VM``), read again when another writer changed
+        it meanwhile: two passes applying a disk and a snapshot at once keep both."""
         if task["kind"] in ("clone", "revert"):
             return  # the clone wrote its VM when it started; a revert changes nothing we model
-        raw = self._call("hget", task["folder"], task["vm"])
-        if raw is None:
-            return
-        vm = json.loads(raw)
-        if task["kind"] == "disk" and task.get("disk_id") not in [d["id"] for d in vm["disks"]]:
-            vm["disks"].append({"id": task["disk_id"], "size_gb": task["size_gb"]})
-        elif task["kind"] == "snapshot" and task["snapshot"] not in vm["snapshots"]:
-            vm["snapshots"].append(task["snapshot"])
-        elif task["kind"] == "migrate" and vm.get("host") != task["host"]:
-            vm["host"] = task["host"]
-        else:
-            return  # nothing changed (a clone, a revert, a task applied before): no change to log
-        self._save_vm(task["folder"], vm)
+        folder_key = task["folder"]
+        for _ in range(APPLY_TRIES):
+            raw = self._call("hget", folder_key, task["vm"])
+            if raw is None:
+                return
+            vm = json.loads(raw)
+            if task["kind"] == "disk" and task.get("disk_id") not in [d["id"] for d in vm["disks"]]:
+                vm["disks"].append({"id": task["disk_id"], "size_gb": task["size_gb"]})
+            elif task["kind"] == "snapshot" and task["snapshot"] not in vm["snapshots"]:
+                vm["snapshots"].append(task["snapshot"])
+            elif task["kind"] == "migrate" and vm.get("host") != task["host"]:
+                vm["host"] = task["host"]
+            else:
+                return  # nothing changed (a clone, a revert, a task applied before): no change to log
+            if self._replace(folder_key, vm, raw):
+                return
+
+    def _replace(self, folder_key: str, vm: dict[str, Any], as_read: str) -> bool:
+        """Write ``vm`` if the folder still has it as ``as_read`` (its JSON then); whether it did."""
+        keys = [folder_key, self.keys.dummy_folder_version(folder_key), self.keys.dummy_folder_changes(folder_key)]
+        return bool(self._script(self._replace_vm, keys, [CHANGE_LOG_KEPT, vm["name"], as_read, json.dumps(vm)]))
 
     def destroy(self, pool: PoolConfig, hostname: str) -> str | None:
         started = self.destroy_vms(pool, [hostname])[hostname]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from typing import Any, Callable
 
 import pytest
 import redis
@@ -191,6 +192,77 @@ def test_disks_and_snapshots(provider: DummyProvider, config: Config, redis_clie
     clock.advance(10)
     assert failing.task_status(task).state is TaskState.ERROR
     assert [d["size_gb"] for d in provider._require_vm(pool, "vm-1")["disks"]] == [8]
+
+
+class ReadsThenWaits:
+    """The Redis client of a pass that stops right after its first read of a VM (``hget``) while
+    ``meanwhile`` runs: a second pass overlapping it (a run whose lease ran out while it was
+    paused, and the next run of the pool)."""
+
+    def __init__(self, client: redis.Redis, meanwhile: Callable[[], object]) -> None:
+        self.client, self.meanwhile = client, meanwhile
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def hget(self, *args: Any, **kwargs: Any) -> Any:
+        return self._then_wait(self.client.hget(*args, **kwargs))
+
+    def hgetall(self, *args: Any, **kwargs: Any) -> Any:
+        return self._then_wait(self.client.hgetall(*args, **kwargs))
+
+    def _then_wait(self, value: Any) -> Any:
+        meanwhile, self.meanwhile = self.meanwhile, lambda: None
+        meanwhile()
+        return value
+
+
+def test_a_disk_and_a_snapshot_finished_by_two_overlapping_passes_are_both_on_the_vm(
+        provider: DummyProvider, config: Config, redis_client: redis.Redis, clock: FakeClock) -> None:
+    """Each pass reads its task's status and the read applies the task to the VM. Before, each
+    read the VM, added its disk or snapshot and wrote the whole VM back: the pass that read first
+    and wrote last dropped the other's snapshot, which GET /vm/<host> went on listing (the
+    service recorded it as taken) while a revert to it failed, "snapshot not found"."""
+    pool = config.pool("alpha")
+    provider.clone(pool, "vm-1")
+    clock.advance(90)
+    disk = provider.add_disk(pool, "vm-1", 8)
+    snapshot = provider.create_snapshot(pool, "vm-1", "snap-a")
+    clock.advance(10)
+
+    def other_pass() -> None:
+        assert provider.task_status(snapshot).state is TaskState.SUCCESS
+
+    paused = DummyProvider(config.providers["dummy"], ReadsThenWaits(redis_client, other_pass),  # type: ignore[arg-type]
+                           clock, prefix="vmpool:")
+    assert paused.task_status(disk).state is TaskState.SUCCESS
+
+    vm = provider._require_vm(pool, "vm-1")
+    assert ([d["size_gb"] for d in vm["disks"]], vm["snapshots"]) == ([8], ["snap-a"])
+    revert = provider.revert_snapshot(pool, "vm-1", "snap-a")
+    clock.advance(10)
+    assert provider.task_status(revert).state is TaskState.SUCCESS
+
+
+def test_a_vm_powered_off_by_an_inventory_read_keeps_the_snapshot_a_pass_added_since_the_read(
+        provider: DummyProvider, config: Config, redis_client: redis.Redis, clock: FakeClock) -> None:
+    """``getvm_poweroff_percent``: the read that powers a VM off wrote the VM back as it had read
+    it, over a snapshot another pass applied in between."""
+    pool = config.pool("alpha")
+    provider.clone(pool, "vm-1")
+    clock.advance(90)
+    snapshot = provider.create_snapshot(pool, "vm-1", "snap-a")
+    clock.advance(10)
+
+    def other_pass() -> None:
+        assert provider.task_status(snapshot).state is TaskState.SUCCESS
+
+    powering_off = DummyProvider(config_with(", getvm_poweroff_percent: 100").providers["dummy"],
+                                 ReadsThenWaits(redis_client, other_pass), clock, prefix="vmpool:")  # type: ignore[arg-type]
+    powering_off.list_vms(pool)
+    assert provider._require_vm(pool, "vm-1")["snapshots"] == ["snap-a"]
+    (vm,) = powering_off.list_vms(pool)  # the next read powers it off
+    assert not vm.powered_on and provider._require_vm(pool, "vm-1")["snapshots"] == ["snap-a"]
 
 
 def test_unknown_task_is_an_error(provider: DummyProvider) -> None:
