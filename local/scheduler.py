@@ -79,9 +79,11 @@ a loaded machine, short enough that Ctrl-C of `make run` does not seem to hang."
 
 def merged(first: PoolMessage, second: PoolMessage) -> PoolMessage:
     """One message doing what both ask: a follow-up stays one (its Redis marker is cleared when
-    it runs), a lease to release is kept."""
+    it runs), a lease to release is kept, so is a drain (a follow-up queued before the pool left
+    the config, merged with the tick's drain, drains it: ``PoolMessage.drains``)."""
     reason = FOLLOWUP if FOLLOWUP in (first.reason, second.reason) else second.reason
-    return dataclasses.replace(second, reason=reason, lease=second.lease or first.lease)
+    return dataclasses.replace(second, reason=reason, lease=second.lease or first.lease,
+                               draining=first.drains or second.drains)
 
 
 def taken_by_the_run(message: PoolMessage) -> bool:

@@ -341,7 +341,8 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
         logger.info("config older than another function's: pool left to it", extra={
             "pool": message.pool, "generation": services.config.generation})
         if message.attempt < MAX_RETRIES or message.lease:
-            queue.send([(PoolMessage(message.pool, RETRY, message.lease, message.attempt + 1), RETRY_SECONDS)])
+            queue.send([(PoolMessage(message.pool, RETRY, message.lease, message.attempt + 1,
+                                     draining=message.drains), RETRY_SECONDS)])
         return None
     drain: PoolConfig | None = None
     if services.config.pool(message.pool) is None:
@@ -360,10 +361,16 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
             if wait is not None and message.attempt < MAX_RETRIES:
                 queue.send([(PoolMessage(message.pool, RETRY, attempt=message.attempt + 1), wait)])
             return None
-        if message.reason in (TICK, NUDGE):
-            # Sent for a pool the sender has configured: this config is older than the sender's
-            # (a push not yet read here); draining would empty a pool just added.
-            logger.info("message for a pool not configured here yet", extra={"pool": message.pool})
+        if not message.drains:
+            # Sent for a pool the sender has configured (a tick, a nudge, a retry or follow-up of a
+            # pass that ran it as configured): this config is older than the sender's (a push not
+            # yet read here; a config without generation, newest_config, cannot tell). Draining
+            # would empty a pool just added, or just added back: before, a retry or follow-up was
+            # taken for a drain, and the pool's ready VMs were destroyed and cloned again.
+            logger.info("message for a pool not configured here yet", extra={
+                "pool": message.pool, "reason": message.reason})
+            if message.reason in (RETRY, FOLLOWUP):
+                _leave_to_configured(services, message, queue)
             return None
         if settings is None:
             logger.info("message for an unknown pool dropped", extra={"pool": message.pool})
@@ -393,13 +400,28 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
     if report.unreleased_lease or (report.failures and report.look_again_in is not None):
         # (a failure without a time to look again, a malformed secret reference, waits for the tick)
         if message.attempt < MAX_RETRIES or report.unreleased_lease:
-            retry = PoolMessage(message.pool, RETRY, report.unreleased_lease, message.attempt + 1)
+            retry = PoolMessage(message.pool, RETRY, report.unreleased_lease, message.attempt + 1,
+                                draining=drain is not None)
             queue.send([(retry, RETRY_SECONDS)])
     elif report.look_again_in is not None:
         delay = min(report.look_again_in, MAX_DELAY_SECONDS)
         if fleet.claim_followup(message.pool, delay + FOLLOWUP_SLACK_SECONDS):
-            queue.send([(PoolMessage(message.pool, FOLLOWUP), delay)])
+            queue.send([(PoolMessage(message.pool, FOLLOWUP, draining=drain is not None), delay)])
     return report
+
+
+def _leave_to_configured(services: "Services", message: PoolMessage, queue: PoolQueue) -> None:
+    """A retry or follow-up of a pass that ran the pool as configured, received by a function
+    whose config does not have the pool: queued again (as a retry, while ``MAX_RETRIES`` allow)
+    for a function that has it. Its lease, a run's that ended, is released now and its follow-up
+    marker cleared, so the function that has the pool is not held up by them. A pool truly
+    removed meanwhile is drained by the tick's ``DRAIN``."""
+    if message.lease:
+        services.store.release_lease(message.pool, message.lease)
+    if message.reason == FOLLOWUP:
+        Fleet(services.store).followup_arrived(message.pool)
+    if message.attempt < MAX_RETRIES:
+        queue.send([(PoolMessage(message.pool, RETRY, attempt=message.attempt + 1), RETRY_SECONDS)])
 
 
 def newest_config(services: "Services") -> bool:
@@ -554,8 +576,10 @@ def _look_at_all(services: "Services", messages: list[PoolMessage], queue: PoolQ
     is the message's that asks the most of it: a follow-up (its arrival is noted), then one that
     drains a pool no longer configured (a tick or nudge for it is dropped: ``look_at``; a tick
     queued just before the pool left the config may share a batch with the next tick's drain),
-    then one carrying a lease."""
+    then one carrying a lease. It drains when any of them does (``PoolMessage.drains``)."""
     first = max(messages, key=lambda m: (m.reason == FOLLOWUP, m.reason not in (TICK, NUDGE), m.lease is not None))
+    if not first.drains and any(message.drains for message in messages):
+        first = dataclasses.replace(first, draining=True)  # a stale follow-up does not skip the drain
     for other in messages:
         if other.lease and other is not first:
             services.store.release_lease(other.pool, other.lease)

@@ -33,12 +33,22 @@ SQS carries up to 256 KB, which is not parsed."""
 @dataclass(frozen=True)
 class PoolMessage:
     """A request to look at one pool. ``lease``: a lease token to release first (a Redis stall
-    ate its release); ``attempt``: how many retries led here."""
+    ate its release); ``attempt``: how many retries led here; ``draining``: a retry or follow-up
+    of a drain pass (its sender had the pool as removed, ``drains``)."""
 
     pool: str
     reason: str = NUDGE
     lease: str | None = None
     attempt: int = 0
+    draining: bool = False
+
+    @property
+    def drains(self) -> bool:
+        """Whether the sender took the pool for removed from the config: a ``DRAIN``, or a retry
+        or follow-up of a drain pass. Any other message for a pool its receiver does not configure
+        was sent by a function that does (a push, or a deploy of a packaged config, not yet read
+        by the receiver): draining on it would empty a pool just added (dispatch.look_at)."""
+        return self.reason == DRAIN or self.draining
 
     def body(self, delay_seconds: int = 0) -> str:
         """The message's JSON; with ``delay_seconds``, the ``DelaySeconds`` it is sent with (not
@@ -72,6 +82,7 @@ class PoolMessage:
             lease=lease if isinstance(lease, str) else None,
             # A negative count would retry a failing pool forever (MAX_RETRIES counts up to it).
             attempt=attempt if isinstance(attempt, int) and not isinstance(attempt, bool) and attempt >= 0 else 0,
+            draining=fields.get("draining") is True,
         )
 
 
