@@ -426,11 +426,16 @@ def _leave_to_configured(services: "Services", message: PoolMessage, queue: Pool
 
 def newest_config(services: "Services") -> bool:
     """Whether this function's config is the newest any function runs passes with (noted in
-    Redis: config.Config.generation). Always true for a config read from a file (generation 0:
-    the local stack, a function without the S3 config), which no other config overlaps."""
-    generation = services.config.generation
-    return not generation or services.store.config_is_newest(generation, services.clock.now(),
-                                                             NEWEST_CONFIG_SECONDS)
+    Redis: config.Config.generation). A config read from a file (generation 0: the local stack,
+    a stage without a pushed config) is, unless a function ran with a pushed config within
+    ``NEWEST_CONFIG_SECONDS``: then it is the packaged config of a function whose first S3 read
+    failed (it keeps the config it has), perhaps many pushes behind. Before, it counted as the
+    newest: its passes undid the pushed config's (another template's VMs drained, pools added
+    since drained) and its tick recorded its pools' settings over the pushed ones."""
+    generation, now = services.config.generation, services.clock.now()
+    if not generation:
+        return not services.store.pushed_config_in_use(now, NEWEST_CONFIG_SECONDS)
+    return services.store.config_is_newest(generation, now, NEWEST_CONFIG_SECONDS)
 
 
 def draining(pool: PoolConfig) -> PoolConfig:

@@ -639,6 +639,18 @@ class Store:
             return bool(self.scripts.config_generation(keys=[self.keys.config_generation],
                                                        args=[repr(generation), repr(now), repr(ttl_seconds)]))
 
+    def pushed_config_in_use(self, now: float, ttl_seconds: float) -> bool:
+        """Whether a function ran with a config pushed to S3 (a generation, ``config_is_newest``'s
+        record) within ``ttl_seconds``. Read only: the config without generation asking writes
+        nothing (the local stack asks once a pass)."""
+        with _translate_errors():
+            recorded = self.client.get(self.keys.config_generation)
+        try:
+            newest, seen = (float(part) for part in str(recorded or "").split(" "))
+        except ValueError:
+            return False
+        return newest > 0 and now - seen <= ttl_seconds
+
     def mark_inventory_checked(self, pool: str, checked: str) -> None:
         """Note the provider's inventory token the pool's VMs were compared with, and when the
         last whole comparison was (see ``begin_pass``)."""

@@ -5,6 +5,7 @@ function a deploy behind must tell from the message itself that its sender has t
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterator
 
 import pytest
@@ -17,6 +18,7 @@ from chalicelib.manager.pool_queue import DRAIN, FOLLOWUP, RETRY, TICK, PoolMess
 from chalicelib.services import Services
 from chalicelib.store import STATES
 from chalicelib.store.fleet import Fleet
+from chalicelib.store.store import NEWEST_CONFIG_SECONDS
 from local.scheduler import LocalQueue
 
 CONFIG = """
@@ -143,3 +145,29 @@ def test_the_local_queue_keeps_a_drain_merged_into_a_follow_up() -> None:
     queue.send([(PoolMessage("fedora", DRAIN), 0.0)])
     message = queue.take(1.0)
     assert message is not None and message.reason == FOLLOWUP and message.drains
+
+
+def test_a_function_left_on_the_packaged_config_leaves_the_pools_to_the_pushed_one(behind: Services) -> None:
+    """A cold start whose first read of the pushed config failed (S3 throttled, a blip) keeps the
+    packaged config, which has no generation and may be many pushes behind. Before, it counted
+    as the newest config: its tick queued the drain of a pool pushed since and its consumer
+    destroyed that pool's ready VMs. A pushed config in use makes it give way."""
+    queue = RecordingQueue()
+    pushed = Services(dataclasses.replace(parse(CONFIG + FEDORA), generation=200.0), behind.client,
+                      clock=behind.clock, prefix=behind.store.keys.prefix)
+    Ticker().tick(pushed, queue)
+    ready = _fill_fedora(pushed, queue)
+    packaged = behind  # generation 0, without fedora
+    queue.sent.clear()
+    Ticker().tick(packaged, queue)
+    drains = [message for message, _ in queue.sent if message.reason == DRAIN]
+    assert [message.pool for message in drains] == ["fedora"]
+    queue.sent.clear()
+    assert look_at(packaged, drains[0], queue) is None
+    assert set(packaged.store.hostnames("fedora", "ready")) == ready  # none destroyed
+    assert [(m.pool, m.reason) for m, _ in queue.sent] == [("fedora", RETRY)]  # for a function on the push
+    assert look_at(pushed, queue.sent[0][0], queue) is not None
+    assert set(pushed.store.hostnames("fedora", "ready")) == ready
+    # Once no function has run the pushed config for a while, the packaged one is the newest.
+    behind.clock.advance(NEWEST_CONFIG_SECONDS + 1)  # type: ignore[attr-defined]
+    assert look_at(packaged, PoolMessage("debian", TICK), queue) is not None
