@@ -14,6 +14,13 @@ message gives them up: the records of its VMs not in use go (their machines are 
 hypervisor, named in one warning as they go), its open requests fail, and a VM in use stays its
 user's until returned or its lifetime ends, when its record goes the same way (its machine is
 never destroyed: nothing could). Once the pool holds no VM it is forgotten as a drained one is.
+
+The DNS records of the VMs given up are withdrawn as a drain's are, by the ``:dns_configs:``
+entry that published each (its DNS service needs no provider): a record the service failed to
+delete is noted (``Store.note_dns_left``) and tried again at the next drain message, and the pool
+is forgotten only once none is left, as a drained one. A record whose entry is gone from the
+config cannot be deleted: it is named once, in a warning. Before, the records stayed in the zone
+for good, names leading to addresses DHCP may give other machines.
 """
 
 from __future__ import annotations
@@ -21,9 +28,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from chalicelib import observability as metric
 from chalicelib.config import PoolConfig
+from chalicelib.dns.base import DnsError, DnsPlugin
 from chalicelib.manager import ondemand
-from chalicelib.observability import logger
+from chalicelib.observability import emit, logger
 from chalicelib.store import STATES
 from chalicelib.store.fleet import Fleet
 
@@ -38,6 +47,11 @@ NAMES_LOGGED = 100
 """The hostnames the warning of VMs given up names (the rest are counted)."""
 GIVEN_UP = "provider gone from the config: the machine is left on the hypervisor"
 """The reason noted on the record of a VM given up (its ``reason``, shown by GET /vm/<hostname>)."""
+DNS_DELETES_PER_LOOK = 50
+"""Records of VMs given up one look deletes at most (a call each to the DNS service, 50 names to
+an update with ``dynamic-dns``); the rest are noted and deleted by the next looks."""
+DNS_ENTRY_GONE = "entry_gone"
+"""``DnsFailures``' reason for a record nothing can delete (as ``context.DNS_ENTRY_GONE``)."""
 
 
 @dataclass
@@ -52,6 +66,12 @@ class GivenUp:
     """VMs in use kept their user's (until returned or their lifetime ends)."""
     failed_requests: list[str] = field(default_factory=list)
     forgotten: bool = False
+    dns_deleted: list[str] = field(default_factory=list)
+    """The names whose DNS records were deleted."""
+    dns_left: list[str] = field(default_factory=list)
+    """The names whose DNS records the service failed to delete (tried again at the next look)."""
+    dns_unreachable: list[str] = field(default_factory=list)
+    """The names whose DNS entry is gone from the config: their records stay in the zone."""
 
 
 def give_up(services: "Services", pool: PoolConfig) -> GivenUp:
@@ -96,8 +116,74 @@ def give_up(services: "Services", pool: PoolConfig) -> GivenUp:
                               "hostnames": names[:NAMES_LOGGED],
                               "by_state": {state: len(hostnames) for state, hostnames in result.dropped.items()},
                               "in_use": result.in_use, "requests_failed": len(result.failed_requests)})
-    if not any(store.counts([pool.name])[pool.name].values()) and fleet.forget(pool.name, now):
+    withdraw_records(services, pool, [name for names in result.dropped.values() for name in names], result)
+    if not any(store.counts([pool.name])[pool.name].values()) and not store.dns_left(pool.name, 1) \
+            and fleet.forget(pool.name, now):
         result.forgotten = True
         logger.info("removed pool forgotten without draining: its provider is gone from the config",
                     extra={"pool": pool.name, "provider": pool.provider})
     return result
+
+
+def withdraw_records(services: "Services", pool: PoolConfig, given_up: list[str], result: GivenUp) -> None:
+    """Delete the DNS records of the VMs just ``given_up`` and of those earlier looks failed to
+    delete (``Store.dns_left``), each by the entry that published it (the pool's ``dns_plugin``
+    for a record that names none), ``DNS_DELETES_PER_LOOK`` at most. Only a record still noted
+    on a given-up VM is deleted (a name taken by a new VM since is never deleted from under it).
+    A failure of the service stops the look: the rest wait for the next one."""
+    store, now = services.store, services.clock.now()
+    hostnames = list(dict.fromkeys([*store.dns_left(pool.name, DNS_DELETES_PER_LOOK), *given_up]))
+    if not hostnames:
+        return
+    records = store.records(hostnames)
+    done: list[str] = []
+    by_entry: dict[str, tuple[DnsPlugin, str, list[tuple[str, str]]]] = {}
+    for hostname in hostnames:
+        record = records.get(hostname)
+        fqdn = record.raw.get("dns_name") if record is not None else None
+        if record is None or record.state != "destroyed" or not fqdn:
+            done.append(hostname)  # nothing published, or its record expired: nothing to delete
+            continue
+        noted = str(record.raw.get("dns_plugin") or "")
+        entry = noted or pool.dns_plugin
+        plugin = services.dns_plugin_named(entry) if entry else None
+        if plugin is None or not plugin.manages_records:
+            result.dns_unreachable.append(str(fqdn))
+            store.update_vm(hostname, dns_name=None, dns_plugin=None, dns_published=None, dns_error=None)
+            done.append(hostname)
+            continue
+        by_entry.setdefault(plugin.name, (plugin, noted, []))[2].append((hostname, str(fqdn)))
+    sent = 0
+    failed: DnsError | None = None
+    for plugin, noted, names in by_entry.values():
+        for start in range(0, len(names), DNS_DELETES_PER_LOOK):
+            chunk = names[start:start + DNS_DELETES_PER_LOOK]
+            outcome: dict[str, DnsError | None] = {}
+            if failed is None and sent < DNS_DELETES_PER_LOOK:
+                try:
+                    outcome = plugin.delete_many(list(chunk))
+                except DnsError as error:  # the service did not answer or refused the entry
+                    failed = error
+                sent += len(chunk)
+            for hostname, fqdn in chunk:
+                if hostname in outcome and outcome[hostname] is None:
+                    store.forget_dns(hostname, fqdn, noted)
+                    result.dns_deleted.append(hostname)
+                    done.append(hostname)
+                else:  # failed, or not sent this look: the next look tries again
+                    if hostname in outcome:
+                        failed = failed or outcome[hostname]
+                    store.note_dns_left(pool.name, hostname, now)
+                    result.dns_left.append(hostname)
+    store.forget_dns_left(pool.name, done)
+    if result.dns_unreachable:
+        emit(pool.name, {metric.DNS_FAILURES: len(result.dns_unreachable)}, dimensions={"reason": DNS_ENTRY_GONE})
+        logger.warning("DNS records of VMs given up left in the zone: the dns_configs entry that published them "
+                       "is gone from the config (delete them there)",
+                       extra={"pool": pool.name, "count": len(result.dns_unreachable),
+                              "fqdns": result.dns_unreachable[:NAMES_LOGGED]})
+    if failed is not None:
+        emit(pool.name, {metric.DNS_FAILURES: 1}, dimensions={"reason": failed.metric_key})
+        logger.warning("DNS records of VMs given up not deleted: tried again at the pool's next drain message",
+                       extra={"pool": pool.name, "count": len(result.dns_left), "error": str(failed),
+                              "reason": failed.metric_key})
