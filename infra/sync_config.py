@@ -56,6 +56,15 @@ ENI_ACTIONS = (
 )
 """What Lambda needs to attach functions to a VPC; EC2 does not scope these to a resource."""
 
+LOG_ACTIONS = ("logs:CreateLogStream", "logs:PutLogEvents")
+"""What a function needs to write to its log group, and nothing to create one: in both paths the
+group exists before the function runs (the packaged stack's ``LogGroup`` resources, which each
+function refers to, infra/template.py ``log_groups_first``; Chalice's own groups, made before the
+functions they belong to, for ``chalice deploy``), with the stage's retention. Until 2026-12-07
+the roles also had ``logs:CreateLogGroup``: a group deleted by hand was recreated by Lambda at
+the function's next invocation without retention, its lines kept for ever. A deleted group now
+drops the function's lines until it is made again (docs/deploy.md)."""
+
 XRAY_ACTIONS = ("xray:PutTraceSegments", "xray:PutTelemetryRecords")
 """X-Ray's write actions take no resource."""
 
@@ -539,7 +548,7 @@ def policy(stage: Stage, role: str, kms_keys: list[str] | None = None, zones: li
     queue = f"arn:aws:sqs:*:*:{stage.reconcile_queue_name}"
     secrets = SECRETS_BY_ROLE[role]
     statements = [
-        _statement(["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"], _log_groups(stage)),
+        _statement(LOG_ACTIONS, _log_groups(stage)),
         _statement(ENI_ACTIONS, "*"),
         _statement(["secretsmanager:GetSecretValue"],
                    [f"arn:aws:secretsmanager:*:*:secret:{prefix}{name}-*" for name in secrets]),

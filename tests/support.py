@@ -120,6 +120,21 @@ def unanswered_port(address: str = "127.0.0.1", port: int = 0) -> Iterator[int]:
         listener.close()
 
 
+def connects_recorded(patch: pytest.MonkeyPatch) -> list[str]:
+    """The addresses (host parts) the process connects to from now on, in order, refused or not:
+    each socket's ``connect`` (ldap3 calls it once an address). What a test of a client's
+    timeouts and retries asserts instead of the time it took, which a loaded machine stretches."""
+    tried: list[str] = []
+    connect = socket.socket.connect
+
+    def recorded(self: socket.socket, address: Any) -> None:
+        tried.append(address[0])
+        connect(self, address)
+
+    patch.setattr(socket.socket, "connect", recorded)
+    return tried
+
+
 def _listening_sockets(port: int, udp: bool = False) -> set[str]:
     """The listening TCP sockets on ``port`` (any address, IPv4 or IPv6), and with ``udp`` the
     UDP sockets bound to it, as a process's descriptors link to them (``socket:[inode]``), read

@@ -189,6 +189,11 @@ class TokenStore:
     def _pending_key(self, user: str) -> str:
         return self.keys.user_pending_tokens(user)
 
+    def _delete_keys(self, token_hash: str, user: str) -> list[str]:
+        """lua/token_delete.lua's keys for user's token: its record and every index naming it
+        (the pending one too, so a pending token deleted leaves no hash behind)."""
+        return [self._token_key(token_hash), self._user_key(user), self._times_key(user), self._pending_key(user)]
+
     def create(self, user: str, entry_id: str | None = None) -> str:
         """A new token for user (logged in as the directory entry ``entry_id``, when known).
         The token is returned once and is not stored anywhere.
@@ -251,11 +256,11 @@ class TokenStore:
         listed and counted. Its answer lost, the token is deleted (written behind the lost reply
         on its connection, so Redis runs the deletion right after the script, however long it
         stalls; else sent anew): the 503 leaves no token counted that the user never saw."""
-        keys = [self._token_key(token_hash), self._user_key(user), self._times_key(user)]
+        keys = self._delete_keys(token_hash, user)  # lua/token_confirm.lua's too
         undo = ("EVAL", self._delete.script, len(keys), *keys, user, token_hash)
         with written_behind_a_lost_reply(undo) as follow_up:
             try:
-                counted = int(self._confirm(keys=[*keys, self._pending_key(user)], args=[
+                counted = int(self._confirm(keys=keys, args=[
                     token_hash, score, cutoff, self.max_per_user, self._seconds_left(made),
                     answer_deadline(self.redis)]))
             except redis_module.RedisError:
@@ -286,7 +291,7 @@ class TokenStore:
         made) is deleted by a deletion written behind it: nobody will ever see it."""
         settled = self.keys.settled(secrets.token_hex(16))
         user, token_hash = args[0], args[3]
-        undo = ("EVAL", self._delete.script, 3, *keys[:3], user, token_hash)
+        undo = ("EVAL", self._delete.script, 4, *keys[:4], user, token_hash)
         return answered_or_settled(lambda: int(self._create(keys=[*keys, settled], args=args)),
                                    lambda: settled_done(self.redis, self._settle, settled, [undo], made=keys[0]), 1)
 
@@ -381,7 +386,7 @@ class TokenStore:
         if record is None:
             if fields.get("user"):
                 owner = fields["user"]
-                self._delete(keys=[key, self._user_key(owner), self._times_key(owner)], args=[owner, token_hash])
+                self._delete(keys=self._delete_keys(token_hash, owner), args=[owner, token_hash])
             return None
         if fields.get("pending"):
             self._count_presented(record)
@@ -435,8 +440,7 @@ class TokenStore:
             record = self._record(token_hash, fields) if fields else None
             departed = record is not None and other_entry(record.entry_id, entry_id)
             if record is None or record.user != user or departed:
-                deleted = self._delete(keys=[self._token_key(token_hash), user_key, self._times_key(user)],
-                                       args=[user, token_hash])
+                deleted = self._delete(keys=self._delete_keys(token_hash, user), args=[user, token_hash])
                 revoked += int(departed and int(deleted) == 1)
                 continue
             records.append(record)
@@ -497,7 +501,7 @@ class TokenStore:
             # still alice's. The script deletes it only while it is still that owner's.
             user = owner
         holder = owner if owner is not None else user
-        result = int(self._delete(keys=[key, self._user_key(holder), self._times_key(holder)], args=[user, token_hash]))
+        result = int(self._delete(keys=self._delete_keys(token_hash, holder), args=[user, token_hash]))
         if result == 1:
             return DeleteResult.DELETED
         if result == -1:

@@ -19,6 +19,7 @@ from chalicelib.auth.ldap import LdapAuthenticator, parse_ldap_settings
 from chalicelib.auth.secrets import SecretReference, SecretUnavailable, plain_secret
 from chalicelib.config import ConfigError, parse
 from tests.auth.slapd import BASE, PEOPLE_OU, USERS_OU, SlapdServer
+from tests.support import connects_recorded
 
 ALL_USERS = ("alice", "comma,user", "bob", "carol")
 
@@ -340,12 +341,20 @@ def test_start_tls_against_a_plain_only_or_broken_server_is_unavailable_not_clea
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_server_down_is_unavailable_quickly(slapd, mode, closed_port):
-    auth = MODES[mode](slapd, port=closed_port)
+def test_server_down_is_unavailable_quickly(slapd, mode, closed_port, monkeypatch):
+    """A directory that refuses connections: a 503 after one connection refused, waiting out none
+    of the login's timeouts."""
+    auth = MODES[mode](slapd, port=closed_port, connect_timeout=10, receive_timeout=10, login_timeout=15)
+    tried = connects_recorded(monkeypatch)
     started = time.monotonic()
     with pytest.raises(AuthUnavailable) as raised:
         auth.authenticate("alice", slapd.password("alice"))
-    assert time.monotonic() - started < 3
+    took = time.monotonic() - started
+    assert tried == ["127.0.0.1"]  # not connected to again (and again) until the deadline
+    # A guard against waiting, not a speed: a refused connection ends at once (a few ms), and
+    # each timeout here is 10 s or more, so a loaded machine has seconds to spare while a login
+    # that waited any timeout out (or its retries, counted above, until the deadline) fails.
+    assert took < 10, f"the login took {took:.1f} s"
     assert slapd.password("alice") not in str(raised.value)
 
 
@@ -356,12 +365,16 @@ def test_silent_server_hits_the_receive_timeout():
         port = listener.getsockname()[1]
         auth = LdapAuthenticator(parse_ldap_settings(
             {"host": "127.0.0.1", "port": port, "base": "dc=x", "encryption": "plain",
-             "connect_timeout": 1, "receive_timeout": 1}
+             "connect_timeout": 1, "receive_timeout": 1, "login_timeout": 24}
         ))
         started = time.monotonic()
         with pytest.raises(AuthUnavailable):
             auth.authenticate("alice", "pw")
-        assert time.monotonic() - started < 5
+        took = time.monotonic() - started
+        # A guard against waiting for an answer that never comes, not a speed: the receive
+        # timeout (1 s) ends it; without it the login's deadline (24 s) would. 12 s is room for a
+        # loaded machine and still tells the two apart.
+        assert took < 12, f"the login took {took:.1f} s: not ended by its receive_timeout"
 
 
 def test_wrong_service_account_password_is_unavailable_not_a_wrong_user_password(slapd, caplog):

@@ -10,6 +10,7 @@ import pytest
 
 from chalicelib.auth.tokens import PENDING_SECONDS, DeleteResult, TokenStore, TooManyTokens, hash_token
 from chalicelib.clock import FakeClock
+from chalicelib.store.store import TokenNotDurable
 
 
 @pytest.fixture
@@ -313,6 +314,48 @@ def test_a_pending_token_nobody_presents_is_never_counted(redis_client, clock):
     assert limited.lookup(token) is not None
     assert [record.id for record in limited.list_for_user("alice")] == [hash_token(token)[:16]]
     assert redis_client.hget(limited.keys.token(hash_token(orphan)), "pending") == "1"
+
+
+def pending_deleted_by_id(redis_client, clock) -> str:
+    """An administrator deletes a pending token by the id the listing showed (DELETE
+    /token/<id>?user=) before any listing runs again."""
+    store = TokenStore(redis_client, clock, ttl_hours=24)
+    token_hash = hash_token(count_lost(store))
+    assert store.delete_by_id(token_hash[:16], "alice") is DeleteResult.DELETED
+    return token_hash
+
+
+def pending_of_a_login_no_replica_had(redis_client, clock) -> str:
+    """A login whose token no replica acknowledged in time (503): the token is deleted."""
+    store = TokenStore(redis_client, clock, ttl_hours=24, replicated=lambda: False)
+    made = []
+    create = store._create
+    store._create = lambda keys, args: made.append(args[3]) or create(keys=keys, args=args)  # type: ignore[method-assign]
+    with pytest.raises(TokenNotDurable):
+        store.create("alice")
+    return made[0]
+
+
+def pending_presented_past_the_ttl(redis_client, clock) -> str:
+    """A pending token presented once token_ttl has passed (before Redis expired its record):
+    refused and deleted."""
+    store = TokenStore(redis_client, clock, ttl_hours=0.5)
+    token = count_lost(store)
+    clock.advance(1800)
+    assert store.lookup(token) is None
+    return hash_token(token)
+
+
+@pytest.mark.parametrize("deleted", [pending_deleted_by_id, pending_of_a_login_no_replica_had,
+                                     pending_presented_past_the_ttl])
+def test_a_deleted_pending_token_leaves_nothing_in_redis(redis_client, clock, deleted):
+    """Every deletion of a pending token takes its hash out of the user's pending index with its
+    record: before, lua/token_delete.lua left it there until the next administrator's listing or
+    an hour later, so each login refused for want of a replica added a hash to a key nobody was
+    told of."""
+    token_hash = deleted(redis_client, clock)
+    assert token_hash not in dump(redis_client)
+    assert not redis_client.exists("vmpool:user:alice:pending_tokens")
 
 
 @pytest.mark.parametrize("new_ttl_hours", [None, 24 * 30], ids=["ttl-removed", "ttl-raised"])

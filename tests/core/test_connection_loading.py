@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -107,7 +106,6 @@ def test_a_command_refused_while_redis_loads_never_ran_and_is_not_sent_again(loa
     client = production_client(RedisConfig(), loading_port)
     assert client.ping()  # a pooled connection, checked before the load
     asking = start_loading(loading_port)
-    started = time.monotonic()
 
     with pytest.raises(redis.BusyLoadingError) as refused:
         client.set("a", "b")
@@ -115,7 +113,9 @@ def test_a_command_refused_while_redis_loads_never_ran_and_is_not_sent_again(loa
 
     assert never_sent(refused.value) and not isinstance(refused.value, ReplyLost)
     assert rejected_sets(loading_port) == 1  # once: an immediate retry meets the same load
-    assert time.monotonic() - started < 5  # answered, not waited out
+    # Answered, not waited out: counted, not timed (a loaded machine stretches any time). A
+    # client that retried meanwhile is counted above; one that waited for the load would have had
+    # the SET run, not refused; and the load (20 s) still under way bounds any other wait.
     assert redis.Redis(port=loading_port, socket_timeout=2).info("persistence")["loading"] == 1
 
 

@@ -6,7 +6,6 @@ length of the page's long tasks are in `make bench` (bench/feeds.py), not assert
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -72,9 +71,9 @@ def test_a_dashboard_of_1000_pools_keeps_its_rows_across_polls_and_filtering(tmp
                 page.evaluate("document.querySelectorAll('tr.pool').forEach(function (tr) { tr.kept = true; })")
                 history_polls = page.evaluate("window.historyPolls")
                 updated = page.evaluate("document.getElementById('live').textContent")
-                started = time.monotonic()
+                # until's 30 s is the bound (a poll every few seconds); timing it again after could
+                # only fail where it had passed.
                 until(page, f"document.getElementById('live').textContent !== {updated!r}", "the next status poll", 30)
-                assert time.monotonic() - started < 30
                 rows = page.evaluate("""Array.prototype.map.call(document.querySelectorAll('tr.pool'), function (tr) {
                     return [tr.dataset.pool, tr.kept === true, tr.classList.contains('hidden')];
                 })""")

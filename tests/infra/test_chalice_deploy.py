@@ -109,6 +109,9 @@ def test_infra_stack_then_chalice_deploy(aws: boto3.Session, package: Package, r
         role = {"vmpool-dev": "api", "vmpool-dev-tick": "tick", "vmpool-dev-reconcile": "reconcile"}[function]
         stream = f"arn:aws:logs:us-east-1:{account}:log-group:{config['LogGroup']}:log-stream:x"
         assert _allows(role, "logs:PutLogEvents", stream), function
+        # Chalice made the group (before the function); a role that could make one let Lambda
+        # make a deleted group again without the retention.
+        assert not _allows(role, "logs:CreateLogGroup", stream.removesuffix(":log-stream:x")), function
 
 
 class _LoggingConfigs:

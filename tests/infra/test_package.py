@@ -151,6 +151,25 @@ def test_each_function_writes_to_a_log_group_made_before_it(package: Package) ->
     assert written == set(package.of_type("AWS::Logs::LogGroup"))  # one each, none left unwritten
 
 
+def test_no_function_may_make_its_log_group_again_without_the_stages_retention(package: Package) -> None:
+    """The stack makes each function's group, with the stage's retention, before the function.
+    The roles could also create log groups: a group deleted by hand was made again by Lambda at
+    the function's next invocation, with no retention (its lines kept, and paid for, for ever).
+    Now no role of the stack may create one (under any spelling of the action, a wildcard
+    included); each still makes its streams and writes its lines."""
+    statements = _statements(package) + [
+        (name, statement) for name, policy in package.of_type("AWS::IAM::Policy").items()
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]]
+    writes: dict[str, set[str]] = {}
+    for role, statement in statements:
+        for action in _listed(statement["Action"]):
+            assert not fnmatch.fnmatchcase("logs:createloggroup", action.lower()), (role, action)
+            if action.startswith("logs:"):
+                writes.setdefault(role, set()).add(action)
+    assert writes == {role: {"logs:CreateLogStream", "logs:PutLogEvents"}
+                      for role in package.of_type("AWS::IAM::Role")}
+
+
 def test_lambda_writes_json_lines_and_none_of_its_own_per_invocation(package: Package) -> None:
     """Lambda's advanced logging controls: JSON, so it filters by level; its START, END and
     REPORT lines (about 0.3 KB an invocation) dropped (SystemLogLevel WARN); the application's

@@ -153,9 +153,9 @@ def test_a_vsphere_stack_killed_mid_clone_serves_again_within_seconds_with_exact
 
         with local_stack(tmp_path, config, workers=1, interval=30, name="again", state_dir=state_dir) as again:
             store = client(again)
-            started = time.monotonic()
+            # wait_for's 30 s is the bound ("within seconds": a few here), generous for a loaded
+            # machine; timing the wait again after it could only fail where it had passed.
             wait_for(lambda: len(ready(store, "restarted")) == 3, 30, "the pool to fill again", again.log)
-            assert time.monotonic() - started < 30
 
             def converged() -> bool:
                 unsettled = sum(store.zcard(KEYS.pool_state("restarted", state))
