@@ -81,7 +81,8 @@ def merged(first: PoolMessage, second: PoolMessage) -> PoolMessage:
     """One message doing what both ask: a follow-up stays one (its Redis marker is cleared when
     it runs), a lease to release is kept."""
     reason = FOLLOWUP if FOLLOWUP in (first.reason, second.reason) else second.reason
-    return dataclasses.replace(second, reason=reason, lease=second.lease or first.lease)
+    mark = next((message.mark for message in (second, first) if message.reason == FOLLOWUP), None)
+    return dataclasses.replace(second, reason=reason, lease=second.lease or first.lease, mark=mark)
 
 
 def taken_by_the_run(message: PoolMessage) -> bool:

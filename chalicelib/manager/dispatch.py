@@ -22,6 +22,7 @@ The local stack runs the same ``Ticker`` and ``look_at`` over an in-process queu
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -376,7 +377,7 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
         fleet.provider_back(message.pool)  # a later loss of it gets its grace again
         drain = draining(settings)
     if message.reason == FOLLOWUP:
-        fleet.followup_arrived(message.pool)
+        fleet.followup_arrived(message.pool, message.mark)
     report = run_pool(services, message.pool, budget_seconds, checkpoint, stopping,
                       stale_lease=message.lease, pool_config=drain, out_of_time=out_of_time, nudged=nudged)
     if drain is not None and report.passes and not report.failures and report.stopped_before is None \
@@ -397,8 +398,9 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
             queue.send([(retry, RETRY_SECONDS)])
     elif report.look_again_in is not None:
         delay = min(report.look_again_in, MAX_DELAY_SECONDS)
-        if fleet.claim_followup(message.pool, delay + FOLLOWUP_SLACK_SECONDS):
-            queue.send([(PoolMessage(message.pool, FOLLOWUP), delay)])
+        mark = secrets.token_hex(8)
+        if fleet.claim_followup(message.pool, delay + FOLLOWUP_SLACK_SECONDS, mark):
+            queue.send([(PoolMessage(message.pool, FOLLOWUP, mark=mark), delay)])
     return report
 
 
@@ -559,4 +561,8 @@ def _look_at_all(services: "Services", messages: list[PoolMessage], queue: PoolQ
     for other in messages:
         if other.lease and other is not first:
             services.store.release_lease(other.pool, other.lease)
+        if other.reason == FOLLOWUP and other is not first:
+            # The queued follow-up and another delivery of an earlier one in one batch: the
+            # run's next follow-up is queued only once the queued one's mark is freed.
+            Fleet(services.store).followup_arrived(other.pool, other.mark)
     look_at(services, first, queue, budget, out_of_time=out_of_time)

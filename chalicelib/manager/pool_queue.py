@@ -33,12 +33,14 @@ SQS carries up to 256 KB, which is not parsed."""
 @dataclass(frozen=True)
 class PoolMessage:
     """A request to look at one pool. ``lease``: a lease token to release first (a Redis stall
-    ate its release); ``attempt``: how many retries led here."""
+    ate its release); ``attempt``: how many retries led here; ``mark``: a follow-up's, the one
+    its pool's follow-up key held as it was queued (``Fleet.claim_followup``)."""
 
     pool: str
     reason: str = NUDGE
     lease: str | None = None
     attempt: int = 0
+    mark: str | None = None
 
     def body(self, delay_seconds: int = 0) -> str:
         """The message's JSON; with ``delay_seconds``, the ``DelaySeconds`` it is sent with (not
@@ -65,13 +67,14 @@ class PoolMessage:
             return None
         if not POOL_NAME_PATTERN.fullmatch(fields["pool"]):
             return None
-        lease, attempt = fields.get("lease"), fields.get("attempt", 0)
+        lease, attempt, mark = fields.get("lease"), fields.get("attempt", 0), fields.get("mark")
         return cls(
             pool=fields["pool"],
             reason=str(fields.get("reason") or NUDGE),
             lease=lease if isinstance(lease, str) else None,
             # A negative count would retry a failing pool forever (MAX_RETRIES counts up to it).
             attempt=attempt if isinstance(attempt, int) and not isinstance(attempt, bool) and attempt >= 0 else 0,
+            mark=mark if isinstance(mark, str) and mark else None,
         )
 
 
