@@ -342,7 +342,8 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
         logger.info("config older than another function's: pool left to it", extra={
             "pool": message.pool, "generation": services.config.generation})
         if message.attempt < MAX_RETRIES or message.lease:
-            queue.send([(PoolMessage(message.pool, RETRY, message.lease, message.attempt + 1), RETRY_SECONDS)])
+            queue_next(fleet, queue, PoolMessage(message.pool, RETRY, message.lease, message.attempt + 1),
+                       RETRY_SECONDS)
         return None
     drain: PoolConfig | None = None
     if services.config.pool(message.pool) is None:
@@ -359,7 +360,7 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
                 logger.warning("on-demand requests for a pool removed from the config failed",
                                extra={"pool": message.pool, "requests": failed[:10], "count": len(failed)})
             if wait is not None and message.attempt < MAX_RETRIES:
-                queue.send([(PoolMessage(message.pool, RETRY, attempt=message.attempt + 1), wait)])
+                queue_next(fleet, queue, PoolMessage(message.pool, RETRY, attempt=message.attempt + 1), wait)
             return None
         if message.reason in (TICK, NUDGE):
             # Sent for a pool the sender has configured: this config is older than the sender's
@@ -395,13 +396,33 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
         # (a failure without a time to look again, a malformed secret reference, waits for the tick)
         if message.attempt < MAX_RETRIES or report.unreleased_lease:
             retry = PoolMessage(message.pool, RETRY, report.unreleased_lease, message.attempt + 1)
-            queue.send([(retry, RETRY_SECONDS)])
+            queue_next(fleet, queue, retry, RETRY_SECONDS)
     elif report.look_again_in is not None:
         delay = min(report.look_again_in, MAX_DELAY_SECONDS)
         mark = secrets.token_hex(8)
         if fleet.claim_followup(message.pool, delay + FOLLOWUP_SLACK_SECONDS, mark):
-            queue.send([(PoolMessage(message.pool, FOLLOWUP, mark=mark), delay)])
+            queue_next(fleet, queue, PoolMessage(message.pool, FOLLOWUP, mark=mark), delay)
     return report
+
+
+def queue_next(fleet: Fleet, queue: PoolQueue, message: PoolMessage, delay: float) -> None:
+    """Queue the pool's next look (a retry, a follow-up) after ``delay`` seconds. SQS not taking
+    it (throttled, timing out: ``QueueRefused``) is no failure of the pass, which ran: said as
+    SQS's (a warning, ``AwsCallFailures``), and a follow-up's mark is freed so the next pass
+    queues one; the tick looks at the pool within a minute meanwhile. Before, the refusal left
+    the run as a bug would (an error line with a traceback, ``ReconcileErrors`` reason
+    ``unexpected``), the message went back to the queue (delivered again 6 minutes on, to the
+    DLQ after 5 deliveries), and the mark of the follow-up never queued kept every pass from
+    queuing one until it expired (the check delay and 30 s)."""
+    try:
+        queue.send([(message, delay)])
+    except QueueRefused as error:
+        if message.reason == FOLLOWUP:
+            fleet.followup_arrived(message.pool, message.mark)
+        logger.warning("pool's next look not queued: SQS did not take it; the next tick looks at the pool",
+                       extra={"pool": message.pool, "reason": message.reason,
+                              "codes": sorted({code for _, code in error.refused})[:10]})
+        emit(None, {metric.AWS_CALL_FAILURES: 1})
 
 
 def newest_config(services: "Services") -> bool:
