@@ -5,7 +5,9 @@
   vmpooler's purge does) and forgotten once empty; the settings say where its VMs live.
 - Follow-up: a pass that leaves work in flight queues one delayed look at its pool. The key says
   one is queued, so passes that run meanwhile (the schedule's tick, a checkout's nudge) do not
-  start a second chain of follow-ups; it expires by itself if the message is lost.
+  start a second chain of follow-ups; it expires by itself if the message is lost. It holds the
+  queued follow-up's mark, which its message carries: only that message frees it, not another
+  delivery of an earlier follow-up.
 """
 
 from __future__ import annotations
