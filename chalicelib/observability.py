@@ -263,7 +263,8 @@ RUNNING_COUNT_DRIFT = "RunningCountDrift"
 # tick's time allowed); they wait for the next tick.
 POOLS_NOT_QUEUED = "PoolsNotQueued"
 # Any function (service-wide): an AWS call that failed where the function carries on without it
-# (a config refresh from S3: the config in use stays; a refill nudge to SQS: the tick refills).
+# (a config refresh from S3: the config in use stays; a refill nudge to SQS: the tick refills; a
+# pass's follow-up or retry to SQS: the tick looks at the pool).
 # Its warning line gives the call, AWS's code and the failure's class (aws_clients.AwsCallFailed).
 AWS_CALL_FAILURES = "AwsCallFailures"
 # Any function (service-wide, and by reason): a secret reference of the config (Secrets Manager,

@@ -82,8 +82,9 @@ def merged(first: PoolMessage, second: PoolMessage) -> PoolMessage:
     it runs), a lease to release is kept, so is a drain (a follow-up queued before the pool left
     the config, merged with the tick's drain, drains it: ``PoolMessage.drains``)."""
     reason = FOLLOWUP if FOLLOWUP in (first.reason, second.reason) else second.reason
+    mark = next((message.mark for message in (second, first) if message.reason == FOLLOWUP), None)
     return dataclasses.replace(second, reason=reason, lease=second.lease or first.lease,
-                               draining=first.drains or second.drains)
+                               draining=first.drains or second.drains, mark=mark)
 
 
 def taken_by_the_run(message: PoolMessage) -> bool:

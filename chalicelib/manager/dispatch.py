@@ -22,6 +22,7 @@ The local stack runs the same ``Ticker`` and ``look_at`` over an in-process queu
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -341,8 +342,8 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
         logger.info("config older than another function's: pool left to it", extra={
             "pool": message.pool, "generation": services.config.generation})
         if message.attempt < MAX_RETRIES or message.lease:
-            queue.send([(PoolMessage(message.pool, RETRY, message.lease, message.attempt + 1,
-                                     draining=message.drains), RETRY_SECONDS)])
+            queue_next(fleet, queue, PoolMessage(message.pool, RETRY, message.lease, message.attempt + 1,
+                                                 draining=message.drains), RETRY_SECONDS)
         return None
     drain: PoolConfig | None = None
     if services.config.pool(message.pool) is None:
@@ -359,7 +360,7 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
                 logger.warning("on-demand requests for a pool removed from the config failed",
                                extra={"pool": message.pool, "requests": failed[:10], "count": len(failed)})
             if wait is not None and message.attempt < MAX_RETRIES:
-                queue.send([(PoolMessage(message.pool, RETRY, attempt=message.attempt + 1), wait)])
+                queue_next(fleet, queue, PoolMessage(message.pool, RETRY, attempt=message.attempt + 1), wait)
             return None
         if not message.drains:
             # Sent for a pool the sender has configured (a tick, a nudge, a retry or follow-up of a
@@ -383,7 +384,7 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
         fleet.provider_back(message.pool)  # a later loss of it gets its grace again
         drain = draining(settings)
     if message.reason == FOLLOWUP:
-        fleet.followup_arrived(message.pool)
+        fleet.followup_arrived(message.pool, message.mark)
     report = run_pool(services, message.pool, budget_seconds, checkpoint, stopping,
                       stale_lease=message.lease, pool_config=drain, out_of_time=out_of_time, nudged=nudged)
     if drain is not None and report.passes and not report.failures and report.stopped_before is None \
@@ -402,26 +403,49 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
         if message.attempt < MAX_RETRIES or report.unreleased_lease:
             retry = PoolMessage(message.pool, RETRY, report.unreleased_lease, message.attempt + 1,
                                 draining=drain is not None)
-            queue.send([(retry, RETRY_SECONDS)])
+            queue_next(fleet, queue, retry, RETRY_SECONDS)
     elif report.look_again_in is not None:
         delay = min(report.look_again_in, MAX_DELAY_SECONDS)
-        if fleet.claim_followup(message.pool, delay + FOLLOWUP_SLACK_SECONDS):
-            queue.send([(PoolMessage(message.pool, FOLLOWUP, draining=drain is not None), delay)])
+        mark = secrets.token_hex(8)
+        if fleet.claim_followup(message.pool, delay + FOLLOWUP_SLACK_SECONDS, mark):
+            queue_next(fleet, queue, PoolMessage(message.pool, FOLLOWUP, draining=drain is not None, mark=mark),
+                       delay)
     return report
+
+
+def queue_next(fleet: Fleet, queue: PoolQueue, message: PoolMessage, delay: float) -> None:
+    """Queue the pool's next look (a retry, a follow-up) after ``delay`` seconds. SQS not taking
+    it (throttled, timing out: ``QueueRefused``) is no failure of the pass, which ran: said as
+    SQS's (a warning, ``AwsCallFailures``), and a follow-up's mark is freed so the next pass
+    queues one; the tick looks at the pool within a minute meanwhile. Before, the refusal left
+    the run as a bug would (an error line with a traceback, ``ReconcileErrors`` reason
+    ``unexpected``), the message went back to the queue (delivered again 6 minutes on, to the
+    DLQ after 5 deliveries), and the mark of the follow-up never queued kept every pass from
+    queuing one until it expired (the check delay and 30 s)."""
+    try:
+        queue.send([(message, delay)])
+    except QueueRefused as error:
+        if message.reason == FOLLOWUP:
+            fleet.followup_arrived(message.pool, message.mark)
+        logger.warning("pool's next look not queued: SQS did not take it; the next tick looks at the pool",
+                       extra={"pool": message.pool, "reason": message.reason,
+                              "codes": sorted({code for _, code in error.refused})[:10]})
+        emit(None, {metric.AWS_CALL_FAILURES: 1})
 
 
 def _leave_to_configured(services: "Services", message: PoolMessage, queue: PoolQueue) -> None:
     """A retry or follow-up of a pass that ran the pool as configured, received by a function
     whose config does not have the pool: queued again (as a retry, while ``MAX_RETRIES`` allow)
     for a function that has it. Its lease, a run's that ended, is released now and its follow-up
-    marker cleared, so the function that has the pool is not held up by them. A pool truly
-    removed meanwhile is drained by the tick's ``DRAIN``."""
+    marker cleared (its own mark only), so the function that has the pool is not held up by
+    them. A pool truly removed meanwhile is drained by the tick's ``DRAIN``."""
+    fleet = Fleet(services.store)
     if message.lease:
         services.store.release_lease(message.pool, message.lease)
     if message.reason == FOLLOWUP:
-        Fleet(services.store).followup_arrived(message.pool)
+        fleet.followup_arrived(message.pool, message.mark)
     if message.attempt < MAX_RETRIES:
-        queue.send([(PoolMessage(message.pool, RETRY, attempt=message.attempt + 1), RETRY_SECONDS)])
+        queue_next(fleet, queue, PoolMessage(message.pool, RETRY, attempt=message.attempt + 1), RETRY_SECONDS)
 
 
 def newest_config(services: "Services") -> bool:
@@ -583,9 +607,13 @@ def _look_at_all(services: "Services", messages: list[PoolMessage], queue: PoolQ
     queued just before the pool left the config may share a batch with the next tick's drain),
     then one carrying a lease. It drains when any of them does (``PoolMessage.drains``)."""
     first = max(messages, key=lambda m: (m.reason == FOLLOWUP, m.reason not in (TICK, NUDGE), m.lease is not None))
-    if not first.drains and any(message.drains for message in messages):
-        first = dataclasses.replace(first, draining=True)  # a stale follow-up does not skip the drain
     for other in messages:
         if other.lease and other is not first:
             services.store.release_lease(other.pool, other.lease)
+        if other.reason == FOLLOWUP and other is not first:
+            # The queued follow-up and another delivery of an earlier one in one batch: the
+            # run's next follow-up is queued only once the queued one's mark is freed.
+            Fleet(services.store).followup_arrived(other.pool, other.mark)
+    if not first.drains and any(message.drains for message in messages):
+        first = dataclasses.replace(first, draining=True)  # a stale follow-up does not skip the drain
     look_at(services, first, queue, budget, out_of_time=out_of_time)

@@ -34,13 +34,15 @@ SQS carries up to 256 KB, which is not parsed."""
 class PoolMessage:
     """A request to look at one pool. ``lease``: a lease token to release first (a Redis stall
     ate its release); ``attempt``: how many retries led here; ``draining``: a retry or follow-up
-    of a drain pass (its sender had the pool as removed, ``drains``)."""
+    of a drain pass (its sender had the pool as removed, ``drains``); ``mark``: a follow-up's, the
+    one its pool's follow-up key held as it was queued (``Fleet.claim_followup``)."""
 
     pool: str
     reason: str = NUDGE
     lease: str | None = None
     attempt: int = 0
     draining: bool = False
+    mark: str | None = None
 
     @property
     def drains(self) -> bool:
@@ -75,7 +77,7 @@ class PoolMessage:
             return None
         if not POOL_NAME_PATTERN.fullmatch(fields["pool"]):
             return None
-        lease, attempt = fields.get("lease"), fields.get("attempt", 0)
+        lease, attempt, mark = fields.get("lease"), fields.get("attempt", 0), fields.get("mark")
         return cls(
             pool=fields["pool"],
             reason=str(fields.get("reason") or NUDGE),
@@ -83,6 +85,7 @@ class PoolMessage:
             # A negative count would retry a failing pool forever (MAX_RETRIES counts up to it).
             attempt=attempt if isinstance(attempt, int) and not isinstance(attempt, bool) and attempt >= 0 else 0,
             draining=fields.get("draining") is True,
+            mark=mark if isinstance(mark, str) and mark else None,
         )
 
 

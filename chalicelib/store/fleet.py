@@ -5,7 +5,9 @@
   vmpooler's purge does) and forgotten once empty; the settings say where its VMs live.
 - Follow-up: a pass that leaves work in flight queues one delayed look at its pool. The key says
   one is queued, so passes that run meanwhile (the schedule's tick, a checkout's nudge) do not
-  start a second chain of follow-ups; it expires by itself if the message is lost.
+  start a second chain of follow-ups; it expires by itself if the message is lost. It holds the
+  queued follow-up's mark, which its message carries: only that message frees it, not another
+  delivery of an earlier follow-up.
 """
 
 from __future__ import annotations
@@ -151,16 +153,25 @@ class Fleet(SubStore):
             since = self.client.zscore(self.keys.forgotten_pools, pool)
         return since is not None and now - float(since) <= FORGOTTEN_SECONDS
 
-    def claim_followup(self, pool: str, ttl_seconds: float) -> bool:
-        """Whether the caller may queue the pool's follow-up (no other one is queued)."""
+    def claim_followup(self, pool: str, ttl_seconds: float, mark: str = "1") -> bool:
+        """Whether the caller may queue the pool's follow-up (no other one is queued); the key
+        then holds ``mark``, which the follow-up's message carries (``followup_arrived``)."""
         with _translate_errors():
-            return bool(self.client.set(self.keys.followup(pool), "1", nx=True,
+            return bool(self.client.set(self.keys.followup(pool), mark, nx=True,
                                         px=max(int(ttl_seconds * 1000), 1)))
 
-    def followup_arrived(self, pool: str) -> None:
-        """The queued follow-up is being handled: the next pass may queue another."""
+    def followup_arrived(self, pool: str, mark: str | None = None) -> None:
+        """The queued follow-up is being handled: the next pass may queue another. Only the
+        follow-up whose ``mark`` the key holds frees it: another delivery of an earlier one (SQS
+        delivers at least once, and again a message whose batch ran out of time) took the mark
+        of the one queued since, and the next pass queued a second, each of the two queuing its
+        next while the pool had work in flight. None: a message of an earlier release, which
+        names no mark, frees it as before. A compare-and-delete: lua/release_lease.lua."""
         with _translate_errors():
-            self.client.delete(self.keys.followup(pool))
+            if mark is None:
+                self.client.delete(self.keys.followup(pool))
+            else:
+                self.scripts.release_lease(keys=[self.keys.followup(pool)], args=[mark, 0])
 
     def followups_lost(self, pools: Iterable[str]) -> None:
         """The queue that held the pools' follow-ups is gone (a local stack killed with its

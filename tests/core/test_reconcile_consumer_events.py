@@ -232,10 +232,10 @@ def test_a_pass_whose_invocation_runs_out_of_time_stops_before_its_next_step_and
     assert app.reconcile(batch("debian"), invocations[-1]) == {"batchItemFailures": []}
 
     assert clones_started_with == []
-    assert queue.sent == [(PoolMessage("debian", FOLLOWUP), 0)]
+    assert [(message.pool, message.reason, delay) for message, delay in queue.sent] == [("debian", FOLLOWUP, 0)]
     assert services.client.get(services.store.keys.lease("debian")) is None
     invocations.append(ClockedContext(clock, timeout=60))
-    followup = sqs_event(PoolMessage("debian", FOLLOWUP).body())
+    followup = sqs_event(queue.sent[0][0].body())
     assert app.reconcile(followup, invocations[-1]) == {"batchItemFailures": []}
     assert clones_started_with == [60.0]
     assert services.store.counts(["debian"])["debian"]["pending"] == 2

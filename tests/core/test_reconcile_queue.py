@@ -808,6 +808,9 @@ def test_sqs_delays_are_whole_seconds_and_a_short_check_delay_never_becomes_zero
 def test_queue_messages_round_trip() -> None:
     message = PoolMessage("a-pool", "retry", lease="abc", attempt=2)
     assert PoolMessage.parse(message.body()) == message
+    followup = PoolMessage("a-pool", FOLLOWUP, mark="0123abcd")
+    assert PoolMessage.parse(followup.body(5)) == followup
+    assert PoolMessage.parse('{"pool": "x", "reason": "followup", "mark": 7}') == PoolMessage("x", FOLLOWUP)
     assert PoolMessage.parse('{"pool": "x"}') == PoolMessage("x")
     assert PoolMessage.parse('{"pool": 3}') is None and PoolMessage.parse("nope") is None
     # A retry count below zero would retry a failing pool without end: counted from 0.
