@@ -35,6 +35,7 @@ import pytest
 import redis.connection
 
 from chalicelib.config import RedisConfig
+from chalicelib.manager.pool_queue import PoolMessage
 from chalicelib.providers.base import UNREACHABLE, Provider, ProviderError, TaskStatus
 from chalicelib.store import connect
 from chalicelib.store.store import RECOUNT
@@ -445,3 +446,13 @@ def relay(listener: socket.socket, upstream: int, answer_delay: float = 0.0) -> 
             except OSError:
                 pass
             sock.close()
+
+
+class RecordingQueue:
+    """The reconcile queue as a pass's caller sees it: what was sent, with its delay."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[PoolMessage, float]] = []
+
+    def send(self, messages: list[tuple[PoolMessage, float]], budget_seconds: float | None = None) -> None:
+        self.sent.extend(messages)

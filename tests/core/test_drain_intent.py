@@ -20,6 +20,7 @@ from chalicelib.store import STATES
 from chalicelib.store.fleet import Fleet
 from chalicelib.store.store import NEWEST_CONFIG_SECONDS
 from local.scheduler import LocalQueue
+from tests.support import RecordingQueue
 
 CONFIG = """
 :config:
@@ -31,14 +32,6 @@ CONFIG = """
   - {name: debian, size: 1, provider: dummy}
 """
 FEDORA = "  - {name: fedora, size: 2, provider: dummy}\n"
-
-
-class RecordingQueue:
-    def __init__(self) -> None:
-        self.sent: list[tuple[PoolMessage, float]] = []
-
-    def send(self, messages: list[tuple[PoolMessage, float]], budget_seconds: float | None = None) -> None:
-        self.sent.extend(messages)
 
 
 @pytest.fixture

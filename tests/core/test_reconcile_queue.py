@@ -56,7 +56,7 @@ from chalicelib.store.fleet import Fleet
 from chalicelib.store.pool_overrides import PoolOverrides
 from local.gateway import Gateway
 from tests.aws_pages import PAGES, answer_with_page
-from tests.support import counts_by_reason, emf_documents, emitted, json_lines
+from tests.support import RecordingQueue, counts_by_reason, emf_documents, emitted, json_lines
 
 CONFIG = """
 :config:
@@ -83,14 +83,6 @@ class Context:
 
     def get_remaining_time_in_millis(self) -> int:
         return self.remaining_ms
-
-
-class RecordingQueue:
-    def __init__(self) -> None:
-        self.sent: list[tuple[PoolMessage, float]] = []
-
-    def send(self, messages: list[tuple[PoolMessage, float]], budget_seconds: float | None = None) -> None:
-        self.sent.extend(messages)
 
 
 @pytest.fixture
@@ -604,14 +596,7 @@ def test_a_pool_removed_from_the_config_drains_and_is_forgotten(services: Servic
     clock = services.clock
     assert isinstance(clock, FakeClock)
     removed = services.config.pool("centos")
-    for _ in range(4):  # fill both pools
-        for pool in ("debian", "centos"):
-            look_at(services, PoolMessage(pool, TICK), queue)
-        clock.advance(60)
-    ticker.tick(services, queue)
-    status, _, body = Gateway(app.app)("POST", "/api/v3/vm/centos", {}, b"", "127.0.0.1")
-    assert status == 200, body
-    in_use = json.loads(body)["centos"]["hostname"].split(".")[0]
+    in_use = _fill_and_check_out_centos(services, queue, ticker)
 
     # Its last pass left VMs waiting on DNS, and no pass of it manages records any more (its
     # DNS entry left the config with it): the flag GET /status shows goes with the pool.
@@ -652,14 +637,7 @@ def test_a_vm_returned_to_a_removed_pool_is_destroyed_by_the_drain_its_return_qu
     clock = services.clock
     assert isinstance(clock, FakeClock)
     ticker = Ticker()
-    for _ in range(4):  # fill both pools
-        for pool in ("debian", "centos"):
-            look_at(services, PoolMessage(pool, TICK), queue)
-        clock.advance(60)
-    ticker.tick(services, queue)
-    status, _, body = Gateway(app.app)("POST", "/api/v3/vm/centos", {}, b"", "127.0.0.1")
-    assert status == 200, body
-    in_use = json.loads(body)["centos"]["hostname"].split(".")[0]
+    in_use = _fill_and_check_out_centos(services, queue, ticker)
     removed = services.config.pool("centos")
     services.use_config(parse(CONFIG.replace("  - {name: centos, size: 1, provider: dummy}\n", "")))
     _tick_drains(services, queue, ticker, "centos")
@@ -838,6 +816,20 @@ def _drain(services: Services, queue: RecordingQueue, passes: int = 4, pool: str
     for _ in range(passes):
         look_at(services, PoolMessage(pool, DRAIN), queue)
         clock.advance(60)
+
+
+def _fill_and_check_out_centos(services: Services, queue: RecordingQueue, ticker: Ticker) -> str:
+    """Both pools filled by their passes and a tick, then a centos VM checked out: its hostname."""
+    clock = services.clock
+    assert isinstance(clock, FakeClock)
+    for _ in range(4):
+        for pool in ("debian", "centos"):
+            look_at(services, PoolMessage(pool, TICK), queue)
+        clock.advance(60)
+    ticker.tick(services, queue)
+    status, _, body = Gateway(app.app)("POST", "/api/v3/vm/centos", {}, b"", "127.0.0.1")
+    assert status == 200, body
+    return str(json.loads(body)["centos"]["hostname"].split(".")[0])
 
 
 def _tick_drains(services: Services, queue: RecordingQueue, ticker: Ticker, pool: str, passes: int = 3) -> None:

@@ -20,6 +20,7 @@ from chalicelib.providers.base import ProviderError
 from chalicelib.services import Services
 from chalicelib.store import StoreUnavailable, connect
 from local.redis_server import RedisServer
+from tests.support import RecordingQueue
 
 CONFIG = """\
 config: {{check_loop_delay_min: 7, task_limit: 10}}
@@ -38,16 +39,6 @@ def services_with(client: redis.Redis, clock: FakeClock, clone: float = 30, boot
 @pytest.fixture
 def services(redis_client: redis.Redis, clock: FakeClock) -> Services:
     return services_with(redis_client, clock)
-
-
-class RecordingQueue:
-    """The reconcile queue as the runner's caller sees it: what was sent, with its delay."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[PoolMessage, float]] = []
-
-    def send(self, messages: list[tuple[PoolMessage, float]], budget_seconds: float | None = None) -> None:
-        self.sent.extend(messages)
 
 
 def test_second_invocation_exits_at_once_and_nudges_the_holder(services: Services, redis_client: redis.Redis) -> None:
