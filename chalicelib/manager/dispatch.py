@@ -78,6 +78,11 @@ PASS_STOP_SECONDS = SAFETY_SECONDS + STEP_SECONDS
 """A consumer's pass starts no step once its invocation has less than this left: time for the
 step under way to end, the lease's release and the pool's follow-up to be queued, before the
 consumer stops waiting (``SAFETY_SECONDS`` left)."""
+PASS_START_SECONDS = PASS_STOP_SECONDS
+"""A batch starts no pass with less than this left (``handle_batch``): such a pass would take its
+pool's lease and read its inputs (the provider's inventory) before its first look at the time,
+only to stop before its first step; with under ``SAFETY_SECONDS`` left it would do so after the
+consumer answered. Its messages are reported failed instead (SQS delivers them again)."""
 TICK_AFTER_SEND_SECONDS = 5.0
 """Time the tick keeps back after its send: its running count, gauges and template clean-up (a
 few Redis round trips each), its log line and its answer."""
@@ -552,7 +557,17 @@ def handle_batch(services: "Services", records: Iterable[tuple[str, str]], queue
         logger.error("passes of earlier batches still running: this batch starts none; its messages return "
                      "to the queue", extra={"running": stuck, "ids": [i for m in by_pool.values() for i, _ in m]})
         return [message_id for messages in by_pool.values() for message_id, _ in messages]
-    budget = max(min(RUN_BUDGET_SECONDS, remaining_seconds() - 2 * SAFETY_SECONDS), 0.0)
+    remaining = remaining_seconds()
+    if by_pool and remaining < PASS_START_SECONDS:
+        # Before, the passes started anyway: each took its pool's lease and read its inventory,
+        # and ran on after the answer (the consumer waits only up to SAFETY_SECONDS before the
+        # end), in Lambda frozen with the environment, the lease held, up to LEASE_SECONDS.
+        ids = [message_id for messages in by_pool.values() for message_id, _ in messages]
+        logger.warning("batch received with too little time left to start a pass: none started; its messages "
+                       "return to the queue", extra={"remaining_seconds": round(remaining, 1),
+                                                     "messages": len(ids), "ids": ids[:DROPPED_IDS_LOGGED]})
+        return ids
+    budget = max(min(RUN_BUDGET_SECONDS, remaining - 2 * SAFETY_SECONDS), 0.0)
 
     def out_of_time() -> bool:
         return remaining_seconds() < PASS_STOP_SECONDS
