@@ -206,7 +206,9 @@ def reconcile(event: Any) -> dict[str, Any]:
     def remaining_seconds() -> float:
         return float(context.get_remaining_time_in_millis()) / 1000
 
-    failed = handle_batch(services(), [(r.message_id, r.body) for r in records], pool_queue(), remaining_seconds)
+    failed = handle_batch(services(), [(r.message_id, r.body) for r in records], pool_queue(), remaining_seconds,
+                          {r.message_id: r.receive_count for r in records})
+    services().refusals.flush_if_due()  # the count of messages dropped in a window now over
     return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failed]}
 
 
