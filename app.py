@@ -35,6 +35,7 @@ from chalicelib.manager.pool_queue import (
 from chalicelib.manager.refill import REFILL_QUEUE_ENV
 from chalicelib.observability import emit, logger, tracer
 from chalicelib.services import Services
+from chalicelib.store import StoreUnavailable
 
 if TYPE_CHECKING:
     from chalicelib.manager.dispatch import Ticker
@@ -152,12 +153,26 @@ def tick(event: Any) -> dict[str, Any]:
     def remaining_seconds() -> float:
         return float(context.get_remaining_time_in_millis()) / 1000
 
-    report = _ticker.tick(services(), pool_queue(), remaining_seconds)
+    try:
+        report = _ticker.tick(services(), pool_queue(), remaining_seconds)
+    except StoreUnavailable as error:
+        # One line of ours (no traceback: it would be redis-py's, 30 frames); the short failure
+        # raised after it counts the invocation in Lambda's Errors, which the lambda-errors alarm
+        # watches: the prompt alarm of a Redis outage (docs/deploy.md, "Alarms": Redis unreachable).
+        logger.error("tick failed: redis unavailable; the next tick tries again within a minute",
+                     extra={"error": str(error)})
+        raise TickFailed("redis unavailable (the tick's error log line says more)") from None
     logger.info("tick", extra={"pools": report.configured, "draining": report.draining, "messages": report.messages,
                                "empty": report.empty[:100], "empty_count": len(report.empty),
                                "not_queued_count": len(report.not_queued)})
     return {"pools": report.configured, "draining": report.draining, "messages": report.messages,
             "not_queued": report.not_queued[:100]}
+
+
+class TickFailed(Exception):
+    """The tick could not do its work (Redis unavailable): raised once its error line is written,
+    so Lambda counts the invocation as failed (``Errors``; the stack does not retry it,
+    infra/sync_config.py ``TICK_RETRY_ATTEMPTS``), with a short traceback of its own."""
 
 
 def _seconds_queued(records: list[Received]) -> list[float]:
@@ -191,7 +206,9 @@ def reconcile(event: Any) -> dict[str, Any]:
     def remaining_seconds() -> float:
         return float(context.get_remaining_time_in_millis()) / 1000
 
-    failed = handle_batch(services(), [(r.message_id, r.body) for r in records], pool_queue(), remaining_seconds)
+    failed = handle_batch(services(), [(r.message_id, r.body) for r in records], pool_queue(), remaining_seconds,
+                          {r.message_id: r.receive_count for r in records})
+    services().refusals.flush_if_due()  # the count of messages dropped in a window now over
     return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failed]}
 
 

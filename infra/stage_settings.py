@@ -176,8 +176,17 @@ def log_into_chalices_groups(session: Any, stage: Stage) -> None:
             **sync_config.logging_config(stage), "LogGroup": sync_config.log_group_name(stage, function)})
 
 
+def no_tick_retries(session: Any, stage: Stage) -> None:
+    """The tick's failed invocations never retried by Lambda (``sync_config.TICK_RETRY_ATTEMPTS``,
+    as the full stack sets them; Chalice 1.34 has no option): the next tick comes within the minute."""
+    session.client("lambda").put_function_event_invoke_config(
+        FunctionName=sync_config.chalice_function_name(stage, sync_config.TICK_FUNCTION),
+        MaximumRetryAttempts=sync_config.TICK_RETRY_ATTEMPTS)
+
+
 def finish(session: Any, stage: Stage) -> None:
     report_batch_failures(session, stage)
+    no_tick_retries(session, stage)
     log_into_chalices_groups(session, stage)
     name_the_api(session, stage)
 
@@ -194,8 +203,8 @@ def main(argv: list[str] | None = None, session: Any = None) -> int:
     stage = STAGES[args.stage]
     if args.finish:
         finish(session, stage)
-        print(f"stage-settings: {stage.name}: partial batch responses on, JSON logs into Chalice's log groups, API "
-              f"named {stage.prefix}", file=sys.stderr)
+        print(f"stage-settings: {stage.name}: partial batch responses on, tick not retried, JSON logs into "
+              f"Chalice's log groups, API named {stage.prefix}", file=sys.stderr)
         return 0
     path = write_settings(stage, settings_from_outputs(stack_outputs(session.client("cloudformation"), stage)))
     print(f"stage-settings: wrote {path.relative_to(sync_config.ROOT)} and .chalice/config.json", file=sys.stderr)

@@ -43,6 +43,15 @@ ROLES = ("api", "tick", "reconcile")
 FUNCTION_NAMES = (API_FUNCTION, TICK_FUNCTION, RECONCILE_FUNCTION)
 
 
+TICK_RETRY_ATTEMPTS = 0
+"""Lambda's retries of a failed scheduled tick (its own default is 2, a minute and two minutes
+on): none. The next tick comes within the minute and does the same work from the state of then;
+a retry only ran beside it, so after a Redis outage up to three ticks sent every pool in ~2
+minutes, and each failed tick counted up to three Errors in the ``lambda-errors`` alarm. The
+``chalice deploy`` path sets the same (``infra/stage_settings.py --finish``); the full stack's is SAM's
+``EventInvokeConfig`` on the function (infra/template.py)."""
+
+
 def chalice_function_name(stage: Stage, function_name: str) -> str:
     """The name ``chalice deploy`` gives a function (the API handler is named after the app)."""
     return stage.prefix if function_name == API_FUNCTION else f"{stage.prefix}-{function_name}"

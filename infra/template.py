@@ -134,6 +134,9 @@ def build(stage: Stage, infra_only: bool = False, config_file: Path | None = Non
     reconcile_id = function_logical_id(sync_config.RECONCILE_FUNCTION)
     resources[reconcile_id]["Properties"]["Events"] = {
         f"{reconcile_id}SqsEventSource": {"Properties": {"FunctionResponseTypes": ["ReportBatchItemFailures"]}}}
+    # The tick is never retried (SAM's EventInvokeConfig: one AWS::Lambda::EventInvokeConfig).
+    tick = resources.setdefault(function_logical_id(sync_config.TICK_FUNCTION), {}).setdefault("Properties", {})
+    tick["EventInvokeConfig"] = {"MaximumRetryAttempts": sync_config.TICK_RETRY_ATTEMPTS}
     return template
 
 

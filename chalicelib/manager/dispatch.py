@@ -22,12 +22,13 @@ The local stack runs the same ``Ticker`` and ``look_at`` over an in-process queu
 from __future__ import annotations
 
 import dataclasses
+import logging
 import secrets
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from chalicelib import observability as metric
 from chalicelib.aws_clients import AWS_CALL_BOUND_SECONDS
@@ -78,6 +79,11 @@ PASS_STOP_SECONDS = SAFETY_SECONDS + STEP_SECONDS
 """A consumer's pass starts no step once its invocation has less than this left: time for the
 step under way to end, the lease's release and the pool's follow-up to be queued, before the
 consumer stops waiting (``SAFETY_SECONDS`` left)."""
+PASS_START_SECONDS = PASS_STOP_SECONDS
+"""A batch starts no pass with less than this left (``handle_batch``): such a pass would take its
+pool's lease and read its inputs (the provider's inventory) before its first look at the time,
+only to stop before its first step; with under ``SAFETY_SECONDS`` left it would do so after the
+consumer answered. Its messages are reported failed instead (SQS delivers them again)."""
 TICK_AFTER_SEND_SECONDS = 5.0
 """Time the tick keeps back after its send: its running count, gauges and template clean-up (a
 few Redis round trips each), its log line and its answer."""
@@ -531,9 +537,12 @@ def environment_spent() -> bool:
 
 
 def handle_batch(services: "Services", records: Iterable[tuple[str, str]], queue: PoolQueue,
-                 remaining_seconds: Callable[[], float]) -> list[str]:
+                 remaining_seconds: Callable[[], float],
+                 receive_counts: Mapping[str, int | None] | None = None) -> list[str]:
     """Run the pools of a batch of (message id, body) at once; return the ids that failed or did
-    not finish in time (to be delivered again). Returns before ``remaining_seconds`` runs out."""
+    not finish in time (to be delivered again). Returns before ``remaining_seconds`` runs out.
+    ``receive_counts``: how many times SQS has handed out each message (by id; unknown when
+    absent), which decides whether one failed for want of Redis is kept (``_redis_failure``)."""
     by_pool: dict[str, list[tuple[str, PoolMessage]]] = {}
     dropped: list[str] = []
     for message_id, body in records:
@@ -552,17 +561,28 @@ def handle_batch(services: "Services", records: Iterable[tuple[str, str]], queue
         logger.error("passes of earlier batches still running: this batch starts none; its messages return "
                      "to the queue", extra={"running": stuck, "ids": [i for m in by_pool.values() for i, _ in m]})
         return [message_id for messages in by_pool.values() for message_id, _ in messages]
-    budget = max(min(RUN_BUDGET_SECONDS, remaining_seconds() - 2 * SAFETY_SECONDS), 0.0)
+    remaining = remaining_seconds()
+    if by_pool and remaining < PASS_START_SECONDS:
+        # Before, the passes started anyway: each took its pool's lease and read its inventory,
+        # and ran on after the answer (the consumer waits only up to SAFETY_SECONDS before the
+        # end), in Lambda frozen with the environment, the lease held, up to LEASE_SECONDS.
+        ids = [message_id for messages in by_pool.values() for message_id, _ in messages]
+        logger.warning("batch received with too little time left to start a pass: none started; its messages "
+                       "return to the queue", extra={"remaining_seconds": round(remaining, 1),
+                                                     "messages": len(ids), "ids": ids[:DROPPED_IDS_LOGGED]})
+        return ids
+    budget = max(min(RUN_BUDGET_SECONDS, remaining - 2 * SAFETY_SECONDS), 0.0)
 
     def out_of_time() -> bool:
         return remaining_seconds() < PASS_STOP_SECONDS
 
     futures: dict[Future[Any], list[str]] = {}
     pools: dict[Future[Any], str] = {}
+    messages_of: dict[Future[Any], list[tuple[str, PoolMessage]]] = {}
     for pool, messages in by_pool.items():
         ids = [message_id for message_id, _ in messages]
         future = _pool_threads().submit(_look_at_all, services, [m for _, m in messages], queue, budget, out_of_time)
-        futures[future], pools[future] = ids, pool
+        futures[future], pools[future], messages_of[future] = ids, pool, messages
     done, _ = wait(futures, timeout=max(remaining_seconds() - SAFETY_SECONDS, 0.0))
     failed: list[str] = []
     for future, ids in futures.items():
@@ -573,10 +593,39 @@ def handle_batch(services: "Services", records: Iterable[tuple[str, str]], queue
                 _given_up.add(future)
             logger.warning("pool not reconciled in time; its messages return to the queue", extra={"ids": ids})
             failed += ids
-        elif (error := future.exception()) is not None:
+        elif isinstance(error := future.exception(), StoreUnavailable):
+            failed += _redis_failure(services, pools[future], messages_of[future], error, receive_counts or {})
+        elif error is not None:
             _unexpected_failure(pools[future], ids, error)
             failed += ids
     return failed
+
+
+REDIS_DROPPED = "reconcile messages dropped: redis unavailable; the next tick queues every pool again"
+"""The reason of the window's line counting messages dropped for want of Redis (``_redis_failure``)."""
+
+
+def _redis_failure(services: "Services", pool: str, messages: list[tuple[str, PoolMessage]],
+                   error: StoreUnavailable, receive_counts: Mapping[str, int | None]) -> list[str]:
+    """A pool's run that Redis failed outside its pass (``look_at``'s first reads): the ids to
+    deliver again. Only a message carrying a lease to release, on its first delivery (or one
+    SQS does not count): delivered again after the visibility timeout, it releases it if Redis is
+    back. Every other message is done: a tick's, a nudge's, a follow-up's, a retry's or a drain's
+    look at the pool is the next tick's (it queues every pool each minute; passes are
+    level-triggered), and a lease outlives neither its ``LEASE_SECONDS`` nor, so, a visibility
+    timeout. Before, all of them went back to the queue: an outage of over half an hour moved
+    every pool's messages to the dead-letter queue (5 deliveries) and fired its alarm with
+    messages nothing needed. Dropped ones are counted in one warning a window
+    (``services.refusals``: the first said at once, the rest summed when the window is over, by
+    the consumer's next invocation, app.py), not a line each."""
+    kept = [message_id for message_id, message in messages
+            if message.lease and (receive_counts.get(message_id) or 1) <= 1]
+    for _ in range(len(messages) - len(kept)):
+        services.refusals.refused(REDIS_DROPPED, [pool], logging.WARNING, error=str(error))
+    if kept:
+        logger.warning("pool not reconciled: redis unavailable; its messages carrying a lease return to the queue",
+                       extra={"pool": pool, "ids": kept, "error": str(error)})
+    return kept
 
 
 UNEXPECTED_REASON = "unexpected"
@@ -584,16 +633,12 @@ UNEXPECTED_REASON = "unexpected"
 
 
 def _unexpected_failure(pool: str, ids: list[str], error: BaseException) -> None:
-    """A pool's run raised: its messages return to the queue (SQS delivers them again after the
-    visibility timeout, then moves them to the DLQ). Redis failing outside the pass (``look_at``)
-    is a warning, as before. Anything else is a bug: said with the pool and the traceback, and
+    """A pool's run raised what is not Redis's (``_redis_failure``): its messages return to the
+    queue (SQS delivers them again after the visibility timeout, then moves them to the DLQ).
+    It is a bug: said with the pool and the traceback, and
     counted in ``ReconcileErrors`` as a failed pass is (by pool, reason ``unexpected``). Before,
     the log line gave the message ids only and no metric moved until the DLQ alarm, half an hour
     later."""
-    if isinstance(error, StoreUnavailable):
-        logger.warning("pool not reconciled: redis unavailable; its messages return to the queue",
-                       extra={"pool": pool, "ids": ids, "error": str(error)})
-        return
     logger.error("pool not reconciled; its messages return to the queue", exc_info=error,
                  extra={"pool": pool, "ids": ids, "error": repr(error), "reason": UNEXPECTED_REASON})
     count_failed_pass(pool, UNEXPECTED_REASON)

@@ -21,7 +21,7 @@ import pytest
 import app
 from chalicelib.clock import FakeClock
 from chalicelib.manager import dispatch
-from chalicelib.manager.dispatch import SAFETY_SECONDS
+from chalicelib.manager.dispatch import PASS_START_SECONDS, SAFETY_SECONDS
 from chalicelib.manager.pool_queue import FOLLOWUP, PoolMessage
 from chalicelib.manager.runner import LEASE_SECONDS
 from chalicelib.services import Services
@@ -76,6 +76,24 @@ def failed_pools(answer: dict[str, Any], event: dict[str, Any]) -> list[str]:
     return sorted(bodies[failure["itemIdentifier"]] for failure in answer["batchItemFailures"])
 
 
+class ShortAfterStart(Context):
+    """An invocation received with time for its passes to start (``PASS_START_SECONDS``, the
+    consumer's first look at the time), then with ``remaining_ms`` left: the consumer stops
+    waiting for its passes ``remaining_ms`` less ``SAFETY_SECONDS`` in."""
+
+    def __init__(self, remaining_ms: int) -> None:
+        super().__init__(remaining_ms)
+        self.asked = 0
+
+    def get_remaining_time_in_millis(self) -> int:
+        self.asked += 1
+        return int(PASS_START_SECONDS * 1000) if self.asked == 1 else self.remaining_ms
+
+    def __call__(self) -> float:
+        """The remaining seconds, as ``handle_batch`` asks them."""
+        return self.get_remaining_time_in_millis() / 1000
+
+
 def test_passes_of_a_batch_the_consumer_gave_up_on_do_not_run_in_a_later_invocation(
         services: Services, queue: RecordingQueue, fresh_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch with more pools than threads whose passes outlast the invocation: the passes not
@@ -87,7 +105,7 @@ def test_passes_of_a_batch_the_consumer_gave_up_on_do_not_run_in_a_later_invocat
     monkeypatch.setattr(dispatch, "look_at", passes)
     event = batch(*pools)
     try:
-        answer = app.reconcile(event, Context(remaining_ms=int((SAFETY_SECONDS + 0.3) * 1000)))
+        answer = app.reconcile(event, ShortAfterStart(remaining_ms=int((SAFETY_SECONDS + 0.3) * 1000)))
         passes.returned = True
     finally:
         passes.release.set()
@@ -108,7 +126,7 @@ def test_passes_stuck_in_earlier_invocations_do_not_starve_later_batches(
     monkeypatch.setattr(dispatch, "look_at", passes)
     try:
         event = batch(*stuck)
-        answer = app.reconcile(event, Context(remaining_ms=int((SAFETY_SECONDS + 0.3) * 1000)))
+        answer = app.reconcile(event, ShortAfterStart(remaining_ms=int((SAFETY_SECONDS + 0.3) * 1000)))
         assert failed_pools(answer, event) == stuck
 
         assert app.reconcile(batch("debian", "centos"), Context()) == {"batchItemFailures": []}
@@ -241,6 +259,40 @@ def test_a_pass_whose_invocation_runs_out_of_time_stops_before_its_next_step_and
     assert services.store.counts(["debian"])["debian"]["pending"] == 2
 
 
+
+@pytest.mark.parametrize("remaining_seconds", [0.5, SAFETY_SECONDS - 0.5, PASS_START_SECONDS - 0.5])
+def test_a_batch_received_with_too_little_time_left_starts_no_pass(
+        remaining_seconds: float, services: Services, queue: RecordingQueue, fresh_threads: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch handed over with less time left than a pass needs to reach its first step (a slow
+    start of the invocation, a short timeout): no pass starts, nothing changes in Redis, and
+    every message is reported failed, so SQS delivers it again to an invocation with time.
+    Before, each pass took its pool's lease and read the provider's inventory, then ran on after
+    the consumer had answered (its lease held, in Lambda frozen with the environment)."""
+    services.client.set("queuetest:unrelated", "kept")  # the state is not empty before
+    before = redis_state(services.client)
+    provider = services.provider("dummy")
+    inventory_reads: list[str] = []
+    for name in ("inventory_changes", "list_vms"):  # whichever the pass reads its inventory with
+        call = getattr(provider, name)
+
+        def recorded(*args: Any, _call: Any = call, _name: str = name, **kwargs: Any) -> Any:
+            inventory_reads.append(_name)
+            return _call(*args, **kwargs)
+
+        monkeypatch.setattr(provider, name, recorded)
+    event = batch("debian", "centos")
+
+    answer = app.reconcile(event, Context(int(remaining_seconds * 1000)))
+    futures_wait = [future for future in dispatch._given_up if not future.done()]
+    for future in futures_wait:  # a pass started anyway ends here, not in the next test
+        future.result(timeout=30)
+
+    assert failed_pools(answer, event) == ["centos", "debian"]
+    assert inventory_reads == [] and queue.sent == []
+    assert redis_state(services.client) == before
+
+
 def test_passes_given_up_on_that_never_end_do_not_pile_up_threads(
         fresh_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each batch whose pass outlives the invocation leaves a thread behind (a thread cannot be
@@ -261,7 +313,7 @@ def test_passes_given_up_on_that_never_end_do_not_pile_up_threads(
     try:
         for n in range(batches):
             answers.append(dispatch.handle_batch(None, [(f"m{n}", json.dumps({"pool": f"p{n}"}))],  # type: ignore[arg-type]
-                                                 None, lambda: SAFETY_SECONDS + 0.05))  # type: ignore[arg-type]
+                                                 None, ShortAfterStart(int((SAFETY_SECONDS + 0.05) * 1000))))  # type: ignore[arg-type]
         stuck = [thread for thread in threading.enumerate() if thread.name.startswith("reconcile")]
         assert len(started) == dispatch.MAX_PASSES_GIVEN_UP
         assert len(stuck) <= dispatch.MAX_PASSES_GIVEN_UP + dispatch.POOL_THREADS

@@ -91,6 +91,9 @@ def test_infra_stack_then_chalice_deploy(aws: boto3.Session, package: Package, r
     stage_settings.report_batch_failures(aws, STAGE)  # the --finish step Chalice cannot do
     (mapping,) = lambda_.list_event_source_mappings(FunctionName="vmpool-dev-reconcile")["EventSourceMappings"]
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    # --finish: a failed tick is not retried by Lambda (its default: twice), as in the full stack.
+    stage_settings.no_tick_retries(aws, STAGE)
+    assert lambda_.get_function_event_invoke_config(FunctionName="vmpool-dev-tick")["MaximumRetryAttempts"] == 0
 
     # --finish: each function writes JSON lines into the group Chalice made for it with the
     # stage's retention, which its role may write to. The API function (``vmpool-dev``) wrote to

@@ -886,3 +886,17 @@ def test_slimming_a_slimmed_zip_again_changes_nothing(package: Package, tmp_path
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert again.read_bytes() == slimmed.read_bytes()
+
+
+def test_a_failed_tick_is_not_retried_by_lambda(package: Package, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deployed stack tells Lambda not to retry a failed tick (an ``EventInvokeConfig`` on it
+    after the SAM transform, with no retries). Lambda's default, two retries a minute and two
+    minutes on, ran up to three ticks in ~2 minutes after a Redis outage, each sending every pool,
+    beside the ticks of those minutes."""
+    from test_scale import sam_expanded
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    configs = [{key: resource["Properties"].get(key) for key in ("FunctionName", "Qualifier", "MaximumRetryAttempts")}
+               for resource in sam_expanded(package, "vmpool/dev/code.zip").values()
+               if resource["Type"] == "AWS::Lambda::EventInvokeConfig"]
+    assert configs == [{"FunctionName": {"Ref": "Tick"}, "Qualifier": "$LATEST", "MaximumRetryAttempts": 0}]

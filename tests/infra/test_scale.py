@@ -35,7 +35,8 @@ source mapping; API events are the RestAPI's), before CloudFormation counts."""
 
 
 def deployed_resource_count(template: dict[str, Any]) -> int:
-    """Resources after the SAM transform: Serverless::Api becomes RestApi + Deployment + Stage."""
+    """Resources after the SAM transform: Serverless::Api becomes RestApi + Deployment + Stage; a
+    function's ``EventInvokeConfig`` one AWS::Lambda::EventInvokeConfig."""
     count = 0
     for resource in template["Resources"].values():
         count += 1
@@ -44,6 +45,7 @@ def deployed_resource_count(template: dict[str, Any]) -> int:
         if resource["Type"] == "AWS::Serverless::Function":
             for event in resource["Properties"].get("Events", {}).values():
                 count += SAM_EXPANSION[event["Type"]]
+            count += "EventInvokeConfig" in resource["Properties"]
     return count
 
 
