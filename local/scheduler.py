@@ -80,11 +80,14 @@ a loaded machine, short enough that Ctrl-C of `make run` does not seem to hang."
 def merged(first: PoolMessage, second: PoolMessage) -> PoolMessage:
     """One message doing what both ask: a follow-up stays one (its Redis marker is cleared when
     it runs), a lease to release is kept, so is a drain (a follow-up queued before the pool left
-    the config, merged with the tick's drain, drains it: ``PoolMessage.drains``)."""
+    the config, merged with the tick's drain, drains it: ``PoolMessage.drains``), and so is a
+    pass (a retry that only releases a lease, ``PoolMessage.releases_only``, merged with a tick
+    takes the tick's count of retries)."""
     reason = FOLLOWUP if FOLLOWUP in (first.reason, second.reason) else second.reason
     mark = next((message.mark for message in (second, first) if message.reason == FOLLOWUP), None)
+    attempt = first.attempt if second.releases_only and not first.releases_only else second.attempt
     return dataclasses.replace(second, reason=reason, lease=second.lease or first.lease,
-                               draining=first.drains or second.drains, mark=mark)
+                               draining=first.drains or second.drains, mark=mark, attempt=attempt)
 
 
 def taken_by_the_run(message: PoolMessage) -> bool:

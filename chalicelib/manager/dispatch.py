@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import secrets
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -40,6 +41,7 @@ from chalicelib.manager.pool_queue import (
     DRAIN,
     FOLLOWUP,
     MAX_DELAY_SECONDS,
+    MAX_RETRIES,
     NUDGE,
     RETRY,
     TICK,
@@ -48,7 +50,14 @@ from chalicelib.manager.pool_queue import (
     PoolQueue,
     QueueRefused,
 )
-from chalicelib.manager.runner import RETRY_SECONDS, RunReport, count_failed_pass, run_pool
+from chalicelib.manager.runner import (
+    LEASE_SECONDS,
+    RETRY_SECONDS,
+    RunReport,
+    count_failed_pass,
+    release_stale_lease,
+    run_pool,
+)
 from chalicelib.observability import emit, logger
 from chalicelib.sizing.controller import current_sizes
 from chalicelib.store import STATES, StoreUnavailable
@@ -64,8 +73,15 @@ TICK_SPREAD_SECONDS = 50
 pools are not all reconciled in the same second."""
 FOLLOWUP_SLACK_SECONDS = 30.0
 """How long after its due time a queued follow-up is given up for lost (another may be queued)."""
-MAX_RETRIES = 5
-"""Retries after a failed pass before the next tick takes over (bounds messages in an outage)."""
+RELEASE_RETRIES = math.ceil(math.log2(LEASE_SECONDS / RETRY_SECONDS + 1))
+"""Retries past ``MAX_RETRIES`` that only release the lease they carry (``PoolMessage.releases_only``),
+each after twice the delay of the one before (2, 4, 8, 16, 32 s): the last comes
+``LEASE_SECONDS`` or more after the run that last held the lease ended (renewing it at the
+latest then), when Redis has expired it anyway. Before, a retry carrying a lease was queued
+whatever its count, and its pass took a new lease that a flapping Redis left unreleased again:
+a pool was retried every 2 s for as long as Redis flapped, and never left to the tick."""
+LEASE_LEFT = "pool's lease not released: redis failed every retry; it expires on its own"
+"""The reason of the window's line counting leases whose retries were spent (``_queue_retry``)."""
 RUN_BUDGET_SECONDS = 5.0
 """Time a run may spend on extra passes when its pool is nudged meanwhile."""
 SAFETY_SECONDS = 5.0
@@ -341,15 +357,16 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
     is neither configured nor draining. Raises StoreUnavailable when Redis fails outside the run
     (the message is delivered again). ``nudged``: see ``run_pool``."""
     fleet = Fleet(services.store)
+    if message.releases_only:
+        _release_only(services, fleet, message, queue)
+        return None
     if not newest_config(services):
         # A push this function has not read yet (each reads the bucket at most every 30 s): its
         # passes would undo the newer config's (a template drained back and forth, clones of an
         # old size destroyed by the new one). The pool is left to a function that has read it.
         logger.info("config older than another function's: pool left to it", extra={
             "pool": message.pool, "generation": services.config.generation})
-        if message.attempt < MAX_RETRIES or message.lease:
-            queue_next(fleet, queue, PoolMessage(message.pool, RETRY, message.lease, message.attempt + 1,
-                                                 draining=message.drains), RETRY_SECONDS)
+        _queue_retry(services, fleet, queue, message, message.lease, message.drains)
         return None
     drain: PoolConfig | None = None
     if services.config.pool(message.pool) is None:
@@ -406,10 +423,7 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
         return report
     if report.unreleased_lease or (report.failures and report.look_again_in is not None):
         # (a failure without a time to look again, a malformed secret reference, waits for the tick)
-        if message.attempt < MAX_RETRIES or report.unreleased_lease:
-            retry = PoolMessage(message.pool, RETRY, report.unreleased_lease, message.attempt + 1,
-                                draining=drain is not None)
-            queue_next(fleet, queue, retry, RETRY_SECONDS)
+        _queue_retry(services, fleet, queue, message, report.unreleased_lease, drain is not None)
     elif report.look_again_in is not None:
         delay = min(report.look_again_in, MAX_DELAY_SECONDS)
         mark = secrets.token_hex(8)
@@ -417,6 +431,47 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
             queue_next(fleet, queue, PoolMessage(message.pool, FOLLOWUP, draining=drain is not None, mark=mark),
                        delay)
     return report
+
+
+def retry_of(message: PoolMessage, lease: str | None, draining: bool) -> Delayed | None:
+    """The retry after ``message``'s run failed, and its delay: ``lease``, the token that run may
+    still hold, is carried to it. A retry runs a pass while ``MAX_RETRIES`` allow; past them
+    only a lease is retried, released without a pass (``RELEASE_RETRIES``, delays doubling);
+    None once spent: the next tick looks at the pool, and a lease left expires on its own."""
+    attempt = message.attempt + 1
+    if attempt <= MAX_RETRIES:
+        return PoolMessage(message.pool, RETRY, lease, attempt, draining=draining), RETRY_SECONDS
+    if lease and attempt <= MAX_RETRIES + RELEASE_RETRIES:
+        delay = RETRY_SECONDS * 2 ** (attempt - MAX_RETRIES - 1)
+        return PoolMessage(message.pool, RETRY, lease, attempt, draining=draining), delay
+    return None
+
+
+def _queue_retry(services: "Services", fleet: Fleet, queue: PoolQueue, message: PoolMessage,
+                 lease: str | None, draining: bool) -> None:
+    """Queue ``message``'s retry (``retry_of``); a lease whose retries are spent is counted in
+    one warning a window (``services.refusals``), not a line a pool."""
+    retry = retry_of(message, lease, draining)
+    if retry is not None:
+        queue_next(fleet, queue, *retry)
+    elif lease:
+        services.refusals.refused(LEASE_LEFT, [message.pool], logging.WARNING)
+
+
+def _release_only(services: "Services", fleet: Fleet, message: PoolMessage, queue: PoolQueue) -> None:
+    """A retry past ``MAX_RETRIES`` (``PoolMessage.releases_only``): the lease it carries is
+    released, with the template leases taken with it, and no pass runs (the tick's looks at the
+    pool): a pass would take a lease of its own for Redis to leave unreleased again. Not released
+    (Redis failed, or no replica has the release): retried while ``RELEASE_RETRIES`` allow."""
+    if message.lease is None:
+        return
+    try:
+        settings = None if services.config.pool(message.pool) else fleet.settings(message.pool)
+        released = release_stale_lease(services, message.pool, message.lease, settings)
+    except StoreUnavailable:
+        released = False
+    if not released:
+        _queue_retry(services, fleet, queue, message, message.lease, message.drains)
 
 
 def queue_next(fleet: Fleet, queue: PoolQueue, message: PoolMessage, delay: float) -> None:
@@ -647,15 +702,24 @@ def _unexpected_failure(pool: str, ids: list[str], error: BaseException) -> None
 def _look_at_all(services: "Services", messages: list[PoolMessage], queue: PoolQueue, budget: float,
                  out_of_time: Callable[[], bool]) -> None:
     """Several messages for one pool: one run (releasing every stale lease they carry). The run
-    is the message's that asks the most of it: a follow-up (its arrival is noted), then one that
-    drains a pool no longer configured (a tick or nudge for it is dropped: ``look_at``; a tick
-    queued just before the pool left the config may share a batch with the next tick's drain),
-    then one carrying a lease. It drains when any of them does (``PoolMessage.drains``)."""
-    first = max(messages, key=lambda m: (m.reason == FOLLOWUP, m.reason not in (TICK, NUDGE), m.lease is not None))
-    for other in messages:
-        if other.lease and other is not first:
-            services.store.release_lease(other.pool, other.lease)
-        if other.reason == FOLLOWUP and other is not first:
+    is the message's that asks the most of it: one that runs a pass (not ``releases_only``),
+    then a follow-up (its arrival is noted), then one that drains a pool no longer configured
+    (a tick or nudge for it is dropped: ``look_at``; a tick queued just before the pool left the
+    config may share a batch with the next tick's drain), then one carrying a lease. It drains
+    when any of them does (``PoolMessage.drains``). Another message's lease goes to the run when
+    its own message carries none (released as a retry's is: its template leases too, carried on
+    while no replica has the release); any more are released here with their template leases.
+    Before, they were released with a plain release of the pool's lease: the template leases
+    taken with them held the pools on the template until they expired."""
+    chosen = max(messages, key=lambda m: (not m.releases_only, m.reason == FOLLOWUP,
+                                          m.reason not in (TICK, NUDGE), m.lease is not None))
+    others = [other for other in messages if other is not chosen]
+    leases = list(dict.fromkeys(other.lease for other in others if other.lease and other.lease != chosen.lease))
+    first = dataclasses.replace(chosen, lease=leases.pop(0)) if chosen.lease is None and leases else chosen
+    for lease in leases:
+        release_stale_lease(services, first.pool, lease)
+    for other in others:
+        if other.reason == FOLLOWUP:
             # The queued follow-up and another delivery of an earlier one in one batch: the
             # run's next follow-up is queued only once the queued one's mark is freed.
             Fleet(services.store).followup_arrived(other.pool, other.mark)

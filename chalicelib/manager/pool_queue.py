@@ -21,6 +21,9 @@ FOLLOWUP = "followup"
 RETRY = "retry"
 DRAIN = "drain"
 
+MAX_RETRIES = 5
+"""Retries after a failed pass before the next tick takes over (bounds messages in an outage).
+A retry past them only releases the lease it carries (``PoolMessage.releases_only``)."""
 MAX_DELAY_SECONDS = 900
 """SQS's longest DelaySeconds."""
 DELAY_FIELD = "delay"
@@ -51,6 +54,14 @@ class PoolMessage:
         was sent by a function that does (a push, or a deploy of a packaged config, not yet read
         by the receiver): draining on it would empty a pool just added (dispatch.look_at)."""
         return self.reason == DRAIN or self.draining
+
+    @property
+    def releases_only(self) -> bool:
+        """Whether the message is a retry past ``MAX_RETRIES``: it releases the lease it carries
+        and runs no pass (dispatch.look_at). A pass takes a lease of its own, which a Redis
+        flapping may leave unreleased again: retries that ran passes carried a new lease each
+        time, and so were queued for as long as Redis flapped, every 2 s a pool."""
+        return self.reason == RETRY and self.attempt > MAX_RETRIES
 
     def body(self, delay_seconds: int = 0) -> str:
         """The message's JSON; with ``delay_seconds``, the ``DelaySeconds`` it is sent with (not

@@ -158,15 +158,9 @@ def run_pool(
     lease = RunLease(services, pool_name, token)
     try:
         if stale_lease:
-            store.release_lease(pool_name, stale_lease)
-            stale_pool = pool_config or services.config.pool(pool_name)
-            if stale_pool is not None and getattr(services.config.service, "create_template_delta_disks", False):
-                templates.release_stale(store, stale_pool, stale_lease)
-            if not store.writes_replicated():
-                RELEASE_WAITS.skipped(pool_name, clock.monotonic())
+            if not release_stale_lease(services, pool_name, stale_lease, pool_config):
                 return RunReport(pool_name, leased=False, failures=["lease release not replicated"],
                                  look_again_in=RETRY_SECONDS, unreleased_lease=stale_lease)
-            RELEASE_WAITS.acknowledged(clock.monotonic())
             stale_lease = None
         held = store.acquire_lease(pool_name, LEASE_SECONDS, token=token)
         if held is None:
@@ -249,6 +243,25 @@ def run_pool(
             report.unreleased_lease = token
             report.look_again_in = RETRY_SECONDS
     return report
+
+
+def release_stale_lease(services: "Services", pool_name: str, token: str,
+                        pool_config: PoolConfig | None = None) -> bool:
+    """Release the lease ``token`` of an earlier run of ``pool_name`` (a stall or a failover ate
+    its release) and the template leases its passes took with that token; whether the release
+    counts: a replica has it where one is asked for (``Store.writes_replicated``), else the token
+    is to be carried on. ``pool_config``: the pool as that run had it (a drained pool's), else
+    the configured one. Raises StoreUnavailable."""
+    store, clock = services.store, services.clock
+    store.release_lease(pool_name, token)
+    stale_pool = pool_config or services.config.pool(pool_name)
+    if stale_pool is not None and getattr(services.config.service, "create_template_delta_disks", False):
+        templates.release_stale(store, stale_pool, token)
+    if not store.writes_replicated():
+        RELEASE_WAITS.skipped(pool_name, clock.monotonic())
+        return False
+    RELEASE_WAITS.acknowledged(clock.monotonic())
+    return True
 
 
 def _pass_failed(report: RunReport, error: Exception, reason: str, retry_in: float | None) -> None:
