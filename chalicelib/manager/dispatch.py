@@ -658,6 +658,9 @@ def handle_batch(services: "Services", records: Iterable[tuple[str, str]], queue
 
 REDIS_DROPPED = "reconcile messages dropped: redis unavailable; the next tick queues every pool again"
 """The reason of the window's line counting messages dropped for want of Redis (``_redis_failure``)."""
+REDIS_KEPT = "reconcile messages carrying a lease returned to the queue: redis unavailable"
+"""The reason of the window's line counting pools whose messages carrying a lease went back to
+the queue for want of Redis (``_redis_failure``)."""
 
 
 def _redis_failure(services: "Services", pool: str, messages: list[tuple[str, PoolMessage]],
@@ -670,16 +673,17 @@ def _redis_failure(services: "Services", pool: str, messages: list[tuple[str, Po
     level-triggered), and a lease outlives neither its ``LEASE_SECONDS`` nor, so, a visibility
     timeout. Before, all of them went back to the queue: an outage of over half an hour moved
     every pool's messages to the dead-letter queue (5 deliveries) and fired its alarm with
-    messages nothing needed. Dropped ones are counted in one warning a window
-    (``services.refusals``: the first said at once, the rest summed when the window is over, by
-    the consumer's next invocation, app.py), not a line each."""
+    messages nothing needed. Dropped ones, and the pools whose kept ones go back, are counted in
+    one warning a window each (``services.refusals``: the first said at once, the rest summed when
+    the window is over, by the consumer's next invocation, app.py), not a line each: the kept
+    ones were a line per pool, every pool whose pass an outage caught (1,000 lines at once)."""
     kept = [message_id for message_id, message in messages
             if message.lease and (receive_counts.get(message_id) or 1) <= 1]
     for _ in range(len(messages) - len(kept)):
         services.refusals.refused(REDIS_DROPPED, [pool], logging.WARNING, error=str(error))
     if kept:
-        logger.warning("pool not reconciled: redis unavailable; its messages carrying a lease return to the queue",
-                       extra={"pool": pool, "ids": kept, "error": str(error)})
+        services.refusals.refused(REDIS_KEPT, [pool], logging.WARNING, ids=kept[:DROPPED_IDS_LOGGED],
+                                  error=str(error))
     return kept
 
 

@@ -21,7 +21,7 @@ import redis
 
 from chalicelib.clock import FakeClock
 from chalicelib.config import parse
-from chalicelib.manager.dispatch import LEASE_LEFT, RELEASE_RETRIES, _look_at_all, look_at
+from chalicelib.manager.dispatch import LEASE_LEFT, REDIS_KEPT, RELEASE_RETRIES, _look_at_all, handle_batch, look_at
 from chalicelib.manager.pool_queue import FOLLOWUP, MAX_RETRIES, RETRY, TICK, PoolMessage
 from chalicelib.manager.runner import LEASE_SECONDS
 from chalicelib.services import Services
@@ -157,3 +157,21 @@ def test_a_batch_releases_the_template_leases_of_a_lease_another_message_carries
     assert not admin.exists(template_lease)
     assert not admin.exists(services.store.keys.lease("alpha"))
     assert services.store.counts(["alpha"])["alpha"]["pending"] == 2  # the pool cloned in that run
+
+
+def test_a_batch_of_lease_releases_redis_failed_is_one_warning(closed_port: int, log_output: io.StringIO) -> None:
+    """Ten pools' retries carrying a lease, on their first delivery, with Redis refusing
+    connections: each goes back to the queue (to release its lease once Redis is back). Before,
+    one warning a pool: every pool whose pass an outage caught, a line each at once. Now the
+    first is said and the rest counted in the window's summary."""
+    pools = "".join(f"  - {{name: p{n}, size: 1, provider: dummy}}\n" for n in range(10))
+    config = parse("providers:\n  dummy: {provider_class: dummy}\npools:\n" + pools
+                   + f"redis: {{server: 127.0.0.1, port: {closed_port}, socket_timeout: 0.2}}\n")
+    services = Services(config, connect(config.redis), clock=FakeClock())
+    records = [(f"m{n}", PoolMessage(f"p{n}", RETRY, "host:1@x:ab", 1).body()) for n in range(10)]
+
+    failed = handle_batch(services, records, RecordingQueue(), lambda: 60.0, {f"m{n}": 1 for n in range(10)})
+
+    assert sorted(failed) == sorted(f"m{n}" for n in range(10))  # every lease comes back to be released
+    problems = [line for line in json_lines(log_output.getvalue()) if line["level"] == "WARNING"]
+    assert [line["message"] for line in problems] == [REDIS_KEPT]
