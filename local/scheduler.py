@@ -36,6 +36,7 @@ import dataclasses
 import functools
 import heapq
 import itertools
+import logging
 import socket
 import threading
 import time
@@ -72,6 +73,8 @@ HELD_ELSEWHERE_SECONDS = 1.0
 """How soon a pool whose lease another process holds is tried again when nudged. Each try nudges
 the holder through the pool's wake list, which this scheduler's own listener pops too: without a
 pause the two spun (a try, a nudge, a try...) for as long as the lease was held, most of a core."""
+REDIS_SKIPPED = "reconcile skipped: redis unavailable"
+"""The reason of the window's line counting the runs Redis failed (``LocalScheduler.run``)."""
 STOP_SECONDS = 60.0
 """How long ``LocalScheduler.stop`` waits for a pass in progress: longer than a pass takes on
 a loaded machine, short enough that Ctrl-C of `make run` does not seem to hang."""
@@ -364,33 +367,38 @@ class LocalScheduler:
     def _work(self) -> None:
         while not self._stopping.is_set():
             message = self.queue.take(timeout=0.5)
-            if message is None:
-                continue
+            if message is not None:
+                self.run(message)
+
+    def run(self, message: PoolMessage) -> None:
+        """Run a message taken off the queue (a worker's share). A run Redis failed is queued
+        again a second on, and counted in one warning a window (``services.refusals``): a line
+        each, every pool said so every second for as long as Redis refused connections."""
+        self.services.refusals.flush_if_due()  # a window that is over is summed now
+        with self._lock:
+            if message.pool in self._running:
+                # This process runs the pool now: one more run when it ends, no lease traffic.
+                held = self._again.get(message.pool)
+                self._again[message.pool] = merged(held, message) if held else message
+                return
+            self._running.add(message.pool)
+        try:
+            report = look_at(self.services, message, self.queue, self.budget_seconds,
+                             stopping=self._stopping.is_set,
+                             nudged=functools.partial(self.take_nudge, message.pool))
             with self._lock:
-                if message.pool in self._running:
-                    # This process runs the pool now: one more run when it ends, no lease traffic.
-                    held = self._again.get(message.pool)
-                    self._again[message.pool] = merged(held, message) if held else message
-                    continue
-                self._running.add(message.pool)
-            try:
-                report = look_at(self.services, message, self.queue, self.budget_seconds,
-                                 stopping=self._stopping.is_set,
-                                 nudged=functools.partial(self.take_nudge, message.pool))
-                with self._lock:
-                    if report is not None and not report.leased and not report.failures:
-                        self._held_elsewhere[message.pool] = time.monotonic() + HELD_ELSEWHERE_SECONDS
-                    else:
-                        self._held_elsewhere.pop(message.pool, None)
-            except StoreUnavailable as error:
-                logger.warning("reconcile skipped: redis unavailable",
-                               extra={"pool": message.pool, "error": str(error)})
-                self.queue.send([(message, 1.0)])
-            except Exception:  # noqa: BLE001 - keep the local stack alive and say what broke
-                logger.exception("reconcile crashed", extra={"pool": message.pool})
-            finally:
-                with self._lock:
-                    self._running.discard(message.pool)
-                    again = self._again.pop(message.pool, None)
-                if again:
-                    self.queue.send([(again, 0.0)])
+                if report is not None and not report.leased and not report.failures:
+                    self._held_elsewhere[message.pool] = time.monotonic() + HELD_ELSEWHERE_SECONDS
+                else:
+                    self._held_elsewhere.pop(message.pool, None)
+        except StoreUnavailable as error:
+            self.services.refusals.refused(REDIS_SKIPPED, [message.pool], logging.WARNING, error=str(error))
+            self.queue.send([(message, 1.0)])
+        except Exception:  # noqa: BLE001 - keep the local stack alive and say what broke
+            logger.exception("reconcile crashed", extra={"pool": message.pool})
+        finally:
+            with self._lock:
+                self._running.discard(message.pool)
+                again = self._again.pop(message.pool, None)
+            if again:
+                self.queue.send([(again, 0.0)])
