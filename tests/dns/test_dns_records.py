@@ -583,6 +583,16 @@ def return_all(world: Harness, hosts: Iterable[str]) -> None:
         world.store.move(host, "dns", "running", "completed", world.clock.now(), reason="returned by its user")
 
 
+def returned_during_outage(world: Harness, bind: BindServer, hosts: Iterable[str]) -> None:
+    """``return_all`` of ``hosts`` while the DNS server is down, passes until they are destroyed
+    (their records noted as left), then the server back."""
+    bind.kill()
+    return_all(world, hosts)
+    world.passes("dns", 4)
+    assert {world.state_of(host) for host in hosts} == {"destroyed"}
+    bind.start()
+
+
 @pytest.mark.parametrize("same_zone", [True, False], ids=["zone-kept", "zone-was-the-old-domain"])
 def test_a_vm_published_before_its_entrys_domain_changed_loses_the_record_it_was_published_under(
         make_harness: HarnessFactory, bind: BindServer, same_zone: bool) -> None:
@@ -625,11 +635,7 @@ def test_a_record_left_behind_by_an_outage_is_deleted_by_its_entry_after_the_poo
     world, published = published_then_reconfigured(make_harness, bind, dns_document(
         {"zone": bind.dns_config(), "other": bind.dns_config(domain=f"lab.{bind.zone}", zone=bind.zone)},
         "other"))
-    bind.kill()
-    return_all(world, published)
-    world.passes("dns", 4)
-    assert {world.state_of(host) for host in published} == {"destroyed"}
-    bind.start()
+    returned_during_outage(world, bind, published)
     world.passes("dns", 2)
     for host in published:
         assert bind.addresses(f"{host}.{bind.zone}") == []
