@@ -23,9 +23,9 @@ from chalicelib.manager.dns_records import LEFT_RECORDS_PER_PASS
 from tests.dns.bind import BindServer
 from tests.dns.test_dns_records import (
     dns_document,
+    left_by_a_refused_entry,
     make_dns_world,
     published_then_reconfigured,
-    return_all,
     returned_during_outage,
 )
 from tests.dns.test_dns_republish import readdress
@@ -202,17 +202,7 @@ def test_left_records_of_a_refused_entry_do_not_keep_another_entrys_in_the_zone(
     # destroyed while the server is down. Before, each pass sent the oldest left records first,
     # "zone"'s, met the refused key and stopped there: "other"'s records, which the server would
     # delete, stayed in the zone until their VMs' records expired (data_ttl, a week by default).
-    wrong = base64.b64encode(secrets.token_bytes(32)).decode()
-    world, published = published_then_reconfigured(make_harness, bind, dns_document(
-        {"zone": bind.dns_config(tsig_secret=wrong), "other": bind.dns_config()}, "other"))
-    return_all(world, published)
-    world.passes("dns", 4)
-    assert {world.state_of(host) for host in published} == {"destroyed"}
-    replacements = sorted(world.hosts("dns", "ready"))
-    assert len(replacements) == 2
-    for host in replacements:
-        assert world.store.get_vm(host).raw["dns_plugin"] == "other"  # type: ignore[union-attr]
-        assert bind.addresses(f"{host}.{bind.zone}") != []
+    world, published, replacements = left_by_a_refused_entry(make_harness, bind)
     returned_during_outage(world, bind, replacements)
     world.passes("dns", 3)
     for host in replacements:
