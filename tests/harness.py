@@ -22,7 +22,7 @@ import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import redis
 import yaml
@@ -47,6 +47,8 @@ PREFIX = "vmpool:"
 
 SPEC_PATH = Path(__file__).resolve().parents[1] / "docs" / "openapi.yaml"
 VERSION_PREFIX = re.compile(r"^/api/v[123](?=/)")
+
+T = TypeVar("T")
 
 
 # --- docs/openapi.yaml ---------------------------------------------------------------------------
@@ -470,24 +472,36 @@ def kill_at_step(step: int) -> tuple[Callable[[str], None], list[str]]:
     return checkpoint, reached
 
 
-def run_at_once(action: Callable[[], object], threads: int) -> None:
-    """Run ``action`` in ``threads`` threads released together; re-raise what any of them raised."""
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(threads)
+def at_once(*calls: Callable[[], T], wait: float | None = 60.0) -> list[T]:
+    """Run ``calls`` in threads released together by a barrier; their results, in order. A call
+    that raised, or had not ended ``wait`` seconds after the others were joined (None: waited
+    for), fails the test with what it raised."""
+    barrier = threading.Barrier(len(calls), timeout=30)
+    results: list[Any] = [None] * len(calls)
+    errors: dict[int, BaseException] = {}
+    ended: set[int] = set()
 
-    def run() -> None:
+    def run(index: int) -> None:
         try:
             barrier.wait()
-            action()
+            results[index] = calls[index]()
+            ended.add(index)
         except BaseException as error:  # noqa: BLE001 - reported below
-            errors.append(error)
+            errors[index] = error
 
-    workers = [threading.Thread(target=run) for _ in range(threads)]
+    workers = [threading.Thread(target=run, args=(index,)) for index in range(len(calls))]
     for worker in workers:
         worker.start()
     for worker in workers:
-        worker.join()
-    assert errors == [], errors
+        worker.join(wait)
+    failed = {index: errors.get(index, "still running") for index in range(len(calls)) if index not in ended}
+    assert not failed, f"calls failed: {failed!r}"
+    return results
+
+
+def run_at_once(action: Callable[[], object], threads: int) -> None:
+    """Run ``action`` in ``threads`` threads released together; fail with what any of them raised."""
+    at_once(*[action] * threads, wait=None)
 
 
 # --- a process killed after any Redis command ----------------------------------------------------

@@ -12,6 +12,9 @@
     doc_prose(name)                  a doc's text as a reader sees it (line breaks as spaces)
     RedisRoundTrips()                count what this process sends to Redis, a round trip each
     refuse_task_reads(mp, provider, refusal)  the provider fails to read the tasks ``refusal`` names
+    RecordingQueue()                 the reconcile queue, recording what is sent to it
+    Context(), ClockedContext(clock, timeout)  a reconcile Lambda's context (its time left given, or on a fake clock)
+    sqs_event(*bodies), TICK_EVENT   the events the reconcile and tick functions receive
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import pytest
 import redis.connection
 
+from chalicelib.clock import FakeClock
 from chalicelib.config import RedisConfig
 from chalicelib.manager.pool_queue import PoolMessage
 from chalicelib.providers.base import UNREACHABLE, Provider, ProviderError, TaskStatus
@@ -456,3 +460,43 @@ class RecordingQueue:
 
     def send(self, messages: list[tuple[PoolMessage, float]], budget_seconds: float | None = None) -> None:
         self.sent.extend(messages)
+
+
+class Context:
+    """A Lambda context (the reconcile function's) whose remaining time is given."""
+
+    function_name = "vmpool-dev-reconcile"
+    memory_limit_in_mb = 512
+    aws_request_id = "test"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:vmpool-dev-reconcile"
+
+    def __init__(self, remaining_ms: int = 60_000) -> None:
+        self.remaining_ms = remaining_ms
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms
+
+
+class ClockedContext(Context):
+    """A Lambda context whose time runs out on a fake clock, ``timeout`` seconds after it starts."""
+
+    def __init__(self, clock: FakeClock, timeout: float) -> None:
+        super().__init__()
+        self.clock, self.ends = clock, clock.monotonic() + timeout
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self.ends - self.clock.monotonic()) * 1000))
+
+
+def sqs_event(*bodies: str) -> dict[str, Any]:
+    """An SQS event of the reconcile queue delivering ``bodies``, one record each."""
+    return {"Records": [
+        {"messageId": f"m{n}", "receiptHandle": "r", "body": body,
+         "attributes": {"SentTimestamp": str(int(time.time() * 1000))},
+         "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:vmpool-dev-reconcile"}
+        for n, body in enumerate(bodies)
+    ]}
+
+
+TICK_EVENT = {"version": "0", "id": "e", "detail-type": "Scheduled Event", "source": "aws.events", "account": "1",
+              "time": "2026-01-01T00:00:00Z", "region": "us-east-1", "resources": [], "detail": {}}

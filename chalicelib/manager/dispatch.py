@@ -394,7 +394,7 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
             logger.info("message for a pool not configured here yet", extra={
                 "pool": message.pool, "reason": message.reason})
             if message.reason in (RETRY, FOLLOWUP):
-                _leave_to_configured(services, message, queue)
+                _leave_to_configured(services, fleet, message, queue)
             return None
         if settings is None:
             logger.info("message for an unknown pool dropped", extra={"pool": message.pool})
@@ -402,7 +402,7 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
         if settings.provider not in services.config.providers:
             # Nothing can destroy its VMs: said once, given up after a grace (manager/providerless.py).
             # Before, an error every tick, and the pool and its VMs' records were kept for good.
-            providerless.give_up(services, settings)
+            providerless.give_up(services, settings, fleet)
             return None
         fleet.provider_back(message.pool)  # a later loss of it gets its grace again
         drain = draining(settings)
@@ -494,13 +494,13 @@ def queue_next(fleet: Fleet, queue: PoolQueue, message: PoolMessage, delay: floa
         emit(None, {metric.AWS_CALL_FAILURES: 1})
 
 
-def _leave_to_configured(services: "Services", message: PoolMessage, queue: PoolQueue) -> None:
+def _leave_to_configured(services: "Services", fleet: Fleet, message: PoolMessage, queue: PoolQueue) -> None:
     """A retry or follow-up of a pass that ran the pool as configured, received by a function
     whose config does not have the pool: queued again (as a retry, while ``MAX_RETRIES`` allow)
     for a function that has it. Its lease, a run's that ended, is released now and its follow-up
     marker cleared (its own mark only), so the function that has the pool is not held up by
-    them. A pool truly removed meanwhile is drained by the tick's ``DRAIN``."""
-    fleet = Fleet(services.store)
+    them. A pool truly removed meanwhile is drained by the tick's ``DRAIN``. ``fleet``: the
+    caller's (``look_at``)."""
     if message.lease:
         services.store.release_lease(message.pool, message.lease)
     if message.reason == FOLLOWUP:

@@ -55,6 +55,7 @@ from chalicelib.dns.base import (
     without_arns,
 )
 from chalicelib.manager.context import PassContext
+from chalicelib.manager.dns_withdrawal import withdraw_left
 from chalicelib.observability import logger
 from chalicelib.providers.base import Readiness, VMInfo
 from chalicelib.store import DNS_ELSEWHERE, DnsClaim, VMRecord
@@ -467,63 +468,28 @@ refusing service (Route 53: 5 calls a second for the whole account) is not sent 
 
 
 def delete_left_records(context: PassContext) -> None:
-    """Delete the address records of VMs destroyed while DNS failed. Only a record whose VM is
-    destroyed and still notes it (``dns_name``) is deleted: a VM still being destroyed is left to
-    the completed step, and a name whose record is gone (past ``data_ttl``) or taken by a new VM
-    is forgotten, never deleted from under its new owner."""
+    """Delete the address records of VMs destroyed while DNS failed (``dns_withdrawal``: each by
+    the entry that published it, within the pass's DNS budget, ``LEFT_FAILURES_PER_PASS``
+    failures at most). Only a record whose VM is destroyed and still notes it (``dns_name``) is
+    deleted: a VM still being destroyed is left to the completed step, and a name whose record is
+    gone (past ``data_ttl``) or taken by a new VM is forgotten, never deleted from under its new
+    owner."""
     if context.dns is None and context.dns_plugins is None:
         return  # no entry could have published them (a pool whose dns_plugin was removed has one)
-    hostnames = context.store.dns_left(context.pool.name, LEFT_RECORDS_PER_PASS)
-    if not hostnames:
-        return
-    records = context.store.records(hostnames)
-    forget: list[str] = []
-    failures = 0
-    by_entry: dict[str, tuple[DnsPlugin, list[tuple[str, str | None]]]] = {}
-    for hostname in hostnames:
-        record = records.get(hostname)
-        if record is not None and record.state == "completed":
-            continue  # withdraw_dns retries it while the VM is destroyed
-        if record is None or record.state != "destroyed" or not record.raw.get("dns_name"):
-            forget.append(hostname)
-            continue
-        plugin = context.publisher(record)  # None: its entry is gone (counted, note dropped)
-        if plugin is None:
-            forget.append(hostname)
-            continue
-        by_entry.setdefault(plugin.name, (plugin, []))[1].append((hostname, str(record.raw["dns_name"])))
-    for plugin, names in by_entry.values():
-        if failures >= LEFT_FAILURES_PER_PASS:
-            break
+
+    def delete(plugin: DnsPlugin, names: list[tuple[str, str]], max_refusals: int) -> dict[str, DnsError | None]:
         # One call for the entry's names (dynamic-dns: 50 deletes in one update); a name the
         # service refuses alone fails alone, a failure of the service or entry fails them all.
-        try:
-            outcome = context.dns_call(f"delete {len(names)} records", functools.partial(
-                plugin.delete_many, names, LEFT_FAILURES_PER_PASS - failures), plugin.name)
-        except DnsError as error:
-            # The service did not answer or refused the entry: counted once, not once a name (a
-            # batch of 50), and the rest of the backlog waits for the next pass.
-            context.dns_failed(names[0][0], f"deletion of {len(names)} records", error)
-            failures = LEFT_FAILURES_PER_PASS
-            continue
-        for hostname, _ in names:
-            if hostname not in outcome:
-                continue  # not sent (too many refusals this pass): left for the next passes
-            failure = outcome[hostname]
-            if failure is not None:
-                context.dns_failed(hostname, "record deletion", failure)
-                # To the back of the line: a record the DNS service keeps refusing to delete (its
-                # zone gone from the server, say) must not keep the ones behind it waiting until
-                # its VM's record expires (data_ttl: a week by default).
-                context.store.note_dns_left(context.pool.name, hostname, context.now)
-                failures += 1
-                continue
-            context.store.update_vm(hostname, dns_name=None, dns_plugin=None, dns_published=None, dns_error=None)
-            forget.append(hostname)
-    context.store.forget_dns_left(context.pool.name, forget)
-    if len(hostnames) == LEFT_RECORDS_PER_PASS and not failures:
+        return context.dns_call(f"delete {len(names)} records",
+                                functools.partial(plugin.delete_many, names, max_refusals), plugin.name)
+
+    # context.publisher logs and counts each record whose entry is gone, and drops its notes.
+    done = withdraw_left(context.store, context.pool.name, context.now, context.publisher, delete,
+                         context.dns_failed, LEFT_RECORDS_PER_PASS, LEFT_FAILURES_PER_PASS)
+    if done.read == LEFT_RECORDS_PER_PASS and not done.failures:
         # A full batch gone well: more are likely waiting, each a name leading to an address DHCP
         # may give another machine. The pool is looked at again soon, not at the next tick (a
         # batch a minute). A pass that met failures leaves the rest to the tick: no retry storm.
         context.report.followups += 1
-    context.checkpoint("dns_left_deleted")
+    if done.read:
+        context.checkpoint("dns_left_deleted")

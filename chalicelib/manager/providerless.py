@@ -32,8 +32,9 @@ from chalicelib import observability as metric
 from chalicelib.config import PoolConfig
 from chalicelib.dns.base import DnsError, DnsPlugin
 from chalicelib.manager import ondemand
+from chalicelib.manager.dns_withdrawal import withdraw_left
 from chalicelib.observability import emit, logger
-from chalicelib.store import STATES
+from chalicelib.store import STATES, VMRecord
 from chalicelib.store.fleet import Fleet
 
 if TYPE_CHECKING:
@@ -50,6 +51,9 @@ GIVEN_UP = "provider gone from the config: the machine is left on the hypervisor
 DNS_DELETES_PER_LOOK = 50
 """Records of VMs given up one look deletes at most (a call each to the DNS service, 50 names to
 an update with ``dynamic-dns``); the rest are noted and deleted by the next looks."""
+DNS_FAILURES_PER_LOOK = 5
+"""Failed deletes after which a look leaves the rest to the next looks (as a pass:
+``dns_records.LEFT_FAILURES_PER_PASS``): a refusing service is not sent 50 a look."""
 DNS_ENTRY_GONE = "entry_gone"
 """``DnsFailures``' reason for a record nothing can delete (as ``context.DNS_ENTRY_GONE``)."""
 
@@ -74,12 +78,12 @@ class GivenUp:
     """The names whose DNS entry is gone from the config: their records stay in the zone."""
 
 
-def give_up(services: "Services", pool: PoolConfig) -> GivenUp:
+def give_up(services: "Services", pool: PoolConfig, fleet: Fleet) -> GivenUp:
     """Look at the removed ``pool`` (its settings as last configured), whose provider the config
     no longer has: note it and warn once; past the grace, drop the records of its VMs not in use
     (and of those in use once their lifetime has ended), fail its open requests, forget it once
-    it holds no VM."""
-    store, fleet, now = services.store, Fleet(services.store), services.clock.now()
+    it holds no VM. ``fleet``: the caller's (``dispatch.look_at``)."""
+    store, now = services.store, services.clock.now()
     since, first = fleet.providerless_since(pool.name, now)
     if first:
         counts = store.counts([pool.name])[pool.name]
@@ -128,62 +132,35 @@ def give_up(services: "Services", pool: PoolConfig) -> GivenUp:
 def withdraw_records(services: "Services", pool: PoolConfig, given_up: list[str], result: GivenUp) -> None:
     """Delete the DNS records of the VMs just ``given_up`` and of those earlier looks failed to
     delete (``Store.dns_left``), each by the entry that published it (the pool's ``dns_plugin``
-    for a record that names none), ``DNS_DELETES_PER_LOOK`` at most. Only a record still noted
-    on a given-up VM is deleted (a name taken by a new VM since is never deleted from under it).
-    A failure of the service stops the look: the rest wait for the next one."""
+    for a record that names none), ``DNS_DELETES_PER_LOOK`` at most (``dns_withdrawal``, as a
+    pass deletes those of a drained pool). Only a record still noted on a given-up VM is deleted
+    (a name taken by a new VM since is never deleted from under it). The failures are counted and
+    logged once a look, the records whose entry is gone named in one warning."""
     store, now = services.store, services.clock.now()
-    hostnames = list(dict.fromkeys([*store.dns_left(pool.name, DNS_DELETES_PER_LOOK), *given_up]))
-    if not hostnames:
-        return
-    records = store.records(hostnames)
-    done: list[str] = []
-    by_entry: dict[str, tuple[DnsPlugin, str, list[tuple[str, str]]]] = {}
-    for hostname in hostnames:
-        record = records.get(hostname)
-        fqdn = record.raw.get("dns_name") if record is not None else None
-        if record is None or record.state != "destroyed" or not fqdn:
-            done.append(hostname)  # nothing published, or its record expired: nothing to delete
-            continue
-        noted = str(record.raw.get("dns_plugin") or "")
-        entry = noted or pool.dns_plugin
+    errors: list[DnsError] = []
+
+    def publisher(record: VMRecord) -> DnsPlugin | None:
+        entry = str(record.raw.get("dns_plugin") or "") or pool.dns_plugin
         plugin = services.dns_plugin_named(entry) if entry else None
-        if plugin is None or not plugin.manages_records:
-            result.dns_unreachable.append(str(fqdn))
-            store.update_vm(hostname, dns_name=None, dns_plugin=None, dns_published=None, dns_error=None)
-            done.append(hostname)
-            continue
-        by_entry.setdefault(plugin.name, (plugin, noted, []))[2].append((hostname, str(fqdn)))
-    sent = 0
-    failed: DnsError | None = None
-    for plugin, noted, names in by_entry.values():
-        for start in range(0, len(names), DNS_DELETES_PER_LOOK):
-            chunk = names[start:start + DNS_DELETES_PER_LOOK]
-            outcome: dict[str, DnsError | None] = {}
-            if failed is None and sent < DNS_DELETES_PER_LOOK:
-                try:
-                    outcome = plugin.delete_many(list(chunk))
-                except DnsError as error:  # the service did not answer or refused the entry
-                    failed = error
-                sent += len(chunk)
-            for hostname, fqdn in chunk:
-                if hostname in outcome and outcome[hostname] is None:
-                    store.forget_dns(hostname, fqdn, noted)
-                    result.dns_deleted.append(hostname)
-                    done.append(hostname)
-                else:  # failed, or not sent this look: the next look tries again
-                    if hostname in outcome:
-                        failed = failed or outcome[hostname]
-                    store.note_dns_left(pool.name, hostname, now)
-                    result.dns_left.append(hostname)
-    store.forget_dns_left(pool.name, done)
+        if plugin is not None and plugin.manages_records:
+            return plugin
+        store.update_vm(record.name, dns_name=None, dns_plugin=None, dns_published=None, dns_error=None)
+        return None  # named in the warning below
+
+    def delete(plugin: DnsPlugin, names: list[tuple[str, str]], max_refusals: int) -> dict[str, DnsError | None]:
+        return plugin.delete_many(names, max_refusals)
+
+    done = withdraw_left(store, pool.name, now, publisher, delete, lambda hostname, doing, error: errors.append(error),
+                         DNS_DELETES_PER_LOOK, DNS_FAILURES_PER_LOOK, given_up)
+    result.dns_deleted, result.dns_left, result.dns_unreachable = done.deleted, done.left, done.unreachable
     if result.dns_unreachable:
         emit(pool.name, {metric.DNS_FAILURES: len(result.dns_unreachable)}, dimensions={"reason": DNS_ENTRY_GONE})
         logger.warning("DNS records of VMs given up left in the zone: the dns_configs entry that published them "
                        "is gone from the config (delete them there)",
                        extra={"pool": pool.name, "count": len(result.dns_unreachable),
                               "fqdns": result.dns_unreachable[:NAMES_LOGGED]})
-    if failed is not None:
-        emit(pool.name, {metric.DNS_FAILURES: 1}, dimensions={"reason": failed.metric_key})
+    if errors:
+        emit(pool.name, {metric.DNS_FAILURES: 1}, dimensions={"reason": errors[0].metric_key})
         logger.warning("DNS records of VMs given up not deleted: tried again at the pool's next drain message",
-                       extra={"pool": pool.name, "count": len(result.dns_left), "error": str(failed),
-                              "reason": failed.metric_key})
+                       extra={"pool": pool.name, "count": len(result.dns_left), "error": str(errors[0]),
+                              "reason": errors[0].metric_key})

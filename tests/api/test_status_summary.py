@@ -16,8 +16,8 @@ from chalicelib.manager.dispatch import Ticker
 from chalicelib.store import DurationSample
 from chalicelib.timestamps import day_of
 from tests.api.configs import CONFIG_YAML, LDAP_PASSWORD, PROVIDER_PASSWORD, REDIS_PASSWORD
-from tests.core.test_reconcile_queue import RecordingQueue
 from tests.harness import Harness, Reply
+from tests.support import RecordingQueue
 
 OK_MESSAGE = "Battle station fully armed and operational."
 

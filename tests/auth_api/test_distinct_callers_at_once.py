@@ -18,9 +18,8 @@ from chalicelib.config import build
 from chalicelib.store.vm_tasks import VMTaskStore, in_flight
 from local.redis_server import RedisServer
 from tests.auth_api.documents import OTHER_POOL, POOL, document
-from tests.auth_api.test_racing_callers import at_once
 from tests.chaos.test_api_crash_points import holdings, redis_operations
-from tests.harness import Harness, HarnessFactory, Reply, assert_consistent, basic
+from tests.harness import Harness, HarnessFactory, Reply, assert_consistent, at_once, basic
 from tests.support import production_client
 
 ROUNDS = 50
@@ -73,16 +72,8 @@ def raced(order: str, first: Callable[[], Any], second: Callable[[], Any]) -> tu
     if order == "second":
         answer = second()
         return first(), answer
-    both: list[Any] = [None, None]
-
-    def run(index: int, action: Callable[[], Any]) -> Callable[[], Reply]:
-        def call() -> Reply:
-            both[index] = action()
-            return both[index] if isinstance(both[index], Reply) else Reply(200, {}, b"{}")
-        return call
-
-    at_once(run(0, first), run(1, second))
-    return both[0], both[1]
+    answers = at_once(first, second)
+    return answers[0], answers[1]
 
 
 def rounds() -> Iterator[tuple[int, str]]:

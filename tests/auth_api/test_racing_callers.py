@@ -4,37 +4,12 @@ between any two Redis operations, are in tests/chaos/test_api_crash_points.py)."
 
 from __future__ import annotations
 
-import threading
 from functools import partial
-from typing import Callable
 
 from tests.auth_api.documents import OTHER_POOL, POOL, document
-from tests.harness import Harness, HarnessFactory, Reply, basic
+from tests.harness import Harness, HarnessFactory, at_once, basic
 
 ROUNDS = 25
-
-
-def at_once(*requests: Callable[[], Reply]) -> list[Reply]:
-    """The requests sent from threads released together; their replies in order."""
-    barrier = threading.Barrier(len(requests), timeout=30)
-    replies: list[Reply | BaseException | None] = [None] * len(requests)
-
-    def send(index: int) -> None:
-        try:
-            barrier.wait()
-            replies[index] = requests[index]()
-        except BaseException as error:  # noqa: BLE001 - re-raised below
-            replies[index] = error
-
-    threads = [threading.Thread(target=send, args=(index,)) for index in range(len(requests))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    for reply in replies:
-        if not isinstance(reply, Reply):
-            raise AssertionError(f"a request failed: {reply!r}")
-    return replies  # type: ignore[return-value]
 
 
 def tokens(api: Harness) -> tuple[str, str]:

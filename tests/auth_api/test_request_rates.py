@@ -201,7 +201,7 @@ def test_vm_creation_is_counted_per_user_at_once_from_one_address_and_from_many(
     checkouts at once: each user gets two VMs and one 429, nobody's checkouts spend another's.
     One user sending 16 at once from 16 addresses gets two in all: a user's budget is the user's
     wherever the requests come from (docs/auth.md, "Limits"). Checked, holds."""
-    from tests.auth_api.test_racing_callers import at_once
+    from tests.harness import at_once
 
     api = make_api(document({"provider": "dummy"},
                             config={"rate_limiting_enabled": True, "max_running_vms_per_user": 10},

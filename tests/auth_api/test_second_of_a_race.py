@@ -8,8 +8,8 @@ from __future__ import annotations
 from functools import partial
 
 from tests.auth_api.documents import POOL, document
-from tests.auth_api.test_racing_callers import ROUNDS, at_once
-from tests.harness import Harness, HarnessFactory, basic
+from tests.auth_api.test_racing_callers import ROUNDS
+from tests.harness import Harness, HarnessFactory, at_once, basic
 
 EXPERIMENTAL = {"experimental_features": True}
 

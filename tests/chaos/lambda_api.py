@@ -18,10 +18,9 @@ from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.providers.dummy import DummyProvider
 from chalicelib.services import Services
 from chalicelib.store import ReplicaAcks, connect
-from tests.core.test_reconcile_queue import Context, RecordingQueue
 from tests.infra.packaged_functions import api_event
 from tests.redis_pair import RedisPair
-from tests.support import eventually
+from tests.support import Context, RecordingQueue, eventually
 
 SYNCED_ACK_WAIT_MS = 5_000
 """How long a test's writes wait for a replica the link passes them on to: it acknowledges in

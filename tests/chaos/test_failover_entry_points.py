@@ -17,8 +17,8 @@ import app
 from chalicelib.store import Store
 from chalicelib.store.fleet import Fleet
 from tests.chaos.lambda_api import call, check_out, lambda_services, serve
-from tests.core.test_reconcile_queue import TICK_EVENT, Context, sqs_event
 from tests.redis_pair import RedisPair
+from tests.support import TICK_EVENT, Context, sqs_event
 
 POOL = "ha"
 SIZE = 4

@@ -23,10 +23,9 @@ from chalicelib.store import store as store_module
 from chalicelib.store.ondemand import OnDemandStore
 from chalicelib.store.vm_tasks import VMTaskStore
 from tests.chaos.lambda_api import call, checked_out_retrying, fill, lambda_services, on_vm, serving, serving_fixture
-from tests.core.test_reconcile_queue import Context
 from tests.infra.packaged_functions import api_event
 from tests.redis_pair import RedisPair
-from tests.support import eventually
+from tests.support import Context, eventually
 
 POOL = "ha"
 CONFIG = f"""

@@ -25,8 +25,8 @@ from chalicelib.store.keys import template_lease_name
 from chalicelib.store.vm_tasks import EnqueueResult, VMTaskStore, new_task
 from tests.chaos import lambda_api
 from tests.chaos.lambda_api import HELD_ACK_WAIT_MS, SYNCED_ACK_WAIT_MS, waiting_for_a_replica
-from tests.core.test_reconcile_queue import RecordingQueue
 from tests.redis_pair import RedisPair
+from tests.support import RecordingQueue
 from tests.vsphere.vcsim import VcsimServer, vcsim_document
 
 POOL = "ha"

@@ -22,9 +22,9 @@ from chalicelib.api import routes
 from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.services import Services
 from tests.chaos.lambda_api import dummy_config, serving
-from tests.core.test_reconcile_queue import Context
 from tests.infra.packaged_functions import api_event
 from tests.redis_pair import RedisPair
+from tests.support import Context
 
 POOL = "lost"
 

@@ -28,10 +28,9 @@ from chalicelib.services import Services
 from chalicelib.store.vm_tasks import VMTaskStore
 from tests.chaos.lambda_api import call, check_out, dummy_config, on_vm, once_not_503, serving_fixture
 from tests.chaos.test_failover_lost_writes import post_task, running_vm
-from tests.core.test_reconcile_queue import Context
 from tests.infra.packaged_functions import api_event
 from tests.redis_pair import RedisPair
-from tests.support import eventually, stop_process
+from tests.support import Context, eventually, stop_process
 
 POOL = "ha"
 CONFIG = dummy_config("socket_timeout: 1.0, replica_ack_timeout: 900", [POOL], 2)

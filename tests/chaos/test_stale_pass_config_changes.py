@@ -37,8 +37,8 @@ from tests.chaos.test_crash_every_write import (
     stale_pass,
     users_act,
 )
-from tests.core.test_runner import RecordingQueue
 from tests.harness import Fuse, fused_services
+from tests.support import RecordingQueue
 
 CHANGEABLE = CONFIG.replace("check_loop_delay_min: 1}", "check_loop_delay_min: 1, experimental_features: true}")
 """The crash sweep's pools, with the runtime pool changes on (POST /config/*, /poolreset)."""

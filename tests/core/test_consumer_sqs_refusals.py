@@ -12,8 +12,8 @@ import pytest
 import app
 from chalicelib.manager.pool_queue import FOLLOWUP, PoolMessage, QueueRefused
 from chalicelib.services import Services
-from tests.core.test_reconcile_queue import Context, RecordingQueue, queue, services, sqs_event
-from tests.support import counts_by_reason, emf_documents, emitted
+from tests.core.test_reconcile_queue import queue, services
+from tests.support import Context, RecordingQueue, counts_by_reason, emf_documents, emitted, sqs_event
 
 __all__ = ["queue", "services"]  # fixtures
 

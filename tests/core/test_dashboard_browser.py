@@ -20,7 +20,7 @@ import redis
 
 from chalicelib.store import Store
 from chalicelib.store.history import PoolHistory, Sample, minute_of
-from tests.core.test_local_stack import REPO_ROOT, call, wait_for
+from tests.local.stack import REPO_ROOT, call, wait_for
 from tests.local.stack import local_stack as running_stack
 
 CONFIG = """\

@@ -24,7 +24,7 @@ import pytest
 from chalicelib.config import canonical_json, parse
 from tests.core.dashboard_feeds import FeedServer
 from tests.core.test_dashboard_browser import REPO_ROOT, PoolRows, chromium, local_stack
-from tests.core.test_local_stack import call, wait_for
+from tests.local.stack import call, wait_for
 from tools.cdp import BrowserPage
 
 RUN = "document.documentElement.dataset.pwned=1"

@@ -10,9 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.local.stack import REPO_ROOT, alive, call, descendants, local_stack, stop, wait_for
-
-__all__ = ["REPO_ROOT", "call", "wait_for"]  # the dashboard's tests use these too
+from tests.local.stack import alive, call, descendants, local_stack, stop, wait_for
 
 # Fast dummy clones; the pool names are the test's own so a developer's stack state is untouched.
 CONFIG = """\

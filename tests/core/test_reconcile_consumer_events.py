@@ -25,16 +25,9 @@ from chalicelib.manager.dispatch import PASS_START_SECONDS, SAFETY_SECONDS
 from chalicelib.manager.pool_queue import FOLLOWUP, PoolMessage
 from chalicelib.manager.runner import LEASE_SECONDS
 from chalicelib.services import Services
-from tests.core.test_reconcile_queue import (
-    TICK_EVENT,
-    ClockedContext,
-    Context,
-    RecordingQueue,
-    queue,
-    services,
-    sqs_event,
-)
+from tests.core.test_reconcile_queue import queue, services
 from tests.harness import redis_state
+from tests.support import TICK_EVENT, ClockedContext, Context, RecordingQueue, sqs_event
 
 __all__ = ["queue", "services"]  # fixtures
 
@@ -359,7 +352,7 @@ import json, threading, time
 from concurrent.futures import ThreadPoolExecutor
 import app
 from chalicelib.manager import dispatch
-from tests.core.test_reconcile_queue import Context, sqs_event
+from tests.support import Context, sqs_event
 
 never = threading.Event()
 threads = ThreadPoolExecutor(max_workers=dispatch.MAX_PASSES_GIVEN_UP)

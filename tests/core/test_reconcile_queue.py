@@ -56,7 +56,17 @@ from chalicelib.store.fleet import Fleet
 from chalicelib.store.pool_overrides import PoolOverrides
 from local.gateway import Gateway
 from tests.aws_pages import PAGES, answer_with_page
-from tests.support import RecordingQueue, counts_by_reason, emf_documents, emitted, json_lines
+from tests.support import (
+    TICK_EVENT,
+    ClockedContext,
+    Context,
+    RecordingQueue,
+    counts_by_reason,
+    emf_documents,
+    emitted,
+    json_lines,
+    sqs_event,
+)
 
 CONFIG = """
 :config:
@@ -68,21 +78,6 @@ CONFIG = """
   - {name: debian, size: 2, provider: dummy}
   - {name: centos, size: 1, provider: dummy}
 """
-
-
-class Context:
-    """A Lambda context whose remaining time is given."""
-
-    function_name = "vmpool-dev-reconcile"
-    memory_limit_in_mb = 512
-    aws_request_id = "test"
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:vmpool-dev-reconcile"
-
-    def __init__(self, remaining_ms: int = 60_000) -> None:
-        self.remaining_ms = remaining_ms
-
-    def get_remaining_time_in_millis(self) -> int:
-        return self.remaining_ms
 
 
 @pytest.fixture
@@ -98,15 +93,6 @@ def queue(monkeypatch: pytest.MonkeyPatch) -> RecordingQueue:
     recording = RecordingQueue()
     monkeypatch.setattr(app, "_queue", recording)
     return recording
-
-
-def sqs_event(*bodies: str) -> dict[str, Any]:
-    return {"Records": [
-        {"messageId": f"m{n}", "receiptHandle": "r", "body": body,
-         "attributes": {"SentTimestamp": str(int(time.time() * 1000))},
-         "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:vmpool-dev-reconcile"}
-        for n, body in enumerate(bodies)
-    ]}
 
 
 def test_a_checkout_puts_its_pool_on_the_reconcile_queue(services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -280,10 +266,6 @@ def test_a_failing_pool_is_retried_soon_and_does_not_fail_the_batch(services: Se
     assert answer == {"batchItemFailures": []}  # handled: a retry is queued, not a redelivery
     assert ("debian", "retry", 2.0) in [(m.pool, m.reason, d) for m, d in queue.sent]
     assert services.store.counts(["centos"])["centos"]["pending"] == 1
-
-
-TICK_EVENT = {"version": "0", "id": "e", "detail-type": "Scheduled Event", "source": "aws.events", "account": "1",
-              "time": "2026-01-01T00:00:00Z", "region": "us-east-1", "resources": [], "detail": {}}
 
 
 class SqsAtScale:
@@ -478,17 +460,6 @@ def test_a_send_to_an_sqs_that_never_answers_stops_trying_within_its_budget(thou
     assert codes == {"ReadTimeoutError", NOT_SENT}
     assert now[0] + sum(sqs.pauses) <= SEND_BUDGET_SECONDS + AWS_CALL_BOUND_SECONDS
     assert sqs.calls == 2
-
-
-class ClockedContext(Context):
-    """A Lambda context whose time runs out on a fake clock, ``timeout`` seconds after it starts."""
-
-    def __init__(self, clock: FakeClock, timeout: float) -> None:
-        super().__init__()
-        self.clock, self.ends = clock, clock.monotonic() + timeout
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self.ends - self.clock.monotonic()) * 1000))
 
 
 def _tick_queue(sqs: SqsAtScale, clock: FakeClock) -> SqsPoolQueue:

@@ -22,8 +22,7 @@ from chalicelib.refusals import WINDOW_SECONDS
 from chalicelib.services import Services
 from chalicelib.store.connection import connect
 from local.redis_server import RedisServer
-from tests.core.test_reconcile_queue import TICK_EVENT, Context, RecordingQueue
-from tests.support import json_lines
+from tests.support import TICK_EVENT, Context, RecordingQueue, json_lines
 
 CONFIG = """
 :config: {domain: example.com}

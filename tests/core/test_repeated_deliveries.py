@@ -18,8 +18,9 @@ from chalicelib.clock import FakeClock
 from chalicelib.manager.pool_queue import FOLLOWUP, PoolMessage
 from chalicelib.services import Services
 from local.gateway import Gateway
-from tests.core.test_reconcile_queue import Context, RecordingQueue, queue, services, sqs_event
+from tests.core.test_reconcile_queue import queue, services
 from tests.harness import redis_state
+from tests.support import Context, RecordingQueue, sqs_event
 
 __all__ = ["queue", "services"]  # fixtures
 

@@ -14,7 +14,7 @@ from chalicelib.manager.pool_queue import DRAIN, PoolMessage
 from chalicelib.manager.providerless import PROVIDERLESS_GRACE_SECONDS
 from chalicelib.store.fleet import Fleet
 from tests.dns.bind import BindServer
-from tests.dns.test_dns_records import make_dns_world
+from tests.dns.test_dns_records import left_by_a_refused_entry, make_dns_world
 from tests.harness import Harness, HarnessFactory
 
 
@@ -33,9 +33,14 @@ def _given_up(make_harness: HarnessFactory, bind: BindServer, keep_dns_entry: bo
     world.services.use_config(dataclasses.replace(
         config, pools=(), providers=MappingProxyType({}),
         dns_configs=config.dns_configs if keep_dns_entry else MappingProxyType({})))
-    assert look_at(world.services, PoolMessage("dns", DRAIN), queue) is None  # the grace begins
-    world.clock.advance(PROVIDERLESS_GRACE_SECONDS + 1)
+    past_the_grace(world)
     return world, ready
+
+
+def past_the_grace(world: Harness) -> None:
+    """The removed pool's first drain message (the grace begins), then the clock past the grace."""
+    assert look_at(world.services, PoolMessage("dns", DRAIN), SimpleNamespace(send=lambda messages: None)) is None
+    world.clock.advance(PROVIDERLESS_GRACE_SECONDS + 1)
 
 
 def test_the_records_of_vms_given_up_are_deleted(make_harness: HarnessFactory, bind: BindServer) -> None:
@@ -74,3 +79,23 @@ def test_records_whose_dns_entry_is_gone_are_named_once(make_harness: HarnessFac
     assert "dns" not in Fleet(world.store).names()
     for host in given_up:  # nothing could delete them: still there, as the warning says
         assert bind.addresses(f"{host}.{bind.zone}") != []
+
+
+def test_records_of_an_entry_refused_as_a_whole_do_not_keep_the_others_in_the_zone(
+        make_harness: HarnessFactory, bind: BindServer) -> None:
+    # The pool moved to entry "other"; the records "zone" published (whose key the server no
+    # longer takes) are left to delete. Before, the look at the pool given up sent them first,
+    # met the refused key and sent nothing more: the records "other" published for the VMs given
+    # up stayed in the zone for another look, or for good while "zone"'s names sorted first.
+    world, published, given_up = left_by_a_refused_entry(make_harness, bind)
+    queue = SimpleNamespace(send=lambda messages: None)
+    Ticker().tick(world.services, queue)  # the pool is known
+    world.services.use_config(dataclasses.replace(world.services.config, pools=(), providers=MappingProxyType({})))
+    past_the_grace(world)
+    look_at(world.services, PoolMessage("dns", DRAIN), queue)
+    for host in given_up:
+        assert world.state_of(host) == "destroyed"
+        assert bind.addresses(f"{host}.{bind.zone}") == []
+    for host, ip in published.items():  # still there until the server takes "zone"'s key again
+        assert bind.addresses(f"{host}.{bind.zone}") == [ip]
+    assert "dns" in Fleet(world.store).names()  # kept until they are deleted

@@ -4,11 +4,13 @@ resolves, and a DNS outage keeps VMs pending with the reason instead of failing 
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import io
 import itertools
 import json
 import os
+import secrets
 import signal
 from types import SimpleNamespace
 from typing import Any, Iterable, Iterator
@@ -583,6 +585,36 @@ def return_all(world: Harness, hosts: Iterable[str]) -> None:
         world.store.move(host, "dns", "running", "completed", world.clock.now(), reason="returned by its user")
 
 
+def left_by_a_refused_entry(make_harness: HarnessFactory,
+                            bind: BindServer) -> tuple[Harness, dict[str, str], list[str]]:
+    """Two VMs published by the entry ``zone``, then the pool moved to the entry ``other`` while
+    the server stopped taking ``zone``'s key (a rotation on the server alone), the two VMs
+    returned and destroyed, their records left to delete, and their two replacements made ready
+    and published by ``other``: (the service, the VMs destroyed -> their IPs, the replacements)."""
+    wrong = base64.b64encode(secrets.token_bytes(32)).decode()
+    world, published = published_then_reconfigured(make_harness, bind, dns_document(
+        {"zone": bind.dns_config(tsig_secret=wrong), "other": bind.dns_config()}, "other"))
+    return_all(world, published)
+    world.passes("dns", 4)
+    assert {world.state_of(host) for host in published} == {"destroyed"}
+    replacements = sorted(world.hosts("dns", "ready"))
+    assert len(replacements) == 2
+    for host in replacements:
+        assert world.store.get_vm(host).raw["dns_plugin"] == "other"  # type: ignore[union-attr]
+        assert bind.addresses(f"{host}.{bind.zone}") != []
+    return world, published, replacements
+
+
+def returned_during_outage(world: Harness, bind: BindServer, hosts: Iterable[str]) -> None:
+    """``return_all`` of ``hosts`` while the DNS server is down, passes until they are destroyed
+    (their records noted as left), then the server back."""
+    bind.kill()
+    return_all(world, hosts)
+    world.passes("dns", 4)
+    assert {world.state_of(host) for host in hosts} == {"destroyed"}
+    bind.start()
+
+
 @pytest.mark.parametrize("same_zone", [True, False], ids=["zone-kept", "zone-was-the-old-domain"])
 def test_a_vm_published_before_its_entrys_domain_changed_loses_the_record_it_was_published_under(
         make_harness: HarnessFactory, bind: BindServer, same_zone: bool) -> None:
@@ -625,11 +657,7 @@ def test_a_record_left_behind_by_an_outage_is_deleted_by_its_entry_after_the_poo
     world, published = published_then_reconfigured(make_harness, bind, dns_document(
         {"zone": bind.dns_config(), "other": bind.dns_config(domain=f"lab.{bind.zone}", zone=bind.zone)},
         "other"))
-    bind.kill()
-    return_all(world, published)
-    world.passes("dns", 4)
-    assert {world.state_of(host) for host in published} == {"destroyed"}
-    bind.start()
+    returned_during_outage(world, bind, published)
     world.passes("dns", 2)
     for host in published:
         assert bind.addresses(f"{host}.{bind.zone}") == []

@@ -21,7 +21,13 @@ from chalicelib.dns.base import DnsEntryRejected, DnsRejected
 from chalicelib.dns.registry import build_dns_plugin
 from chalicelib.manager.dns_records import LEFT_RECORDS_PER_PASS
 from tests.dns.bind import BindServer
-from tests.dns.test_dns_records import dns_document, make_dns_world, published_then_reconfigured
+from tests.dns.test_dns_records import (
+    dns_document,
+    left_by_a_refused_entry,
+    make_dns_world,
+    published_then_reconfigured,
+    returned_during_outage,
+)
 from tests.dns.test_dns_republish import readdress
 from tests.harness import Harness, HarnessFactory
 from tests.support import emf_documents
@@ -187,6 +193,22 @@ def test_an_entry_refused_stops_only_that_entry(make_harness: HarnessFactory, bi
         assert bind.addresses(f"{host}.{bind.zone}") == [ip]
         assert world.store.get_vm(host).raw["dns_plugin"] == "zone"  # type: ignore[union-attr]
     assert any("rejected the TSIG key" in error for error in report.errors), report.errors
+
+
+def test_left_records_of_a_refused_entry_do_not_keep_another_entrys_in_the_zone(
+        make_harness: HarnessFactory, bind: BindServer) -> None:
+    # The pool moved to entry "other"; the VMs "zone" published (whose key the server no longer
+    # takes) are destroyed with their records noted as left, then VMs "other" published are
+    # destroyed while the server is down. Before, each pass sent the oldest left records first,
+    # "zone"'s, met the refused key and stopped there: "other"'s records, which the server would
+    # delete, stayed in the zone until their VMs' records expired (data_ttl, a week by default).
+    world, published, replacements = left_by_a_refused_entry(make_harness, bind)
+    returned_during_outage(world, bind, replacements)
+    world.passes("dns", 3)
+    for host in replacements:
+        assert bind.addresses(f"{host}.{bind.zone}") == []
+    for host, ip in published.items():  # still there until the server takes "zone"'s key again
+        assert bind.addresses(f"{host}.{bind.zone}") == [ip]
 
 
 def test_a_backlog_of_left_records_brings_its_pool_back_soon_not_at_the_next_tick(
