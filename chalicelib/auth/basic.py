@@ -44,14 +44,17 @@ def parse_basic_auth(header: str | None) -> tuple[str, str] | None:
     """(user, password) from an ``Authorization: Basic ...`` header value, or None.
 
     The password may contain ':'; the user name may not (RFC 7617). UTF-8, falling back to
-    Latin-1 as older clients send."""
+    Latin-1 as older clients send. The base64 may come without its ``=`` padding, as vmpooler's
+    Rack (``unpack("m")``) reads it: tools that write unpadded base64 (Go's ``RawStdEncoding``,
+    ``| tr -d =``) logged in there and were a 401 here. Any other character is still refused."""
     if not header or not isinstance(header, str):
         return None
     scheme, _, encoded = header.strip().partition(" ")
-    if scheme.lower() != "basic" or not encoded.strip():
+    encoded = encoded.strip()
+    if scheme.lower() != "basic" or not encoded:
         return None
     try:
-        raw = base64.b64decode(encoded.strip(), validate=True)
+        raw = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
     except (binascii.Error, ValueError):
         return None
     try:

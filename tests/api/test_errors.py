@@ -73,7 +73,8 @@ POST_PATH_CASES: list[Case] = [
     ("POST", "/api/v3/vm/pool1+nosuchpool", None, 404, "nosuchpool"),
     ("POST", "/api/v3/vm/pool1%2Fx", None, 400, "pool name"),
     ("POST", "/api/v3/vm/..", None, 404, "unknown pool"),  # dots may be in pool names
-    ("POST", "/api/v3/vm/pool1+", None, 400, "pool name"),
+    ("POST", "/api/v3/vm/+pool1", None, 400, "pool name"),
+    ("POST", "/api/v3/vm/pool1++pool1", None, 400, "pool name"),
     ("POST", "/api/v3/vm/pool1%20", None, 400, "pool name"),
     ("POST", "/api/v3/vm/" + "+".join(["pool1"] * 101), None, 400, "at most 100"),
     ("POST", "/api/v3/vm/" + "+".join(["pool1", "pool2", "linux"] * 34), None, 400, "at most 100 VMs"),

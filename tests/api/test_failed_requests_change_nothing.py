@@ -251,7 +251,7 @@ def _vm_routes(w: World) -> dict[str, list[Case]]:
         "checkout_path": [
             Case("an unknown pool", {"name": "nosuch"}, "bob"),
             Case("an unknown pool beside a known one", {"name": "pool1+nosuch"}, "bob"),
-            Case("a bad name", {"name": "pool1+"}, "bob"),
+            Case("a bad name", {"name": "+pool1"}, "bob"),
             Case("NUL", {"name": "pool1%00"}, "bob"),
             Case("more than the pools hold (all or nothing)", {"name": "pool1+pool2+pool2+pool2"}, "bob"),
             Case("over 100", {"name": "+".join(["pool1"] * 101)}, "bob"),

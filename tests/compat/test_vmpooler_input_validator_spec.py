@@ -132,7 +132,7 @@ def test_pool_names_in_a_checkout_path_are_answered_as_in_a_body(pooler: Harness
         # The first bad name is the one answered for, as in a body.
         assert pooler.answer("POST", f"{route}/invalid%21+{'a' * 150}") == bad_format, route
         assert pooler.answer("POST", f"{route}/{'a' * 150}+invalid%21") == too_long, route
-        assert pooler.answer("POST", f"{route}/centos-7-x86_64+") == bad_format, route
+        assert pooler.answer("POST", f"{route}/centos-7-x86_64++centos-7-x86_64") == bad_format, route
     assert pooler.redis_state() == before
     status, answer = pooler.answer("POST", f"/api/v3/vm/{'a' * 100}")
     assert (status, answer["ok"]) == (404, False)
