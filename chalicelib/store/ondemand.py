@@ -57,6 +57,13 @@ CLONE_FAILED = "clone failed"
 """How the reason of a VM whose clone failed (manager/pending.py) or failed to start
 (manager/clones.py) begins: one of a request is a failed attempt (lua/ondemand_reserve.lua is
 given this text to match), spending one of its ``max_vm_retries``."""
+CLONE_NOT_MADE = "clone asked for but not made by the provider"
+"""How the reason of a VM begins whose clone was asked for (marked ``clone_asked``), its task never
+noted, and that the provider says it does not make (manager/pending.py): not known to have been
+under way (the pass may have died before its call reached the provider), so no failed attempt of
+its request. Any other VM marked asked that leaves undelivered was under way (made and never
+ready, or still cloning past the pool's timeout): a failed attempt, as with its task noted
+(lua/ondemand_reserve.lua is given this text to match)."""
 CLONE_CLAIMED = "clone_claimed"
 """A field of a VM reserved for a request: when the pass that reserved it claimed its clone's start
 (``OnDemandStore.claim``, lua/ondemand_claim.lua); from then on its clone may be running."""
@@ -390,7 +397,7 @@ class OnDemandStore(SubStore):
                                  self.store.data_ttl_seconds, self.keys.vm(KEY_PART), holder_label(),
                                  GONE_WHILE_RUNNING, "" if provider is None else "1",
                                  self.store.answer_deadline(), lease_token or "", GONE_WHILE_BOOTING,
-                                 CLONE_FAILED, *candidates]
+                                 CLONE_FAILED, CLONE_NOT_MADE, *candidates]
         with _translate_errors():
             answer = json.loads(self.scripts.ondemand_reserve(keys=keys, args=args))
         return Reservation(answer["state"], tuple(answer.get("reserved") or ()), int(answer.get("failed") or 0),
