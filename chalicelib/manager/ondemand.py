@@ -167,28 +167,35 @@ def _open_requests(context: PassContext, requests: OnDemandStore) -> list[str]:
     return open_requests
 
 
-def clone_failed(context: PassContext, request_id: str, failure: Failure) -> None:
+def clone_failed(context: PassContext, request_id: str, failure: Failure, hostname: str) -> None:
     """A clone for a request failed: end the request now when retrying cannot help (a missing
     template, network or folder, a permission refused: ``FailureKind.permanent``), keeping its
-    retries for failures worth retrying (timeouts, capacity, connections)."""
+    retries for failures worth retrying (timeouts, capacity, connections). Only the request
+    that holds the VM ``hostname``: the pass read the VM before, and its request may have ended
+    and a new one taken its id since (that one never had the VM, and is left as it is)."""
     if failure.kind.permanent:
         _fail(context, OnDemandStore(context.store), request_id,
-              f"The request failed: a VM could not be built and retrying cannot help: {failure.message}")
+              f"The request failed: a VM could not be built and retrying cannot help: {failure.message}",
+              member=hostname)
 
 
-def _fail(context: PassContext, requests: OnDemandStore, request_id: str, message: str) -> None:
-    _end_failed(context.store, requests, context.pool.name, request_id, message, context.now)
-    context.report.errors.append(f"on-demand request {request_id}: {message}")
+def _fail(context: PassContext, requests: OnDemandStore, request_id: str, message: str, member: str = "") -> None:
+    if _end_failed(context.store, requests, context.pool.name, request_id, message, context.now, member):
+        context.report.errors.append(f"on-demand request {request_id}: {message}")
     context.checkpoint("ondemand_failed")
 
 
 def _end_failed(store: Store, requests: OnDemandStore, pool_name: str, request_id: str, message: str,
-                now: float) -> None:
-    """End the request as failed; the other pools it was built in are nudged."""
-    ending = requests.end(request_id, FAILED, message, f"on-demand request {request_id} failed", now)
+                now: float, member: str = "") -> bool:
+    """End the request as failed (only the one holding the VM ``member`` unless ""); the other
+    pools it was built in are nudged. Returns whether the request under the id was found."""
+    ending = requests.end(request_id, FAILED, message, f"on-demand request {request_id} failed", now, member=member)
+    if ending.result == "missing":
+        return False
     for pool in ending.pools:
         if pool != pool_name:
             store.wake(pool)  # its pass destroys the request's VMs there
+    return True
 
 
 def deliver(context: PassContext, record: VMRecord, vm: VMInfo, age: float) -> None:

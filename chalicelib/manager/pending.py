@@ -429,7 +429,7 @@ def _clone_finished(context: PassContext, record: VMRecord, statuses: Mapping[st
         context.report.clone_failures[hostname] = failure
         context.take_out_of_service(hostname, "pending", f"{CLONE_FAILED}: {failure.message}", failure=failure.kind)
         if record.raw.get("request"):
-            ondemand.clone_failed(context, record.raw["request"], failure)
+            ondemand.clone_failed(context, record.raw["request"], failure, hostname)
         return False
     context.report.samples.append(DurationSample("clone", pool.name, age))
     return True

@@ -431,15 +431,17 @@ class OnDemandStore(SubStore):
         return bool(answer["moved"]), answer["state"]
 
     def end(self, request_id: str, state: str, message: str, vm_reason: str, now: float,
-            token_key: str = "", seen: OnDemandRequest | None = None) -> Ending:
+            token_key: str = "", seen: OnDemandRequest | None = None, member: str = "") -> Ending:
         """Mark the request ``deleted`` or ``failed`` and send its VMs to completed, those whose
         clone may still run holding their clone slots (``CLONE_HELD``), those reserved and not
         yet claimed destroyed at once (never cloned: lua/ondemand_end.lua). TokenGone
         (nothing changed) when ``token_key``, the record of the token the end was asked with, is
         gone. ``seen``: the request as the caller read it (and checked whose it is); a request
         that has since taken its id (``seen`` forgotten, the id reused by another) is left as it
-        is, and the result is ``missing``."""
-        keys, args = self._end_call(request_id, state, message, vm_reason, now, token_key, seen)
+        is, and the result is ``missing``; so is one that does not hold the VM ``member`` ("": no
+        such check), the VM whose failure ends the request (a pass that read it before its
+        request ended, the id another request's since, must not fail that one)."""
+        keys, args = self._end_call(request_id, state, message, vm_reason, now, token_key, seen, member)
         with _translate_errors():
             answer = json.loads(self.scripts.ondemand_end(keys=keys, args=args))
         if answer["result"] == "token_gone":
@@ -447,7 +449,8 @@ class OnDemandStore(SubStore):
         return Ending(answer["result"], answer["state"], tuple(answer.get("pools") or ()))
 
     def _end_call(self, request_id: str, state: str, message: str, vm_reason: str, now: float,
-                  token_key: str = "", seen: OnDemandRequest | None = None) -> tuple[list[str], list[str | int]]:
+                  token_key: str = "", seen: OnDemandRequest | None = None,
+                  member: str = "") -> tuple[list[str], list[str | int]]:
         """The keys and arguments of lua/ondemand_end.lua for ``end``."""
         keys = [self.keys.ondemand(request_id), self.keys.ondemand_vms(request_id), self.keys.cloning,
                 self.keys.ondemand_open_requests, self.keys.running, self.keys.pool_clones,
@@ -460,7 +463,7 @@ class OnDemandStore(SubStore):
         ]
         args.append(token_index(keys, token_key))
         args += ["", ""] if seen is None else [repr(seen.created), seen.token_user]
-        args += [UNUSED_RECORD_TTL_SECONDS, self.keys.holdings(KEY_PART), self.keys.owner_requests(KEY_PART)]
+        args += [UNUSED_RECORD_TTL_SECONDS, self.keys.holdings(KEY_PART), self.keys.owner_requests(KEY_PART), member]
         return keys, args
 
 

@@ -1,0 +1,51 @@
+"""A pass that read a request's VM pending, and finds its clone failed for good only after the request
+ended and its id went to a new request, must not fail that new request: it never had the VM."""
+
+from __future__ import annotations
+
+from chalicelib.manager import pending
+from chalicelib.store import ondemand as ondemand_store
+
+SLOW_BROKEN_POOL = """
+  - name: broken
+    template: templates/broken
+    size: 0
+    provider: dummy
+    createvm_max_time: 60
+    createvm_fail_percent: 100
+    createvm_fail_kind: template
+"""
+
+
+def test_a_stale_pass_never_fails_a_new_request_under_an_ended_ones_id(make_stack, monkeypatch):
+    # Before, the pass failed whichever request had the id the VM's record names: the new request
+    # "job-1" answered ready false, "a VM could not be built and retrying cannot help: dummy: clone
+    # failed (simulated failure)", a failure of the ended request's clone in a pool it never asked for.
+    monkeypatch.setattr(ondemand_store, "REQUESTS_KEPT_PER_OWNER", 1)  # one ended request kept per owner
+    stack = make_stack(size=0, extra=SLOW_BROKEN_POOL)
+    assert stack.answer("POST", "/api/v3/ondemandvm", {"broken": 1, "request_id": "job-1"})[0] == 201
+    stack.reconcile("broken")  # its clone started, failing for good in 60 s
+    [building] = stack.services.store.hostnames("broken", "pending")
+    stack.clock.advance(61)
+    judged = pending._clone_finished
+    interleaved: list[str] = []
+
+    def after_the_reads(context, record, *args):
+        # The pass has read the VM pending and its clone's task failed. Before it acts on them, the
+        # user deletes "job-1", opens "job-2" (which forgets the ended "job-1"), then "job-1" again.
+        if not interleaved:
+            interleaved.append(record.name)
+            assert stack.answer("DELETE", "/api/v3/ondemandvm/job-1")[0] == 200
+            assert stack.answer("POST", "/api/v3/ondemandvm", {"debian-12": 1, "request_id": "job-2"})[0] == 201
+            assert stack.answer("GET", "/api/v3/ondemandvm/job-1")[0] == 404  # forgotten
+            assert stack.answer("POST", "/api/v3/ondemandvm", {"debian-12": 1, "request_id": "job-1"})[0] == 201
+        return judged(context, record, *args)
+
+    monkeypatch.setattr(pending, "_clone_finished", after_the_reads)
+    stack.reconcile("broken")
+    assert interleaved == [building]
+    status, body = stack.answer("GET", "/api/v3/ondemandvm/job-1")
+    assert status == 202 and body["debian-12"] == {"ready": "0", "pending": "1"}, body
+    stack.run_passes("debian-12")
+    status, body = stack.answer("GET", "/api/v3/ondemandvm/job-1")
+    assert status == 200 and body["ready"] is True, body
