@@ -52,7 +52,7 @@ def serve_requests(context: PassContext) -> None:
         context.checkpoint("ondemand_reserved")
         failure = _failure(reservation, service)
         if failure:
-            _fail(context, requests, request_id, failure)
+            _fail(context, requests, request_id, failure, seen=reservation)
         elif reservation.state == "confirming":
             context.report.followups += 1  # its API process confirms it in a moment: look again soon
         elif reservation.state == "open" and limit:
@@ -137,8 +137,7 @@ def fail_overdue(store: Store, pool: PoolConfig, service: ServiceConfig, now: fl
         reservation = requests.reserve(request_id, pool.name, 0, service.max_vm_retries, pool.template,
                                        pool.domain or "", [], now)
         failure = _failure(reservation, service)
-        if failure:
-            _end_failed(store, requests, pool.name, request_id, failure, now)
+        if failure and _end_failed(store, requests, pool.name, request_id, failure, now, seen=reservation):
             failed.append(f"on-demand request {request_id}: {failure}")
     return failed
 
@@ -179,17 +178,21 @@ def clone_failed(context: PassContext, request_id: str, failure: Failure, hostna
               member=hostname)
 
 
-def _fail(context: PassContext, requests: OnDemandStore, request_id: str, message: str, member: str = "") -> None:
-    if _end_failed(context.store, requests, context.pool.name, request_id, message, context.now, member):
+def _fail(context: PassContext, requests: OnDemandStore, request_id: str, message: str, member: str = "",
+          seen: Reservation | None = None) -> None:
+    if _end_failed(context.store, requests, context.pool.name, request_id, message, context.now, member, seen):
         context.report.errors.append(f"on-demand request {request_id}: {message}")
     context.checkpoint("ondemand_failed")
 
 
 def _end_failed(store: Store, requests: OnDemandStore, pool_name: str, request_id: str, message: str,
-                now: float, member: str = "") -> bool:
-    """End the request as failed (only the one holding the VM ``member`` unless ""); the other
-    pools it was built in are nudged. Returns whether the request under the id was found."""
-    ending = requests.end(request_id, FAILED, message, f"on-demand request {request_id} failed", now, member=member)
+                now: float, member: str = "", seen: Reservation | None = None) -> bool:
+    """End the request as failed (only the one holding the VM ``member`` unless "", only the one
+    ``seen`` judged failed unless None: a pass paused after its judgment must not fail a new
+    request under its id); the other pools it was built in are nudged. Returns whether the
+    request was found."""
+    ending = requests.end(request_id, FAILED, message, f"on-demand request {request_id} failed", now,
+                          seen=seen, member=member)
     if ending.result == "missing":
         return False
     for pool in ending.pools:

@@ -153,6 +153,10 @@ class Reservation:
     lacking: int = 0
     """VMs the request still lacks in the pool, neither delivered nor building, before this
     reservation (``reserved`` included); 0: the pool only hands over what boots."""
+    created: str = ""
+    """The request's ``created`` as the script read it, with the states that fail it ("" otherwise):
+    the pass ends that request only (``OnDemandStore.end``'s ``seen``), not a new one under its id."""
+    token_user: str = ""
 
 
 @dataclass(frozen=True)
@@ -401,7 +405,8 @@ class OnDemandStore(SubStore):
         with _translate_errors():
             answer = json.loads(self.scripts.ondemand_reserve(keys=keys, args=args))
         return Reservation(answer["state"], tuple(answer.get("reserved") or ()), int(answer.get("failed") or 0),
-                           int(answer.get("lacking") or 0))
+                           int(answer.get("lacking") or 0), str(answer.get("created") or ""),
+                           str(answer.get("token_user") or ""))
 
     def claim(self, request_id: str, hostnames: Sequence[str], now: float) -> list[str]:
         """Of ``hostnames``, reserved for the request, the ones whose clone may start now (still
@@ -431,16 +436,17 @@ class OnDemandStore(SubStore):
         return bool(answer["moved"]), answer["state"]
 
     def end(self, request_id: str, state: str, message: str, vm_reason: str, now: float,
-            token_key: str = "", seen: OnDemandRequest | None = None, member: str = "") -> Ending:
+            token_key: str = "", seen: OnDemandRequest | Reservation | None = None, member: str = "") -> Ending:
         """Mark the request ``deleted`` or ``failed`` and send its VMs to completed, those whose
         clone may still run holding their clone slots (``CLONE_HELD``), those reserved and not
         yet claimed destroyed at once (never cloned: lua/ondemand_end.lua). TokenGone
         (nothing changed) when ``token_key``, the record of the token the end was asked with, is
         gone. ``seen``: the request as the caller read it (and checked whose it is); a request
         that has since taken its id (``seen`` forgotten, the id reused by another) is left as it
-        is, and the result is ``missing``; so is one that does not hold the VM ``member`` ("": no
-        such check), the VM whose failure ends the request (a pass that read it before its
-        request ended, the id another request's since, must not fail that one)."""
+        is, and the result is ``missing`` (``seen`` may be the reservation that judged it
+        failed); so is one that does not hold the VM ``member`` ("": no such check), the VM
+        whose failure ends the request (a pass that read it before its request ended, the id
+        another request's since, must not fail that one)."""
         keys, args = self._end_call(request_id, state, message, vm_reason, now, token_key, seen, member)
         with _translate_errors():
             answer = json.loads(self.scripts.ondemand_end(keys=keys, args=args))
@@ -449,7 +455,7 @@ class OnDemandStore(SubStore):
         return Ending(answer["result"], answer["state"], tuple(answer.get("pools") or ()))
 
     def _end_call(self, request_id: str, state: str, message: str, vm_reason: str, now: float,
-                  token_key: str = "", seen: OnDemandRequest | None = None,
+                  token_key: str = "", seen: OnDemandRequest | Reservation | None = None,
                   member: str = "") -> tuple[list[str], list[str | int]]:
         """The keys and arguments of lua/ondemand_end.lua for ``end``."""
         keys = [self.keys.ondemand(request_id), self.keys.ondemand_vms(request_id), self.keys.cloning,
@@ -462,7 +468,10 @@ class OnDemandStore(SubStore):
             self.keys.running_due(KEY_PART),
         ]
         args.append(token_index(keys, token_key))
-        args += ["", ""] if seen is None else [repr(seen.created), seen.token_user]
+        if isinstance(seen, Reservation):
+            args += [seen.created, seen.token_user]  # as the script read them ("": no check)
+        else:
+            args += ["", ""] if seen is None else [repr(seen.created), seen.token_user]
         args += [UNUSED_RECORD_TTL_SECONDS, self.keys.holdings(KEY_PART), self.keys.owner_requests(KEY_PART), member]
         return keys, args
 

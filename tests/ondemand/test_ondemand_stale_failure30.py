@@ -1,10 +1,12 @@
 """A pass that read a request's VM pending, and finds its clone failed for good only after the request
-ended and its id went to a new request, must not fail that new request: it never had the VM."""
+ended and its id went to a new request, must not fail that new request: it never had the VM. Nor
+one that judged a request past its ttl and is paused before it ends it."""
 
 from __future__ import annotations
 
 from chalicelib.manager import pending
 from chalicelib.store import ondemand as ondemand_store
+from tests.ondemand.test_ondemand_vanished import SLOW_BOOT_POOL
 
 SLOW_BROKEN_POOL = """
   - name: broken
@@ -15,6 +17,15 @@ SLOW_BROKEN_POOL = """
     createvm_fail_percent: 100
     createvm_fail_kind: template
 """
+
+
+def delete_and_reuse_the_id(stack) -> None:
+    """The user deletes "job-1", opens "job-2" (which forgets the ended "job-1": one kept), then
+    "job-1" again, for debian-12."""
+    assert stack.answer("DELETE", "/api/v3/ondemandvm/job-1")[0] == 200
+    assert stack.answer("POST", "/api/v3/ondemandvm", {"debian-12": 1, "request_id": "job-2"})[0] == 201
+    assert stack.answer("GET", "/api/v3/ondemandvm/job-1")[0] == 404  # forgotten
+    assert stack.answer("POST", "/api/v3/ondemandvm", {"debian-12": 1, "request_id": "job-1"})[0] == 201
 
 
 def test_a_stale_pass_never_fails_a_new_request_under_an_ended_ones_id(make_stack, monkeypatch):
@@ -31,14 +42,10 @@ def test_a_stale_pass_never_fails_a_new_request_under_an_ended_ones_id(make_stac
     interleaved: list[str] = []
 
     def after_the_reads(context, record, *args):
-        # The pass has read the VM pending and its clone's task failed. Before it acts on them, the
-        # user deletes "job-1", opens "job-2" (which forgets the ended "job-1"), then "job-1" again.
+        # The pass has read the VM pending and its clone's task failed; it acts on them only now.
         if not interleaved:
             interleaved.append(record.name)
-            assert stack.answer("DELETE", "/api/v3/ondemandvm/job-1")[0] == 200
-            assert stack.answer("POST", "/api/v3/ondemandvm", {"debian-12": 1, "request_id": "job-2"})[0] == 201
-            assert stack.answer("GET", "/api/v3/ondemandvm/job-1")[0] == 404  # forgotten
-            assert stack.answer("POST", "/api/v3/ondemandvm", {"debian-12": 1, "request_id": "job-1"})[0] == 201
+            delete_and_reuse_the_id(stack)
         return judged(context, record, *args)
 
     monkeypatch.setattr(pending, "_clone_finished", after_the_reads)
@@ -49,3 +56,25 @@ def test_a_stale_pass_never_fails_a_new_request_under_an_ended_ones_id(make_stac
     stack.run_passes("debian-12")
     status, body = stack.answer("GET", "/api/v3/ondemandvm/job-1")
     assert status == 200 and body["ready"] is True, body
+
+
+def test_a_pass_paused_after_judging_a_request_expired_never_fails_a_new_one_under_its_id(make_stack, monkeypatch):
+    # Before, the pass ended whichever request had the id once it resumed: the new "job-1", just
+    # made, answered ready false, "The request failed to provision instances within the configured
+    # ondemand_request_ttl '1'".
+    monkeypatch.setattr(ondemand_store, "REQUESTS_KEPT_PER_OWNER", 1)
+    stack = make_stack(size=0, extra=SLOW_BOOT_POOL, ondemand_request_ttl=1)
+    assert stack.answer("POST", "/api/v3/ondemandvm", {"slow-boot": 1, "request_id": "job-1"})[0] == 201
+    stack.reconcile("slow-boot")  # its clone started; its VM boots in 4 minutes
+    stack.clock.advance(61)  # past ondemand_request_ttl (1 minute), not booted yet
+    paused: list[str] = []
+
+    def pause(step: str) -> None:
+        if step == "ondemand_reserved" and not paused:  # judged expired; not ended yet
+            paused.append(step)
+            delete_and_reuse_the_id(stack)
+
+    stack.reconcile("slow-boot", pause)
+    assert paused
+    status, body = stack.answer("GET", "/api/v3/ondemandvm/job-1")
+    assert status == 202 and body["debian-12"] == {"ready": "0", "pending": "1"}, body

@@ -51,7 +51,9 @@
 -- A request that asks nothing of this pool (an alias's pool chosen again when the same request was
 -- sent again after a 503: lua/ondemand_create.lua) leaves the pool's open set here.
 -- Returns JSON {"state": "open"|"confirming"|"unconfirmed"|"expired"|"retries_exhausted"|<closed
---               state>, "reserved": [...], "failed": n, "lacking": n}; "lacking": the VMs the request
+--               state>, "reserved": [...], "failed": n, "lacking": n}, and with the states that fail
+-- the request its 'created' and 'token_user' ("created", "token_user"): the pass ends that request,
+-- not another that took its id since (lua/ondemand_end.lua's check of the request read); "lacking": the VMs the request
 -- still lacks in this pool, neither delivered nor building, before this reservation (those it
 -- reserved included): 0 when this pool has nothing more to do for it but hand over what boots.
 local key, vms_key, open_key, cloning_key, pending_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -62,7 +64,7 @@ local template, domain, vm_template, reserver = ARGV[6], ARGV[7], ARGV[9], ARGV[
 local gone_reason, names_checked, reserver_lease = ARGV[11], ARGV[12] == '1', ARGV[14]
 local gone_booting, clone_failed, not_made = ARGV[15], ARGV[16], ARGV[17]
 local request = redis.call('HMGET', key, 'state', 'entries', 'expires', 'lifetime', 'token_user', 'token_id',
-  'confirm_by', 'token_entry')
+  'confirm_by', 'token_entry', 'created')
 if request[1] ~= 'open' then
   redis.call('ZREM', open_key, id)
   return cjson.encode({state = request[1] or 'missing', reserved = {}, failed = 0})
@@ -71,7 +73,8 @@ end
 local confirm_by = finite(request[7])
 if confirm_by ~= nil then
   if tonumber(now) >= confirm_by then
-    return cjson.encode({state = 'unconfirmed', reserved = {}, failed = 0})
+    return cjson.encode({state = 'unconfirmed', reserved = {}, failed = 0, created = request[9] or '',
+      token_user = request[5] or ''})
   end
   return cjson.encode({state = 'confirming', reserved = {}, failed = 0})
 end
@@ -106,10 +109,12 @@ for _, hostname in ipairs(redis.call('ZRANGE', vms_key, 0, -1)) do
   end
 end
 if failed > max_retries then
-  return cjson.encode({state = 'retries_exhausted', reserved = {}, failed = failed})
+  return cjson.encode({state = 'retries_exhausted', reserved = {}, failed = failed, created = request[9] or '',
+    token_user = request[5] or ''})
 end
 if tonumber(now) >= tonumber(request[3]) then
-  return cjson.encode({state = 'expired', reserved = {}, failed = failed})
+  return cjson.encode({state = 'expired', reserved = {}, failed = failed, created = request[9] or '',
+    token_user = request[5] or ''})
 end
 
 -- Requests' clones in flight: the cloning set less the pools' own, without reading the fleet's
