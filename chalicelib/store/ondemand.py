@@ -153,10 +153,18 @@ class Reservation:
     lacking: int = 0
     """VMs the request still lacks in the pool, neither delivered nor building, before this
     reservation (``reserved`` included); 0: the pool only hands over what boots."""
-    created: str = ""
-    """The request's ``created`` as the script read it, with the states that fail it ("" otherwise):
-    the pass ends that request only (``OnDemandStore.end``'s ``seen``), not a new one under its id."""
-    token_user: str = ""
+    seen: Seen | None = None
+    """The request as the script read it, with the states that fail it (None otherwise): the pass
+    ends that request only (``OnDemandStore.end``'s ``seen``), not a new one under its id."""
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A request as a reader found it, its ``created`` and ``token_user`` as stored: an end given
+    it (``OnDemandStore.end``) ends that request only, not another that took its id since."""
+
+    created: str
+    token_user: str
 
 
 @dataclass(frozen=True)
@@ -330,24 +338,24 @@ class OnDemandStore(SubStore):
             # decode_responses=True: redis-py's types cannot say so
             return cast("list[str]", self.client.zrange(self.keys.ondemand_open(pool), 0, -1))
 
-    def open_request_pools(self) -> dict[str, tuple[float, tuple[str, ...]]]:
+    def open_request_pools(self) -> dict[str, tuple[float, tuple[str, ...], Seen]]:
         """Every open request the service counts (``ondemand:requests:open``, which each request
         the API opens joins: lua/quota.lua) with when it was made and the pools it is built in.
         One round trip when none is open, two otherwise (the set is bounded by
-        ``max_ondemand_requests``)."""
+        ``max_ondemand_requests``), and what was read of it (``Seen``, for ``end``)."""
         with _translate_errors():
             request_ids = cast("list[str]", self.client.zrange(self.keys.ondemand_open_requests, 0, -1))
             if not request_ids:
                 return {}
             pipe = self.client.pipeline(transaction=False)
             for request_id in request_ids:
-                pipe.hmget(self.keys.ondemand(request_id), "state", "created", "entries")
+                pipe.hmget(self.keys.ondemand(request_id), "state", "created", "entries", "token_user")
             found = pipe.execute()
-        requests: dict[str, tuple[float, tuple[str, ...]]] = {}
-        for request_id, (state, created, entries) in zip(request_ids, found, strict=True):
+        requests: dict[str, tuple[float, tuple[str, ...], Seen]] = {}
+        for request_id, (state, created, entries, token_user) in zip(request_ids, found, strict=True):
             if state == OPEN:  # not one that ended, or whose record expired, since it was counted
                 pools = tuple(dict.fromkeys(str(entry["pool"]) for entry in json.loads(entries or "[]")))
-                requests[request_id] = (float(created or 0), pools)
+                requests[request_id] = (float(created or 0), pools, Seen(created or "0", token_user or ""))
         return requests
 
     def waiting(self, pools: Iterable[str]) -> int:
@@ -405,8 +413,9 @@ class OnDemandStore(SubStore):
         with _translate_errors():
             answer = json.loads(self.scripts.ondemand_reserve(keys=keys, args=args))
         return Reservation(answer["state"], tuple(answer.get("reserved") or ()), int(answer.get("failed") or 0),
-                           int(answer.get("lacking") or 0), str(answer.get("created") or ""),
-                           str(answer.get("token_user") or ""))
+                           int(answer.get("lacking") or 0),
+                           Seen(str(answer["created"]), str(answer.get("token_user") or ""))
+                           if answer.get("created") else None)
 
     def claim(self, request_id: str, hostnames: Sequence[str], now: float) -> list[str]:
         """Of ``hostnames``, reserved for the request, the ones whose clone may start now (still
@@ -436,15 +445,15 @@ class OnDemandStore(SubStore):
         return bool(answer["moved"]), answer["state"]
 
     def end(self, request_id: str, state: str, message: str, vm_reason: str, now: float,
-            token_key: str = "", seen: OnDemandRequest | Reservation | None = None, member: str = "") -> Ending:
+            token_key: str = "", seen: OnDemandRequest | Seen | None = None, member: str = "") -> Ending:
         """Mark the request ``deleted`` or ``failed`` and send its VMs to completed, those whose
         clone may still run holding their clone slots (``CLONE_HELD``), those reserved and not
         yet claimed destroyed at once (never cloned: lua/ondemand_end.lua). TokenGone
         (nothing changed) when ``token_key``, the record of the token the end was asked with, is
         gone. ``seen``: the request as the caller read it (and checked whose it is); a request
         that has since taken its id (``seen`` forgotten, the id reused by another) is left as it
-        is, and the result is ``missing`` (``seen`` may be the reservation that judged it
-        failed); so is one that does not hold the VM ``member`` ("": no such check), the VM
+        is, and the result is ``missing`` (``seen`` may be a ``Seen``: what a pass read of
+        it); so is one that does not hold the VM ``member`` ("": no such check), the VM
         whose failure ends the request (a pass that read it before its request ended, the id
         another request's since, must not fail that one)."""
         keys, args = self._end_call(request_id, state, message, vm_reason, now, token_key, seen, member)
@@ -455,7 +464,7 @@ class OnDemandStore(SubStore):
         return Ending(answer["result"], answer["state"], tuple(answer.get("pools") or ()))
 
     def _end_call(self, request_id: str, state: str, message: str, vm_reason: str, now: float,
-                  token_key: str = "", seen: OnDemandRequest | Reservation | None = None,
+                  token_key: str = "", seen: OnDemandRequest | Seen | None = None,
                   member: str = "") -> tuple[list[str], list[str | int]]:
         """The keys and arguments of lua/ondemand_end.lua for ``end``."""
         keys = [self.keys.ondemand(request_id), self.keys.ondemand_vms(request_id), self.keys.cloning,
@@ -468,8 +477,8 @@ class OnDemandStore(SubStore):
             self.keys.running_due(KEY_PART),
         ]
         args.append(token_index(keys, token_key))
-        if isinstance(seen, Reservation):
-            args += [seen.created, seen.token_user]  # as the script read them ("": no check)
+        if isinstance(seen, Seen):
+            args += [seen.created, seen.token_user]  # as stored
         else:
             args += ["", ""] if seen is None else [repr(seen.created), seen.token_user]
         args += [UNUSED_RECORD_TTL_SECONDS, self.keys.holdings(KEY_PART), self.keys.owner_requests(KEY_PART), member]

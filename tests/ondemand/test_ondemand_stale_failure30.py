@@ -4,7 +4,7 @@ one that judged a request past its ttl and is paused before it ends it."""
 
 from __future__ import annotations
 
-from chalicelib.manager import pending
+from chalicelib.manager import ondemand, pending
 from chalicelib.store import ondemand as ondemand_store
 from tests.ondemand.test_ondemand_vanished import SLOW_BOOT_POOL
 
@@ -76,5 +76,27 @@ def test_a_pass_paused_after_judging_a_request_expired_never_fails_a_new_one_und
 
     stack.reconcile("slow-boot", pause)
     assert paused
+    status, body = stack.answer("GET", "/api/v3/ondemandvm/job-1")
+    assert status == 202 and body["debian-12"] == {"ready": "0", "pending": "1"}, body
+
+
+def test_a_tick_paused_after_reading_a_request_of_an_unserved_pool_never_fails_a_new_one_under_its_id(
+        make_stack, monkeypatch):
+    # Before, the tick ended whichever request had the id: the new "job-1", for debian-12, answered
+    # ready false, "its pool win-2022 was removed from the configuration".
+    monkeypatch.setattr(ondemand_store, "REQUESTS_KEPT_PER_OWNER", 1)
+    stack = make_stack(size=0)
+    assert stack.answer("POST", "/api/v3/ondemandvm", {"win-2022": 1, "request_id": "job-1"})[0] == 201
+    stack.clock.advance(ondemand.UNSERVED_GRACE_SECONDS)
+    read = ondemand_store.OnDemandStore.open_request_pools
+
+    def then_paused(self):
+        found = read(self)
+        delete_and_reuse_the_id(stack)
+        return found
+
+    monkeypatch.setattr(ondemand_store.OnDemandStore, "open_request_pools", then_paused)
+    # The tick's config serves debian-12 only (win-2022 removed, a config the API reads behind it).
+    assert ondemand.fail_unserved(stack.services.store, {"debian-12"}, stack.clock.now()) == {}
     status, body = stack.answer("GET", "/api/v3/ondemandvm/job-1")
     assert status == 202 and body["debian-12"] == {"ready": "0", "pending": "1"}, body
