@@ -18,7 +18,7 @@ from chalicelib.manager.hostnames import candidate_names, random_candidates
 from chalicelib.providers.base import VMInfo
 from chalicelib.providers.failures import Failure
 from chalicelib.store import DurationSample, Store, VMRecord
-from chalicelib.store.ondemand import FAILED, NOT_CONFIRMED_MESSAGE, OnDemandStore, Reservation
+from chalicelib.store.ondemand import FAILED, NOT_CONFIRMED_MESSAGE, OnDemandStore, Reservation, Seen
 from chalicelib.store.store import NEWEST_CONFIG_SECONDS
 
 
@@ -52,7 +52,7 @@ def serve_requests(context: PassContext) -> None:
         context.checkpoint("ondemand_reserved")
         failure = _failure(reservation, service)
         if failure:
-            _fail(context, requests, request_id, failure)
+            _fail(context, requests, request_id, failure, seen=reservation.seen)
         elif reservation.state == "confirming":
             context.report.followups += 1  # its API process confirms it in a moment: look again soon
         elif reservation.state == "open" and limit:
@@ -82,7 +82,7 @@ def fail_removed(store: Store, pool: str, now: float, grace_seconds: float = 0.0
     Returns their ids, and the seconds until the youngest left passes the grace (None: none left)."""
     requests = OnDemandStore(store)
     open_ids = requests.open_requests(pool)
-    created = {request_id: made for request_id, (made, _) in requests.open_request_pools().items()} \
+    created = {request_id: made for request_id, (made, _, _) in requests.open_request_pools().items()} \
         if open_ids and grace_seconds > 0 else {}
     failed: list[str] = []
     wait: float | None = None
@@ -115,10 +115,11 @@ def fail_unserved(store: Store, served: AbstractSet[str], now: float) -> dict[st
     good and counted against the on-demand limits until its record expired."""
     requests = OnDemandStore(store)
     failed: dict[str, list[str]] = {}
-    for request_id, (created, pools) in requests.open_request_pools().items():
+    for request_id, (created, pools, seen) in requests.open_request_pools().items():
         unserved = [pool for pool in pools if pool not in served]
-        if unserved and now - created >= UNSERVED_GRACE_SECONDS:
-            _end_failed(store, requests, unserved[0], request_id, removed_message(unserved[0]), now)
+        # Only the request read: a tick paused here must not fail a new one that took its id since.
+        if unserved and now - created >= UNSERVED_GRACE_SECONDS and _end_failed(
+                store, requests, unserved[0], request_id, removed_message(unserved[0]), now, seen=seen):
             failed.setdefault(unserved[0], []).append(request_id)
     return failed
 
@@ -137,8 +138,7 @@ def fail_overdue(store: Store, pool: PoolConfig, service: ServiceConfig, now: fl
         reservation = requests.reserve(request_id, pool.name, 0, service.max_vm_retries, pool.template,
                                        pool.domain or "", [], now)
         failure = _failure(reservation, service)
-        if failure:
-            _end_failed(store, requests, pool.name, request_id, failure, now)
+        if failure and _end_failed(store, requests, pool.name, request_id, failure, now, seen=reservation.seen):
             failed.append(f"on-demand request {request_id}: {failure}")
     return failed
 
@@ -167,28 +167,39 @@ def _open_requests(context: PassContext, requests: OnDemandStore) -> list[str]:
     return open_requests
 
 
-def clone_failed(context: PassContext, request_id: str, failure: Failure) -> None:
+def clone_failed(context: PassContext, request_id: str, failure: Failure, hostname: str) -> None:
     """A clone for a request failed: end the request now when retrying cannot help (a missing
     template, network or folder, a permission refused: ``FailureKind.permanent``), keeping its
-    retries for failures worth retrying (timeouts, capacity, connections)."""
+    retries for failures worth retrying (timeouts, capacity, connections). Only the request
+    that holds the VM ``hostname``: the pass read the VM before, and its request may have ended
+    and a new one taken its id since (that one never had the VM, and is left as it is)."""
     if failure.kind.permanent:
         _fail(context, OnDemandStore(context.store), request_id,
-              f"The request failed: a VM could not be built and retrying cannot help: {failure.message}")
+              f"The request failed: a VM could not be built and retrying cannot help: {failure.message}",
+              member=hostname)
 
 
-def _fail(context: PassContext, requests: OnDemandStore, request_id: str, message: str) -> None:
-    _end_failed(context.store, requests, context.pool.name, request_id, message, context.now)
-    context.report.errors.append(f"on-demand request {request_id}: {message}")
+def _fail(context: PassContext, requests: OnDemandStore, request_id: str, message: str, member: str = "",
+          seen: Seen | None = None) -> None:
+    if _end_failed(context.store, requests, context.pool.name, request_id, message, context.now, member, seen):
+        context.report.errors.append(f"on-demand request {request_id}: {message}")
     context.checkpoint("ondemand_failed")
 
 
 def _end_failed(store: Store, requests: OnDemandStore, pool_name: str, request_id: str, message: str,
-                now: float) -> None:
-    """End the request as failed; the other pools it was built in are nudged."""
-    ending = requests.end(request_id, FAILED, message, f"on-demand request {request_id} failed", now)
+                now: float, member: str = "", seen: Seen | None = None) -> bool:
+    """End the request as failed (only the one holding the VM ``member`` unless "", only the one
+    ``seen`` judged failed unless None: a pass paused after its judgment must not fail a new
+    request under its id); the other pools it was built in are nudged. Returns whether the
+    request was found."""
+    ending = requests.end(request_id, FAILED, message, f"on-demand request {request_id} failed", now,
+                          seen=seen, member=member)
+    if ending.result == "missing":
+        return False
     for pool in ending.pools:
         if pool != pool_name:
             store.wake(pool)  # its pass destroys the request's VMs there
+    return True
 
 
 def deliver(context: PassContext, record: VMRecord, vm: VMInfo, age: float) -> None:

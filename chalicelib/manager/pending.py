@@ -22,7 +22,7 @@ from chalicelib.observability import logger
 from chalicelib.providers.base import Provider, ProviderError, TaskState, TaskStatus, VMInfo
 from chalicelib.store import DurationSample, Store, VMRecord
 from chalicelib.store.leases import LeaseHolder, labelled_holder
-from chalicelib.store.ondemand import CLONE_FAILED, GONE_WHILE_BOOTING
+from chalicelib.store.ondemand import CLONE_FAILED, CLONE_NOT_MADE, GONE_WHILE_BOOTING
 from chalicelib.store.records import MARKS_ASKED, RESERVER_LEASE
 
 CLONE_START_GRACE_SECONDS = 120.0
@@ -387,7 +387,7 @@ def _clone_finished(context: PassContext, record: VMRecord, statuses: Mapping[st
         # asked is given up only while still unasked: a pass paused before its call may have
         # asked since (then the next pass judges it as asked).
         if record.raw.get(CLONE_ASKED):
-            context.take_out_of_service(hostname, "pending", "clone asked for but not made by the provider "
+            context.take_out_of_service(hostname, "pending", f"{CLONE_NOT_MADE} "
                                         "(its pass was interrupted before noting its task)")
             return False
         reserver_lease = reservation_taken_over(context, record)
@@ -429,7 +429,7 @@ def _clone_finished(context: PassContext, record: VMRecord, statuses: Mapping[st
         context.report.clone_failures[hostname] = failure
         context.take_out_of_service(hostname, "pending", f"{CLONE_FAILED}: {failure.message}", failure=failure.kind)
         if record.raw.get("request"):
-            ondemand.clone_failed(context, record.raw["request"], failure)
+            ondemand.clone_failed(context, record.raw["request"], failure, hostname)
         return False
     context.report.samples.append(DurationSample("clone", pool.name, age))
     return True

@@ -57,6 +57,13 @@ CLONE_FAILED = "clone failed"
 """How the reason of a VM whose clone failed (manager/pending.py) or failed to start
 (manager/clones.py) begins: one of a request is a failed attempt (lua/ondemand_reserve.lua is
 given this text to match), spending one of its ``max_vm_retries``."""
+CLONE_NOT_MADE = "clone asked for but not made by the provider"
+"""How the reason of a VM begins whose clone was asked for (marked ``clone_asked``), its task never
+noted, and that the provider says it does not make (manager/pending.py): not known to have been
+under way (the pass may have died before its call reached the provider), so no failed attempt of
+its request. Any other VM marked asked that leaves undelivered was under way (made and never
+ready, or still cloning past the pool's timeout): a failed attempt, as with its task noted
+(lua/ondemand_reserve.lua is given this text to match)."""
 CLONE_CLAIMED = "clone_claimed"
 """A field of a VM reserved for a request: when the pass that reserved it claimed its clone's start
 (``OnDemandStore.claim``, lua/ondemand_claim.lua); from then on its clone may be running."""
@@ -146,6 +153,18 @@ class Reservation:
     lacking: int = 0
     """VMs the request still lacks in the pool, neither delivered nor building, before this
     reservation (``reserved`` included); 0: the pool only hands over what boots."""
+    seen: Seen | None = None
+    """The request as the script read it, with the states that fail it (None otherwise): the pass
+    ends that request only (``OnDemandStore.end``'s ``seen``), not a new one under its id."""
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A request as a reader found it, its ``created`` and ``token_user`` as stored: an end given
+    it (``OnDemandStore.end``) ends that request only, not another that took its id since."""
+
+    created: str
+    token_user: str
 
 
 @dataclass(frozen=True)
@@ -319,24 +338,24 @@ class OnDemandStore(SubStore):
             # decode_responses=True: redis-py's types cannot say so
             return cast("list[str]", self.client.zrange(self.keys.ondemand_open(pool), 0, -1))
 
-    def open_request_pools(self) -> dict[str, tuple[float, tuple[str, ...]]]:
+    def open_request_pools(self) -> dict[str, tuple[float, tuple[str, ...], Seen]]:
         """Every open request the service counts (``ondemand:requests:open``, which each request
         the API opens joins: lua/quota.lua) with when it was made and the pools it is built in.
         One round trip when none is open, two otherwise (the set is bounded by
-        ``max_ondemand_requests``)."""
+        ``max_ondemand_requests``), and what was read of it (``Seen``, for ``end``)."""
         with _translate_errors():
             request_ids = cast("list[str]", self.client.zrange(self.keys.ondemand_open_requests, 0, -1))
             if not request_ids:
                 return {}
             pipe = self.client.pipeline(transaction=False)
             for request_id in request_ids:
-                pipe.hmget(self.keys.ondemand(request_id), "state", "created", "entries")
+                pipe.hmget(self.keys.ondemand(request_id), "state", "created", "entries", "token_user")
             found = pipe.execute()
-        requests: dict[str, tuple[float, tuple[str, ...]]] = {}
-        for request_id, (state, created, entries) in zip(request_ids, found, strict=True):
+        requests: dict[str, tuple[float, tuple[str, ...], Seen]] = {}
+        for request_id, (state, created, entries, token_user) in zip(request_ids, found, strict=True):
             if state == OPEN:  # not one that ended, or whose record expired, since it was counted
                 pools = tuple(dict.fromkeys(str(entry["pool"]) for entry in json.loads(entries or "[]")))
-                requests[request_id] = (float(created or 0), pools)
+                requests[request_id] = (float(created or 0), pools, Seen(created or "0", token_user or ""))
         return requests
 
     def waiting(self, pools: Iterable[str]) -> int:
@@ -390,11 +409,13 @@ class OnDemandStore(SubStore):
                                  self.store.data_ttl_seconds, self.keys.vm(KEY_PART), holder_label(),
                                  GONE_WHILE_RUNNING, "" if provider is None else "1",
                                  self.store.answer_deadline(), lease_token or "", GONE_WHILE_BOOTING,
-                                 CLONE_FAILED, *candidates]
+                                 CLONE_FAILED, CLONE_NOT_MADE, *candidates]
         with _translate_errors():
             answer = json.loads(self.scripts.ondemand_reserve(keys=keys, args=args))
         return Reservation(answer["state"], tuple(answer.get("reserved") or ()), int(answer.get("failed") or 0),
-                           int(answer.get("lacking") or 0))
+                           int(answer.get("lacking") or 0),
+                           Seen(str(answer["created"]), str(answer.get("token_user") or ""))
+                           if answer.get("created") else None)
 
     def claim(self, request_id: str, hostnames: Sequence[str], now: float) -> list[str]:
         """Of ``hostnames``, reserved for the request, the ones whose clone may start now (still
@@ -424,15 +445,18 @@ class OnDemandStore(SubStore):
         return bool(answer["moved"]), answer["state"]
 
     def end(self, request_id: str, state: str, message: str, vm_reason: str, now: float,
-            token_key: str = "", seen: OnDemandRequest | None = None) -> Ending:
+            token_key: str = "", seen: OnDemandRequest | Seen | None = None, member: str = "") -> Ending:
         """Mark the request ``deleted`` or ``failed`` and send its VMs to completed, those whose
         clone may still run holding their clone slots (``CLONE_HELD``), those reserved and not
         yet claimed destroyed at once (never cloned: lua/ondemand_end.lua). TokenGone
         (nothing changed) when ``token_key``, the record of the token the end was asked with, is
         gone. ``seen``: the request as the caller read it (and checked whose it is); a request
         that has since taken its id (``seen`` forgotten, the id reused by another) is left as it
-        is, and the result is ``missing``."""
-        keys, args = self._end_call(request_id, state, message, vm_reason, now, token_key, seen)
+        is, and the result is ``missing`` (``seen`` may be a ``Seen``: what a pass read of
+        it); so is one that does not hold the VM ``member`` ("": no such check), the VM
+        whose failure ends the request (a pass that read it before its request ended, the id
+        another request's since, must not fail that one)."""
+        keys, args = self._end_call(request_id, state, message, vm_reason, now, token_key, seen, member)
         with _translate_errors():
             answer = json.loads(self.scripts.ondemand_end(keys=keys, args=args))
         if answer["result"] == "token_gone":
@@ -440,7 +464,8 @@ class OnDemandStore(SubStore):
         return Ending(answer["result"], answer["state"], tuple(answer.get("pools") or ()))
 
     def _end_call(self, request_id: str, state: str, message: str, vm_reason: str, now: float,
-                  token_key: str = "", seen: OnDemandRequest | None = None) -> tuple[list[str], list[str | int]]:
+                  token_key: str = "", seen: OnDemandRequest | Seen | None = None,
+                  member: str = "") -> tuple[list[str], list[str | int]]:
         """The keys and arguments of lua/ondemand_end.lua for ``end``."""
         keys = [self.keys.ondemand(request_id), self.keys.ondemand_vms(request_id), self.keys.cloning,
                 self.keys.ondemand_open_requests, self.keys.running, self.keys.pool_clones,
@@ -452,8 +477,11 @@ class OnDemandStore(SubStore):
             self.keys.running_due(KEY_PART),
         ]
         args.append(token_index(keys, token_key))
-        args += ["", ""] if seen is None else [repr(seen.created), seen.token_user]
-        args += [UNUSED_RECORD_TTL_SECONDS, self.keys.holdings(KEY_PART), self.keys.owner_requests(KEY_PART)]
+        if isinstance(seen, Seen):
+            args += [seen.created, seen.token_user]  # as stored
+        else:
+            args += ["", ""] if seen is None else [repr(seen.created), seen.token_user]
+        args += [UNUSED_RECORD_TTL_SECONDS, self.keys.holdings(KEY_PART), self.keys.owner_requests(KEY_PART), member]
         return keys, args
 
 

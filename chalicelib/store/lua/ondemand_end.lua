@@ -28,7 +28,10 @@
 -- ttl of the record of a VM reserved and never cloned (store.UNUSED_RECORD_TTL_SECONDS); then the
 -- templates of an owner's holdings and requests sets (keys.holdings, keys.owner_requests): the
 -- sets that count the request are kept as long as it now answers (lua/request_sets.lua), past
--- their own expiry when it was nearer.
+-- their own expiry when it was nearer. Then, when a pass ends the request for a failure of one of
+-- its VMs (manager/ondemand.clone_failed), that VM's hostname ('' for no such check): a request
+-- under the id whose VMs do not include it is not the one the pass read the VM of (that one ended
+-- and was forgotten since, and a new request took its id), and is left as it is: "missing".
 -- Returns JSON {"result": "ended"|"already"|"missing"|"token_gone", "state": ..., "pools": [...]}
 -- ("token_gone": the token was deleted since the API checked it; nothing changed). "missing" too
 -- when the request under that id is not the one the API read: that one was forgotten (the service
@@ -50,7 +53,8 @@ local seen_created, seen_user = ARGV[15] or '', ARGV[16] or ''
 local unused_ttl = math.min(tonumber(ARGV[17]), ttl)
 -- A 'created' unreadable (by hand) reads as 0, as the API reads it (float of nothing).
 if not state or (seen_created ~= '' and ((finite(request[3]) or 0) ~= (finite(seen_created) or 0)
-    or (request[4] or '') ~= seen_user)) then
+    or (request[4] or '') ~= seen_user))
+    or ((ARGV[20] or '') ~= '' and not redis.call('ZSCORE', vms_key, ARGV[20])) then
   return cjson.encode({result = 'missing', state = '', pools = {}})
 end
 if state == 'deleted' or state == 'failed' or (new_state == 'failed' and state ~= 'open') then

@@ -2,7 +2,7 @@
 -- on-demand clone limit (counted across pools). Counting and reserving in one script is what
 -- stops two passes at once from building a request twice.
 -- A VM of the request that left undelivered once its clone was under way (clone error, boot
--- timeout), or whose clone the provider refused to start, is a failed attempt; a replacement is
+-- timeout; its task noted or not), or whose clone the provider refused to start, is a failed attempt; a replacement is
 -- reserved until more than max_retries attempts failed. One that left through no failure of its
 -- clone (never started: the pass that reserved it was interrupted before asking the provider;
 -- gone from the provider after its clone ended, or after its delivery) is replaced without
@@ -32,8 +32,10 @@
 --       written on each record as 'reserver_lease', as reserve_clones.lua does), the reason of a
 --       VM dropped as gone while booting (manager/pending.py), how the reason of a VM whose clone
 --       failed begins (store/ondemand.py GONE_WHILE_BOOTING, CLONE_FAILED: the reasons are
---       written and matched with the same constants), then the candidate hostnames, in the order
---       of their records.
+--       written and matched with the same constants), how the reason of a VM whose clone was
+--       asked for and that the provider never made begins (CLONE_NOT_MADE: one marked
+--       'clone_asked' and out of service for any other reason was under way, a failed attempt),
+--       then the candidate hostnames, in the order of their records.
 -- Run past its deadline (Redis frozen past the caller's socket timeout: its pass gave up on the
 -- answer and starts no clone) it reserves nothing (the request's other changes hold whenever
 -- they are made): names reserved then would hold the request's VMs and the on-demand clone
@@ -49,7 +51,9 @@
 -- A request that asks nothing of this pool (an alias's pool chosen again when the same request was
 -- sent again after a 503: lua/ondemand_create.lua) leaves the pool's open set here.
 -- Returns JSON {"state": "open"|"confirming"|"unconfirmed"|"expired"|"retries_exhausted"|<closed
---               state>, "reserved": [...], "failed": n, "lacking": n}; "lacking": the VMs the request
+--               state>, "reserved": [...], "failed": n, "lacking": n}, and with the states that fail
+-- the request its 'created' and 'token_user' ("created", "token_user"): the pass ends that request,
+-- not another that took its id since (lua/ondemand_end.lua's check of the request read); "lacking": the VMs the request
 -- still lacks in this pool, neither delivered nor building, before this reservation (those it
 -- reserved included): 0 when this pool has nothing more to do for it but hand over what boots.
 local key, vms_key, open_key, cloning_key, pending_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -58,9 +62,9 @@ local id, pool = ARGV[1], ARGV[2]
 local clone_limit, max_retries, now = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local template, domain, vm_template, reserver = ARGV[6], ARGV[7], ARGV[9], ARGV[10]
 local gone_reason, names_checked, reserver_lease = ARGV[11], ARGV[12] == '1', ARGV[14]
-local gone_booting, clone_failed = ARGV[15], ARGV[16]
+local gone_booting, clone_failed, not_made = ARGV[15], ARGV[16], ARGV[17]
 local request = redis.call('HMGET', key, 'state', 'entries', 'expires', 'lifetime', 'token_user', 'token_id',
-  'confirm_by', 'token_entry')
+  'confirm_by', 'token_entry', 'created')
 if request[1] ~= 'open' then
   redis.call('ZREM', open_key, id)
   return cjson.encode({state = request[1] or 'missing', reserved = {}, failed = 0})
@@ -69,7 +73,8 @@ end
 local confirm_by = finite(request[7])
 if confirm_by ~= nil then
   if tonumber(now) >= confirm_by then
-    return cjson.encode({state = 'unconfirmed', reserved = {}, failed = 0})
+    return cjson.encode({state = 'unconfirmed', reserved = {}, failed = 0, created = request[9] or '',
+      token_user = request[5] or ''})
   end
   return cjson.encode({state = 'confirming', reserved = {}, failed = 0})
 end
@@ -77,7 +82,7 @@ end
 local delivered, building, failed = {}, {}, 0
 for _, hostname in ipairs(redis.call('ZRANGE', vms_key, 0, -1)) do
   local vm = redis.call('HMGET', key_of(vm_template, hostname),
-    'request', 'request_name', 'state', 'delivered_at', 'clone_task', 'reason')
+    'request', 'request_name', 'state', 'delivered_at', 'clone_task', 'reason', 'clone_asked')
   local reason = vm[6] or ''
   if vm[1] ~= id then
     failed = failed + 1 -- its record gone: only a failed attempt's is left to expire in the set
@@ -89,8 +94,13 @@ for _, hostname in ipairs(redis.call('ZRANGE', vms_key, 0, -1)) do
     delivered[vm[2]] = (delivered[vm[2]] or 0) + 1
   elseif vm[3] == 'pending' then
     building[vm[2]] = (building[vm[2]] or 0) + 1
-  elseif (vm[5] or string.sub(reason, 1, #clone_failed) == clone_failed)
+  elseif (vm[5] or string.sub(reason, 1, #clone_failed) == clone_failed
+        or (vm[7] and string.sub(reason, 1, #not_made) ~= not_made))
       and not (vm[3] == 'destroyed' and reason == gone_booting) then
+    -- Its clone under way: its task noted, or asked for (its task never noted: the pass killed
+    -- after the provider's call, the call's answer lost) and then made, or still running past the
+    -- pool's timeout. Before, one of those that never became ready left the set uncounted, and
+    -- the request was built again until its ttl instead of failing after max_vm_retries.
     failed = failed + 1
   elseif vm[3] == 'completed' or vm[3] == 'destroyed' then
     -- Out of service through no failure of its clone (never started, gone while booting): built
@@ -99,10 +109,12 @@ for _, hostname in ipairs(redis.call('ZRANGE', vms_key, 0, -1)) do
   end
 end
 if failed > max_retries then
-  return cjson.encode({state = 'retries_exhausted', reserved = {}, failed = failed})
+  return cjson.encode({state = 'retries_exhausted', reserved = {}, failed = failed, created = request[9] or '',
+    token_user = request[5] or ''})
 end
 if tonumber(now) >= tonumber(request[3]) then
-  return cjson.encode({state = 'expired', reserved = {}, failed = failed})
+  return cjson.encode({state = 'expired', reserved = {}, failed = failed, created = request[9] or '',
+    token_user = request[5] or ''})
 end
 
 -- Requests' clones in flight: the cloning set less the pools' own, without reading the fleet's
@@ -132,7 +144,7 @@ for _, entry in ipairs(cjson.decode(request[2])) do
     local need = entry.count - (delivered[entry.name] or 0) - (building[entry.name] or 0)
     lacking = lacking + math.max(need, 0)
     while need > 0 and slots > 0 and candidate <= #KEYS do
-      local vm_key, hostname = KEYS[candidate], ARGV[candidate + 5]
+      local vm_key, hostname = KEYS[candidate], ARGV[candidate + 6]
       candidate = candidate + 1
       if redis.call('EXISTS', vm_key) == 0 and not redis.call('ZSCORE', KEYS[11], hostname) then
         redis.call('HSET', vm_key, 'name', hostname, 'pool', pool, 'template', template,
