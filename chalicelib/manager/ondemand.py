@@ -19,6 +19,7 @@ from chalicelib.providers.base import VMInfo
 from chalicelib.providers.failures import Failure
 from chalicelib.store import DurationSample, Store, VMRecord
 from chalicelib.store.ondemand import FAILED, NOT_CONFIRMED_MESSAGE, OnDemandStore, Reservation, Seen
+from chalicelib.store.records import finite_number
 from chalicelib.store.store import NEWEST_CONFIG_SECONDS
 
 
@@ -36,8 +37,9 @@ def serve_requests(context: PassContext) -> None:
     (no pass would serve them, nor see them expire, once it is forgotten)."""
     requests = OnDemandStore(context.store)
     if context.draining:
-        for request_id in requests.open_requests(context.pool.name):
-            _fail(context, requests, request_id, removed_message(context.pool.name))
+        # Only the requests read: a pass paused here must not fail a new one that took an id since.
+        for request_id, seen in requests.open_requests_seen(context.pool.name).items():
+            _fail(context, requests, request_id, removed_message(context.pool.name), seen=seen)
         return
     service = context.service
     limit = 0 if context.clones_held else service.ondemand_clone_limit  # 0: the script only checks
@@ -81,18 +83,16 @@ def fail_removed(store: Store, pool: str, now: float, grace_seconds: float = 0.0
     an API function's a push *ahead*, which put the pool back (``UNSERVED_GRACE_SECONDS``).
     Returns their ids, and the seconds until the youngest left passes the grace (None: none left)."""
     requests = OnDemandStore(store)
-    open_ids = requests.open_requests(pool)
-    created = {request_id: made for request_id, (made, _, _) in requests.open_request_pools().items()} \
-        if open_ids and grace_seconds > 0 else {}
     failed: list[str] = []
     wait: float | None = None
-    for request_id in open_ids:
-        left = created.get(request_id, now - grace_seconds) + grace_seconds - now
-        if left > 0:
+    for request_id, seen in requests.open_requests_seen(pool).items():
+        left = (finite_number(seen.created) or 0.0) + grace_seconds - now
+        if grace_seconds > 0 and left > 0:
             wait = max(wait or 0.0, left)
             continue
-        _end_failed(store, requests, pool, request_id, removed_message(pool), now)
-        failed.append(request_id)
+        # Only the request read: a caller paused here must not fail a new one that took its id since.
+        if _end_failed(store, requests, pool, request_id, removed_message(pool), now, seen=seen):
+            failed.append(request_id)
     return failed, wait
 
 

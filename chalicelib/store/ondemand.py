@@ -338,6 +338,23 @@ class OnDemandStore(SubStore):
             # decode_responses=True: redis-py's types cannot say so
             return cast("list[str]", self.client.zrange(self.keys.ondemand_open(pool), 0, -1))
 
+    def open_requests_seen(self, pool: str) -> dict[str, Seen]:
+        """The requests that may still need VMs from ``pool``, oldest first, each as read
+        (``Seen``, for ``end``: a caller that acts on the read later ends that request only, not a
+        new one that took its id since). Two round trips when some are listed, one otherwise;
+        ids whose request is no longer open are left out (``end`` would change nothing)."""
+        with _translate_errors():
+            request_ids = cast("list[str]", self.client.zrange(self.keys.ondemand_open(pool), 0, -1))
+            if not request_ids:
+                return {}
+            pipe = self.client.pipeline(transaction=False)
+            for request_id in request_ids:
+                pipe.hmget(self.keys.ondemand(request_id), "state", "created", "token_user")
+            found = pipe.execute()
+        return {request_id: Seen(created or "0", token_user or "")
+                for request_id, (state, created, token_user) in zip(request_ids, found, strict=True)
+                if state == OPEN}
+
     def open_request_pools(self) -> dict[str, tuple[float, tuple[str, ...], Seen]]:
         """Every open request the service counts (``ondemand:requests:open``, which each request
         the API opens joins: lua/quota.lua) with when it was made and the pools it is built in.
