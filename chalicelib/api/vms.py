@@ -31,7 +31,7 @@ from chalicelib.config import MAX_TAG_KEY_CHARACTERS
 from chalicelib.observability import emit, logger
 from chalicelib.services import Services
 from chalicelib.store import ModifyResult, VMRecord
-from chalicelib.store.ondemand import deleted_vm_reason
+from chalicelib.store.ondemand import deleted_vm_reason, shown_vm_reason
 from chalicelib.store.records import TAG_FIELD_PREFIX
 from chalicelib.store.vm_tasks import DISK, EnqueueResult, VMTaskStore, new_task, task_errors, task_errors_dropped
 from chalicelib.tagfilter import TAG_VALUE_PATTERN
@@ -130,7 +130,7 @@ def describe(services: Services, request: ApiRequest) -> ApiResponse:
     if record.not_ready_reason and record.state == "pending":
         info["not_ready_reason"] = record.not_ready_reason
     if record.reason:
-        info["reason"] = record.reason
+        info["reason"] = shown_vm_reason(record)  # never another request's id: its secret
     if record.template:
         # Ours, not vmpooler's (a template change drains by it): absent where no template is
         # known (a dummy pool without one), as vmpooler's answer never has it.

@@ -508,6 +508,20 @@ def deleted_vm_reason(request_id: str) -> str:
     return f"on-demand request {request_id} was deleted"
 
 
+def shown_vm_reason(record: VMRecord) -> str:
+    """The VM's reason as GET /vm/<hostname> shows it to anyone: one that names the on-demand
+    request the VM was built for ("on-demand request <id> was deleted", "... failed") says "its
+    on-demand request" instead. The id of a request the service drew is that request's secret
+    (whoever has it reads the request and its VMs' names, token-less GET /ondemandvm/<id>), and
+    whoever reads a VM need not be its owner, who knows the id already. The record keeps it
+    (``deleted_vm_reason`` is matched against it)."""
+    request_id = record.raw.get("request")
+    named = f"on-demand request {request_id} "
+    if request_id and record.reason.startswith(named):
+        return "its on-demand request " + record.reason[len(named):]
+    return record.reason
+
+
 def retry_mark(owner: str, entries: Sequence[OnDemandEntry]) -> str:
     """What makes a request sent again the same request: its owner, and the names and counts it
     asked for (not the pools an alias's VMs were chosen from: each try chooses again), hashed."""
