@@ -28,6 +28,15 @@ def delete_and_reuse_the_id(stack) -> None:
     assert stack.answer("POST", "/api/v3/ondemandvm", {"debian-12": 1, "request_id": "job-1"})[0] == 201
 
 
+def the_new_request_is_served(stack) -> None:
+    """The new "job-1" is still waiting for its debian-12 VM, and gets it."""
+    status, body = stack.answer("GET", "/api/v3/ondemandvm/job-1")
+    assert status == 202 and body["debian-12"] == {"ready": "0", "pending": "1"}, body
+    stack.run_passes("debian-12")
+    status, body = stack.answer("GET", "/api/v3/ondemandvm/job-1")
+    assert status == 200 and body["ready"] is True, body
+
+
 def test_a_stale_pass_never_fails_a_new_request_under_an_ended_ones_id(make_stack, monkeypatch):
     # Before, the pass failed whichever request had the id the VM's record names: the new request
     # "job-1" answered ready false, "a VM could not be built and retrying cannot help: dummy: clone
@@ -51,11 +60,7 @@ def test_a_stale_pass_never_fails_a_new_request_under_an_ended_ones_id(make_stac
     monkeypatch.setattr(pending, "_clone_finished", after_the_reads)
     stack.reconcile("broken")
     assert interleaved == [building]
-    status, body = stack.answer("GET", "/api/v3/ondemandvm/job-1")
-    assert status == 202 and body["debian-12"] == {"ready": "0", "pending": "1"}, body
-    stack.run_passes("debian-12")
-    status, body = stack.answer("GET", "/api/v3/ondemandvm/job-1")
-    assert status == 200 and body["ready"] is True, body
+    the_new_request_is_served(stack)
 
 
 def test_a_pass_paused_after_judging_a_request_expired_never_fails_a_new_one_under_its_id(make_stack, monkeypatch):

@@ -13,7 +13,7 @@ from chalicelib.manager.pool_queue import DRAIN, PoolMessage
 from chalicelib.store import ondemand as ondemand_store
 from tests.ondemand.conftest import BASE_CONFIG
 from tests.ondemand.test_ondemand_requests import SLOW_POOL, slow_pool_forgotten
-from tests.ondemand.test_ondemand_stale_failure30 import delete_and_reuse_the_id
+from tests.ondemand.test_ondemand_stale_failure30 import delete_and_reuse_the_id, the_new_request_is_served
 
 REMOVED = "The request failed: its pool slow was removed from the configuration"
 
@@ -36,14 +36,6 @@ def paused_before_each_end(stack, monkeypatch) -> list[str]:
     return paused
 
 
-def new_job_1_still_pending(stack) -> None:
-    status, body = stack.answer("GET", "/api/v3/ondemandvm/job-1")
-    assert status == 202 and body["debian-12"] == {"ready": "0", "pending": "1"}, body
-    stack.run_passes("debian-12")
-    status, body = stack.answer("GET", "/api/v3/ondemandvm/job-1")
-    assert status == 200 and body["ready"] is True, body
-
-
 def test_a_draining_pass_paused_before_failing_a_request_never_fails_a_new_one_under_its_id(make_stack, monkeypatch):
     # Before, the drain's pass ended whichever request had the id: the new "job-1", for
     # debian-12, answered ready false, "its pool slow was removed from the configuration".
@@ -58,7 +50,7 @@ def test_a_draining_pass_paused_before_failing_a_request_never_fails_a_new_one_u
     paused = paused_before_each_end(stack, monkeypatch)
     look_at(services, PoolMessage("slow", DRAIN), queue)
     assert paused == ["job-1"]
-    new_job_1_still_pending(stack)
+    the_new_request_is_served(stack)
 
 
 def test_a_look_at_a_forgotten_pool_paused_before_failing_never_fails_a_new_request_under_its_id(
@@ -77,4 +69,4 @@ def test_a_look_at_a_forgotten_pool_paused_before_failing_never_fails_a_new_requ
     assert ondemand.fail_removed(services.store, "slow", stack.clock.now(), ondemand.UNSERVED_GRACE_SECONDS) \
         == ([], None)
     assert paused == ["job-1"]
-    new_job_1_still_pending(stack)
+    the_new_request_is_served(stack)
