@@ -133,7 +133,7 @@ def checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int])
         result = services.store.checkout(requests, now, fields, quota(services, request, caller),
                                          caller.token_key if caller else "")
     except QuotaExceeded as exceeded:
-        raise quota_error(services, exceeded) from None
+        raise quota_error(services, exceeded, sum(wanted.values())) from None
     if not result.ok:
         # Per pool for a name that is a pool, per alias for one that is only an alias: an alias
         # is no pool to graph or to grow, and counting each pool it names wrote an EMF document
@@ -217,7 +217,7 @@ def open_request(
             caller.token_key if caller else "", (caller.entry_id or "") if caller else "",
         )
     except QuotaExceeded as exceeded:
-        raise quota_error(services, exceeded, key=quota_key) from None
+        raise quota_error(services, exceeded, sum(wanted.values()), key=quota_key) from None
     if not created:
         raise ApiError(409, {"message": f"request_id '{request_id}' has already been created",
                              "request_id": request_id})
