@@ -24,6 +24,7 @@ from chalicelib.api.http import ApiError, ApiRequest
 from chalicelib.api.routes import ROUTES, Route, handle_when_built, render, request_from_chalice, versioned_paths
 from chalicelib.manager.pool_queue import (
     NUDGE,
+    RECONCILE_BATCH_WINDOW_SECONDS,
     REPORTED_LATENESS_SECONDS,
     PoolMessage,
     PoolQueue,
@@ -53,17 +54,6 @@ the bucket holds the same text, the first request reuses this one instead of bui
 RECONCILE_QUEUE_NAME = os.environ.get("VMPOOL_RECONCILE_QUEUE_NAME", "vmpool-reconcile")
 RECONCILE_CONCURRENCY = int(os.environ.get("VMPOOL_RECONCILE_CONCURRENCY", "10"))
 SCHEDULE_MINUTES = int(os.environ.get("VMPOOL_SCHEDULE_MINUTES", "1"))
-RECONCILE_BATCH_WINDOW_SECONDS = 1
-"""How long the queue's event source gathers messages before it invokes the consumer with fewer
-than 10 (``MaximumBatchingWindowInSeconds``; Chalice's default 0 invokes with whatever one poll
-returns). The tick's messages arrive at pools / 50 a second (20/s at 1,000 pools): in 1 s the
-batches fill, so an invocation carries 10 passes, run in threads in about one pass's time, where
-polls finding a message or two made up to one invocation per pass: up to 43 M invocations a month
-at 1,000 pools (~$16 of requests and their START/END/REPORT log lines, against ~$1.6) and ten
-times the concurrency (vSphere passes of 0.2 s at 3,000 pools: 12, over the dev stage's 10, and
-its queue fell behind). The price: a checkout's nudge on a quiet stack waits up to 1 s more for
-its pass (a refill starts up to 1 s later, against a clone and boot of tens of seconds).
-docs/performance.md, "Invocations per minute in AWS"."""
 
 _services: Services | None = None
 _config: config_source.ConfigSource | None = None

@@ -1603,6 +1603,14 @@ def from_canonical(document: Any, source: str = "canonical config") -> Config:
         raise ConfigError([f"{source}: nested deeper than {MAX_DEPTH} levels"]) from None
 
 
+def has_pools_section(text: str, source: str = "config") -> bool:
+    """Whether the YAML ``text`` writes a ``pools`` section holding a list (``:pools: []``
+    included). A config without one validates as a config of no pools, as vmpooler reads it: an
+    empty or truncated file, or one whose section's name is mistyped (``:pool:``, a warning only),
+    which published to a stage would drain every pool (infra/config_push.py refuses it)."""
+    return isinstance(_read_document(text, source, BlockReader()).get("pools"), list)
+
+
 def canonical_document(text: str, source: str = "config") -> dict[str, Any] | None:
     """The canonical document ``text`` holds, or None when it is something else (YAML, or JSON
     without the format key: a YAML config written as JSON). Raises ConfigError for JSON too

@@ -31,6 +31,7 @@ from chalicelib.config import (
     ConfigError,
     canonical_json,
     from_text,
+    has_pools_section,
     parse,
     read_config_file,
 )
@@ -311,6 +312,13 @@ def main(argv: list[str] | None = None, session: Any = None, clock: Clock | None
         config = parse(text, str(path), base_dir=path.parent)
     except ConfigError as error:
         print(f"config-push: {path} is not valid; nothing published:\n{error}", file=sys.stderr)
+        return 1
+    if not config.pools and not has_pools_section(text, str(path)):
+        # Published, a config of no pools drains every pool of the stage within a minute (their
+        # ready VMs destroyed): not for a file that only lost its pools section by mistake.
+        print(f"config-push: {path} has no pools section (an empty or truncated file, or the section's name "
+              "mistyped); published, it would drain every pool of the stage and destroy their ready VMs; nothing "
+              "published. To remove every pool, write an empty list: ':pools: []'", file=sys.stderr)
         return 1
     # What the stage's functions may not read (IAM) would fail at every use once published.
     unreadable = unreadable_secrets(STAGES[args.stage], config)

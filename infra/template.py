@@ -32,7 +32,7 @@ from chalice.utils import to_cfn_resource_name
 
 from chalicelib import observability as m
 from chalicelib.auth.secrets import FAILURE_KEYS as SECRET_FAILURE_KEYS
-from chalicelib.manager.pool_queue import MAX_DELAY_SECONDS, REPORTED_LATENESS_SECONDS
+from chalicelib.manager.pool_queue import MAX_DELAY_SECONDS, RECONCILE_BATCH_WINDOW_SECONDS, REPORTED_LATENESS_SECONDS
 from chalicelib.store.store import MIN_REPLICA_ACKS_ENV
 from infra import stage_settings, sync_config
 from infra.sync_config import STAGES, Stage
@@ -247,9 +247,11 @@ def reconcile_retention_seconds(queue: dict[str, Any]) -> int:
 MOVE_SLACK_SECONDS = 300
 """Room for SQS's lateness: a visible message is received by the next poll, not at once."""
 
-RECONCILE_VISIBILITY_TIMEOUT = 6 * sync_config.RECONCILE_TIMEOUT
-"""How long a received reconcile message stays hidden: six times the consumer's timeout, as
-Lambda recommends for SQS sources. A message whose pass failed comes back after it."""
+RECONCILE_VISIBILITY_TIMEOUT = 6 * sync_config.RECONCILE_TIMEOUT + RECONCILE_BATCH_WINDOW_SECONDS
+"""How long a received reconcile message stays hidden: six times the consumer's timeout plus the
+event source's batching window, as Lambda recommends for SQS sources (a message is hidden from
+the poll that receives it, which the window can precede the invocation by). Six times alone (360
+s) was 1 s short with the 1 s window. A message whose pass failed comes back after it."""
 
 LATE_PASS_SECONDS = 120
 """How late past its due time a pass may start before the ``reconcile-late`` alarm fires: two

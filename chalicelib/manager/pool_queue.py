@@ -31,6 +31,19 @@ DELAY_FIELD = "delay"
 MAX_BODY_CHARS = 1024
 """Longer than any message we send (a pool name of 100 characters, a lease token, a reason);
 SQS carries up to 256 KB, which is not parsed."""
+RECONCILE_BATCH_WINDOW_SECONDS = 1
+"""How long the queue's event source gathers messages before it invokes the consumer with fewer
+than 10 (``MaximumBatchingWindowInSeconds``; Chalice's default 0 invokes with whatever one poll
+returns). The tick's messages arrive at pools / 50 a second (20/s at 1,000 pools): in 1 s the
+batches fill, so an invocation carries 10 passes, run in threads in about one pass's time, where
+polls finding a message or two made up to one invocation per pass: up to 43 M invocations a month
+at 1,000 pools (~$16 of requests and their START/END/REPORT log lines, against ~$1.6) and ten
+times the concurrency (vSphere passes of 0.2 s at 3,000 pools: 12, over the dev stage's 10, and
+its queue fell behind). The price: a checkout's nudge on a quiet stack waits up to 1 s more for
+its pass (a refill starts up to 1 s later, against a clone and boot of tens of seconds).
+docs/performance.md, "Invocations per minute in AWS". The queue's visibility timeout counts it
+(infra/template.py ``RECONCILE_VISIBILITY_TIMEOUT``): a message is hidden from its receive, which
+the window can precede the invocation by."""
 
 
 @dataclass(frozen=True)

@@ -256,7 +256,9 @@ def test_reconcile_consumer_reports_failures_per_message(package: Package) -> No
     assert event["Properties"]["ScalingConfig"]["MaximumConcurrency"] == stage.reconcile_reserved_concurrency
     queue = package.resources["ReconcileQueue"]["Properties"]
     assert queue["QueueName"] == stage.reconcile_queue_name
-    assert queue["VisibilityTimeout"] >= 6 * reconcile["Properties"]["Timeout"]
+    # Six consumer timeouts plus the batching window, as Lambda recommends (test_queue_visibility30.py).
+    assert queue["VisibilityTimeout"] >= (6 * reconcile["Properties"]["Timeout"]
+                                          + event["Properties"]["MaximumBatchingWindowInSeconds"])
     assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["ReconcileDeadLetterQueue", "Arn"]}
 
 
