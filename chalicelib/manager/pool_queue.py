@@ -294,20 +294,29 @@ class SqsPoolQueue:
             # with status 200 reads as an empty answer): the entry was not queued; try it again.
             answered = {str(entry.get("Id")) for entry in [*(answer.get("Successful") or []),
                                                            *(answer.get("Failed") or [])]}
-            for index in waiting.keys() - {int(key) for key in answered if key.isdigit()}:
+            for index in waiting.keys() - {_entry_index(key) for key in answered}:
                 turned_down[index] = waiting[index]
                 code = aws_clients.UNREADABLE_ANSWER
             for failure in answer.get("Failed") or []:
-                index = int(failure["Id"])
+                failed = _entry_index(failure.get("Id"))
+                if failed is None or failed not in waiting:
+                    continue  # no entry of this call (not SQS's answer): what was sent is judged above
                 if failure.get("SenderFault"):  # our request was wrong: sending it again changes nothing
-                    refused.append((waiting[index][0].pool, str(failure.get("Code"))))
+                    refused.append((waiting[failed][0].pool, str(failure.get("Code"))))
                 else:
-                    turned_down[index] = waiting[index]
+                    turned_down[failed] = waiting[failed]
                     code = str(failure.get("Code"))
             waiting = turned_down
             if not waiting:
                 return refused
         return refused + [(message.pool, code) for message, _ in waiting.values()]
+
+
+def _entry_index(entry_id: object) -> int | None:
+    """The index of the batch entry a ``SendMessageBatch`` answer names (``Id``), None for an id
+    this queue never gives (an answer that is not SQS's: before, a KeyError ended the tick)."""
+    text = str(entry_id)
+    return int(text) if text.isascii() and text.isdecimal() else None
 
 
 def _delay_seconds(delay: float) -> int:

@@ -754,6 +754,26 @@ def test_sqs_delays_are_whole_seconds_and_a_short_check_delay_never_becomes_zero
     assert [e["DelaySeconds"] for e in client.entries] == [1, 0, 5, 900]
 
 
+def test_an_answer_failing_entries_never_sent_does_not_end_the_send() -> None:
+    """An answer that is not SQS's (a proxy, a double) failing ids this queue never gives: the
+    entries it does not answer are tried again and reported, not a KeyError ending the tick."""
+    class Client:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
+            self.calls += 1
+            failed = [{"Id": odd, "SenderFault": False, "Code": "Odd"} for odd in ("x", "\u00b2", "99")]
+            return {"Successful": [{"Id": "0"}], "Failed": failed}
+
+    client = Client()
+    queue = SqsPoolQueue("url", client_factory=lambda: client, pause=lambda seconds: None)
+    with pytest.raises(QueueRefused) as refused:
+        queue.send([(PoolMessage("a"), 0.0), (PoolMessage("b"), 0.0)])
+    assert [pool for pool, _ in refused.value.refused] == ["b"]
+    assert client.calls > 1  # "b", never answered, was tried again
+
+
 def test_queue_messages_round_trip() -> None:
     message = PoolMessage("a-pool", "retry", lease="abc", attempt=2)
     assert PoolMessage.parse(message.body()) == message
