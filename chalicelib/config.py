@@ -1111,6 +1111,8 @@ def build(document: Mapping[str, Any], reader: BlockReader | None = None) -> Con
         reader.problems.extend(_ondemand_ttl_problems(service, redis))
     if not reader.trusted and redis is not None:
         reader.warnings.extend(_replica_wait_warnings(redis))
+    if not reader.trusted and service is not None:
+        reader.warnings.extend(_ondemand_size_warnings(service))
     providers = _read_providers(reader, document.get("providers"))
     dns_configs = _read_dns_configs(reader, document.get("dns_configs"))
     pools = _read_pools(reader, document.get("pools"), service, providers, dns_configs)
@@ -1176,6 +1178,20 @@ def _tag_count_problems(service: ServiceConfig) -> list[str]:
     return [(f"config.max_tag_names_per_day ({names}) and config.max_tag_values_per_day ({values}): a day "
             f"would count up to {(names + 1) * (values + 1)} tags with '(other)', more than one /summary "
             f"answer holds; (names + 1) x (values + 1) must be at most {MAX_TAG_COUNTS_PER_DAY}")]
+
+
+def _ondemand_size_warnings(service: ServiceConfig) -> list[str]:
+    """An on-demand request ``max_ondemand_instances_per_request`` allows that the VMs one may hold
+    (``max_running_vms_per_user``) or the service runs (``max_running_vms``) never fit: always
+    refused (403, api/limits.never_fits). A warning, not a problem: vmpooler's configs set the
+    first alone, and every request the smaller limit allows is still served."""
+    most, limit = min((int(service.max_running_vms_per_user), "config.max_running_vms_per_user"),
+                      (int(service.max_running_vms), "config.max_running_vms"), key=lambda bound: bound[0])
+    allowed = int(service.max_ondemand_instances_per_request)
+    if allowed <= most:
+        return []
+    return [(f"config.max_ondemand_instances_per_request: {allowed} is more than {limit} ({most}): "
+             f"an on-demand request of more than {most} VMs is always refused (403); set it to at most {most}")]
 
 
 def _ondemand_ttl_problems(service: ServiceConfig, redis: RedisConfig) -> list[str]:

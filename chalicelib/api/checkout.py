@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from chalicelib import observability as metric
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, not_found, shown, whole_number
 from chalicelib.api.identity import Caller, optional_caller
-from chalicelib.api.limits import quota, quota_error
+from chalicelib.api.limits import never_fits, quota, quota_error
 from chalicelib.api.pool_choice import live_pools, preference, preferences
 from chalicelib.api.vm_lookup import named_domain
 from chalicelib.config import REQUEST_NAME_PATTERN
@@ -111,6 +111,7 @@ def checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int])
     if unknown:
         raise not_found(error=f"unknown pool or alias: {shown(', '.join(unknown), 200)}")
     caller = optional_caller(services, request)
+    never_fits(services, sum(wanted.values()))
     live = live_pools(services, wanted)
     requests = []
     for name, count in wanted.items():
@@ -133,7 +134,7 @@ def checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int])
         result = services.store.checkout(requests, now, fields, quota(services, request, caller),
                                          caller.token_key if caller else "")
     except QuotaExceeded as exceeded:
-        raise quota_error(services, exceeded, sum(wanted.values())) from None
+        raise quota_error(services, exceeded) from None
     if not result.ok:
         # Per pool for a name that is a pool, per alias for one that is only an alias: an alias
         # is no pool to graph or to grow, and counting each pool it names wrote an EMF document
@@ -202,6 +203,7 @@ def open_request(
     """Record the request (409 when its id is taken, 403 or 503 over a quota, its message under
     ``quota_key``) and wake the pools that build it."""
     config = services.config.service
+    never_fits(services, sum(wanted.values()), quota_key)
     # An alias is built in one of its pools, chosen by backend_weight or at random (vmpooler chooses for
     # each VM; here each name of a request is one entry: docs/api.md, "On-demand").
     live = live_pools(services, wanted)
@@ -217,7 +219,7 @@ def open_request(
             caller.token_key if caller else "", (caller.entry_id or "") if caller else "",
         )
     except QuotaExceeded as exceeded:
-        raise quota_error(services, exceeded, sum(wanted.values()), key=quota_key) from None
+        raise quota_error(services, exceeded, key=quota_key) from None
     if not created:
         raise ApiError(409, {"message": f"request_id '{request_id}' has already been created",
                              "request_id": request_id})

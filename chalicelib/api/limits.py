@@ -49,20 +49,30 @@ def quota(services: Services, request: ApiRequest, caller: Caller | None) -> Quo
     )
 
 
-def quota_error(services: Services, exceeded: QuotaExceeded, wanted: int, key: str = "error") -> ApiError:
-    """The answer to a request for ``wanted`` VMs refused by a quota: 403 for the caller's own
-    limits (give some back first), 503 with Retry-After for the service's (others will give some
-    back). The message is under ``key``, the one the route's other errors use (vmpooler's:
-    ``error`` on ``POST /vm``, ``message`` on ``POST /ondemandvm``). A request larger than the
-    limit on what one holds at once never fits, whatever its caller returns: its message says so
-    (a first request of 140 with a limit of 100 was told to "return some first")."""
+def never_fits(services: Services, wanted: int, key: str = "error") -> None:
+    """403 for a request of ``wanted`` VMs larger than the VMs one may hold at once or the service
+    runs in all: it never fits, whatever anyone returns. The message names the limit and the most
+    one may ask for, under ``key`` (as ``quota_error``). Checked before the quota script: the
+    service's limit answered 503 with Retry-After, and vmfloaty and beaker asked again forever."""
     config = services.config.service
-    held_at_most = int(config.max_running_vms_per_user)
-    owner_vms = (f"you may hold at most {held_at_most} VMs at once, and this request alone asks for {wanted}; "
-                 f"ask for at most {held_at_most}") if wanted > held_at_most else \
-        f"you may hold at most {held_at_most} VMs at once; return some first"
+    # The smaller bound is the one to name: the caller's on a tie (it is the one to ask about).
+    most, limit = min((int(config.max_running_vms_per_user), "you may hold at most {} VMs at once"),
+                      (int(config.max_running_vms), "the service runs at most {} VMs in all"),
+                      key=lambda bound: bound[0])
+    if wanted > most:
+        raise ApiError(403, {key: f"{limit.format(most)}, and this request alone asks for {wanted}; "
+                                  f"ask for at most {most}"})
+
+
+def quota_error(services: Services, exceeded: QuotaExceeded, key: str = "error") -> ApiError:
+    """The answer to a request refused by a quota: 403 for the caller's own limits (give some
+    back first), 503 with Retry-After for the service's (others will give some back). The
+    message is under ``key``, the one the route's other errors use (vmpooler's: ``error`` on
+    ``POST /vm``, ``message`` on ``POST /ondemandvm``). A request that never fits was refused
+    before (``never_fits``)."""
+    config = services.config.service
     messages = {
-        "owner_vms": (403, owner_vms),
+        "owner_vms": (403, f"you may hold at most {config.max_running_vms_per_user} VMs at once; return some first"),
         "owner_requests": (403, (f"you may have at most {config.max_ondemand_requests_per_user} "
                                  "on-demand requests open at once")),
         "service_vms": (503, f"the service runs its maximum of {config.max_running_vms} VMs; try again later"),

@@ -27,7 +27,15 @@ from chalicelib.api.identity import Caller, refuse_without_a_live_token, require
 from chalicelib.api.vm_lookup import shown_domain
 from chalicelib.services import Services
 from chalicelib.store import StoreUnavailable
-from chalicelib.store.ondemand import DELETED, FAILED, READY, OnDemandRequest, OnDemandStore, deleted_vm_reason
+from chalicelib.store.ondemand import (
+    DELETED,
+    FAILED,
+    READY,
+    OnDemandRequest,
+    OnDemandStore,
+    deleted_vm_reason,
+    logged_request,
+)
 
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}\Z")
 DELETED_MESSAGE = "The request has been deleted"
@@ -145,7 +153,7 @@ def delete(services: Services, request: ApiRequest) -> ApiResponse:
     services.refill.pools_changed(ending.pools)  # nothing when it had ended already
     # A deletion a failover lost: the request open again, its VMs built for nobody. Its retry (the
     # request ended already) is answered the same way.
-    services.store.require_replicated(DELETION_NOT_REPLICATED, f"the deletion of on-demand request {ondemand.id}")
+    services.store.require_replicated(DELETION_NOT_REPLICATED, f"the deletion of {logged_request(ondemand.id)}")
     return ok()
 
 

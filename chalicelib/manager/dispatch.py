@@ -62,6 +62,7 @@ from chalicelib.observability import emit, logger
 from chalicelib.sizing.controller import current_sizes
 from chalicelib.store import STATES, StoreUnavailable
 from chalicelib.store.fleet import Fleet, pools_fingerprint
+from chalicelib.store.ondemand import logged_request
 from chalicelib.store.pool_overrides import PoolOverrides, fitting
 from chalicelib.store.store import NEWEST_CONFIG_SECONDS, RunningCount
 
@@ -250,7 +251,7 @@ def fail_unserved_requests(services: "Services", served: set[str]) -> dict[str, 
     if failed:
         logger.warning("on-demand requests for pools no longer configured failed: no pass serves them",
                        extra={"pools": sorted(failed)[:100],
-                              "requests": [request for ids in failed.values() for request in ids][:10],
+                              "requests": [logged_request(request) for ids in failed.values() for request in ids][:10],
                               "count": sum(len(ids) for ids in failed.values())})
     return failed
 
@@ -381,7 +382,8 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
                                                  ondemand.UNSERVED_GRACE_SECONDS)
             if failed:
                 logger.warning("on-demand requests for a pool removed from the config failed",
-                               extra={"pool": message.pool, "requests": failed[:10], "count": len(failed)})
+                               extra={"pool": message.pool, "count": len(failed),
+                                      "requests": [logged_request(request) for request in failed[:10]]})
             if wait is not None and message.attempt < MAX_RETRIES:
                 queue_next(fleet, queue, PoolMessage(message.pool, RETRY, attempt=message.attempt + 1), wait)
             return None

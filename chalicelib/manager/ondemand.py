@@ -18,7 +18,7 @@ from chalicelib.manager.hostnames import candidate_names, random_candidates
 from chalicelib.providers.base import VMInfo
 from chalicelib.providers.failures import Failure
 from chalicelib.store import DurationSample, Store, VMRecord
-from chalicelib.store.ondemand import FAILED, NOT_CONFIRMED_MESSAGE, OnDemandStore, Reservation, Seen
+from chalicelib.store.ondemand import FAILED, NOT_CONFIRMED_MESSAGE, OnDemandStore, Reservation, Seen, logged_request
 from chalicelib.store.records import finite_number
 from chalicelib.store.store import NEWEST_CONFIG_SECONDS
 
@@ -139,7 +139,7 @@ def fail_overdue(store: Store, pool: PoolConfig, service: ServiceConfig, now: fl
                                        pool.domain or "", [], now)
         failure = _failure(reservation, service)
         if failure and _end_failed(store, requests, pool.name, request_id, failure, now, seen=reservation.seen):
-            failed.append(f"on-demand request {request_id}: {failure}")
+            failed.append(f"{logged_request(request_id)}: {failure}")
     return failed
 
 
@@ -182,7 +182,7 @@ def clone_failed(context: PassContext, request_id: str, failure: Failure, hostna
 def _fail(context: PassContext, requests: OnDemandStore, request_id: str, message: str, member: str = "",
           seen: Seen | None = None) -> None:
     if _end_failed(context.store, requests, context.pool.name, request_id, message, context.now, member, seen):
-        context.report.errors.append(f"on-demand request {request_id}: {message}")
+        context.report.errors.append(f"{logged_request(request_id)}: {message}")
     context.checkpoint("ondemand_failed")
 
 

@@ -280,7 +280,7 @@ class OnDemandStore(SubStore):
                     self.end(request_id, FAILED, NOT_REPLICATED_MESSAGE, vm_reason, now)
                 except StoreUnavailable:
                     pass  # Redis is failing already: the caller, answered 503, asks again
-                raise RequestNotDurable(f"redis: no replica acknowledged on-demand request {request_id} in time")
+                raise RequestNotDurable(f"redis: no replica acknowledged {logged_request(request_id)} in time")
         return bool(answer)
 
     def _confirm(self, request_id: str, now: float) -> None:
@@ -302,7 +302,7 @@ class OnDemandStore(SubStore):
             self.end(request_id, FAILED, NOT_CONFIRMED_MESSAGE, vm_reason, now)
         except StoreUnavailable:
             pass
-        raise StoreUnavailable(f"redis: on-demand request {request_id} could not be confirmed")
+        raise StoreUnavailable(f"redis: {logged_request(request_id)} could not be confirmed")
 
     def get(self, request_id: str) -> OnDemandRequest | None:
         """The request and the records of its VMs, in two round trips."""
@@ -500,6 +500,14 @@ class OnDemandStore(SubStore):
             args += ["", ""] if seen is None else [repr(seen.created), seen.token_user]
         args += [UNUSED_RECORD_TTL_SECONDS, self.keys.holdings(KEY_PART), self.keys.owner_requests(KEY_PART), member]
         return keys, args
+
+
+def logged_request(request_id: str) -> str:
+    """How logs and a pass's ``errors`` name an on-demand request: ``on-demand request #`` and the
+    first 8 hex digits of its id's SHA-256, never the id. An id the service drew is the request's
+    secret (token-less GET /ondemandvm/<id> shows it and its VMs), and whoever reads the logs
+    need not own it; its owner, who has the id, finds its lines by hashing it."""
+    return "on-demand request #" + hashlib.sha256(request_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
 
 
 def deleted_vm_reason(request_id: str) -> str:

@@ -694,3 +694,18 @@ def test_a_site_name_longer_than_the_page_shows_is_refused_with_its_length() -> 
     with pytest.raises(ConfigError) as raised:
         parse(f"config: {{site_name: {'n' * 10_000}}}\npools: []\n")
     assert "config.site_name: must be at most 200 characters, got 10,000" in str(raised.value)
+
+
+def test_an_ondemand_request_size_no_limit_lets_fit_is_warned_about() -> None:
+    """A request ``max_ondemand_instances_per_request`` allows but the VMs one may hold never fit is
+    always refused (403): the operator is told at load, naming the smaller limit."""
+    pools = "pools: [{name: p, size: 1, provider: dummy}]\n"
+    per_user = parse("config: {max_ondemand_instances_per_request: 150}\n" + pools)
+    assert per_user.warnings == (("config.max_ondemand_instances_per_request: 150 is more than "
+                                  "config.max_running_vms_per_user (100): an on-demand request of more than 100 "
+                                  "VMs is always refused (403); set it to at most 100"),)
+    service = parse("config: {max_ondemand_instances_per_request: 10, max_running_vms: 6}\n" + pools)
+    assert service.warnings == (("config.max_ondemand_instances_per_request: 10 is more than "
+                                 "config.max_running_vms (6): an on-demand request of more than 6 "
+                                 "VMs is always refused (403); set it to at most 6"),)
+    assert parse("config: {max_ondemand_instances_per_request: 100}\n" + pools).warnings == ()
