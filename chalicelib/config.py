@@ -258,6 +258,13 @@ class ServiceConfig(VcenterResilienceKeys):
         if self.check_loop_delay_max < self.check_loop_delay_min:
             object.__setattr__(self, "check_loop_delay_max", self.check_loop_delay_min)
 
+    def largest_request(self) -> tuple[int, str]:
+        """The most VMs one request can ever get, and the field that bounds it: the smaller of
+        ``max_running_vms_per_user`` (the caller's, on a tie: the one to ask about) and
+        ``max_running_vms``. A larger request never fits (api/limits.never_fits)."""
+        return min((int(self.max_running_vms_per_user), "max_running_vms_per_user"),
+                   (int(self.max_running_vms), "max_running_vms"), key=lambda bound: bound[0])
+
 
 @dataclass(frozen=True, kw_only=True)
 class RedisConfig(SettingsModel):
@@ -1185,12 +1192,11 @@ def _ondemand_size_warnings(service: ServiceConfig) -> list[str]:
     (``max_running_vms_per_user``) or the service runs (``max_running_vms``) never fit: always
     refused (403, api/limits.never_fits). A warning, not a problem: vmpooler's configs set the
     first alone, and every request the smaller limit allows is still served."""
-    most, limit = min((int(service.max_running_vms_per_user), "config.max_running_vms_per_user"),
-                      (int(service.max_running_vms), "config.max_running_vms"), key=lambda bound: bound[0])
+    most, field = service.largest_request()
     allowed = int(service.max_ondemand_instances_per_request)
     if allowed <= most:
         return []
-    return [(f"config.max_ondemand_instances_per_request: {allowed} is more than {limit} ({most}): "
+    return [(f"config.max_ondemand_instances_per_request: {allowed} is more than config.{field} ({most}): "
              f"an on-demand request of more than {most} VMs is always refused (403); set it to at most {most}")]
 
 

@@ -54,14 +54,11 @@ def never_fits(services: Services, wanted: int, key: str = "error") -> None:
     runs in all: it never fits, whatever anyone returns. The message names the limit and the most
     one may ask for, under ``key`` (as ``quota_error``). Checked before the quota script: the
     service's limit answered 503 with Retry-After, and vmfloaty and beaker asked again forever."""
-    config = services.config.service
-    # The smaller bound is the one to name: the caller's on a tie (it is the one to ask about).
-    most, limit = min((int(config.max_running_vms_per_user), "you may hold at most {} VMs at once"),
-                      (int(config.max_running_vms), "the service runs at most {} VMs in all"),
-                      key=lambda bound: bound[0])
+    most, field = services.config.service.largest_request()
     if wanted > most:
-        raise ApiError(403, {key: f"{limit.format(most)}, and this request alone asks for {wanted}; "
-                                  f"ask for at most {most}"})
+        limit = (f"you may hold at most {most} VMs at once" if field == "max_running_vms_per_user"
+                 else f"the service runs at most {most} VMs in all")
+        raise ApiError(403, {key: f"{limit}, and this request alone asks for {wanted}; ask for at most {most}"})
 
 
 def quota_error(services: Services, exceeded: QuotaExceeded, key: str = "error") -> ApiError:
