@@ -343,37 +343,36 @@ class OnDemandStore(SubStore):
         (``Seen``, for ``end``: a caller that acts on the read later ends that request only, not a
         new one that took its id since). Two round trips when some are listed, one otherwise;
         ids whose request is no longer open are left out (``end`` would change nothing)."""
-        with _translate_errors():
-            request_ids = cast("list[str]", self.client.zrange(self.keys.ondemand_open(pool), 0, -1))
-            if not request_ids:
-                return {}
-            pipe = self.client.pipeline(transaction=False)
-            for request_id in request_ids:
-                pipe.hmget(self.keys.ondemand(request_id), "state", "created", "token_user")
-            found = pipe.execute()
+        found = self._open_fields(self.keys.ondemand_open(pool), "created", "token_user")
         return {request_id: Seen(created or "0", token_user or "")
-                for request_id, (state, created, token_user) in zip(request_ids, found, strict=True)
-                if state == OPEN}
+                for request_id, (created, token_user) in found.items()}
 
     def open_request_pools(self) -> dict[str, tuple[float, tuple[str, ...], Seen]]:
         """Every open request the service counts (``ondemand:requests:open``, which each request
         the API opens joins: lua/quota.lua) with when it was made and the pools it is built in.
         One round trip when none is open, two otherwise (the set is bounded by
         ``max_ondemand_requests``), and what was read of it (``Seen``, for ``end``)."""
+        found = self._open_fields(self.keys.ondemand_open_requests, "created", "entries", "token_user")
+        requests: dict[str, tuple[float, tuple[str, ...], Seen]] = {}
+        for request_id, (created, entries, token_user) in found.items():
+            pools = tuple(dict.fromkeys(str(entry["pool"]) for entry in json.loads(entries or "[]")))
+            requests[request_id] = (float(created or 0), pools, Seen(created or "0", token_user or ""))
+        return requests
+
+    def _open_fields(self, listed: str, *fields: str) -> dict[str, list[str | None]]:
+        """``fields`` of each request the sorted set ``listed`` holds, oldest first, of those still
+        open (not one that ended, or whose record expired, since it was listed). One round trip
+        when none is listed, two otherwise."""
         with _translate_errors():
-            request_ids = cast("list[str]", self.client.zrange(self.keys.ondemand_open_requests, 0, -1))
+            request_ids = cast("list[str]", self.client.zrange(listed, 0, -1))
             if not request_ids:
                 return {}
             pipe = self.client.pipeline(transaction=False)
             for request_id in request_ids:
-                pipe.hmget(self.keys.ondemand(request_id), "state", "created", "entries", "token_user")
+                pipe.hmget(self.keys.ondemand(request_id), "state", *fields)
             found = pipe.execute()
-        requests: dict[str, tuple[float, tuple[str, ...], Seen]] = {}
-        for request_id, (state, created, entries, token_user) in zip(request_ids, found, strict=True):
-            if state == OPEN:  # not one that ended, or whose record expired, since it was counted
-                pools = tuple(dict.fromkeys(str(entry["pool"]) for entry in json.loads(entries or "[]")))
-                requests[request_id] = (float(created or 0), pools, Seen(created or "0", token_user or ""))
-        return requests
+        return {request_id: values[1:] for request_id, values in zip(request_ids, found, strict=True)
+                if values[0] == OPEN}
 
     def waiting(self, pools: Iterable[str]) -> int:
         """VMs that open requests still wait for and that are not being built yet (/status
